@@ -1,0 +1,143 @@
+//! Start-up: turns validated settings into running parts, and runs them until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{RunArgs, redact_url};
+use crate::disposition::Dependency;
+use crate::health::{Health, Probe, probe};
+use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::queue::Queue;
+use crate::worker::WorkerSettings;
+use crate::writer::{Writer, WriterSettings};
+use crate::{aws, http, metrics as m, store, worker};
+
+pub const GIT_COMMIT: &str = match option_env!("DATAPACK_WORKER_GIT_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+
+/// Runs the worker until `shutdown` fires and in-flight work is drained.
+pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    args.validate()?;
+    let handle = m::install();
+    m::build_info(env!("CARGO_PKG_VERSION"), GIT_COMMIT);
+    let db_url = args.database.url()?;
+    tracing::info!(
+        database = %redact_url(db_url.expose()),
+        queue = args.sqs_queue_url.as_deref().unwrap_or_default(),
+        buckets = ?args.buckets(),
+        concurrency = args.worker_concurrency,
+        "starting datapack-worker {}", env!("CARGO_PKG_VERSION")
+    );
+
+    let pool = store::pool(args.database.connect_options()?, &args.database.pool_settings());
+    if args.migrate_on_start {
+        store::migrate(&pool).await.context("applying migrations")?;
+    }
+    let sdk = aws::load(&aws::AwsSettings {
+        attempt_timeout: Duration::from_secs(args.aws_attempt_timeout_secs),
+        ..Default::default()
+    })
+    .await;
+    let s3 = aws::s3(&sdk);
+    let queue = Queue::new(
+        aws::sqs(&sdk),
+        args.sqs_queue_url.clone().expect("validated"),
+        args.sqs_dead_letter_queue_url.clone().expect("validated"),
+        Duration::from_secs(args.sqs_wait_time_secs),
+        Duration::from_secs(args.sqs_visibility_timeout_secs),
+    );
+
+    let health = Health::new();
+    let stop_probes = CancellationToken::new();
+    let mut background = tokio::task::JoinSet::new();
+    for (dependency, probe) in probes(&pool, &s3, &queue, &args.buckets()) {
+        background.spawn(health.clone().run_prober(dependency, probe, Duration::from_secs(30), stop_probes.clone()));
+    }
+    background.spawn(sample_queues(queue.clone(), Duration::from_secs(args.queue_sample_secs.max(1)), stop_probes.clone()));
+    let stop_http = CancellationToken::new();
+    let server = http::serve(args.metrics_addr, handle, health.clone(), shutdown.clone(), stop_http.clone())
+        .await
+        .with_context(|| format!("binding METRICS_ADDR {}", args.metrics_addr))?;
+
+    let (writer, writers) = Writer::spawn(
+        pool.clone(),
+        WriterSettings {
+            writers: args.db_writers,
+            max_batch: args.db_max_batch,
+            create_datapacks: args.create_missing_datapacks,
+            timeout: Duration::from_secs(args.database.database_statement_timeout_secs.max(1) + 5),
+        },
+    );
+    let pipeline = Pipeline {
+        s3,
+        writer,
+        settings: PipelineSettings { buckets: args.buckets(), required_uploaded_by: args.required_uploaded_by() },
+    };
+    let settings = WorkerSettings {
+        concurrency: args.worker_concurrency,
+        pollers: args.worker_pollers.unwrap_or(args.worker_concurrency.div_ceil(10)),
+        retry_base: Duration::from_secs(args.retry_base_secs),
+        retry_max: Duration::from_secs(args.retry_max_secs),
+        max_extension: Duration::from_secs(args.max_processing_secs),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+    };
+    worker::run(pipeline, queue, health, settings, shutdown).await;
+
+    // The pipeline (and so every writer handle) is gone: writers drain and stop.
+    writers.join_all().await;
+    stop_probes.cancel();
+    background.join_all().await;
+    stop_http.cancel();
+    let _ = server.await;
+    pool.close().await;
+    Ok(())
+}
+
+fn probes(pool: &sqlx::PgPool, s3: &aws_sdk_s3::Client, queue: &Queue, buckets: &[String]) -> Vec<(Dependency, Probe)> {
+    let (pool, s3, q1, q2, buckets) = (pool.clone(), s3.clone(), queue.clone(), queue.clone(), Arc::new(buckets.to_vec()));
+    vec![
+        (Dependency::Postgres, probe(move || {
+            let pool = pool.clone();
+            async move { store::ping(&pool).await }
+        })),
+        (Dependency::S3, probe(move || {
+            let (s3, buckets) = (s3.clone(), buckets.clone());
+            async move {
+                for bucket in buckets.iter() {
+                    s3.head_bucket().bucket(bucket).send().await.map_err(|e| aws::classify(Dependency::S3, aws::status(&e), e))?;
+                }
+                Ok(())
+            }
+        })),
+        (Dependency::Sqs, probe(move || {
+            let (main, dead) = (q1.clone(), q2.clone());
+            async move {
+                main.depth(&main.url).await?;
+                dead.depth(&dead.dead_letter_url).await.map(drop)
+            }
+        })),
+    ]
+}
+
+/// Samples both queues' depth for the dashboard, at an interval, until stopped.
+async fn sample_queues(queue: Queue, every: Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        for (name, url) in [("main", &queue.url), ("dead_letter", &queue.dead_letter_url)] {
+            if let Ok(depth) = queue.depth(url).await {
+                for (state, value) in [("visible", depth.visible), ("in_flight", depth.in_flight), ("delayed", depth.delayed)] {
+                    metrics::gauge!(m::QUEUE_MESSAGES, "queue" => name, "state" => state).set(value as f64);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! AWS clients with the timeouts a long-running worker needs, and the mapping of SDK errors.
+//!
+//! Credentials, region and endpoint come from the standard chain (env, profiles, web identity,
+//! container and instance roles). The seed's `FILESYSTEM_S3_*` names are honoured only where the
+//! standard ones are absent.
+
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_types::timeout::TimeoutConfig;
+
+use crate::disposition::{Dependency, Failure};
+
+#[derive(Debug, Clone)]
+pub struct AwsSettings {
+    /// Bound on one attempt of one call; longer than the 20 s long poll, so a silent peer cannot
+    /// hang a worker forever (the SDK has no default).
+    pub attempt_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for AwsSettings {
+    fn default() -> Self {
+        Self {
+            attempt_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+pub async fn load(settings: &AwsSettings) -> SdkConfig {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(settings.connect_timeout)
+        .operation_attempt_timeout(settings.attempt_timeout)
+        .build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
+    if env("AWS_REGION").is_none() && env("AWS_DEFAULT_REGION").is_none() {
+        if let Some(region) = env("FILESYSTEM_S3_REGION") {
+            loader = loader.region(Region::new(region));
+        }
+    }
+    if env("AWS_ACCESS_KEY_ID").is_none() {
+        if let (Some(id), Some(secret)) = (env("FILESYSTEM_S3_ACCESS_KEY"), env("FILESYSTEM_S3_SECRET_KEY")) {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                id, secret, None, None, "seed-filesystem-s3",
+            ));
+        }
+    }
+    loader.load().await
+}
+
+pub fn s3(config: &SdkConfig) -> aws_sdk_s3::Client {
+    // Path style works with every endpoint (moto, MinIO, VPC endpoints) and with dotted bucket names.
+    let s3_config = aws_sdk_s3::config::Builder::from(config)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(s3_config)
+}
+
+pub fn sqs(config: &SdkConfig) -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(config)
+}
+
+/// The service's error code, or the HTTP status when the body had none.
+pub fn code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> Option<String> {
+    match error {
+        SdkError::ServiceError(e) => e.err().code().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// Maps an SDK error that no caller handled specially: transport failures and credential or
+/// permission faults make the dependency unavailable (they would fail every message); throttling
+/// and server errors are retried.
+pub fn classify<E, R>(dependency: Dependency, status: Option<u16>, error: SdkError<E, R>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let code = code(&error).unwrap_or_default();
+    let reason = |suffix: &str| -> &'static str {
+        match (dependency, suffix) {
+            (Dependency::S3, "unavailable") => "s3_unavailable",
+            (Dependency::S3, "access_denied") => "s3_access_denied",
+            (Dependency::S3, "throttled") => "s3_throttled",
+            (Dependency::S3, _) => "s3_error",
+            (Dependency::Sqs, "unavailable") => "sqs_unavailable",
+            (Dependency::Sqs, "access_denied") => "sqs_access_denied",
+            (Dependency::Sqs, "throttled") => "sqs_throttled",
+            (Dependency::Sqs, _) => "sqs_error",
+            (Dependency::Postgres, _) => "database_error",
+        }
+    };
+    match &error {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
+            Failure::unavailable(dependency, reason("unavailable"), error)
+        }
+        SdkError::ServiceError(_) => {
+            let denied = matches!(
+                code.as_str(),
+                "AccessDenied"
+                    | "AccessDeniedException"
+                    | "InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "ExpiredToken"
+                    | "InvalidClientTokenId"
+                    | "NoSuchBucket"
+                    | "AWS.SimpleQueueService.NonExistentQueue"
+                    | "QueueDoesNotExist"
+            ) || status == Some(403);
+            let throttled = matches!(
+                code.as_str(),
+                "SlowDown" | "Throttling" | "ThrottlingException" | "RequestThrottled" | "RequestLimitExceeded"
+            ) || status == Some(503);
+            if denied {
+                Failure::unavailable(dependency, reason("access_denied"), error)
+            } else if throttled {
+                Failure::transient(reason("throttled"), error)
+            } else {
+                Failure::transient(reason("error"), error)
+            }
+        }
+        _ => Failure::transient(reason("error"), error),
+    }
+}
+
+/// The HTTP status of a service error, if the service answered at all.
+pub fn status<E>(error: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<u16> {
+    error.raw_response().map(|r| r.status().as_u16())
+}

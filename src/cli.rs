@@ -1,0 +1,84 @@
+//! The command line: `run`, `migrate`, `presign`, `dlq list`, `dlq redrive`.
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{DatabaseArgs, RunArgs};
+
+#[derive(Debug, Parser)]
+#[command(name = "datapack-worker", version, about = "Ingests browser uploads into datapacks: S3 notifications from SQS, streamed SHA-256, rows in PostgreSQL.")]
+pub struct Cli {
+    /// `text` (default) or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Long-poll the queue and ingest until SIGTERM or SIGINT.
+    Run(Box<RunArgs>),
+    /// Apply the database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Print a presigned PUT URL and the headers the browser must send.
+    Presign(PresignArgs),
+    /// Inspect or redrive the dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PresignArgs {
+    #[arg(long, env = "S3_BUCKET")]
+    pub bucket: Option<String>,
+    #[arg(long)]
+    pub datapack: String,
+    /// Folder inside the datapack, e.g. `raw data/2024`; `/` for the top.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    #[arg(long)]
+    pub file: String,
+    #[arg(long)]
+    pub uploader_name: String,
+    #[arg(long)]
+    pub uploader_email: String,
+    /// Content-Type the upload must carry; guessed from the file name when absent.
+    #[arg(long)]
+    pub content_type: Option<String>,
+    #[arg(long, default_value_t = 900)]
+    pub expires_secs: u64,
+    /// Print `{"url", "method", "headers"}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DlqArgs {
+    #[arg(long, env = "SQS_QUEUE_URL")]
+    pub sqs_queue_url: Option<String>,
+    #[arg(long, env = "SQS_DEAD_LETTER_QUEUE_URL")]
+    pub sqs_dead_letter_queue_url: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Show dead-lettered messages (reason, key, age) without consuming them.
+    List {
+        #[command(flatten)]
+        queues: DlqArgs,
+        #[arg(long, default_value_t = 100)]
+        max: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move dead-lettered messages back to the main queue once the cause is fixed.
+    Redrive {
+        #[command(flatten)]
+        queues: DlqArgs,
+        /// Only messages dead-lettered for this reason (e.g. unknown_datapack).
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        max: usize,
+    },
+}

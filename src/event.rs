@@ -1,0 +1,263 @@
+//! Turns a queue message body into the object events it announces, whatever envelope S3 used.
+//!
+//! Four shapes reach the queue: S3's own notification (`Records[]`), the same wrapped in an SNS
+//! notification, an EventBridge event (`detail-type` + `detail`), and the `s3:TestEvent` S3 sends
+//! when a notification is configured. Parsing is total: every body ends as events, a test event,
+//! or a [`ParseError`] whose reason code says why it was dead-lettered.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde_json::Value;
+
+use crate::disposition::DeadLetterReason;
+
+/// What a message body announces.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// `s3:TestEvent`: proof the notification is wired; acknowledged, never recorded.
+    Test,
+    /// One or more object events (S3 sends one per message, but the format allows many).
+    Events(Vec<Item>),
+}
+
+/// One entry of a message: an event we act on, or an S3 event type we deliberately ignore.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    Object(ObjectEvent),
+    /// A real S3 event family we do not ingest (restore, tagging, ACL, replication…).
+    Unsupported { event_name: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Created,
+    Removed,
+}
+
+/// An object event with its key already decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectEvent {
+    pub kind: EventKind,
+    pub event_name: String,
+    pub bucket: String,
+    pub key: String,
+    /// Without quotes.
+    pub etag: Option<String>,
+    pub size: Option<u64>,
+    pub version_id: Option<String>,
+    pub sequencer: Option<String>,
+    pub event_time: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct ParseError {
+    pub reason: DeadLetterReason,
+    pub detail: String,
+}
+
+fn malformed(detail: impl Into<String>) -> ParseError {
+    ParseError {
+        reason: DeadLetterReason::MalformedMessage,
+        detail: detail.into(),
+    }
+}
+
+/// Parses a message body. SNS envelopes are unwrapped once (SNS never nests).
+pub fn parse(body: &str) -> Result<Message, ParseError> {
+    let value: Value =
+        serde_json::from_str(body).map_err(|e| malformed(format!("body is not JSON: {e}")))?;
+    if value.get("Type").and_then(Value::as_str) == Some("Notification") {
+        let inner = value
+            .get("Message")
+            .and_then(Value::as_str)
+            .ok_or_else(|| malformed("SNS notification without a string Message"))?;
+        let inner: Value = serde_json::from_str(inner)
+            .map_err(|e| malformed(format!("SNS Message is not JSON: {e}")))?;
+        return parse_value(&inner);
+    }
+    parse_value(&value)
+}
+
+fn parse_value(value: &Value) -> Result<Message, ParseError> {
+    let Some(object) = value.as_object() else {
+        return Err(malformed("body is not a JSON object"));
+    };
+    if object.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
+        return Ok(Message::Test);
+    }
+    if let Some(records) = object.get("Records") {
+        let records = records
+            .as_array()
+            .ok_or_else(|| malformed("Records is not an array"))?;
+        if records.is_empty() {
+            return Err(malformed("Records is empty"));
+        }
+        return records
+            .iter()
+            .map(parse_record)
+            .collect::<Result<_, _>>()
+            .map(Message::Events);
+    }
+    if object.contains_key("detail-type") {
+        return parse_eventbridge(value).map(|item| Message::Events(vec![item]));
+    }
+    Err(malformed(
+        "not an S3, SNS or EventBridge notification (no Records, detail-type or Event)",
+    ))
+}
+
+/// Classifies an S3 notification event name. `None` means it is not an S3 event name at all.
+fn classify_s3_name(name: &str) -> Option<Option<EventKind>> {
+    const IGNORED: [&str; 7] = [
+        "ObjectRestore:",
+        "ObjectTagging:",
+        "ObjectAcl:",
+        "Replication:",
+        "IntelligentTiering",
+        "LifecycleTransition",
+        "ReducedRedundancyLostObject",
+    ];
+    if name.starts_with("ObjectCreated:") {
+        Some(Some(EventKind::Created))
+    } else if name.starts_with("ObjectRemoved:") || name.starts_with("LifecycleExpiration:") {
+        Some(Some(EventKind::Removed))
+    } else if IGNORED.iter().any(|p| name.starts_with(p)) {
+        Some(None)
+    } else {
+        None
+    }
+}
+
+fn parse_record(record: &Value) -> Result<Item, ParseError> {
+    let name = str_at(record, &["eventName"]).ok_or_else(|| malformed("record without eventName"))?;
+    if let Some(source) = str_at(record, &["eventSource"])
+        && source != "aws:s3"
+    {
+        return Err(malformed(format!("record from {source:?}, not aws:s3")));
+    }
+    let kind = match classify_s3_name(name) {
+        Some(Some(kind)) => kind,
+        Some(None) => {
+            return Ok(Item::Unsupported {
+                event_name: name.to_owned(),
+            });
+        }
+        None => {
+            return Err(ParseError {
+                reason: DeadLetterReason::UnknownEvent,
+                detail: format!("unknown S3 event name {name:?}"),
+            });
+        }
+    };
+    let s3 = record
+        .get("s3")
+        .ok_or_else(|| malformed("record without s3"))?;
+    let time = str_at(record, &["eventTime"]).ok_or_else(|| malformed("record without eventTime"))?;
+    object_event(kind, name, s3, &["object", "eTag"], &["object", "versionId"], time)
+}
+
+fn parse_eventbridge(value: &Value) -> Result<Item, ParseError> {
+    let detail_type = str_at(value, &["detail-type"]).unwrap_or_default();
+    if let Some(source) = str_at(value, &["source"])
+        && source != "aws.s3"
+    {
+        return Err(malformed(format!("EventBridge event from {source:?}, not aws.s3")));
+    }
+    let kind = match detail_type {
+        "Object Created" => EventKind::Created,
+        "Object Deleted" => EventKind::Removed,
+        other if other.starts_with("Object ") => {
+            return Ok(Item::Unsupported {
+                event_name: other.to_owned(),
+            });
+        }
+        other => {
+            return Err(ParseError {
+                reason: DeadLetterReason::UnknownEvent,
+                detail: format!("unknown EventBridge detail-type {other:?}"),
+            });
+        }
+    };
+    let detail = value
+        .get("detail")
+        .ok_or_else(|| malformed("EventBridge event without detail"))?;
+    let time = str_at(value, &["time"]).ok_or_else(|| malformed("EventBridge event without time"))?;
+    let name = str_at(detail, &["reason"]).unwrap_or(detail_type);
+    object_event(kind, name, detail, &["object", "etag"], &["object", "version-id"], time)
+}
+
+/// Reads the fields both S3-event shapes share once the caller located them.
+fn object_event(
+    kind: EventKind,
+    event_name: &str,
+    s3: &Value,
+    etag_at: &[&str],
+    version_at: &[&str],
+    time: &str,
+) -> Result<Item, ParseError> {
+    let bucket = str_at(s3, &["bucket", "name"]).ok_or_else(|| malformed("no bucket name"))?;
+    let raw_key = str_at(s3, &["object", "key"]).ok_or_else(|| malformed("no object key"))?;
+    let key = decode_key(raw_key)?;
+    let size = match s3.get("object").and_then(|o| o.get("size")) {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| malformed("object size is not a number"))?),
+    };
+    Ok(Item::Object(ObjectEvent {
+        kind,
+        event_name: event_name.to_owned(),
+        bucket: bucket.to_owned(),
+        key,
+        etag: str_at(s3, etag_at).map(unquote_etag).filter(|e| !e.is_empty()),
+        size,
+        version_id: str_at(s3, version_at)
+            .filter(|v| !v.is_empty() && *v != "null")
+            .map(str::to_owned),
+        sequencer: str_at(s3, &["object", "sequencer"])
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+        event_time: parse_time(time)?,
+    }))
+}
+
+fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter()
+        .try_fold(value, |v, field| v.get(field))
+        .and_then(Value::as_str)
+}
+
+/// Keys in notifications are form-URL-encoded: `+` is a space, then percent-decoding, then UTF-8.
+pub fn decode_key(raw: &str) -> Result<String, ParseError> {
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|k| k.into_owned())
+        .map_err(|e| ParseError {
+            reason: DeadLetterReason::InvalidKey,
+            detail: format!("key {raw:?} does not decode to UTF-8: {e}"),
+        })
+}
+
+/// ETags travel with quotes in HTTP headers and without them in events; rows store them bare.
+pub fn unquote_etag(etag: &str) -> String {
+    etag.trim().trim_start_matches("W/").trim_matches('"').to_owned()
+}
+
+/// Accepts RFC 3339 and the zone-less form moto sends (read as UTC, as S3 times are).
+fn parse_time(text: &str) -> Result<DateTime<Utc>, ParseError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+        .map(|t| t.and_utc())
+        .map_err(|e| malformed(format!("eventTime {text:?} is not a timestamp: {e}")))
+}
+
+/// AWS's rule for S3 sequencers: pad the shorter with zeros on the right, compare as strings.
+pub fn sequencer_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let width = a.len().max(b.len());
+    let pad = |s: &str| format!("{:0<width$}", s.to_ascii_uppercase());
+    pad(a).cmp(&pad(b))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+use super::*;
+use crate::disposition::DeadLetterReason;
+
+fn s3_body(name: &str, key: &str, extra: &str) -> String {
+    format!(
+        r#"{{"Records":[{{"eventVersion":"2.1","eventSource":"aws:s3","awsRegion":"us-east-1",
+        "eventTime":"2024-05-01T10:00:00.123Z","eventName":"{name}",
+        "s3":{{"bucket":{{"name":"uploads"}},"object":{{"key":"{key}","size":5,"eTag":"abc"{extra}}}}}}}]}}"#
+    )
+}
+
+fn only_event(message: Message) -> ObjectEvent {
+    match message {
+        Message::Events(mut items) if items.len() == 1 => match items.remove(0) {
+            Item::Object(e) => e,
+            other => panic!("not an object event: {other:?}"),
+        },
+        other => panic!("not one event: {other:?}"),
+    }
+}
+
+#[test]
+fn decodes_form_encoded_keys() {
+    let cases = [
+        ("dp-1%2Fraw+data%2F2024%2Ffile.csv", "dp-1/raw data/2024/file.csv"),
+        ("dp%2Fa%2Bb.txt", "dp/a+b.txt"),
+        ("dp%2F100%25.txt", "dp/100%.txt"),
+        ("dp%2F%E1%BA%A3nh+%E6%96%87%E4%BB%B6.png", "dp/ảnh 文件.png"),
+        ("dp/plain.txt", "dp/plain.txt"),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(decode_key(raw).unwrap(), want, "{raw}");
+    }
+}
+
+#[test]
+fn rejects_keys_that_are_not_utf8() {
+    let err = decode_key("dp%2F%FF%FE").unwrap_err();
+    assert_eq!(err.reason, DeadLetterReason::InvalidKey);
+}
+
+#[test]
+fn parses_an_s3_record_with_optional_fields() {
+    let body = s3_body(
+        "ObjectCreated:Put",
+        "dp%2Fa.txt",
+        r#","versionId":"v1","sequencer":"0055AED6DCD90281E5""#,
+    );
+    let e = only_event(parse(&body).unwrap());
+    assert_eq!(e.kind, EventKind::Created);
+    assert_eq!(e.key, "dp/a.txt");
+    assert_eq!(e.etag.as_deref(), Some("abc"));
+    assert_eq!(e.version_id.as_deref(), Some("v1"));
+    assert_eq!(e.sequencer.as_deref(), Some("0055AED6DCD90281E5"));
+    assert_eq!(e.size, Some(5));
+    assert_eq!(e.event_time.timestamp_millis(), 1_714_557_600_123);
+}
+
+#[test]
+fn accepts_event_time_without_zone() {
+    let body = s3_body("ObjectRemoved:Delete", "dp%2Fa", "").replace(
+        "2024-05-01T10:00:00.123Z",
+        "2024-05-01T10:00:00.123456",
+    );
+    let e = only_event(parse(&body).unwrap());
+    assert_eq!(e.kind, EventKind::Removed);
+    assert_eq!(e.event_time.timestamp_micros(), 1_714_557_600_123_456);
+}
+
+#[test]
+fn unwraps_sns() {
+    let inner = s3_body("ObjectCreated:Put", "dp%2Fa.txt", "");
+    let body = serde_json::json!({"Type": "Notification", "MessageId": "m", "Message": inner}).to_string();
+    assert_eq!(only_event(parse(&body).unwrap()).key, "dp/a.txt");
+}
+
+#[test]
+fn parses_eventbridge() {
+    let body = r#"{"version":"0","detail-type":"Object Created","source":"aws.s3",
+      "time":"2024-05-01T10:00:00Z","detail":{"bucket":{"name":"uploads"},
+      "object":{"key":"dp/raw+data/x%2By.csv","size":3,"etag":"e1","version-id":"v9","sequencer":"00AB"},
+      "reason":"PutObject"}}"#;
+    let e = only_event(parse(body).unwrap());
+    assert_eq!(e.key, "dp/raw data/x+y.csv");
+    assert_eq!(e.version_id.as_deref(), Some("v9"));
+    assert_eq!(e.etag.as_deref(), Some("e1"));
+    let deleted = body.replace("Object Created", "Object Deleted");
+    assert_eq!(only_event(parse(&deleted).unwrap()).kind, EventKind::Removed);
+    let tags = body.replace("Object Created", "Object Tags Added");
+    assert!(matches!(parse(&tags).unwrap(), Message::Events(v) if matches!(v[0], Item::Unsupported{..})));
+}
+
+#[test]
+fn recognises_the_test_event() {
+    let body = r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Time":"2024-05-01T10:00:00.000Z","Bucket":"uploads"}"#;
+    assert_eq!(parse(body).unwrap(), Message::Test);
+}
+
+#[test]
+fn classifies_bad_bodies() {
+    let malformed = DeadLetterReason::MalformedMessage;
+    let cases = [
+        ("not json", malformed),
+        ("[]", malformed),
+        ("{}", malformed),
+        (r#"{"Records":[]}"#, malformed),
+        (r#"{"Records":{}}"#, malformed),
+        (r#"{"Type":"Notification","Message":"nope"}"#, malformed),
+        (r#"{"Records":[{"eventName":"ObjectCreated:Put"}]}"#, malformed),
+        (r#"{"Records":[{"eventName":"Bogus:Thing"}]}"#, DeadLetterReason::UnknownEvent),
+    ];
+    for (body, reason) in cases {
+        assert_eq!(parse(body).unwrap_err().reason, reason, "{body}");
+    }
+    let bad_time = s3_body("ObjectCreated:Put", "dp%2Fa", "").replace("2024-05-01T10:00:00.123Z", "yesterday");
+    assert_eq!(parse(&bad_time).unwrap_err().reason, malformed);
+}
+
+#[test]
+fn orders_sequencers_like_aws() {
+    use std::cmp::Ordering::*;
+    assert_eq!(sequencer_cmp("0055AED6DCD90281E5", "0055AED6DCD90281E6"), Less);
+    assert_eq!(sequencer_cmp("0055AED6DCD9028", "0055AED6DCD90281E5"), Less);
+    assert_eq!(sequencer_cmp("0056", "0055AED6DCD90281E5"), Greater);
+    assert_eq!(sequencer_cmp("00ab", "00AB"), Equal);
+}
+
+#[test]
+fn strips_etag_quotes() {
+    assert_eq!(unquote_etag("\"abc-2\""), "abc-2");
+    assert_eq!(unquote_etag("abc"), "abc");
+}

@@ -1,0 +1,80 @@
+//! Thin entry point: parse the command line, start logging, run the command, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use datapack_worker::cli::{Cli, Command, DlqCommand};
+use datapack_worker::{app, aws, config, dlq, presign, shutdown, store, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(&cli.log_format);
+    match execute(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("datapack-worker: {error:#}");
+            if error.downcast_ref::<config::ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(args) => app::run(*args, shutdown::on_signals()).await,
+        Command::Migrate(db) => {
+            let pool = store::pool(db.connect_options()?, &db.pool_settings());
+            store::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Presign(args) => {
+            let bucket = args
+                .bucket
+                .clone()
+                .or_else(|| std::env::var("FILESYSTEM_S3_BUCKET").ok())
+                .ok_or(config::ConfigError::Missing("S3_BUCKET (or --bucket)"))?;
+            let s3 = aws::s3(&aws::load(&aws::AwsSettings::default()).await);
+            let signed = presign::presign(&s3, &bucket, &args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&signed)?);
+            } else {
+                println!("{} {}", signed.method, signed.url);
+                for (name, value) in &signed.headers {
+                    println!("{name}: {value}");
+                }
+            }
+            Ok(())
+        }
+        Command::Dlq(command) => {
+            let sqs = aws::sqs(&aws::load(&aws::AwsSettings::default()).await);
+            match command {
+                DlqCommand::List { queues, max, json } => {
+                    let entries = dlq::list(&sqs, &queues.sqs_dead_letter_queue_url, max).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&entries)?);
+                    } else {
+                        println!("{:<20} {:>8}  {:<36}  key", "reason", "age_s", "message_id");
+                        for e in &entries {
+                            let age = e.age_secs.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+                            println!("{:<20} {:>8}  {:<36}  {}", e.reason, age, e.message_id, e.key.as_deref().unwrap_or("-"));
+                        }
+                        println!("{} message(s)", entries.len());
+                    }
+                    Ok(())
+                }
+                DlqCommand::Redrive { queues, reason, max } => {
+                    let main_url = queues.sqs_queue_url.ok_or(config::ConfigError::Missing("SQS_QUEUE_URL"))?;
+                    let moved = dlq::redrive(&sqs, &queues.sqs_dead_letter_queue_url, &main_url, reason.as_deref(), max).await?;
+                    println!("redrove {moved} message(s)");
+                    Ok(())
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! One message, start to verdict: parse, fetch and hash each announced object, write, decide.
+//!
+//! The pipeline never touches the queue; it returns a [`Verdict`] and the worker settles it. That
+//! keeps the rule "delete only after commit" in one place and lets tests drive one message.
+
+use std::time::Instant;
+
+use chrono::Utc;
+
+use crate::disposition::{DeadLetterReason, Failure, Outcome, SkipReason};
+use crate::event::{self, EventKind, Item, Message, ObjectEvent};
+use crate::key;
+use crate::object::{self, Fetched, Target};
+use crate::queue::Received;
+use crate::store::{NewResource, Removal, Write, WriteOutcome};
+use crate::writer::Writer;
+
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// Buckets this worker serves; events for others are skipped. Empty: serve any.
+    pub buckets: Vec<String>,
+    /// Required `uploaded-by` metadata value; `None` records every upload.
+    pub required_uploaded_by: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Pipeline {
+    pub s3: aws_sdk_s3::Client,
+    pub writer: Writer,
+    pub settings: PipelineSettings,
+}
+
+/// What to do with a message once processing ends.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Everything it announced is committed or skipped on purpose: delete it.
+    Ack(Vec<Outcome>),
+    /// It can never succeed: the good records are committed, the message goes to the DLQ.
+    DeadLetter { outcomes: Vec<Outcome>, failure: Failure },
+    /// Try again later (after a backoff), or at once if a dependency is down.
+    Retry(Failure),
+}
+
+impl Pipeline {
+    pub async fn process(&self, message: &Received) -> Verdict {
+        let items = match event::parse(&message.body) {
+            Ok(Message::Test) => return Verdict::Ack(vec![Outcome::Skipped(SkipReason::TestEvent)]),
+            Ok(Message::Events(items)) => items,
+            Err(e) => {
+                return Verdict::DeadLetter {
+                    outcomes: Vec::new(),
+                    failure: Failure::permanent(e.reason, e.detail),
+                };
+            }
+        };
+        metrics::histogram!(crate::metrics::RECORDS_PER_MESSAGE).record(items.len() as f64);
+
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut writes = Vec::new();
+        let mut permanent: Option<Failure> = None;
+        for item in &items {
+            match self.prepare(item).await {
+                Ok(Prepared::Done(outcome)) => outcomes.push(outcome),
+                Ok(Prepared::Write(write)) => writes.push(write),
+                Err(failure @ Failure::Permanent { .. }) => {
+                    permanent.get_or_insert(failure);
+                }
+                // Nothing later in this message can change a retry: stop here.
+                Err(failure) => return Verdict::Retry(failure),
+            }
+        }
+
+        if !writes.is_empty() {
+            let event_times: Vec<_> = writes.iter().map(event_time).collect();
+            let written = match self.writer.write(writes).await {
+                Ok(written) => written,
+                Err(failure @ Failure::Permanent { .. }) => {
+                    return Verdict::DeadLetter { outcomes, failure };
+                }
+                Err(failure) => return Verdict::Retry(failure),
+            };
+            let now = Utc::now();
+            for (result, at) in written.into_iter().zip(event_times) {
+                let outcome = match result {
+                    WriteOutcome::Recorded => Outcome::Recorded,
+                    WriteOutcome::Duplicate => Outcome::Duplicate,
+                    WriteOutcome::Removed => Outcome::Removed,
+                    WriteOutcome::Stale => Outcome::Stale,
+                    WriteOutcome::UnknownDatapack => {
+                        permanent.get_or_insert(Failure::permanent(
+                            DeadLetterReason::UnknownDatapack,
+                            "no datapack row has this identifier (create it, then redrive)",
+                        ));
+                        continue;
+                    }
+                };
+                if matches!(outcome, Outcome::Recorded | Outcome::Removed) {
+                    let lag = (now - at).to_std().unwrap_or_default();
+                    metrics::histogram!(crate::metrics::EVENT_TO_COMMIT).record(lag.as_secs_f64());
+                }
+                outcomes.push(outcome);
+            }
+        }
+        match permanent {
+            Some(failure) => Verdict::DeadLetter { outcomes, failure },
+            None => Verdict::Ack(outcomes),
+        }
+    }
+
+    async fn prepare(&self, item: &Item) -> Result<Prepared, Failure> {
+        let event = match item {
+            Item::Unsupported { event_name } => {
+                tracing::debug!(event_name, "ignoring an S3 event type we do not ingest");
+                return Ok(Prepared::Done(Outcome::Skipped(SkipReason::UnsupportedEvent)));
+            }
+            Item::Object(event) => event,
+        };
+        let span = tracing::info_span!("record", bucket = %event.bucket, key = %event.key, etag = event.etag.as_deref().unwrap_or(""));
+        let _entered = span.enter();
+        if !self.settings.buckets.is_empty() && !self.settings.buckets.contains(&event.bucket) {
+            return Ok(Prepared::Done(Outcome::Skipped(SkipReason::ForeignBucket)));
+        }
+        match event.kind {
+            EventKind::Removed => Ok(Prepared::Write(Write::Removal(Removal {
+                bucket: event.bucket.clone(),
+                object_key: event.key.clone(),
+                sequencer: event.sequencer.clone(),
+                event_time: event.event_time,
+            }))),
+            EventKind::Created => {
+                drop(_entered);
+                self.created(event).await
+            }
+        }
+    }
+
+    async fn created(&self, event: &ObjectEvent) -> Result<Prepared, Failure> {
+        let place = match key::split(&event.key) {
+            Ok(place) => place,
+            Err(refusal) => return Result::<Outcome, Failure>::from(refusal).map(Prepared::Done),
+        };
+        let target = Target {
+            bucket: &event.bucket,
+            key: &event.key,
+            etag: event.etag.as_deref(),
+            version_id: event.version_id.as_deref(),
+        };
+        let started = Instant::now();
+        let fetched = object::fetch(&self.s3, target, self.settings.required_uploaded_by.as_deref()).await;
+        crate::metrics::phase("fetch_hash", started.elapsed());
+        let facts = match fetched? {
+            Fetched::Object(facts) => facts,
+            Fetched::NotPresigned => return Ok(Prepared::Done(Outcome::Skipped(SkipReason::NotPresigned))),
+            Fetched::Gone => return Ok(Prepared::Done(Outcome::ObjectGone)),
+            Fetched::Superseded => return Ok(Prepared::Done(Outcome::Superseded)),
+        };
+        metrics::histogram!(crate::metrics::OBJECT_SIZE).record(facts.length as f64);
+        Ok(Prepared::Write(Write::Resource(NewResource {
+            bucket: event.bucket.clone(),
+            object_key: event.key.clone(),
+            datapack: place.datapack,
+            path: place.path,
+            display: place.display,
+            content_type: facts.content_type,
+            length: i64::try_from(facts.length).unwrap_or(i64::MAX),
+            etag: facts.etag,
+            sha256: facts.sha256,
+            submitter_name: facts.uploader.name,
+            submitter_email: facts.uploader.email,
+            object_last_modified: facts.last_modified,
+            version_id: facts.version_id,
+            sequencer: event.sequencer.clone(),
+            event_time: event.event_time,
+        })))
+    }
+}
+
+enum Prepared {
+    Done(Outcome),
+    Write(Write),
+}
+
+fn event_time(write: &Write) -> chrono::DateTime<Utc> {
+    match write {
+        Write::Resource(r) => r.event_time,
+        Write::Removal(r) => r.event_time,
+    }
+}

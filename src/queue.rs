@@ -1,0 +1,231 @@
+//! SQS: receive, batched delete, visibility changes, the dead-letter send, and queue depth.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+};
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::aws;
+use crate::disposition::{Dependency, Failure};
+
+/// A received message with the attributes the worker uses.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub body: String,
+    pub receive_count: u32,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub first_received_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Queue {
+    client: aws_sdk_sqs::Client,
+    pub url: String,
+    pub dead_letter_url: String,
+    pub wait: Duration,
+    pub visibility_timeout: Duration,
+}
+
+/// Why a visibility change did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum VisibilityError {
+    /// The receipt handle no longer holds the message (it expired and was redelivered).
+    #[error("receipt handle is no longer valid")]
+    Lost,
+    #[error(transparent)]
+    Failed(Failure),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Depth {
+    pub visible: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+}
+
+fn millis(attributes: Option<&std::collections::HashMap<MessageSystemAttributeName, String>>, name: MessageSystemAttributeName) -> Option<DateTime<Utc>> {
+    attributes?.get(&name)?.parse::<i64>().ok().and_then(DateTime::from_timestamp_millis)
+}
+
+impl Queue {
+    pub fn new(
+        client: aws_sdk_sqs::Client,
+        url: String,
+        dead_letter_url: String,
+        wait: Duration,
+        visibility_timeout: Duration,
+    ) -> Self {
+        Self { client, url, dead_letter_url, wait, visibility_timeout }
+    }
+
+    /// One long poll for at most `max` messages (1..=10).
+    pub async fn receive(&self, max: usize) -> Result<Vec<Received>, Failure> {
+        let output = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .wait_time_seconds(self.wait.as_secs() as i32)
+            .visibility_timeout(self.visibility_timeout.as_secs() as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .map_err(|e| aws::classify(Dependency::Sqs, aws::status(&e), e))?;
+        Ok(output
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| {
+                let attributes = m.attributes.as_ref();
+                Some(Received {
+                    receive_count: attributes
+                        .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(1),
+                    sent_at: millis(attributes, MessageSystemAttributeName::SentTimestamp),
+                    first_received_at: millis(attributes, MessageSystemAttributeName::ApproximateFirstReceiveTimestamp),
+                    message_id: m.message_id.unwrap_or_default(),
+                    // A message without a handle cannot be settled; SQS never sends one.
+                    receipt_handle: m.receipt_handle?,
+                    body: m.body.unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes up to ten messages in one call; returns the handles that failed.
+    pub async fn delete_batch(&self, handles: &[String]) -> Result<Vec<String>, Failure> {
+        let entries = handles
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(h)
+                    .build()
+                    .expect("id and receipt handle are set")
+            })
+            .collect::<Vec<_>>();
+        let output = self
+            .client
+            .delete_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| aws::classify(Dependency::Sqs, aws::status(&e), e))?;
+        Ok(output
+            .failed
+            .iter()
+            .filter_map(|f| f.id.parse::<usize>().ok())
+            .filter_map(|i| handles.get(i).cloned())
+            .collect())
+    }
+
+    pub async fn set_visibility(&self, receipt_handle: &str, timeout: Duration) -> Result<(), VisibilityError> {
+        let result = self
+            .client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(timeout.as_secs().min(43_200) as i32)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => match aws::code(&e).as_deref() {
+                Some("ReceiptHandleIsInvalid" | "MessageNotInflight" | "InvalidParameterValue")
+                | Some("AWS.SimpleQueueService.MessageNotInflight") => Err(VisibilityError::Lost),
+                _ => Err(VisibilityError::Failed(aws::classify(Dependency::Sqs, aws::status(&e), e))),
+            },
+        }
+    }
+
+    /// Sends the original body, unchanged, to the dead-letter queue with why it failed.
+    /// At-least-once: a crash between this send and the delete sends it again, so the source
+    /// message id travels along to tell such copies apart.
+    pub async fn dead_letter(&self, message: &Received, reason: &str, detail: &str) -> Result<(), Failure> {
+        let text = |v: &str| {
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(v)
+                .build()
+                .expect("data type is set")
+        };
+        let detail: String = detail.chars().take(1024).collect();
+        self.client
+            .send_message()
+            .queue_url(&self.dead_letter_url)
+            .message_body(&message.body)
+            .message_attributes("error_reason", text(reason))
+            .message_attributes("error_detail", text(if detail.is_empty() { "-" } else { &detail }))
+            .message_attributes("source_message_id", text(&message.message_id))
+            .message_attributes("receive_count", text(&message.receive_count.to_string()))
+            .send()
+            .await
+            .map_err(|e| aws::classify(Dependency::Sqs, aws::status(&e), e))?;
+        Ok(())
+    }
+
+    pub async fn depth(&self, url: &str) -> Result<Depth, Failure> {
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| aws::classify(Dependency::Sqs, aws::status(&e), e))?;
+        let get = |name| {
+            output
+                .attributes()
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(Depth {
+            visible: get(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        })
+    }
+
+    pub fn client(&self) -> &aws_sdk_sqs::Client {
+        &self.client
+    }
+}
+
+/// A delete request waiting for its batch.
+pub struct DeleteRequest {
+    pub receipt_handle: String,
+    pub done: oneshot::Sender<Result<(), Failure>>,
+}
+
+/// Batches deletes: whatever is waiting (up to ten) goes in one call, so deletes batch under
+/// load and add no delay when idle. Ends when every sender is gone and the channel is drained.
+pub async fn run_deleter(queue: Queue, mut requests: mpsc::Receiver<DeleteRequest>) {
+    let mut batch = Vec::with_capacity(10);
+    while requests.recv_many(&mut batch, 10).await > 0 {
+        let handles: Vec<String> = batch.iter().map(|r| r.receipt_handle.clone()).collect();
+        let started = std::time::Instant::now();
+        let result = queue.delete_batch(&handles).await;
+        crate::metrics::phase("sqs_delete", started.elapsed());
+        for request in batch.drain(..) {
+            let answer = match &result {
+                Ok(failed) if failed.contains(&request.receipt_handle) => {
+                    Err(Failure::transient("sqs_delete_failed", "DeleteMessageBatch refused this entry"))
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(Failure::transient(e.reason(), crate::disposition::chain(e))),
+            };
+            let _ = request.done.send(answer);
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! PostgreSQL: the schema's migrations and the idempotent, order-aware write of a batch of events.
+//!
+//! One call writes the events of many messages in one transaction with a handful of set-based
+//! statements, whatever the batch size. Keys are locked (transaction advisory locks, taken in a
+//! fixed order so two batches never deadlock) before any ordering decision, which makes "is there
+//! something newer for this key?" race-free across replicas.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+
+use crate::disposition::{DeadLetterReason, Dependency, Failure};
+use crate::event::sequencer_cmp;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A resource row to record: the facts of one fetched and hashed upload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewResource {
+    pub bucket: String,
+    pub object_key: String,
+    pub datapack: String,
+    pub path: String,
+    pub display: String,
+    pub content_type: Option<String>,
+    pub length: i64,
+    pub etag: String,
+    pub sha256: String,
+    pub submitter_name: Option<String>,
+    pub submitter_email: Option<String>,
+    pub object_last_modified: Option<DateTime<Utc>>,
+    pub version_id: Option<String>,
+    pub sequencer: Option<String>,
+    pub event_time: DateTime<Utc>,
+}
+
+/// A removal of a key, as announced by `ObjectRemoved:*`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Removal {
+    pub bucket: String,
+    pub object_key: String,
+    pub sequencer: Option<String>,
+    pub event_time: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    Resource(NewResource),
+    Removal(Removal),
+}
+
+impl Write {
+    fn key(&self) -> (&str, &str) {
+        match self {
+            Self::Resource(r) => (&r.bucket, &r.object_key),
+            Self::Removal(r) => (&r.bucket, &r.object_key),
+        }
+    }
+
+    fn position(&self) -> (Option<&str>, DateTime<Utc>) {
+        match self {
+            Self::Resource(r) => (r.sequencer.as_deref(), r.event_time),
+            Self::Removal(r) => (r.sequencer.as_deref(), r.event_time),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Recorded,
+    Duplicate,
+    UnknownDatapack,
+    Removed,
+    Stale,
+}
+
+/// The same ordering rule as the SQL function `datapack_event_newer`.
+fn newer(a: (Option<&str>, DateTime<Utc>), b: (Option<&str>, DateTime<Utc>)) -> bool {
+    match (a.0, b.0) {
+        (Some(x), Some(y)) => sequencer_cmp(x, y).is_gt(),
+        _ => a.1 > b.1,
+    }
+}
+
+/// A stable 64-bit lock id for a key; collisions only serialise two keys, never corrupt.
+fn key_lock(bucket: &str, key: &str) -> i64 {
+    let digest = Sha256::new()
+        .chain_update(bucket)
+        .chain_update([0])
+        .chain_update(key)
+        .finalize();
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    pub statement_timeout: Duration,
+}
+
+/// Builds a pool that connects lazily, so the worker starts (and reports not-ready) while the
+/// database is down instead of crashing.
+pub fn pool(options: PgConnectOptions, settings: &PoolSettings) -> PgPool {
+    let options = options.application_name("datapack-worker").options([(
+        "statement_timeout",
+        settings.statement_timeout.as_millis().to_string(),
+    )]);
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .min_connections(0)
+        .acquire_timeout(settings.acquire_timeout)
+        .test_before_acquire(true)
+        .connect_lazy_with(options)
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Probe used for readiness and outage recovery.
+pub async fn ping(pool: &PgPool) -> Result<(), Failure> {
+    sqlx::query("SELECT 1 FROM datapack_resource LIMIT 0")
+        .execute(pool)
+        .await
+        .map(drop)
+        .map_err(classify)
+}
+
+/// Writes a batch in one transaction and says what became of each write, in order.
+pub async fn apply(
+    pool: &PgPool,
+    writes: &[Write],
+    create_datapacks: bool,
+) -> Result<Vec<WriteOutcome>, sqlx::Error> {
+    let mut outcomes = vec![WriteOutcome::Duplicate; writes.len()];
+    if writes.is_empty() {
+        return Ok(outcomes);
+    }
+    let mut tx = pool.begin().await?;
+
+    let mut locks: Vec<i64> = writes.iter().map(|w| { let (b, k) = w.key(); key_lock(b, k) }).collect();
+    locks.sort_unstable();
+    locks.dedup();
+    sqlx::query("SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k")
+        .bind(&locks)
+        .execute(&mut *tx)
+        .await?;
+
+    let datapacks = resolve_datapacks(&mut tx, writes, create_datapacks).await?;
+
+    // Within one batch, keep the newest write per upload (resources) or per key (removals): the
+    // others are duplicates by construction, and ON CONFLICT may touch a row only once.
+    let mut chosen_resource: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    let mut chosen_removal: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, write) in writes.iter().enumerate() {
+        match write {
+            Write::Resource(r) => {
+                if !datapacks.contains_key(r.datapack.as_str()) {
+                    outcomes[i] = WriteOutcome::UnknownDatapack;
+                    continue;
+                }
+                let slot = chosen_resource.entry((&r.bucket, &r.object_key, &r.etag)).or_insert(i);
+                if newer(write.position(), writes[*slot].position()) {
+                    *slot = i;
+                }
+            }
+            Write::Removal(r) => {
+                outcomes[i] = WriteOutcome::Stale;
+                let slot = chosen_removal.entry((&r.bucket, &r.object_key)).or_insert(i);
+                if newer(write.position(), writes[*slot].position()) {
+                    *slot = i;
+                }
+            }
+        }
+    }
+
+    let resources: Vec<(usize, &NewResource)> = chosen_resource
+        .values()
+        .map(|&i| match &writes[i] {
+            Write::Resource(r) => (i, r),
+            Write::Removal(_) => unreachable!("only resources are chosen here"),
+        })
+        .collect();
+    for i in insert_resources(&mut tx, &resources, &datapacks).await? {
+        outcomes[i] = WriteOutcome::Recorded;
+    }
+
+    let removals: Vec<(usize, &Removal)> = chosen_removal
+        .values()
+        .map(|&i| match &writes[i] {
+            Write::Removal(r) => (i, r),
+            Write::Resource(_) => unreachable!("only removals are chosen here"),
+        })
+        .collect();
+    for i in upsert_removals(&mut tx, &removals).await? {
+        outcomes[i] = WriteOutcome::Removed;
+    }
+
+    settle(&mut tx, writes).await?;
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
+
+async fn resolve_datapacks(
+    tx: &mut Tx<'_>,
+    writes: &[Write],
+    create: bool,
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let mut identifiers: Vec<&str> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Resource(r) => Some(r.datapack.as_str()),
+            Write::Removal(_) => None,
+        })
+        .collect();
+    identifiers.sort_unstable();
+    identifiers.dedup();
+    if identifiers.is_empty() {
+        return Ok(HashMap::new());
+    }
+    if create {
+        sqlx::query("INSERT INTO datapack (identifier) SELECT unnest($1::text[]) ON CONFLICT (identifier) DO NOTHING")
+            .bind(&identifiers)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let rows = sqlx::query("SELECT identifier, id FROM datapack WHERE identifier = ANY($1::text[])")
+        .bind(&identifiers)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("identifier")?, row.try_get("id")?)))
+        .collect()
+}
+
+/// Inserts new uploads; refreshes an existing upload only from a newer event (the same bytes
+/// uploaded again after a removal). Returns the indexes that changed the table.
+async fn insert_resources(
+    tx: &mut Tx<'_>,
+    resources: &[(usize, &NewResource)],
+    datapacks: &HashMap<String, i64>,
+) -> Result<Vec<usize>, sqlx::Error> {
+    if resources.is_empty() {
+        return Ok(Vec::new());
+    }
+    macro_rules! column {
+        ($r:ident => $e:expr) => {
+            resources.iter().map(|(_, $r)| $e).collect::<Vec<_>>()
+        };
+    }
+    let rows = sqlx::query(
+        "INSERT INTO datapack_resource AS r (datapack_id, bucket, object_key, path, display, content_type,
+             length, etag, sha256, submitter_name, submitter_email, object_last_modified, version_id,
+             sequencer, event_time)
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+             $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[],
+             $13::text[], $14::text[], $15::timestamptz[])
+         ON CONFLICT ON CONSTRAINT datapack_resource_upload_key DO UPDATE SET
+             datapack_id = EXCLUDED.datapack_id, path = EXCLUDED.path, display = EXCLUDED.display,
+             content_type = EXCLUDED.content_type, length = EXCLUDED.length, sha256 = EXCLUDED.sha256,
+             submitter_name = EXCLUDED.submitter_name, submitter_email = EXCLUDED.submitter_email,
+             object_last_modified = EXCLUDED.object_last_modified, version_id = EXCLUDED.version_id,
+             sequencer = EXCLUDED.sequencer, event_time = EXCLUDED.event_time,
+             ingested_at = now(), deleted_at = NULL
+           WHERE datapack_event_newer(EXCLUDED.sequencer, EXCLUDED.event_time, r.sequencer, r.event_time)
+         RETURNING bucket, object_key, etag",
+    )
+    .bind(column!(r => datapacks[r.datapack.as_str()]))
+    .bind(column!(r => r.bucket.as_str()))
+    .bind(column!(r => r.object_key.as_str()))
+    .bind(column!(r => r.path.as_str()))
+    .bind(column!(r => r.display.as_str()))
+    .bind(column!(r => r.content_type.as_deref()))
+    .bind(column!(r => r.length))
+    .bind(column!(r => r.etag.as_str()))
+    .bind(column!(r => r.sha256.as_str()))
+    .bind(column!(r => r.submitter_name.as_deref()))
+    .bind(column!(r => r.submitter_email.as_deref()))
+    .bind(column!(r => r.object_last_modified))
+    .bind(column!(r => r.version_id.as_deref()))
+    .bind(column!(r => r.sequencer.as_deref()))
+    .bind(column!(r => r.event_time))
+    .fetch_all(&mut **tx)
+    .await?;
+    let index: HashMap<(&str, &str, &str), usize> = resources
+        .iter()
+        .map(|(i, r)| ((r.bucket.as_str(), r.object_key.as_str(), r.etag.as_str()), *i))
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let key: (String, String, String) =
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            Ok(index[&(key.0.as_str(), key.1.as_str(), key.2.as_str())])
+        })
+        .collect()
+}
+
+/// Records each key's newest removal. Returns the indexes that were newer than what was known.
+async fn upsert_removals(tx: &mut Tx<'_>, removals: &[(usize, &Removal)]) -> Result<Vec<usize>, sqlx::Error> {
+    if removals.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "INSERT INTO datapack_object_removal AS t (bucket, object_key, sequencer, event_time)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+         ON CONFLICT (bucket, object_key) DO UPDATE SET
+             sequencer = EXCLUDED.sequencer, event_time = EXCLUDED.event_time, recorded_at = now()
+           WHERE datapack_event_newer(EXCLUDED.sequencer, EXCLUDED.event_time, t.sequencer, t.event_time)
+         RETURNING bucket, object_key",
+    )
+    .bind(removals.iter().map(|(_, r)| r.bucket.as_str()).collect::<Vec<_>>())
+    .bind(removals.iter().map(|(_, r)| r.object_key.as_str()).collect::<Vec<_>>())
+    .bind(removals.iter().map(|(_, r)| r.sequencer.as_deref()).collect::<Vec<_>>())
+    .bind(removals.iter().map(|(_, r)| r.event_time).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    let index: HashMap<(&str, &str), usize> = removals
+        .iter()
+        .map(|(i, r)| ((r.bucket.as_str(), r.object_key.as_str()), *i))
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let key: (String, String) = (row.try_get(0)?, row.try_get(1)?);
+            Ok(index[&(key.0.as_str(), key.1.as_str())])
+        })
+        .collect()
+}
+
+/// Marks deleted every live row of the touched keys that something newer has replaced: a newer
+/// upload of the key, or a removal at least as new. The newest upload stays live unless removed.
+async fn settle(tx: &mut Tx<'_>, writes: &[Write]) -> Result<(), sqlx::Error> {
+    let (buckets, keys): (Vec<&str>, Vec<&str>) = writes.iter().map(Write::key).unzip();
+    sqlx::query(
+        "UPDATE datapack_resource r SET deleted_at = now()
+         FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k (bucket, object_key)
+         WHERE r.bucket = k.bucket AND r.object_key = k.object_key AND r.deleted_at IS NULL
+           AND (EXISTS (SELECT 1 FROM datapack_resource n
+                        WHERE n.bucket = r.bucket AND n.object_key = r.object_key AND n.id <> r.id
+                          AND datapack_event_newer(n.sequencer, n.event_time, r.sequencer, r.event_time))
+             OR EXISTS (SELECT 1 FROM datapack_object_removal t
+                        WHERE t.bucket = r.bucket AND t.object_key = r.object_key
+                          AND NOT datapack_event_newer(r.sequencer, r.event_time, t.sequencer, t.event_time)))",
+    )
+    .bind(buckets)
+    .bind(keys)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Maps a database error to its disposition by SQLSTATE class.
+pub fn classify(error: sqlx::Error) -> Failure {
+    use sqlx::Error as E;
+    let unavailable = |reason, e| Failure::unavailable(Dependency::Postgres, reason, e);
+    match &error {
+        E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => {
+            unavailable("database_unavailable", error)
+        }
+        E::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            match code.get(..2).unwrap_or_default() {
+                // connection exception, operator intervention, insufficient resources
+                "08" | "57" | "53" => unavailable("database_unavailable", error),
+                // undefined table/column, privileges, auth, unknown database: configuration faults
+                // that would fail every message, so pause instead of dead-lettering the queue.
+                "42" | "28" | "3D" => unavailable("database_misconfigured", error),
+                "22" => Failure::permanent(DeadLetterReason::InvalidData, error.to_string()),
+                _ => Failure::transient("database_error", error),
+            }
+        }
+        _ => Failure::transient("database_error", error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_prefers_sequencers_then_times() {
+        let t0 = DateTime::<Utc>::from_timestamp(100, 0).unwrap();
+        let t1 = DateTime::<Utc>::from_timestamp(200, 0).unwrap();
+        assert!(newer((Some("0056"), t0), (Some("0055FF"), t1)));
+        assert!(!newer((Some("0055"), t1), (Some("0055"), t0)));
+        assert!(newer((None, t1), (Some("00FF"), t0)));
+        assert!(!newer((None, t0), (None, t0)));
+    }
+
+    #[test]
+    fn key_lock_is_stable_and_separates_bucket_from_key() {
+        assert_eq!(key_lock("b", "k"), key_lock("b", "k"));
+        assert_ne!(key_lock("ab", "c"), key_lock("a", "bc"));
+    }
+}

@@ -1,0 +1,258 @@
+//! The pool: pollers that receive only for idle workers, a task per message, and settlement.
+//!
+//! A semaphore holds `WORKER_CONCURRENCY` slots. A poller first takes one free slot, then every
+//! other free slot (up to ten), and asks SQS for that many messages, so no message waits in
+//! memory while its visibility clock runs. Each message keeps its slot until it is settled.
+//! Shutdown stops receiving at once, lets in-flight work finish within the grace period, and
+//! releases the rest (visibility 0) so another replica takes it immediately.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::disposition::Failure;
+use crate::health::Health;
+use crate::metrics::{self as m, Raised};
+use crate::pipeline::{Pipeline, Verdict};
+use crate::queue::{DeleteRequest, Queue, Received, VisibilityError};
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub concurrency: usize,
+    pub pollers: usize,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// Longest time a message's visibility is extended while it is worked on.
+    pub max_extension: Duration,
+    pub shutdown_grace: Duration,
+}
+
+struct Context {
+    pipeline: Pipeline,
+    queue: Queue,
+    health: Health,
+    deletes: mpsc::Sender<DeleteRequest>,
+    settings: WorkerSettings,
+    /// Fired when the grace period is over: unfinished work is released.
+    hard_stop: CancellationToken,
+}
+
+/// Runs until `shutdown` fires and in-flight work is drained or released.
+pub async fn run(pipeline: Pipeline, queue: Queue, health: Health, settings: WorkerSettings, shutdown: CancellationToken) {
+    let (deletes, delete_requests) = mpsc::channel(settings.concurrency.max(10) * 2);
+    let deleter = tokio::spawn(crate::queue::run_deleter(queue.clone(), delete_requests));
+    let slots = Arc::new(Semaphore::new(settings.concurrency));
+    metrics::gauge!(m::CONCURRENCY).set(settings.concurrency as f64);
+    let context = Arc::new(Context {
+        pipeline,
+        queue,
+        health,
+        deletes,
+        settings: settings.clone(),
+        hard_stop: CancellationToken::new(),
+    });
+    let tasks = TaskTracker::new();
+    let pollers: Vec<_> = (0..settings.pollers.max(1))
+        .map(|_| tokio::spawn(poll(context.clone(), slots.clone(), tasks.clone(), shutdown.clone())))
+        .collect();
+
+    shutdown.cancelled().await;
+    for poller in pollers {
+        let _ = poller.await;
+    }
+    tasks.close();
+    tracing::info!(in_flight = tasks.len(), grace_secs = settings.shutdown_grace.as_secs(), "shutting down: draining in-flight work");
+    if tokio::time::timeout(settings.shutdown_grace, tasks.wait()).await.is_err() {
+        tracing::warn!(unfinished = tasks.len(), "grace period over: releasing unfinished messages");
+        context.hard_stop.cancel();
+        tasks.wait().await;
+    }
+    drop(context);
+    let _ = deleter.await;
+    tracing::info!("worker stopped");
+}
+
+async fn poll(context: Arc<Context>, slots: Arc<Semaphore>, tasks: TaskTracker, shutdown: CancellationToken) {
+    loop {
+        if !context.health.wait_ready(&shutdown).await {
+            return;
+        }
+        let first = {
+            let _idle = Raised::new(m::POLLERS_IDLE);
+            tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+                _ = shutdown.cancelled() => return,
+            }
+        };
+        let mut permits = vec![first];
+        while permits.len() < 10 {
+            match slots.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        let received = {
+            let _receiving = Raised::new(m::POLLERS_RECEIVING);
+            tokio::select! {
+                r = context.queue.receive(permits.len()) => r,
+                // Dropping a long poll may leave a message invisible until its timeout; it is
+                // redelivered then, never lost.
+                _ = shutdown.cancelled() => return,
+            }
+        };
+        let messages = match received {
+            Ok(messages) => messages,
+            Err(failure) => {
+                match &failure {
+                    Failure::Unavailable { dependency, .. } => context.health.report_down(*dependency, &failure),
+                    _ => {
+                        tracing::warn!(error = %crate::disposition::chain(&failure), "receive failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                    }
+                }
+                continue;
+            }
+        };
+        m::received(messages.len());
+        for message in messages {
+            let permit = permits.pop().expect("never more messages than slots asked for");
+            let span = tracing::info_span!("message", message_id = %message.message_id, receive_count = message.receive_count);
+            tasks.spawn(handle(context.clone(), message, permit).instrument(span));
+        }
+    }
+}
+
+async fn handle(context: Arc<Context>, message: Received, _slot: OwnedSemaphorePermit) {
+    let _busy = Raised::new(m::WORKERS_BUSY);
+    let _in_flight = Raised::new(m::IN_FLIGHT);
+    let started = Instant::now();
+    if let (Some(sent), Some(first)) = (message.sent_at, message.first_received_at) {
+        let wait = (first - sent).to_std().unwrap_or_default();
+        metrics::histogram!(m::QUEUE_WAIT).record(wait.as_secs_f64());
+    }
+    let work = context.pipeline.process(&message);
+    tokio::pin!(work);
+    let timeout = context.queue.visibility_timeout;
+    let period = (timeout / 2).max(Duration::from_secs(1));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let verdict = loop {
+        tokio::select! {
+            verdict = &mut work => break Some(verdict),
+            _ = heartbeat.tick() => {
+                if started.elapsed() + timeout > context.settings.max_extension {
+                    continue;
+                }
+                match context.queue.set_visibility(&message.receipt_handle, timeout).await {
+                    Ok(()) => metrics::counter!(m::VISIBILITY_EXTENSIONS).increment(1),
+                    Err(VisibilityError::Lost) => {
+                        tracing::warn!("receipt handle no longer valid: another receiver owns the message; stopping");
+                        m::message_disposition("lost");
+                        return;
+                    }
+                    Err(VisibilityError::Failed(f)) => tracing::warn!(error = %crate::disposition::chain(&f), "visibility extension failed"),
+                }
+            }
+            _ = context.hard_stop.cancelled() => break None,
+        }
+    };
+    match verdict {
+        Some(verdict) => settle(&context, &message, verdict).await,
+        None => release(&context, &message, "release").await,
+    }
+    metrics::histogram!(m::OBJECT_PROCESSING).record(started.elapsed().as_secs_f64());
+}
+
+async fn settle(context: &Context, message: &Received, verdict: Verdict) {
+    match verdict {
+        Verdict::Ack(outcomes) => {
+            if delete(context, message).await {
+                m::message_disposition("ack");
+                outcomes.into_iter().for_each(m::record_outcome);
+            }
+        }
+        Verdict::DeadLetter { outcomes, failure } => {
+            let reason = failure.reason();
+            let detail = match &failure {
+                Failure::Permanent { detail, .. } => detail.clone(),
+                other => crate::disposition::chain(other),
+            };
+            match context.queue.dead_letter(message, reason, &detail).await {
+                Ok(()) => {
+                    m::record_failure(&failure, true);
+                    m::dead_lettered(reason);
+                    if delete(context, message).await {
+                        m::message_disposition("dead_letter");
+                        outcomes.into_iter().for_each(m::record_outcome);
+                    }
+                }
+                Err(send_failure) => retry(context, message, send_failure).await,
+            }
+        }
+        Verdict::Retry(failure) => retry(context, message, failure).await,
+    }
+}
+
+async fn retry(context: &Context, message: &Received, failure: Failure) {
+    m::record_failure(&failure, false);
+    if let Failure::Unavailable { dependency, .. } = &failure {
+        // Everyone would fail the same way: pause, and hand the message back at once so it is
+        // taken as soon as the dependency returns (here or on another replica).
+        context.health.report_down(*dependency, &failure);
+        return release(context, message, "release").await;
+    }
+    let delay = backoff(&context.settings, message.receive_count);
+    match context.queue.set_visibility(&message.receipt_handle, delay).await {
+        Ok(()) => m::message_disposition("retry"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not set the retry delay; the message returns after its visibility timeout");
+            m::message_disposition("retry");
+        }
+    }
+}
+
+async fn release(context: &Context, message: &Received, disposition: &'static str) {
+    if let Err(e) = context.queue.set_visibility(&message.receipt_handle, Duration::ZERO).await {
+        tracing::warn!(error = %e, "could not release the message; it returns after its visibility timeout");
+    }
+    m::message_disposition(disposition);
+}
+
+async fn delete(context: &Context, message: &Received) -> bool {
+    let (done, answer) = oneshot::channel();
+    let request = DeleteRequest { receipt_handle: message.receipt_handle.clone(), done };
+    let result = match context.deletes.send(request).await {
+        Ok(()) => answer.await.unwrap_or_else(|_| Err(Failure::transient("sqs_delete_failed", "deleter stopped"))),
+        Err(_) => Err(Failure::transient("sqs_delete_failed", "deleter stopped")),
+    };
+    match result {
+        Ok(()) => true,
+        Err(failure) => {
+            // The work is committed; the message comes back and the idempotent write absorbs it.
+            tracing::warn!(error = %crate::disposition::chain(&failure), "delete failed; the message will be redelivered");
+            m::message_disposition("retry");
+            false
+        }
+    }
+}
+
+/// Visibility delay before the next attempt: exponential on the receive count, jittered, capped.
+pub fn backoff(settings: &WorkerSettings, receive_count: u32) -> Duration {
+    ExponentialBuilder::default()
+        .with_min_delay(settings.retry_base)
+        .with_max_delay(settings.retry_max)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(receive_count.saturating_sub(1) as usize)
+        .unwrap_or(settings.retry_max)
+        .min(settings.retry_max)
+}
