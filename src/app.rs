@@ -20,8 +20,25 @@ pub const GIT_COMMIT: &str = match option_env!("DATAPACK_WORKER_GIT_COMMIT") {
     None => "unknown",
 };
 
-/// Runs the worker until `shutdown` fires and in-flight work is drained.
+/// Runs the worker until `shutdown` fires and in-flight work is drained, with AWS settings
+/// from the standard chain.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    args.validate()?;
+    let sdk = aws::load(&aws::AwsSettings {
+        endpoint_url: args.aws_endpoint_url.clone(),
+        attempt_timeout: Duration::from_secs(args.aws_attempt_timeout_secs),
+        ..Default::default()
+    })
+    .await;
+    run_with(args, sdk, shutdown).await
+}
+
+/// Runs the worker with AWS settings made by the caller (tests, embedders).
+pub async fn run_with(
+    args: RunArgs,
+    sdk: aws_config::SdkConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     args.validate()?;
     let handle = m::install();
     m::build_info(env!("CARGO_PKG_VERSION"), GIT_COMMIT);
@@ -34,15 +51,13 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         "starting datapack-worker {}", env!("CARGO_PKG_VERSION")
     );
 
-    let pool = store::pool(args.database.connect_options()?, &args.database.pool_settings());
+    let pool = store::pool(
+        args.database.connect_options()?,
+        &args.database.pool_settings(),
+    );
     if args.migrate_on_start {
         store::migrate(&pool).await.context("applying migrations")?;
     }
-    let sdk = aws::load(&aws::AwsSettings {
-        attempt_timeout: Duration::from_secs(args.aws_attempt_timeout_secs),
-        ..Default::default()
-    })
-    .await;
     let s3 = aws::s3(&sdk);
     let queue = Queue::new(
         aws::sqs(&sdk),
@@ -56,13 +71,28 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let stop_probes = CancellationToken::new();
     let mut background = tokio::task::JoinSet::new();
     for (dependency, probe) in probes(&pool, &s3, &queue, &args.buckets()) {
-        background.spawn(health.clone().run_prober(dependency, probe, Duration::from_secs(30), stop_probes.clone()));
+        background.spawn(health.clone().run_prober(
+            dependency,
+            probe,
+            Duration::from_secs(30),
+            stop_probes.clone(),
+        ));
     }
-    background.spawn(sample_queues(queue.clone(), Duration::from_secs(args.queue_sample_secs.max(1)), stop_probes.clone()));
+    background.spawn(sample_queues(
+        queue.clone(),
+        Duration::from_secs(args.queue_sample_secs.max(1)),
+        stop_probes.clone(),
+    ));
     let stop_http = CancellationToken::new();
-    let server = http::serve(args.metrics_addr, handle, health.clone(), shutdown.clone(), stop_http.clone())
-        .await
-        .with_context(|| format!("binding METRICS_ADDR {}", args.metrics_addr))?;
+    let server = http::serve(
+        args.metrics_addr,
+        handle,
+        health.clone(),
+        shutdown.clone(),
+        stop_http.clone(),
+    )
+    .await
+    .with_context(|| format!("binding METRICS_ADDR {}", args.metrics_addr))?;
 
     let (writer, writers) = Writer::spawn(
         pool.clone(),
@@ -76,11 +106,16 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let pipeline = Pipeline {
         s3,
         writer,
-        settings: PipelineSettings { buckets: args.buckets(), required_uploaded_by: args.required_uploaded_by() },
+        settings: PipelineSettings {
+            buckets: args.buckets(),
+            required_uploaded_by: args.required_uploaded_by(),
+        },
     };
     let settings = WorkerSettings {
         concurrency: args.worker_concurrency,
-        pollers: args.worker_pollers.unwrap_or(args.worker_concurrency.div_ceil(10)),
+        pollers: args
+            .worker_pollers
+            .unwrap_or(args.worker_concurrency.div_ceil(10)),
         retry_base: Duration::from_secs(args.retry_base_secs),
         retry_max: Duration::from_secs(args.retry_max_secs),
         max_extension: Duration::from_secs(args.max_processing_secs),
@@ -98,29 +133,53 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     Ok(())
 }
 
-fn probes(pool: &sqlx::PgPool, s3: &aws_sdk_s3::Client, queue: &Queue, buckets: &[String]) -> Vec<(Dependency, Probe)> {
-    let (pool, s3, q1, q2, buckets) = (pool.clone(), s3.clone(), queue.clone(), queue.clone(), Arc::new(buckets.to_vec()));
+fn probes(
+    pool: &sqlx::PgPool,
+    s3: &aws_sdk_s3::Client,
+    queue: &Queue,
+    buckets: &[String],
+) -> Vec<(Dependency, Probe)> {
+    let (pool, s3, q1, q2, buckets) = (
+        pool.clone(),
+        s3.clone(),
+        queue.clone(),
+        queue.clone(),
+        Arc::new(buckets.to_vec()),
+    );
     vec![
-        (Dependency::Postgres, probe(move || {
-            let pool = pool.clone();
-            async move { store::ping(&pool).await }
-        })),
-        (Dependency::S3, probe(move || {
-            let (s3, buckets) = (s3.clone(), buckets.clone());
-            async move {
-                for bucket in buckets.iter() {
-                    s3.head_bucket().bucket(bucket).send().await.map_err(|e| aws::classify(Dependency::S3, aws::status(&e), e))?;
+        (
+            Dependency::Postgres,
+            probe(move || {
+                let pool = pool.clone();
+                async move { store::ping(&pool).await }
+            }),
+        ),
+        (
+            Dependency::S3,
+            probe(move || {
+                let (s3, buckets) = (s3.clone(), buckets.clone());
+                async move {
+                    for bucket in buckets.iter() {
+                        s3.head_bucket()
+                            .bucket(bucket)
+                            .send()
+                            .await
+                            .map_err(|e| aws::classify(Dependency::S3, aws::status(&e), e))?;
+                    }
+                    Ok(())
                 }
-                Ok(())
-            }
-        })),
-        (Dependency::Sqs, probe(move || {
-            let (main, dead) = (q1.clone(), q2.clone());
-            async move {
-                main.depth(&main.url).await?;
-                dead.depth(&dead.dead_letter_url).await.map(drop)
-            }
-        })),
+            }),
+        ),
+        (
+            Dependency::Sqs,
+            probe(move || {
+                let (main, dead) = (q1.clone(), q2.clone());
+                async move {
+                    main.depth(&main.url).await?;
+                    dead.depth(&dead.dead_letter_url).await.map(drop)
+                }
+            }),
+        ),
     ]
 }
 
@@ -132,10 +191,18 @@ async fn sample_queues(queue: Queue, every: Duration, stop: CancellationToken) {
             _ = ticker.tick() => {}
             _ = stop.cancelled() => return,
         }
-        for (name, url) in [("main", &queue.url), ("dead_letter", &queue.dead_letter_url)] {
+        for (name, url) in [
+            ("main", &queue.url),
+            ("dead_letter", &queue.dead_letter_url),
+        ] {
             if let Ok(depth) = queue.depth(url).await {
-                for (state, value) in [("visible", depth.visible), ("in_flight", depth.in_flight), ("delayed", depth.delayed)] {
-                    metrics::gauge!(m::QUEUE_MESSAGES, "queue" => name, "state" => state).set(value as f64);
+                for (state, value) in [
+                    ("visible", depth.visible),
+                    ("in_flight", depth.in_flight),
+                    ("delayed", depth.delayed),
+                ] {
+                    metrics::gauge!(m::QUEUE_MESSAGES, "queue" => name, "state" => state)
+                        .set(value as f64);
                 }
             }
         }

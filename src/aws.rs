@@ -14,6 +14,8 @@ use crate::disposition::{Dependency, Failure};
 
 #[derive(Debug, Clone)]
 pub struct AwsSettings {
+    /// Overrides the endpoint the chain would pick (`AWS_ENDPOINT_URL`).
+    pub endpoint_url: Option<String>,
     /// Bound on one attempt of one call; longer than the 20 s long poll, so a silent peer cannot
     /// hang a worker forever (the SDK has no default).
     pub attempt_timeout: Duration,
@@ -23,6 +25,7 @@ pub struct AwsSettings {
 impl Default for AwsSettings {
     fn default() -> Self {
         Self {
+            endpoint_url: None,
             attempt_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(3),
         }
@@ -39,15 +42,25 @@ pub async fn load(settings: &AwsSettings) -> SdkConfig {
         .operation_attempt_timeout(settings.attempt_timeout)
         .build();
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
+    if let Some(endpoint) = &settings.endpoint_url {
+        loader = loader.endpoint_url(endpoint);
+    }
     if env("AWS_REGION").is_none() && env("AWS_DEFAULT_REGION").is_none() {
         if let Some(region) = env("FILESYSTEM_S3_REGION") {
             loader = loader.region(Region::new(region));
         }
     }
     if env("AWS_ACCESS_KEY_ID").is_none() {
-        if let (Some(id), Some(secret)) = (env("FILESYSTEM_S3_ACCESS_KEY"), env("FILESYSTEM_S3_SECRET_KEY")) {
+        if let (Some(id), Some(secret)) = (
+            env("FILESYSTEM_S3_ACCESS_KEY"),
+            env("FILESYSTEM_S3_SECRET_KEY"),
+        ) {
             loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
-                id, secret, None, None, "seed-filesystem-s3",
+                id,
+                secret,
+                None,
+                None,
+                "seed-filesystem-s3",
             ));
         }
     }
@@ -115,7 +128,11 @@ where
             ) || status == Some(403);
             let throttled = matches!(
                 code.as_str(),
-                "SlowDown" | "Throttling" | "ThrottlingException" | "RequestThrottled" | "RequestLimitExceeded"
+                "SlowDown"
+                    | "Throttling"
+                    | "ThrottlingException"
+                    | "RequestThrottled"
+                    | "RequestLimitExceeded"
             ) || status == Some(503);
             if denied {
                 Failure::unavailable(dependency, reason("access_denied"), error)

@@ -5,7 +5,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{DatabaseArgs, RunArgs};
 
 #[derive(Debug, Parser)]
-#[command(name = "datapack-worker", version, about = "Ingests browser uploads into datapacks: S3 notifications from SQS, streamed SHA-256, rows in PostgreSQL.")]
+#[command(
+    name = "datapack-worker",
+    version,
+    about = "Ingests browser uploads into datapacks: S3 notifications from SQS, streamed SHA-256, rows in PostgreSQL."
+)]
 pub struct Cli {
     /// `text` (default) or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]

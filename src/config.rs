@@ -42,7 +42,10 @@ pub enum ConfigError {
 }
 
 fn invalid(name: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { name, problem: problem.into() }
+    ConfigError::Invalid {
+        name,
+        problem: problem.into(),
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -62,7 +65,12 @@ impl DatabaseArgs {
     pub fn url(&self) -> Result<Secret, ConfigError> {
         self.database_url
             .clone()
-            .or_else(|| std::env::var("DB_DSN").ok().filter(|v| !v.is_empty()).map(Secret))
+            .or_else(|| {
+                std::env::var("DB_DSN")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map(Secret)
+            })
             .ok_or(ConfigError::Missing("DATABASE_URL (or DB_DSN)"))
     }
 
@@ -71,11 +79,18 @@ impl DatabaseArgs {
         if !names_user(url.expose()) {
             return Err(invalid(
                 "DATABASE_URL",
-                format!("name the user, as in postgres://USER@HOST/DB (got {})", redact_url(url.expose())),
+                format!(
+                    "name the user, as in postgres://USER@HOST/DB (got {})",
+                    redact_url(url.expose())
+                ),
             ));
         }
-        PgConnectOptions::from_str(url.expose())
-            .map_err(|e| invalid("DATABASE_URL", format!("{} does not parse: {e}", redact_url(url.expose()))))
+        PgConnectOptions::from_str(url.expose()).map_err(|e| {
+            invalid(
+                "DATABASE_URL",
+                format!("{} does not parse: {e}", redact_url(url.expose())),
+            )
+        })
     }
 
     pub fn pool_settings(&self) -> crate::store::PoolSettings {
@@ -89,15 +104,24 @@ impl DatabaseArgs {
 
 /// Does a PostgreSQL URL name its user (in the authority or as `?user=`)?
 fn names_user(url: &str) -> bool {
-    let Some((_, rest)) = url.split_once("://") else { return false };
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let in_authority = authority.rsplit_once('@').is_some_and(|(userinfo, _)| !userinfo.split(':').next().unwrap_or_default().is_empty());
-    in_authority || rest.split_once('?').is_some_and(|(_, q)| q.split('&').any(|p| p.starts_with("user=") && p.len() > 5))
+    let in_authority = authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| !userinfo.split(':').next().unwrap_or_default().is_empty());
+    in_authority
+        || rest
+            .split_once('?')
+            .is_some_and(|(_, q)| q.split('&').any(|p| p.starts_with("user=") && p.len() > 5))
 }
 
 /// The URL with its password replaced, for messages.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return "<unparseable url>".into() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparseable url>".into();
+    };
     let (authority, tail) = match rest.find(['/', '?']) {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
@@ -111,7 +135,13 @@ pub fn redact_url(url: &str) -> String {
     };
     let tail = tail
         .split('&')
-        .map(|p| if p.starts_with("password=") || p.contains("?password=") { p.split("password=").next().unwrap_or_default().to_owned() + "password=***" } else { p.to_owned() })
+        .map(|p| {
+            if p.starts_with("password=") || p.contains("?password=") {
+                p.split("password=").next().unwrap_or_default().to_owned() + "password=***"
+            } else {
+                p.to_owned()
+            }
+        })
         .collect::<Vec<_>>()
         .join("&");
     format!("{scheme}://{authority}{tail}")
@@ -165,11 +195,19 @@ pub struct RunArgs {
     pub aws_attempt_timeout_secs: u64,
     #[arg(long, env = "QUEUE_SAMPLE_SECS", default_value_t = 15)]
     pub queue_sample_secs: u64,
+    /// Endpoint for S3 and SQS (MinIO, moto, a VPC endpoint); the AWS chain reads it too.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
 }
 
 impl RunArgs {
     pub fn buckets(&self) -> Vec<String> {
-        let mut buckets: Vec<String> = self.s3_bucket.iter().map(|b| b.trim().to_owned()).filter(|b| !b.is_empty()).collect();
+        let mut buckets: Vec<String> = self
+            .s3_bucket
+            .iter()
+            .map(|b| b.trim().to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
         if buckets.is_empty()
             && let Ok(seed) = std::env::var("FILESYSTEM_S3_BUCKET")
             && !seed.is_empty()
@@ -187,14 +225,20 @@ impl RunArgs {
     /// Checks everything that can be checked without a network.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.database.connect_options()?;
-        for (name, url) in [("SQS_QUEUE_URL", &self.sqs_queue_url), ("SQS_DEAD_LETTER_QUEUE_URL", &self.sqs_dead_letter_queue_url)] {
+        for (name, url) in [
+            ("SQS_QUEUE_URL", &self.sqs_queue_url),
+            ("SQS_DEAD_LETTER_QUEUE_URL", &self.sqs_dead_letter_queue_url),
+        ] {
             let url = url.as_deref().ok_or(ConfigError::Missing(name))?;
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(invalid(name, format!("{url:?} is not a queue URL")));
             }
         }
         if self.sqs_queue_url == self.sqs_dead_letter_queue_url {
-            return Err(invalid("SQS_DEAD_LETTER_QUEUE_URL", "must differ from SQS_QUEUE_URL"));
+            return Err(invalid(
+                "SQS_DEAD_LETTER_QUEUE_URL",
+                "must differ from SQS_QUEUE_URL",
+            ));
         }
         if self.buckets().is_empty() {
             return Err(ConfigError::Missing("S3_BUCKET (or FILESYSTEM_S3_BUCKET)"));
@@ -206,16 +250,31 @@ impl RunArgs {
             return Err(invalid("SQS_WAIT_TIME_SECS", "SQS allows at most 20"));
         }
         if !(2..=43_200).contains(&self.sqs_visibility_timeout_secs) {
-            return Err(invalid("SQS_VISIBILITY_TIMEOUT_SECS", "must be between 2 and 43200"));
+            return Err(invalid(
+                "SQS_VISIBILITY_TIMEOUT_SECS",
+                "must be between 2 and 43200",
+            ));
         }
         if self.aws_attempt_timeout_secs <= self.sqs_wait_time_secs {
-            return Err(invalid("AWS_ATTEMPT_TIMEOUT_SECS", "must be longer than SQS_WAIT_TIME_SECS, or every idle long poll times out"));
+            return Err(invalid(
+                "AWS_ATTEMPT_TIMEOUT_SECS",
+                "must be longer than SQS_WAIT_TIME_SECS, or every idle long poll times out",
+            ));
         }
-        if self.retry_base_secs == 0 || self.retry_max_secs < self.retry_base_secs || self.retry_max_secs > 43_200 {
-            return Err(invalid("RETRY_MAX_SECS", "need 0 < RETRY_BASE_SECS <= RETRY_MAX_SECS <= 43200"));
+        if self.retry_base_secs == 0
+            || self.retry_max_secs < self.retry_base_secs
+            || self.retry_max_secs > 43_200
+        {
+            return Err(invalid(
+                "RETRY_MAX_SECS",
+                "need 0 < RETRY_BASE_SECS <= RETRY_MAX_SECS <= 43200",
+            ));
         }
         if self.db_max_batch == 0 || self.db_writers == 0 {
-            return Err(invalid("DB_MAX_BATCH", "DB_MAX_BATCH and DB_WRITERS must be at least 1"));
+            return Err(invalid(
+                "DB_MAX_BATCH",
+                "DB_MAX_BATCH and DB_WRITERS must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -227,7 +286,10 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact_url("postgres://u:hunter2@db:5432/x"), "postgres://u:***@db:5432/x");
+        assert_eq!(
+            redact_url("postgres://u:hunter2@db:5432/x"),
+            "postgres://u:***@db:5432/x"
+        );
         assert_eq!(redact_url("postgres://u@db/x"), "postgres://u@db/x");
         assert!(!redact_url("postgres://u@db/x?password=hunter2").contains("hunter2"));
         assert!(!format!("{:?}", Secret("hunter2".into())).contains("hunter2"));

@@ -159,7 +159,11 @@ impl Failure {
         }
     }
 
-    pub fn unavailable(dependency: Dependency, reason: &'static str, source: impl Into<BoxError>) -> Self {
+    pub fn unavailable(
+        dependency: Dependency,
+        reason: &'static str,
+        source: impl Into<BoxError>,
+    ) -> Self {
         Self::Unavailable {
             dependency,
             reason,

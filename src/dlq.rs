@@ -36,7 +36,11 @@ fn sqs_failure(e: impl Into<aws_sdk_sqs::Error>) -> Failure {
 /// Peeks at up to `max` messages with a zero visibility timeout: nothing is consumed. SQS has no
 /// true peek, so each look raises the message's receive count on the dead-letter queue, which
 /// has no redrive policy of its own.
-pub async fn list(client: &aws_sdk_sqs::Client, dlq_url: &str, max: usize) -> Result<Vec<Entry>, Failure> {
+pub async fn list(
+    client: &aws_sdk_sqs::Client,
+    dlq_url: &str,
+    max: usize,
+) -> Result<Vec<Entry>, Failure> {
     let mut seen = HashSet::new();
     let mut entries = Vec::new();
     let mut fruitless = 0;
@@ -59,7 +63,12 @@ pub async fn list(client: &aws_sdk_sqs::Client, dlq_url: &str, max: usize) -> Re
                 continue;
             }
             new += 1;
-            let attr = |name: &str| m.message_attributes.as_ref().and_then(|a| a.get(name)).and_then(|v| v.string_value.clone());
+            let attr = |name: &str| {
+                m.message_attributes
+                    .as_ref()
+                    .and_then(|a| a.get(name))
+                    .and_then(|v| v.string_value.clone())
+            };
             let sent = m
                 .attributes
                 .as_ref()
@@ -106,7 +115,10 @@ pub async fn redrive(
         let messages = output.messages.unwrap_or_default();
         let mut progressed = false;
         for m in messages {
-            let (Some(body), Some(handle)) = (m.body.as_deref(), m.receipt_handle.as_deref()) else { continue };
+            let (Some(body), Some(handle)) = (m.body.as_deref(), m.receipt_handle.as_deref())
+            else {
+                continue;
+            };
             let this_reason = m
                 .message_attributes
                 .as_ref()
@@ -118,11 +130,30 @@ pub async fn redrive(
                 if skipped.insert(m.message_id.clone().unwrap_or_default()) {
                     progressed = true;
                 }
-                client.change_message_visibility().queue_url(dlq_url).receipt_handle(handle).visibility_timeout(0).send().await.map_err(sqs_failure)?;
+                client
+                    .change_message_visibility()
+                    .queue_url(dlq_url)
+                    .receipt_handle(handle)
+                    .visibility_timeout(0)
+                    .send()
+                    .await
+                    .map_err(sqs_failure)?;
                 continue;
             }
-            client.send_message().queue_url(main_url).message_body(body).send().await.map_err(sqs_failure)?;
-            client.delete_message().queue_url(dlq_url).receipt_handle(handle).send().await.map_err(sqs_failure)?;
+            client
+                .send_message()
+                .queue_url(main_url)
+                .message_body(body)
+                .send()
+                .await
+                .map_err(sqs_failure)?;
+            client
+                .delete_message()
+                .queue_url(dlq_url)
+                .receipt_handle(handle)
+                .send()
+                .await
+                .map_err(sqs_failure)?;
             moved += 1;
             progressed = true;
         }

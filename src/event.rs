@@ -24,7 +24,9 @@ pub enum Message {
 pub enum Item {
     Object(ObjectEvent),
     /// A real S3 event family we do not ingest (restore, tagging, ACL, replication…).
-    Unsupported { event_name: String },
+    Unsupported {
+        event_name: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +131,8 @@ fn classify_s3_name(name: &str) -> Option<Option<EventKind>> {
 }
 
 fn parse_record(record: &Value) -> Result<Item, ParseError> {
-    let name = str_at(record, &["eventName"]).ok_or_else(|| malformed("record without eventName"))?;
+    let name =
+        str_at(record, &["eventName"]).ok_or_else(|| malformed("record without eventName"))?;
     if let Some(source) = str_at(record, &["eventSource"])
         && source != "aws:s3"
     {
@@ -152,8 +155,16 @@ fn parse_record(record: &Value) -> Result<Item, ParseError> {
     let s3 = record
         .get("s3")
         .ok_or_else(|| malformed("record without s3"))?;
-    let time = str_at(record, &["eventTime"]).ok_or_else(|| malformed("record without eventTime"))?;
-    object_event(kind, name, s3, &["object", "eTag"], &["object", "versionId"], time)
+    let time =
+        str_at(record, &["eventTime"]).ok_or_else(|| malformed("record without eventTime"))?;
+    object_event(
+        kind,
+        name,
+        s3,
+        &["object", "eTag"],
+        &["object", "versionId"],
+        time,
+    )
 }
 
 fn parse_eventbridge(value: &Value) -> Result<Item, ParseError> {
@@ -161,7 +172,9 @@ fn parse_eventbridge(value: &Value) -> Result<Item, ParseError> {
     if let Some(source) = str_at(value, &["source"])
         && source != "aws.s3"
     {
-        return Err(malformed(format!("EventBridge event from {source:?}, not aws.s3")));
+        return Err(malformed(format!(
+            "EventBridge event from {source:?}, not aws.s3"
+        )));
     }
     let kind = match detail_type {
         "Object Created" => EventKind::Created,
@@ -181,9 +194,17 @@ fn parse_eventbridge(value: &Value) -> Result<Item, ParseError> {
     let detail = value
         .get("detail")
         .ok_or_else(|| malformed("EventBridge event without detail"))?;
-    let time = str_at(value, &["time"]).ok_or_else(|| malformed("EventBridge event without time"))?;
+    let time =
+        str_at(value, &["time"]).ok_or_else(|| malformed("EventBridge event without time"))?;
     let name = str_at(detail, &["reason"]).unwrap_or(detail_type);
-    object_event(kind, name, detail, &["object", "etag"], &["object", "version-id"], time)
+    object_event(
+        kind,
+        name,
+        detail,
+        &["object", "etag"],
+        &["object", "version-id"],
+        time,
+    )
 }
 
 /// Reads the fields both S3-event shapes share once the caller located them.
@@ -200,14 +221,19 @@ fn object_event(
     let key = decode_key(raw_key)?;
     let size = match s3.get("object").and_then(|o| o.get("size")) {
         None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_u64().ok_or_else(|| malformed("object size is not a number"))?),
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| malformed("object size is not a number"))?,
+        ),
     };
     Ok(Item::Object(ObjectEvent {
         kind,
         event_name: event_name.to_owned(),
         bucket: bucket.to_owned(),
         key,
-        etag: str_at(s3, etag_at).map(unquote_etag).filter(|e| !e.is_empty()),
+        etag: str_at(s3, etag_at)
+            .map(unquote_etag)
+            .filter(|e| !e.is_empty()),
         size,
         version_id: str_at(s3, version_at)
             .filter(|v| !v.is_empty() && *v != "null")
@@ -239,7 +265,10 @@ pub fn decode_key(raw: &str) -> Result<String, ParseError> {
 
 /// ETags travel with quotes in HTTP headers and without them in events; rows store them bare.
 pub fn unquote_etag(etag: &str) -> String {
-    etag.trim().trim_start_matches("W/").trim_matches('"').to_owned()
+    etag.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .to_owned()
 }
 
 /// Accepts RFC 3339 and the zone-less form moto sends (read as UTC, as S3 times are).

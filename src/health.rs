@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::disposition::{Dependency, Failure};
 
-pub type Probe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>> + Send + Sync>;
+pub type Probe =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>> + Send + Sync>;
 
 /// Wraps an async closure as a [`Probe`].
 pub fn probe<F, Fut>(f: F) -> Probe
@@ -71,7 +72,10 @@ impl Health {
 
     pub fn down(&self) -> Vec<Dependency> {
         let down = self.inner.down.lock().expect("health lock");
-        Dependency::ALL.into_iter().filter(|d| down.contains_key(d)).collect()
+        Dependency::ALL
+            .into_iter()
+            .filter(|d| down.contains_key(d))
+            .collect()
     }
 
     pub fn report_down(&self, dependency: Dependency, failure: &Failure) {
@@ -95,7 +99,11 @@ impl Health {
         if let Some(since) = down.remove(&dependency) {
             crate::metrics::paused_for(dependency, since.elapsed());
             crate::metrics::dependency(dependency, true);
-            tracing::info!(dependency = dependency.as_str(), down_for_secs = since.elapsed().as_secs_f64(), "dependency up");
+            tracing::info!(
+                dependency = dependency.as_str(),
+                down_for_secs = since.elapsed().as_secs_f64(),
+                "dependency up"
+            );
             if down.is_empty() {
                 metrics::gauge!(crate::metrics::PAUSED).set(0.0);
             }
@@ -115,7 +123,13 @@ impl Health {
     async fn wait_down(&self, dependency: Dependency, shutdown: &CancellationToken) -> bool {
         let mut count = self.inner.down_count.subscribe();
         loop {
-            if self.inner.down.lock().expect("health lock").contains_key(&dependency) {
+            if self
+                .inner
+                .down
+                .lock()
+                .expect("health lock")
+                .contains_key(&dependency)
+            {
                 return true;
             }
             tokio::select! {
@@ -127,7 +141,13 @@ impl Health {
 
     /// Probes one dependency whenever it is down, with jittered exponential backoff, until
     /// shutdown. Every wait is raced against shutdown.
-    pub async fn run_prober(self, dependency: Dependency, probe: Probe, max_delay: Duration, shutdown: CancellationToken) {
+    pub async fn run_prober(
+        self,
+        dependency: Dependency,
+        probe: Probe,
+        max_delay: Duration,
+        shutdown: CancellationToken,
+    ) {
         while self.wait_down(dependency, &shutdown).await {
             let mut delays = ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))

@@ -32,9 +32,15 @@ pub async fn serve(
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(AppState { metrics, health, shutdown });
+        .with_state(AppState {
+            metrics,
+            health,
+            shutdown,
+        });
     Ok(tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "metrics endpoint failed");
         }
@@ -42,7 +48,10 @@ pub async fn serve(
 }
 
 async fn render(State(state): State<AppState>) -> ([(&'static str, &'static str); 1], String) {
-    ([("content-type", "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }
 
 /// 200 while every dependency answers and no shutdown is under way; 503 with the reason otherwise.
@@ -55,6 +64,9 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
         (StatusCode::OK, "ready\n".into())
     } else {
         let names: Vec<&str> = down.iter().map(|d| d.as_str()).collect();
-        (StatusCode::SERVICE_UNAVAILABLE, format!("paused; down: {}\n", names.join(", ")))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("paused; down: {}\n", names.join(", ")),
+        )
     }
 }

@@ -26,14 +26,18 @@ impl From<KeyRefusal> for Result<crate::disposition::Outcome, Failure> {
     fn from(refusal: KeyRefusal) -> Self {
         match refusal {
             KeyRefusal::Skip(reason) => Ok(crate::disposition::Outcome::Skipped(reason)),
-            KeyRefusal::Invalid(detail) => Err(Failure::permanent(DeadLetterReason::InvalidKey, detail)),
+            KeyRefusal::Invalid(detail) => {
+                Err(Failure::permanent(DeadLetterReason::InvalidKey, detail))
+            }
         }
     }
 }
 
 pub fn split(key: &str) -> Result<ResourcePath, KeyRefusal> {
     if key.contains('\0') {
-        return Err(KeyRefusal::Invalid(format!("key {key:?} contains a NUL character")));
+        return Err(KeyRefusal::Invalid(format!(
+            "key {key:?} contains a NUL character"
+        )));
     }
     if key.ends_with('/') {
         return Err(KeyRefusal::Skip(SkipReason::FolderPlaceholder));
@@ -44,7 +48,9 @@ pub fn split(key: &str) -> Result<ResourcePath, KeyRefusal> {
         )));
     };
     if datapack.is_empty() {
-        return Err(KeyRefusal::Invalid(format!("key {key:?} starts with '/': empty datapack")));
+        return Err(KeyRefusal::Invalid(format!(
+            "key {key:?} starts with '/': empty datapack"
+        )));
     }
     let (dirs, display) = match rest.rsplit_once('/') {
         Some((dirs, display)) => (Some(dirs), display),
@@ -69,7 +75,10 @@ mod tests {
     #[test]
     fn splits_like_the_lambda() {
         let s = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
-        assert_eq!(ok("dp-1/raw data/2024/file.csv"), s("dp-1", "/raw data/2024", "file.csv"));
+        assert_eq!(
+            ok("dp-1/raw data/2024/file.csv"),
+            s("dp-1", "/raw data/2024", "file.csv")
+        );
         assert_eq!(ok("dp-1/file.csv"), s("dp-1", "/", "file.csv"));
         assert_eq!(ok("dp-1/a/b.txt"), s("dp-1", "/a", "b.txt"));
         assert_eq!(ok("dự án/ảnh/文件.png"), s("dự án", "/ảnh", "文件.png"));
@@ -79,8 +88,14 @@ mod tests {
 
     #[test]
     fn refuses_keys_without_a_resource() {
-        assert_eq!(split("dp-1/folder/"), Err(KeyRefusal::Skip(SkipReason::FolderPlaceholder)));
-        assert_eq!(split("dp-1/"), Err(KeyRefusal::Skip(SkipReason::FolderPlaceholder)));
+        assert_eq!(
+            split("dp-1/folder/"),
+            Err(KeyRefusal::Skip(SkipReason::FolderPlaceholder))
+        );
+        assert_eq!(
+            split("dp-1/"),
+            Err(KeyRefusal::Skip(SkipReason::FolderPlaceholder))
+        );
         assert!(matches!(split("file.csv"), Err(KeyRefusal::Invalid(_))));
         assert!(matches!(split("/file.csv"), Err(KeyRefusal::Invalid(_))));
         assert!(matches!(split("dp/a\0b"), Err(KeyRefusal::Invalid(_))));

@@ -61,16 +61,38 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                     } else {
                         println!("{:<20} {:>8}  {:<36}  key", "reason", "age_s", "message_id");
                         for e in &entries {
-                            let age = e.age_secs.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
-                            println!("{:<20} {:>8}  {:<36}  {}", e.reason, age, e.message_id, e.key.as_deref().unwrap_or("-"));
+                            let age = e
+                                .age_secs
+                                .map(|a| a.to_string())
+                                .unwrap_or_else(|| "-".into());
+                            println!(
+                                "{:<20} {:>8}  {:<36}  {}",
+                                e.reason,
+                                age,
+                                e.message_id,
+                                e.key.as_deref().unwrap_or("-")
+                            );
                         }
                         println!("{} message(s)", entries.len());
                     }
                     Ok(())
                 }
-                DlqCommand::Redrive { queues, reason, max } => {
-                    let main_url = queues.sqs_queue_url.ok_or(config::ConfigError::Missing("SQS_QUEUE_URL"))?;
-                    let moved = dlq::redrive(&sqs, &queues.sqs_dead_letter_queue_url, &main_url, reason.as_deref(), max).await?;
+                DlqCommand::Redrive {
+                    queues,
+                    reason,
+                    max,
+                } => {
+                    let main_url = queues
+                        .sqs_queue_url
+                        .ok_or(config::ConfigError::Missing("SQS_QUEUE_URL"))?;
+                    let moved = dlq::redrive(
+                        &sqs,
+                        &queues.sqs_dead_letter_queue_url,
+                        &main_url,
+                        reason.as_deref(),
+                        max,
+                    )
+                    .await?;
                     println!("redrove {moved} message(s)");
                     Ok(())
                 }

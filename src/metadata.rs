@@ -120,7 +120,13 @@ mod tests {
 
     #[test]
     fn round_trips_what_users_type() {
-        for name in ["Nguyễn Văn A", "山田 太郎", "Plain Name", "a=?b", "Zoë <zoe@example.com>"] {
+        for name in [
+            "Nguyễn Văn A",
+            "山田 太郎",
+            "Plain Name",
+            "a=?b",
+            "Zoë <zoe@example.com>",
+        ] {
             let encoded = encode(name);
             assert!(encoded.is_ascii(), "{encoded}");
             assert_eq!(decode(&encoded), name);
@@ -131,7 +137,10 @@ mod tests {
     #[test]
     fn decodes_q_words_and_joins_adjacent_words() {
         assert_eq!(decode("=?utf-8?Q?Nguy=E1=BB=85n_V=C4=83n?="), "Nguyễn Văn");
-        assert_eq!(decode("=?UTF-8?B?Tmd1eeG7hW4=?= =?UTF-8?B?IFbEg24=?="), "Nguyễn Văn");
+        assert_eq!(
+            decode("=?UTF-8?B?Tmd1eeG7hW4=?= =?UTF-8?B?IFbEg24=?="),
+            "Nguyễn Văn"
+        );
         assert_eq!(decode("a =?UTF-8?B?w6k=?= b"), "a é b");
     }
 

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::disposition::{Dependency, Failure, Outcome};
@@ -40,14 +42,24 @@ pub const QUEUE_OLDEST_AGE: &str = "datapack_worker_queue_oldest_message_age_sec
 pub const BUILD_INFO: &str = "datapack_worker_build_info";
 
 const SECONDS_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-    300.0, 600.0, 1800.0, 3600.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 const BYTES_BUCKETS: &[f64] = &[
-    1024.0, 16384.0, 262144.0, 1048576.0, 16777216.0, 67108864.0, 268435456.0, 1073741824.0,
-    5368709120.0, 17179869184.0,
+    1024.0,
+    16384.0,
+    262144.0,
+    1048576.0,
+    16777216.0,
+    67108864.0,
+    268435456.0,
+    1073741824.0,
+    5368709120.0,
+    17179869184.0,
 ];
-const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+const COUNT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
 
 /// Installs the process-wide recorder (once) and returns the handle that renders `/metrics`.
 pub fn install() -> PrometheusHandle {
@@ -56,9 +68,18 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES_BUCKETS))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(RECORDS_PER_MESSAGE.into()), COUNT_BUCKETS))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DB_BATCH_SIZE.into()), COUNT_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(RECORDS_PER_MESSAGE.into()),
+                        COUNT_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(DB_BATCH_SIZE.into()), COUNT_BUCKETS)
+                })
                 .expect("bucket lists are non-empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -72,32 +93,116 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     describe_counter!(MESSAGES_RECEIVED, Unit::Count, "SQS messages received.");
-    describe_counter!(MESSAGES, Unit::Count, "SQS messages by final disposition (ack, retry, dead_letter, release, lost).");
-    describe_counter!(RECORDS, Unit::Count, "Records (object events) by outcome and reason.");
-    describe_counter!(DEAD_LETTERS, Unit::Count, "Messages sent to the dead-letter queue, by reason.");
-    describe_counter!(HASHED_BYTES, Unit::Bytes, "Object bytes read from S3 and hashed.");
+    describe_counter!(
+        MESSAGES,
+        Unit::Count,
+        "SQS messages by final disposition (ack, retry, dead_letter, release, lost)."
+    );
+    describe_counter!(
+        RECORDS,
+        Unit::Count,
+        "Records (object events) by outcome and reason."
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        Unit::Count,
+        "Messages sent to the dead-letter queue, by reason."
+    );
+    describe_counter!(
+        HASHED_BYTES,
+        Unit::Bytes,
+        "Object bytes read from S3 and hashed."
+    );
     describe_counter!(RECEIVES, Unit::Count, "ReceiveMessage calls that answered.");
-    describe_counter!(EMPTY_RECEIVES, Unit::Count, "ReceiveMessage calls that returned no message.");
-    describe_counter!(VISIBILITY_EXTENSIONS, Unit::Count, "Visibility timeouts extended for long work.");
-    describe_counter!(PAUSED_SECONDS, Unit::Seconds, "Time spent not receiving because a dependency was down.");
+    describe_counter!(
+        EMPTY_RECEIVES,
+        Unit::Count,
+        "ReceiveMessage calls that returned no message."
+    );
+    describe_counter!(
+        VISIBILITY_EXTENSIONS,
+        Unit::Count,
+        "Visibility timeouts extended for long work."
+    );
+    describe_counter!(
+        PAUSED_SECONDS,
+        Unit::Seconds,
+        "Time spent not receiving because a dependency was down."
+    );
     describe_counter!(DB_COMMITS, Unit::Count, "Database transactions committed.");
     describe_histogram!(RECORDS_PER_MESSAGE, Unit::Count, "Records in each message.");
     describe_histogram!(OBJECT_SIZE, Unit::Bytes, "Size of each hashed object.");
-    describe_histogram!(OBJECT_PROCESSING, Unit::Seconds, "Time to process one object event, receive to acknowledgement.");
-    describe_histogram!(PHASE, Unit::Seconds, "Time spent in each phase (fetch_hash, db_write, sqs_delete).");
-    describe_histogram!(EVENT_TO_COMMIT, Unit::Seconds, "Lag from the S3 event time to the committed row.");
-    describe_histogram!(QUEUE_WAIT, Unit::Seconds, "Lag from the SQS send to the first receive.");
-    describe_histogram!(DB_BATCH_SIZE, Unit::Count, "Writes committed in each database transaction.");
-    describe_gauge!(IN_FLIGHT, Unit::Count, "Messages received and not yet settled.");
+    describe_histogram!(
+        OBJECT_PROCESSING,
+        Unit::Seconds,
+        "Time to process one object event, receive to acknowledgement."
+    );
+    describe_histogram!(
+        PHASE,
+        Unit::Seconds,
+        "Time spent in each phase (fetch_hash, db_write, sqs_delete)."
+    );
+    describe_histogram!(
+        EVENT_TO_COMMIT,
+        Unit::Seconds,
+        "Lag from the S3 event time to the committed row."
+    );
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Lag from the SQS send to the first receive."
+    );
+    describe_histogram!(
+        DB_BATCH_SIZE,
+        Unit::Count,
+        "Writes committed in each database transaction."
+    );
+    describe_gauge!(
+        IN_FLIGHT,
+        Unit::Count,
+        "Messages received and not yet settled."
+    );
     describe_gauge!(WORKERS_BUSY, Unit::Count, "Worker slots in use.");
-    describe_gauge!(CONCURRENCY, Unit::Count, "Worker slots configured (WORKER_CONCURRENCY).");
-    describe_gauge!(POLLERS_IDLE, Unit::Count, "Pollers waiting for a free worker slot.");
-    describe_gauge!(POLLERS_RECEIVING, Unit::Count, "Pollers inside a ReceiveMessage call.");
-    describe_gauge!(DEPENDENCY_UP, Unit::Count, "1 while a dependency answers, 0 while it is down.");
-    describe_gauge!(PAUSED, Unit::Count, "1 while receiving is paused for a dependency outage.");
-    describe_gauge!(QUEUE_MESSAGES, Unit::Count, "Approximate messages in each queue, by state.");
-    describe_gauge!(QUEUE_OLDEST_AGE, Unit::Seconds, "Age of the oldest message seen at the head of each queue.");
-    describe_gauge!(BUILD_INFO, Unit::Count, "Always 1; labels carry the version and git commit.");
+    describe_gauge!(
+        CONCURRENCY,
+        Unit::Count,
+        "Worker slots configured (WORKER_CONCURRENCY)."
+    );
+    describe_gauge!(
+        POLLERS_IDLE,
+        Unit::Count,
+        "Pollers waiting for a free worker slot."
+    );
+    describe_gauge!(
+        POLLERS_RECEIVING,
+        Unit::Count,
+        "Pollers inside a ReceiveMessage call."
+    );
+    describe_gauge!(
+        DEPENDENCY_UP,
+        Unit::Count,
+        "1 while a dependency answers, 0 while it is down."
+    );
+    describe_gauge!(
+        PAUSED,
+        Unit::Count,
+        "1 while receiving is paused for a dependency outage."
+    );
+    describe_gauge!(
+        QUEUE_MESSAGES,
+        Unit::Count,
+        "Approximate messages in each queue, by state."
+    );
+    describe_gauge!(
+        QUEUE_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest message seen at the head of each queue."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        Unit::Count,
+        "Always 1; labels carry the version and git commit."
+    );
 }
 
 pub fn build_info(version: &'static str, git_commit: &'static str) {
@@ -114,9 +219,15 @@ pub fn record_outcome(outcome: Outcome) {
 pub fn record_failure(failure: &Failure, dead_lettered: bool) {
     let reason = failure.reason();
     let detail = crate::disposition::chain(failure);
-    let outcome = if dead_lettered { "dead_lettered" } else { "retried" };
+    let outcome = if dead_lettered {
+        "dead_lettered"
+    } else {
+        "retried"
+    };
     match failure {
-        Failure::Permanent { .. } => tracing::warn!(outcome, reason, error = %detail, "record failed"),
+        Failure::Permanent { .. } => {
+            tracing::warn!(outcome, reason, error = %detail, "record failed")
+        }
         _ => tracing::warn!(outcome, reason, error = %detail, "record will be retried"),
     }
     counter!(RECORDS, "outcome" => outcome, "reason" => reason).increment(1);

@@ -36,7 +36,10 @@ pub enum Verdict {
     /// Everything it announced is committed or skipped on purpose: delete it.
     Ack(Vec<Outcome>),
     /// It can never succeed: the good records are committed, the message goes to the DLQ.
-    DeadLetter { outcomes: Vec<Outcome>, failure: Failure },
+    DeadLetter {
+        outcomes: Vec<Outcome>,
+        failure: Failure,
+    },
     /// Try again later (after a backoff), or at once if a dependency is down.
     Retry(Failure),
 }
@@ -44,7 +47,9 @@ pub enum Verdict {
 impl Pipeline {
     pub async fn process(&self, message: &Received) -> Verdict {
         let items = match event::parse(&message.body) {
-            Ok(Message::Test) => return Verdict::Ack(vec![Outcome::Skipped(SkipReason::TestEvent)]),
+            Ok(Message::Test) => {
+                return Verdict::Ack(vec![Outcome::Skipped(SkipReason::TestEvent)]);
+            }
             Ok(Message::Events(items)) => items,
             Err(e) => {
                 return Verdict::DeadLetter {
@@ -111,7 +116,9 @@ impl Pipeline {
         let event = match item {
             Item::Unsupported { event_name } => {
                 tracing::debug!(event_name, "ignoring an S3 event type we do not ingest");
-                return Ok(Prepared::Done(Outcome::Skipped(SkipReason::UnsupportedEvent)));
+                return Ok(Prepared::Done(Outcome::Skipped(
+                    SkipReason::UnsupportedEvent,
+                )));
             }
             Item::Object(event) => event,
         };
@@ -146,11 +153,18 @@ impl Pipeline {
             version_id: event.version_id.as_deref(),
         };
         let started = Instant::now();
-        let fetched = object::fetch(&self.s3, target, self.settings.required_uploaded_by.as_deref()).await;
+        let fetched = object::fetch(
+            &self.s3,
+            target,
+            self.settings.required_uploaded_by.as_deref(),
+        )
+        .await;
         crate::metrics::phase("fetch_hash", started.elapsed());
         let facts = match fetched? {
             Fetched::Object(facts) => facts,
-            Fetched::NotPresigned => return Ok(Prepared::Done(Outcome::Skipped(SkipReason::NotPresigned))),
+            Fetched::NotPresigned => {
+                return Ok(Prepared::Done(Outcome::Skipped(SkipReason::NotPresigned)));
+            }
             Fetched::Gone => return Ok(Prepared::Done(Outcome::ObjectGone)),
             Fetched::Superseded => return Ok(Prepared::Done(Outcome::Superseded)),
         };

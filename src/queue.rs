@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName,
 };
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
@@ -48,8 +49,15 @@ pub struct Depth {
     pub delayed: u64,
 }
 
-fn millis(attributes: Option<&std::collections::HashMap<MessageSystemAttributeName, String>>, name: MessageSystemAttributeName) -> Option<DateTime<Utc>> {
-    attributes?.get(&name)?.parse::<i64>().ok().and_then(DateTime::from_timestamp_millis)
+fn millis(
+    attributes: Option<&std::collections::HashMap<MessageSystemAttributeName, String>>,
+    name: MessageSystemAttributeName,
+) -> Option<DateTime<Utc>> {
+    attributes?
+        .get(&name)?
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
 }
 
 impl Queue {
@@ -60,7 +68,13 @@ impl Queue {
         wait: Duration,
         visibility_timeout: Duration,
     ) -> Self {
-        Self { client, url, dead_letter_url, wait, visibility_timeout }
+        Self {
+            client,
+            url,
+            dead_letter_url,
+            wait,
+            visibility_timeout,
+        }
     }
 
     /// One long poll for at most `max` messages (1..=10).
@@ -88,7 +102,10 @@ impl Queue {
                         .and_then(|c| c.parse().ok())
                         .unwrap_or(1),
                     sent_at: millis(attributes, MessageSystemAttributeName::SentTimestamp),
-                    first_received_at: millis(attributes, MessageSystemAttributeName::ApproximateFirstReceiveTimestamp),
+                    first_received_at: millis(
+                        attributes,
+                        MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
+                    ),
                     message_id: m.message_id.unwrap_or_default(),
                     // A message without a handle cannot be settled; SQS never sends one.
                     receipt_handle: m.receipt_handle?,
@@ -127,7 +144,11 @@ impl Queue {
             .collect())
     }
 
-    pub async fn set_visibility(&self, receipt_handle: &str, timeout: Duration) -> Result<(), VisibilityError> {
+    pub async fn set_visibility(
+        &self,
+        receipt_handle: &str,
+        timeout: Duration,
+    ) -> Result<(), VisibilityError> {
         let result = self
             .client
             .change_message_visibility()
@@ -141,7 +162,11 @@ impl Queue {
             Err(e) => match aws::code(&e).as_deref() {
                 Some("ReceiptHandleIsInvalid" | "MessageNotInflight" | "InvalidParameterValue")
                 | Some("AWS.SimpleQueueService.MessageNotInflight") => Err(VisibilityError::Lost),
-                _ => Err(VisibilityError::Failed(aws::classify(Dependency::Sqs, aws::status(&e), e))),
+                _ => Err(VisibilityError::Failed(aws::classify(
+                    Dependency::Sqs,
+                    aws::status(&e),
+                    e,
+                ))),
             },
         }
     }
@@ -149,7 +174,12 @@ impl Queue {
     /// Sends the original body, unchanged, to the dead-letter queue with why it failed.
     /// At-least-once: a crash between this send and the delete sends it again, so the source
     /// message id travels along to tell such copies apart.
-    pub async fn dead_letter(&self, message: &Received, reason: &str, detail: &str) -> Result<(), Failure> {
+    pub async fn dead_letter(
+        &self,
+        message: &Received,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), Failure> {
         let text = |v: &str| {
             MessageAttributeValue::builder()
                 .data_type("String")
@@ -163,7 +193,10 @@ impl Queue {
             .queue_url(&self.dead_letter_url)
             .message_body(&message.body)
             .message_attributes("error_reason", text(reason))
-            .message_attributes("error_detail", text(if detail.is_empty() { "-" } else { &detail }))
+            .message_attributes(
+                "error_detail",
+                text(if detail.is_empty() { "-" } else { &detail }),
+            )
             .message_attributes("source_message_id", text(&message.message_id))
             .message_attributes("receive_count", text(&message.receive_count.to_string()))
             .send()
@@ -219,9 +252,10 @@ pub async fn run_deleter(queue: Queue, mut requests: mpsc::Receiver<DeleteReques
         crate::metrics::phase("sqs_delete", started.elapsed());
         for request in batch.drain(..) {
             let answer = match &result {
-                Ok(failed) if failed.contains(&request.receipt_handle) => {
-                    Err(Failure::transient("sqs_delete_failed", "DeleteMessageBatch refused this entry"))
-                }
+                Ok(failed) if failed.contains(&request.receipt_handle) => Err(Failure::transient(
+                    "sqs_delete_failed",
+                    "DeleteMessageBatch refused this entry",
+                )),
                 Ok(_) => Ok(()),
                 Err(e) => Err(Failure::transient(e.reason(), crate::disposition::chain(e))),
             };

@@ -143,7 +143,13 @@ pub async fn apply(
     }
     let mut tx = pool.begin().await?;
 
-    let mut locks: Vec<i64> = writes.iter().map(|w| { let (b, k) = w.key(); key_lock(b, k) }).collect();
+    let mut locks: Vec<i64> = writes
+        .iter()
+        .map(|w| {
+            let (b, k) = w.key();
+            key_lock(b, k)
+        })
+        .collect();
     locks.sort_unstable();
     locks.dedup();
     sqlx::query("SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k")
@@ -164,14 +170,18 @@ pub async fn apply(
                     outcomes[i] = WriteOutcome::UnknownDatapack;
                     continue;
                 }
-                let slot = chosen_resource.entry((&r.bucket, &r.object_key, &r.etag)).or_insert(i);
+                let slot = chosen_resource
+                    .entry((&r.bucket, &r.object_key, &r.etag))
+                    .or_insert(i);
                 if newer(write.position(), writes[*slot].position()) {
                     *slot = i;
                 }
             }
             Write::Removal(r) => {
                 outcomes[i] = WriteOutcome::Stale;
-                let slot = chosen_removal.entry((&r.bucket, &r.object_key)).or_insert(i);
+                let slot = chosen_removal
+                    .entry((&r.bucket, &r.object_key))
+                    .or_insert(i);
                 if newer(write.position(), writes[*slot].position()) {
                     *slot = i;
                 }
@@ -231,10 +241,11 @@ async fn resolve_datapacks(
             .execute(&mut **tx)
             .await?;
     }
-    let rows = sqlx::query("SELECT identifier, id FROM datapack WHERE identifier = ANY($1::text[])")
-        .bind(&identifiers)
-        .fetch_all(&mut **tx)
-        .await?;
+    let rows =
+        sqlx::query("SELECT identifier, id FROM datapack WHERE identifier = ANY($1::text[])")
+            .bind(&identifiers)
+            .fetch_all(&mut **tx)
+            .await?;
     rows.iter()
         .map(|row| Ok((row.try_get("identifier")?, row.try_get("id")?)))
         .collect()
@@ -291,19 +302,26 @@ async fn insert_resources(
     .await?;
     let index: HashMap<(&str, &str, &str), usize> = resources
         .iter()
-        .map(|(i, r)| ((r.bucket.as_str(), r.object_key.as_str(), r.etag.as_str()), *i))
+        .map(|(i, r)| {
+            (
+                (r.bucket.as_str(), r.object_key.as_str(), r.etag.as_str()),
+                *i,
+            )
+        })
         .collect();
     rows.iter()
         .map(|row| {
-            let key: (String, String, String) =
-                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            let key: (String, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
             Ok(index[&(key.0.as_str(), key.1.as_str(), key.2.as_str())])
         })
         .collect()
 }
 
 /// Records each key's newest removal. Returns the indexes that were newer than what was known.
-async fn upsert_removals(tx: &mut Tx<'_>, removals: &[(usize, &Removal)]) -> Result<Vec<usize>, sqlx::Error> {
+async fn upsert_removals(
+    tx: &mut Tx<'_>,
+    removals: &[(usize, &Removal)],
+) -> Result<Vec<usize>, sqlx::Error> {
     if removals.is_empty() {
         return Ok(Vec::new());
     }

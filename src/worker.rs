@@ -43,7 +43,13 @@ struct Context {
 }
 
 /// Runs until `shutdown` fires and in-flight work is drained or released.
-pub async fn run(pipeline: Pipeline, queue: Queue, health: Health, settings: WorkerSettings, shutdown: CancellationToken) {
+pub async fn run(
+    pipeline: Pipeline,
+    queue: Queue,
+    health: Health,
+    settings: WorkerSettings,
+    shutdown: CancellationToken,
+) {
     let (deletes, delete_requests) = mpsc::channel(settings.concurrency.max(10) * 2);
     let deleter = tokio::spawn(crate::queue::run_deleter(queue.clone(), delete_requests));
     let slots = Arc::new(Semaphore::new(settings.concurrency));
@@ -58,7 +64,14 @@ pub async fn run(pipeline: Pipeline, queue: Queue, health: Health, settings: Wor
     });
     let tasks = TaskTracker::new();
     let pollers: Vec<_> = (0..settings.pollers.max(1))
-        .map(|_| tokio::spawn(poll(context.clone(), slots.clone(), tasks.clone(), shutdown.clone())))
+        .map(|_| {
+            tokio::spawn(poll(
+                context.clone(),
+                slots.clone(),
+                tasks.clone(),
+                shutdown.clone(),
+            ))
+        })
         .collect();
 
     shutdown.cancelled().await;
@@ -66,9 +79,19 @@ pub async fn run(pipeline: Pipeline, queue: Queue, health: Health, settings: Wor
         let _ = poller.await;
     }
     tasks.close();
-    tracing::info!(in_flight = tasks.len(), grace_secs = settings.shutdown_grace.as_secs(), "shutting down: draining in-flight work");
-    if tokio::time::timeout(settings.shutdown_grace, tasks.wait()).await.is_err() {
-        tracing::warn!(unfinished = tasks.len(), "grace period over: releasing unfinished messages");
+    tracing::info!(
+        in_flight = tasks.len(),
+        grace_secs = settings.shutdown_grace.as_secs(),
+        "shutting down: draining in-flight work"
+    );
+    if tokio::time::timeout(settings.shutdown_grace, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            unfinished = tasks.len(),
+            "grace period over: releasing unfinished messages"
+        );
         context.hard_stop.cancel();
         tasks.wait().await;
     }
@@ -77,7 +100,12 @@ pub async fn run(pipeline: Pipeline, queue: Queue, health: Health, settings: Wor
     tracing::info!("worker stopped");
 }
 
-async fn poll(context: Arc<Context>, slots: Arc<Semaphore>, tasks: TaskTracker, shutdown: CancellationToken) {
+async fn poll(
+    context: Arc<Context>,
+    slots: Arc<Semaphore>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
     loop {
         if !context.health.wait_ready(&shutdown).await {
             return;
@@ -109,7 +137,9 @@ async fn poll(context: Arc<Context>, slots: Arc<Semaphore>, tasks: TaskTracker, 
             Ok(messages) => messages,
             Err(failure) => {
                 match &failure {
-                    Failure::Unavailable { dependency, .. } => context.health.report_down(*dependency, &failure),
+                    Failure::Unavailable { dependency, .. } => {
+                        context.health.report_down(*dependency, &failure)
+                    }
                     _ => {
                         tracing::warn!(error = %crate::disposition::chain(&failure), "receive failed");
                         tokio::select! {
@@ -123,7 +153,9 @@ async fn poll(context: Arc<Context>, slots: Arc<Semaphore>, tasks: TaskTracker, 
         };
         m::received(messages.len());
         for message in messages {
-            let permit = permits.pop().expect("never more messages than slots asked for");
+            let permit = permits
+                .pop()
+                .expect("never more messages than slots asked for");
             let span = tracing::info_span!("message", message_id = %message.message_id, receive_count = message.receive_count);
             tasks.spawn(handle(context.clone(), message, permit).instrument(span));
         }
@@ -209,7 +241,11 @@ async fn retry(context: &Context, message: &Received, failure: Failure) {
         return release(context, message, "release").await;
     }
     let delay = backoff(&context.settings, message.receive_count);
-    match context.queue.set_visibility(&message.receipt_handle, delay).await {
+    match context
+        .queue
+        .set_visibility(&message.receipt_handle, delay)
+        .await
+    {
         Ok(()) => m::message_disposition("retry"),
         Err(e) => {
             tracing::warn!(error = %e, "could not set the retry delay; the message returns after its visibility timeout");
@@ -219,7 +255,11 @@ async fn retry(context: &Context, message: &Received, failure: Failure) {
 }
 
 async fn release(context: &Context, message: &Received, disposition: &'static str) {
-    if let Err(e) = context.queue.set_visibility(&message.receipt_handle, Duration::ZERO).await {
+    if let Err(e) = context
+        .queue
+        .set_visibility(&message.receipt_handle, Duration::ZERO)
+        .await
+    {
         tracing::warn!(error = %e, "could not release the message; it returns after its visibility timeout");
     }
     m::message_disposition(disposition);
@@ -227,9 +267,14 @@ async fn release(context: &Context, message: &Received, disposition: &'static st
 
 async fn delete(context: &Context, message: &Received) -> bool {
     let (done, answer) = oneshot::channel();
-    let request = DeleteRequest { receipt_handle: message.receipt_handle.clone(), done };
+    let request = DeleteRequest {
+        receipt_handle: message.receipt_handle.clone(),
+        done,
+    };
     let result = match context.deletes.send(request).await {
-        Ok(()) => answer.await.unwrap_or_else(|_| Err(Failure::transient("sqs_delete_failed", "deleter stopped"))),
+        Ok(()) => answer
+            .await
+            .unwrap_or_else(|_| Err(Failure::transient("sqs_delete_failed", "deleter stopped"))),
         Err(_) => Err(Failure::transient("sqs_delete_failed", "deleter stopped")),
     };
     match result {

@@ -39,7 +39,8 @@ impl Writer {
     /// Starts the writer tasks. They end once every [`Writer`] clone is dropped and the queue of
     /// jobs is drained.
     pub fn spawn(pool: PgPool, settings: WriterSettings) -> (Self, JoinSet<()>) {
-        let (jobs, receiver) = mpsc::channel::<Job>(settings.max_batch * settings.writers.max(1) * 2);
+        let (jobs, receiver) =
+            mpsc::channel::<Job>(settings.max_batch * settings.writers.max(1) * 2);
         let receiver = Arc::new(Mutex::new(receiver));
         let mut tasks = JoinSet::new();
         for _ in 0..settings.writers.max(1) {
@@ -50,8 +51,17 @@ impl Writer {
 
     pub async fn write(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, Failure> {
         let (done, answer) = oneshot::channel();
-        let unavailable = || Failure::unavailable(Dependency::Postgres, "writer_stopped", "the writer has stopped");
-        self.jobs.send(Job { writes, done }).await.map_err(|_| unavailable())?;
+        let unavailable = || {
+            Failure::unavailable(
+                Dependency::Postgres,
+                "writer_stopped",
+                "the writer has stopped",
+            )
+        };
+        self.jobs
+            .send(Job { writes, done })
+            .await
+            .map_err(|_| unavailable())?;
         answer.await.map_err(|_| unavailable())?
     }
 }
@@ -59,7 +69,11 @@ impl Writer {
 async fn run(pool: PgPool, settings: WriterSettings, receiver: Arc<Mutex<mpsc::Receiver<Job>>>) {
     let mut jobs = Vec::with_capacity(settings.max_batch);
     loop {
-        let taken = receiver.lock().await.recv_many(&mut jobs, settings.max_batch).await;
+        let taken = receiver
+            .lock()
+            .await
+            .recv_many(&mut jobs, settings.max_batch)
+            .await;
         if taken == 0 {
             return;
         }
@@ -82,9 +96,17 @@ async fn run(pool: PgPool, settings: WriterSettings, receiver: Arc<Mutex<mpsc::R
     }
 }
 
-async fn commit(pool: &PgPool, settings: &WriterSettings, writes: &[Write]) -> Result<Vec<WriteOutcome>, Failure> {
+async fn commit(
+    pool: &PgPool,
+    settings: &WriterSettings,
+    writes: &[Write],
+) -> Result<Vec<WriteOutcome>, Failure> {
     let started = Instant::now();
-    let result = tokio::time::timeout(settings.timeout, store::apply(pool, writes, settings.create_datapacks)).await;
+    let result = tokio::time::timeout(
+        settings.timeout,
+        store::apply(pool, writes, settings.create_datapacks),
+    )
+    .await;
     crate::metrics::phase("db_write", started.elapsed());
     match result {
         Ok(Ok(outcomes)) => {
@@ -115,6 +137,8 @@ fn copy_failure(failure: &Failure, text: &str) -> Failure {
     match failure {
         Failure::Permanent { reason, detail } => Failure::permanent(*reason, detail.clone()),
         Failure::Transient { reason, .. } => Failure::transient(reason, text.to_owned()),
-        Failure::Unavailable { dependency, reason, .. } => Failure::unavailable(*dependency, reason, text.to_owned()),
+        Failure::Unavailable {
+            dependency, reason, ..
+        } => Failure::unavailable(*dependency, reason, text.to_owned()),
     }
 }

@@ -22,7 +22,10 @@ fn only_event(message: Message) -> ObjectEvent {
 #[test]
 fn decodes_form_encoded_keys() {
     let cases = [
-        ("dp-1%2Fraw+data%2F2024%2Ffile.csv", "dp-1/raw data/2024/file.csv"),
+        (
+            "dp-1%2Fraw+data%2F2024%2Ffile.csv",
+            "dp-1/raw data/2024/file.csv",
+        ),
         ("dp%2Fa%2Bb.txt", "dp/a+b.txt"),
         ("dp%2F100%25.txt", "dp/100%.txt"),
         ("dp%2F%E1%BA%A3nh+%E6%96%87%E4%BB%B6.png", "dp/ảnh 文件.png"),
@@ -58,10 +61,8 @@ fn parses_an_s3_record_with_optional_fields() {
 
 #[test]
 fn accepts_event_time_without_zone() {
-    let body = s3_body("ObjectRemoved:Delete", "dp%2Fa", "").replace(
-        "2024-05-01T10:00:00.123Z",
-        "2024-05-01T10:00:00.123456",
-    );
+    let body = s3_body("ObjectRemoved:Delete", "dp%2Fa", "")
+        .replace("2024-05-01T10:00:00.123Z", "2024-05-01T10:00:00.123456");
     let e = only_event(parse(&body).unwrap());
     assert_eq!(e.kind, EventKind::Removed);
     assert_eq!(e.event_time.timestamp_micros(), 1_714_557_600_123_456);
@@ -70,7 +71,8 @@ fn accepts_event_time_without_zone() {
 #[test]
 fn unwraps_sns() {
     let inner = s3_body("ObjectCreated:Put", "dp%2Fa.txt", "");
-    let body = serde_json::json!({"Type": "Notification", "MessageId": "m", "Message": inner}).to_string();
+    let body =
+        serde_json::json!({"Type": "Notification", "MessageId": "m", "Message": inner}).to_string();
     assert_eq!(only_event(parse(&body).unwrap()).key, "dp/a.txt");
 }
 
@@ -85,9 +87,14 @@ fn parses_eventbridge() {
     assert_eq!(e.version_id.as_deref(), Some("v9"));
     assert_eq!(e.etag.as_deref(), Some("e1"));
     let deleted = body.replace("Object Created", "Object Deleted");
-    assert_eq!(only_event(parse(&deleted).unwrap()).kind, EventKind::Removed);
+    assert_eq!(
+        only_event(parse(&deleted).unwrap()).kind,
+        EventKind::Removed
+    );
     let tags = body.replace("Object Created", "Object Tags Added");
-    assert!(matches!(parse(&tags).unwrap(), Message::Events(v) if matches!(v[0], Item::Unsupported{..})));
+    assert!(
+        matches!(parse(&tags).unwrap(), Message::Events(v) if matches!(v[0], Item::Unsupported{..}))
+    );
 }
 
 #[test]
@@ -106,20 +113,30 @@ fn classifies_bad_bodies() {
         (r#"{"Records":[]}"#, malformed),
         (r#"{"Records":{}}"#, malformed),
         (r#"{"Type":"Notification","Message":"nope"}"#, malformed),
-        (r#"{"Records":[{"eventName":"ObjectCreated:Put"}]}"#, malformed),
-        (r#"{"Records":[{"eventName":"Bogus:Thing"}]}"#, DeadLetterReason::UnknownEvent),
+        (
+            r#"{"Records":[{"eventName":"ObjectCreated:Put"}]}"#,
+            malformed,
+        ),
+        (
+            r#"{"Records":[{"eventName":"Bogus:Thing"}]}"#,
+            DeadLetterReason::UnknownEvent,
+        ),
     ];
     for (body, reason) in cases {
         assert_eq!(parse(body).unwrap_err().reason, reason, "{body}");
     }
-    let bad_time = s3_body("ObjectCreated:Put", "dp%2Fa", "").replace("2024-05-01T10:00:00.123Z", "yesterday");
+    let bad_time =
+        s3_body("ObjectCreated:Put", "dp%2Fa", "").replace("2024-05-01T10:00:00.123Z", "yesterday");
     assert_eq!(parse(&bad_time).unwrap_err().reason, malformed);
 }
 
 #[test]
 fn orders_sequencers_like_aws() {
     use std::cmp::Ordering::*;
-    assert_eq!(sequencer_cmp("0055AED6DCD90281E5", "0055AED6DCD90281E6"), Less);
+    assert_eq!(
+        sequencer_cmp("0055AED6DCD90281E5", "0055AED6DCD90281E6"),
+        Less
+    );
     assert_eq!(sequencer_cmp("0055AED6DCD9028", "0055AED6DCD90281E5"), Less);
     assert_eq!(sequencer_cmp("0056", "0055AED6DCD90281E5"), Greater);
     assert_eq!(sequencer_cmp("00ab", "00AB"), Equal);

@@ -1,0 +1,106 @@
+//! A fresh, migrated PostgreSQL database per test.
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+
+pub struct TestDb {
+    pub url: String,
+    pub pool: PgPool,
+    pub name: String,
+}
+
+/// The server to create test databases on; `TEST_DATABASE_ADMIN_URL` overrides it.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A resource row as the tests read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceRow {
+    pub datapack: String,
+    pub object_key: String,
+    pub path: String,
+    pub display: String,
+    pub content_type: Option<String>,
+    pub length: i64,
+    pub etag: String,
+    pub sha256: String,
+    pub submitter_name: Option<String>,
+    pub submitter_email: Option<String>,
+    pub deleted: bool,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = format!("dpw_test_{}_{}", std::process::id(), fastrand::u64(..));
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin_url())
+            .await
+            .expect("PostgreSQL (scripts/ensure-postgres.sh)");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let (base, _) = admin_url()
+            .rsplit_once('/')
+            .map(|(b, d)| (b.to_owned(), d.to_owned()))
+            .unwrap();
+        let url = format!("{base}/{name}");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .unwrap();
+        datapack_worker::store::migrate(&pool).await.unwrap();
+        TestDb { url, pool, name }
+    }
+
+    pub async fn add_datapack(&self, identifier: &str) {
+        sqlx::query("INSERT INTO datapack (identifier) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(identifier)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    pub async fn rows(&self) -> Vec<ResourceRow> {
+        sqlx::query(
+            "SELECT d.identifier, r.object_key, r.path, r.display, r.content_type, r.length, r.etag, r.sha256,
+                    r.submitter_name, r.submitter_email, r.deleted_at IS NOT NULL AS deleted
+             FROM datapack_resource r JOIN datapack d ON d.id = r.datapack_id ORDER BY r.object_key, r.id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| ResourceRow {
+            datapack: r.get(0),
+            object_key: r.get(1),
+            path: r.get(2),
+            display: r.get(3),
+            content_type: r.get(4),
+            length: r.get(5),
+            etag: r.get(6),
+            sha256: r.get(7),
+            submitter_name: r.get(8),
+            submitter_email: r.get(9),
+            deleted: r.get(10),
+        })
+        .collect()
+    }
+
+    pub async fn count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM datapack_resource")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    datapack_worker::object::hex(&sha2::Sha256::digest(bytes))
+}

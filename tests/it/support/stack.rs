@@ -1,0 +1,325 @@
+//! A bucket, a queue and its dead-letter queue per test, wired like production: S3 notifications
+//! to the queue, a redrive policy to the dead-letter queue.
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use std::collections::HashMap;
+
+pub struct Stack {
+    pub endpoint: String,
+    pub sdk: SdkConfig,
+    pub s3: aws_sdk_s3::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub bucket: String,
+    pub queue_url: String,
+    pub dlq_url: String,
+}
+
+/// SDK settings for moto (or a proxy in front of it), with test credentials.
+pub fn sdk_config(endpoint: &str) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
+            aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "tests"),
+        ))
+        .timeout_config(
+            aws_smithy_types::timeout::TimeoutConfig::builder()
+                .connect_timeout(std::time::Duration::from_secs(3))
+                .operation_attempt_timeout(std::time::Duration::from_secs(30))
+                .build(),
+        )
+        .sleep_impl(aws_smithy_async::rt::sleep::default_async_sleep().unwrap())
+        .time_source(aws_smithy_async::time::SystemTimeSource::new())
+        .build()
+}
+
+impl Stack {
+    pub async fn new(endpoint: &str) -> Stack {
+        let suffix = format!("{:x}", fastrand::u64(..));
+        let sdk = sdk_config(endpoint);
+        let s3 = datapack_worker::aws::s3(&sdk);
+        let sqs = datapack_worker::aws::sqs(&sdk);
+        let bucket = format!("uploads-{suffix}");
+        s3.create_bucket().bucket(&bucket).send().await.unwrap();
+        let dlq_url = sqs
+            .create_queue()
+            .queue_name(format!("dlq-{suffix}"))
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let dlq_arn = queue_arn(&sqs, &dlq_url).await;
+        let redrive =
+            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5}).to_string();
+        let queue_url = sqs
+            .create_queue()
+            .queue_name(format!("q-{suffix}"))
+            .attributes(QueueAttributeName::RedrivePolicy, redrive)
+            .attributes(QueueAttributeName::VisibilityTimeout, "60")
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let arn = queue_arn(&sqs, &queue_url).await;
+        let config = NotificationConfiguration::builder()
+            .queue_configurations(
+                QueueConfiguration::builder()
+                    .queue_arn(arn)
+                    .events(Event::from("s3:ObjectCreated:*"))
+                    .events(Event::from("s3:ObjectRemoved:*"))
+                    .build()
+                    .unwrap(),
+            )
+            .build();
+        s3.put_bucket_notification_configuration()
+            .bucket(&bucket)
+            .notification_configuration(config)
+            .send()
+            .await
+            .unwrap();
+        // Start every test from an empty queue (the notification set-up sends an s3:TestEvent).
+        sqs.purge_queue()
+            .queue_url(&queue_url)
+            .send()
+            .await
+            .unwrap();
+        Stack {
+            endpoint: endpoint.to_owned(),
+            sdk,
+            s3,
+            sqs,
+            bucket,
+            queue_url,
+            dlq_url,
+        }
+    }
+
+    /// Uploads as the browser does after `presign`: with the presigned metadata.
+    pub async fn put(&self, key: &str, body: &[u8]) -> String {
+        self.put_with(key, body, Some(("Test Uploader", "uploader@example.com")))
+            .await
+    }
+
+    /// Uploads with or without the presigned metadata; returns the ETag without quotes.
+    pub async fn put_with(&self, key: &str, body: &[u8], uploader: Option<(&str, &str)>) -> String {
+        let mut request = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body.to_vec()))
+            .content_type("text/plain");
+        if let Some((name, email)) = uploader {
+            request = request
+                .metadata("uploaded-by", "presigned-url")
+                .metadata("uploader-name", datapack_worker::metadata::encode(name))
+                .metadata("uploader-email", datapack_worker::metadata::encode(email));
+        }
+        let etag = request.send().await.unwrap().e_tag.unwrap();
+        datapack_worker::event::unquote_etag(&etag)
+    }
+
+    /// Uploads through a presigned PUT URL made by the product's own `presign`.
+    pub async fn put_presigned(
+        &self,
+        datapack: &str,
+        path: &str,
+        file: &str,
+        name: &str,
+        email: &str,
+        body: &[u8],
+    ) -> String {
+        let args = datapack_worker::cli::PresignArgs {
+            bucket: Some(self.bucket.clone()),
+            datapack: datapack.into(),
+            path: path.into(),
+            file: file.into(),
+            uploader_name: name.into(),
+            uploader_email: email.into(),
+            content_type: None,
+            expires_secs: 300,
+            json: true,
+        };
+        let signed = datapack_worker::presign::presign(&self.s3, &self.bucket, &args)
+            .await
+            .unwrap();
+        let client = reqwest::Client::new();
+        let mut request = client.put(&signed.url).body(body.to_vec());
+        for (name, value) in &signed.headers {
+            request = request.header(name, value);
+        }
+        let response = request.send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "presigned PUT failed: {}",
+            response.status()
+        );
+        datapack_worker::event::unquote_etag(response.headers()["etag"].to_str().unwrap())
+    }
+
+    pub async fn delete(&self, key: &str) {
+        self.s3
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    pub async fn send(&self, body: &str) {
+        self.sqs
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// (visible, in flight) on the main queue.
+    pub async fn depth(&self) -> (u64, u64) {
+        depth(&self.sqs, &self.queue_url).await
+    }
+
+    pub async fn dlq_depth(&self) -> (u64, u64) {
+        depth(&self.sqs, &self.dlq_url).await
+    }
+
+    /// Takes every dead-lettered message: (body, attributes).
+    pub async fn take_dead_letters(&self) -> Vec<(String, HashMap<String, String>)> {
+        let mut out = Vec::new();
+        loop {
+            let got = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.dlq_url)
+                .max_number_of_messages(10)
+                .visibility_timeout(300)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .unwrap()
+                .messages
+                .unwrap_or_default();
+            if got.is_empty() {
+                return out;
+            }
+            for m in got {
+                let attrs = m
+                    .message_attributes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.string_value.unwrap_or_default()))
+                    .collect();
+                out.push((m.body.unwrap_or_default(), attrs));
+            }
+        }
+    }
+
+    /// Removes up to ten messages from the main queue and returns their bodies (to inspect or
+    /// replay what S3 sent).
+    pub async fn take(&self) -> Vec<String> {
+        let messages = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .visibility_timeout(300)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        let mut bodies = Vec::new();
+        for m in messages {
+            self.sqs
+                .delete_message()
+                .queue_url(&self.queue_url)
+                .receipt_handle(m.receipt_handle.unwrap())
+                .send()
+                .await
+                .unwrap();
+            bodies.push(m.body.unwrap_or_default());
+        }
+        bodies
+    }
+}
+
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
+    sqs.get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()
+        .remove(&QueueAttributeName::QueueArn)
+        .unwrap()
+}
+
+async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> (u64, u64) {
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap_or_default();
+    let get = |n| attrs.get(&n).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (
+        get(QueueAttributeName::ApproximateNumberOfMessages),
+        get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+    )
+}
+
+/// An S3 notification body, as S3 would send it, for events a test writes itself.
+pub fn s3_event(
+    name: &str,
+    bucket: &str,
+    key: &str,
+    etag: Option<&str>,
+    sequencer: Option<&str>,
+    time: &str,
+) -> String {
+    let mut object = serde_json::json!({"key": form_encode(key), "size": 0});
+    if let Some(e) = etag {
+        object["eTag"] = e.into();
+    }
+    if let Some(s) = sequencer {
+        object["sequencer"] = s.into();
+    }
+    serde_json::json!({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+        "eventTime": time, "eventName": name,
+        "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": bucket, "arn": format!("arn:aws:s3:::{bucket}")}, "object": object}
+    }]})
+    .to_string()
+}
+
+/// Python's `quote_plus`, as moto and S3 encode keys.
+pub fn form_encode(key: &str) -> String {
+    let mut out = String::new();
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
