@@ -45,24 +45,25 @@ pub async fn load(settings: &AwsSettings) -> SdkConfig {
     if let Some(endpoint) = &settings.endpoint_url {
         loader = loader.endpoint_url(endpoint);
     }
-    if env("AWS_REGION").is_none() && env("AWS_DEFAULT_REGION").is_none() {
-        if let Some(region) = env("FILESYSTEM_S3_REGION") {
-            loader = loader.region(Region::new(region));
-        }
+    if env("AWS_REGION").is_none()
+        && env("AWS_DEFAULT_REGION").is_none()
+        && let Some(region) = env("FILESYSTEM_S3_REGION")
+    {
+        loader = loader.region(Region::new(region));
     }
-    if env("AWS_ACCESS_KEY_ID").is_none() {
-        if let (Some(id), Some(secret)) = (
+    if env("AWS_ACCESS_KEY_ID").is_none()
+        && let (Some(id), Some(secret)) = (
             env("FILESYSTEM_S3_ACCESS_KEY"),
             env("FILESYSTEM_S3_SECRET_KEY"),
-        ) {
-            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
-                id,
-                secret,
-                None,
-                None,
-                "seed-filesystem-s3",
-            ));
-        }
+        )
+    {
+        loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+            id,
+            secret,
+            None,
+            None,
+            "seed-filesystem-s3",
+        ));
     }
     loader.load().await
 }

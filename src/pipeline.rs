@@ -189,6 +189,7 @@ impl Pipeline {
     }
 }
 
+#[allow(clippy::large_enum_variant)] // short-lived, moved once
 enum Prepared {
     Done(Outcome),
     Write(Write),

@@ -47,6 +47,8 @@ pub struct Removal {
     pub event_time: DateTime<Utc>,
 }
 
+// Batches are mostly resources: boxing them would add an allocation per row and save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
     Resource(NewResource),

@@ -2,5 +2,10 @@
 
 mod support;
 
+mod chaos;
+mod faults;
 mod ingest;
+mod observability;
 mod ordering;
+mod poison;
+mod process;

@@ -5,6 +5,7 @@
 
 pub mod db;
 pub mod moto;
+pub mod proxy;
 pub mod stack;
 pub mod wait;
 pub mod worker;

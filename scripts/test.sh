@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The test command: sets up what the tests need on a fresh machine (PostgreSQL, moto, promtool,
+# the dashboard type-checker), then runs every test against the real parts.
+#
+#   scripts/test.sh            all tests (unit, integration, observability checks)
+#   scripts/test.sh -- NAME    only the cargo tests whose name contains NAME
+#
+# CHAOS_OBJECTS / CHAOS_KILLS size the crash test (defaults keep CI inside its time budget).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/ensure-postgres.sh
+scripts/ensure-moto.sh
+export PATH="${DATAPACK_TOOLS_VENV:-$HOME/.cache/datapack-worker/venv}/bin:$PATH"
+# A target directory outside the clone: later runs (and CI on the same machine) reuse the build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/datapack-worker/target}"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+filter=()
+if [[ "${1:-}" == "--" ]]; then
+    shift
+    filter=("$@")
+fi
+
+# Release profile: the tests hash hundreds of MiB, and the demo and benchmark share this build.
+cargo test --release --locked -- "${filter[@]}"
+
+if [[ ${#filter[@]} -eq 0 ]]; then
+    bash deploy/observability/check.sh
+fi
