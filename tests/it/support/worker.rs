@@ -16,9 +16,9 @@ pub struct TestWorker {
     pub metrics_addr: String,
 }
 
-/// The flags every test worker runs with; `extra` may override them (later flags win).
-pub fn base_args(stack: &Stack, db: &TestDb, metrics_addr: &str) -> Vec<String> {
-    [
+/// The flags every test worker runs with, then `extra`; a flag in `extra` replaces the default.
+pub fn args(stack: &Stack, db: &TestDb, metrics_addr: &str, extra: &[&str]) -> Vec<String> {
+    let defaults = [
         "--database-url",
         &db.url,
         "--sqs-queue-url",
@@ -39,10 +39,15 @@ pub fn base_args(stack: &Stack, db: &TestDb, metrics_addr: &str) -> Vec<String> 
         "1",
         "--shutdown-grace-secs",
         "10",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ];
+    let mut out: Vec<String> = Vec::new();
+    for pair in defaults.chunks(2) {
+        if !extra.contains(&pair[0]) {
+            out.extend(pair.iter().map(|s| s.to_string()));
+        }
+    }
+    out.extend(extra.iter().map(|s| s.to_string()));
+    out
 }
 
 impl TestWorker {
@@ -54,8 +59,7 @@ impl TestWorker {
     pub fn spawn_at(stack: &Stack, endpoint: &str, db: &TestDb, extra: &[&str]) -> TestWorker {
         let metrics_addr = format!("127.0.0.1:{}", free_port());
         let mut argv = vec!["datapack-worker".to_owned(), "run".to_owned()];
-        argv.extend(base_args(stack, db, &metrics_addr));
-        argv.extend(extra.iter().map(|s| s.to_string()));
+        argv.extend(args(stack, db, &metrics_addr, extra));
         let cli = Cli::try_parse_from(argv).expect("valid test flags");
         let CliCommand::Run(args) = cli.command else {
             unreachable!()
@@ -92,8 +96,7 @@ impl BinaryWorker {
         let metrics_addr = format!("127.0.0.1:{}", free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_datapack-worker"))
             .arg("run")
-            .args(base_args(stack, db, &metrics_addr))
-            .args(extra)
+            .args(args(stack, db, &metrics_addr, extra))
             .env("AWS_ENDPOINT_URL", &stack.endpoint)
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
