@@ -16,6 +16,11 @@ pub struct TestWorker {
     pub metrics_addr: String,
 }
 
+/// The default flags alone.
+pub fn base_args(stack: &Stack, db: &TestDb, metrics_addr: &str) -> Vec<String> {
+    args(stack, db, metrics_addr, &[])
+}
+
 /// The flags every test worker runs with, then `extra`; a flag in `extra` replaces the default.
 pub fn args(stack: &Stack, db: &TestDb, metrics_addr: &str, extra: &[&str]) -> Vec<String> {
     let defaults = [
