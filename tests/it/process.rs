@@ -53,7 +53,11 @@ async fn upload_large(stack: &Stack, key: &str, parts: usize, part_mib: usize) -
         .bucket(&stack.bucket)
         .key(key)
         .upload_id(&id)
-        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(done))
+                .build(),
+        )
         .send()
         .await;
     datapack_worker::object::hex(&hasher.finalize())
@@ -62,14 +66,20 @@ async fn upload_large(stack: &Stack, key: &str, parts: usize, part_mib: usize) -
 /// Waits until the worker reports a message in flight (it is hashing the object).
 async fn wait_in_flight(worker: &BinaryWorker) {
     wait_until("a message in flight", Duration::from_secs(60), || async {
-        let scrape = reqwest::get(format!("http://{}/metrics", worker.metrics_addr)).await.ok()?.text().await.ok()?;
+        let scrape = reqwest::get(format!("http://{}/metrics", worker.metrics_addr))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
         (metric(&scrape, "datapack_worker_in_flight_messages") >= 1.0).then_some(())
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_releases_or_finishes_in_flight_work_and_a_256_mib_object_hashes_in_bounded_memory() {
+async fn sigterm_releases_or_finishes_in_flight_work_and_a_256_mib_object_hashes_in_bounded_memory()
+{
     let stack = Stack::new(&Moto::shared().endpoint).await;
     let db = TestDb::new().await;
     db.add_datapack("dp").await;
@@ -77,19 +87,29 @@ async fn sigterm_releases_or_finishes_in_flight_work_and_a_256_mib_object_hashes
     // moto sends two events for a multipart upload; both name the same bytes.
 
     // No grace: SIGTERM while hashing hands the message back at once and exits 0.
-    let impatient = BinaryWorker::spawn(&stack, &db, &["--shutdown-grace-secs", "0", "--worker-concurrency", "16"]);
+    let impatient = BinaryWorker::spawn(
+        &stack,
+        &db,
+        &["--shutdown-grace-secs", "0", "--worker-concurrency", "16"],
+    );
     wait_in_flight(&impatient).await;
     impatient.signal("TERM");
     let status = impatient.wait(Duration::from_secs(15)).await;
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(db.count().await, 0, "nothing committed");
-    wait_until("the released message visible again", Duration::from_secs(10), || async {
-        (stack.depth().await.0 >= 1).then_some(())
-    })
+    wait_until(
+        "the released message visible again",
+        Duration::from_secs(10),
+        || async { (stack.depth().await.0 >= 1).then_some(()) },
+    )
     .await;
 
     // With a grace period: SIGTERM while hashing finishes the object, commits, exits 0.
-    let mut patient = BinaryWorker::spawn(&stack, &db, &["--shutdown-grace-secs", "60", "--worker-concurrency", "16"]);
+    let mut patient = BinaryWorker::spawn(
+        &stack,
+        &db,
+        &["--shutdown-grace-secs", "60", "--worker-concurrency", "16"],
+    );
     wait_in_flight(&patient).await;
     patient.signal("TERM");
     let mut peak_kib = 0;
@@ -106,7 +126,10 @@ async fn sigterm_releases_or_finishes_in_flight_work_and_a_256_mib_object_hashes
     assert_eq!(rows[0].sha256, want);
     assert_eq!(rows[0].length, 256 * MIB as i64);
     println!("peak RSS while hashing 256 MiB: {} MiB", peak_kib / 1024);
-    assert!(peak_kib < 96 * 1024, "peak RSS {peak_kib} KiB: the body must stream, not buffer");
+    assert!(
+        peak_kib < 96 * 1024,
+        "peak RSS {peak_kib} KiB: the body must stream, not buffer"
+    );
 }
 
 #[test]
@@ -121,7 +144,10 @@ fn refuses_bad_configuration_without_printing_secrets() {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let queue = ("SQS_QUEUE_URL", "http://127.0.0.1:1/1/q");
     let dlq = ("SQS_DEAD_LETTER_QUEUE_URL", "http://127.0.0.1:1/1/dlq");
@@ -132,18 +158,86 @@ fn refuses_bad_configuration_without_printing_secrets() {
     assert!(err.contains("DATABASE_URL"), "{err}");
 
     // No user named: refused, and the password never shows.
-    let (code, err) = run(&[("DATABASE_URL", "postgres://:hunter2@127.0.0.1/db"), queue, dlq, bucket]);
+    let (code, err) = run(&[
+        ("DATABASE_URL", "postgres://:hunter2@127.0.0.1/db"),
+        queue,
+        dlq,
+        bucket,
+    ]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("name the user"), "{err}");
     assert!(!err.contains("hunter2"), "secret printed: {err}");
 
     // The seed's names are accepted: DB_DSN and FILESYSTEM_S3_BUCKET; then the queue is checked.
-    let (code, err) = run(&[("DB_DSN", "postgres://app:hunter2@127.0.0.1/db"), ("FILESYSTEM_S3_BUCKET", "uploads"), dlq]);
+    let (code, err) = run(&[
+        ("DB_DSN", "postgres://app:hunter2@127.0.0.1/db"),
+        ("FILESYSTEM_S3_BUCKET", "uploads"),
+        dlq,
+    ]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("SQS_QUEUE_URL"), "{err}");
     assert!(!err.contains("hunter2"), "secret printed: {err}");
 
-    let (code, err) = run(&[("DATABASE_URL", "postgres://app@127.0.0.1/db"), queue, dlq, bucket, ("SQS_WAIT_TIME_SECS", "25")]);
+    let (code, err) = run(&[
+        ("DATABASE_URL", "postgres://app@127.0.0.1/db"),
+        queue,
+        dlq,
+        bucket,
+        ("SQS_WAIT_TIME_SECS", "25"),
+    ]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("SQS_WAIT_TIME_SECS"), "{err}");
+}
+
+#[test]
+fn presign_prints_the_url_and_the_headers_the_browser_must_send() {
+    let out = Command::new(env!("CARGO_BIN_EXE_datapack-worker"))
+        .args([
+            "presign",
+            "--bucket",
+            "uploads",
+            "--datapack",
+            "dp-1",
+            "--path",
+            "raw data/2024",
+        ])
+        .args([
+            "--file",
+            "ghi chú.csv",
+            "--uploader-name",
+            "Nguyễn Văn A",
+            "--uploader-email",
+            "a@example.com",
+        ])
+        .args(["--expires-secs", "600", "--json"])
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "do-not-print-me")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(!stdout.contains("do-not-print-me"), "secret key printed");
+    let signed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(signed["method"], "PUT");
+    let url = signed["url"].as_str().unwrap();
+    assert!(
+        url.contains("/uploads/dp-1/raw%20data/2024/ghi%20ch%C3%BA.csv?"),
+        "{url}"
+    );
+    assert!(
+        url.contains("X-Amz-Expires=600") && url.contains("X-Amz-Signature="),
+        "{url}"
+    );
+    let headers = &signed["headers"];
+    assert_eq!(headers["Content-Type"], "text/csv");
+    assert_eq!(headers["x-amz-meta-uploaded-by"], "presigned-url");
+    let name = headers["x-amz-meta-uploader-name"].as_str().unwrap();
+    assert!(name.is_ascii());
+    assert_eq!(datapack_worker::metadata::decode(name), "Nguyễn Văn A");
 }
