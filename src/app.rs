@@ -109,6 +109,11 @@ pub async fn run_with(
         settings: PipelineSettings {
             buckets: args.buckets(),
             required_uploaded_by: args.required_uploaded_by(),
+            ranged: crate::object::Ranged::new(
+                args.ranged_get_threshold_bytes,
+                args.ranged_get_part_bytes,
+                args.ranged_get_parallelism,
+            ),
         },
     };
     let settings = WorkerSettings {

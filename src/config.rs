@@ -198,6 +198,16 @@ pub struct RunArgs {
     /// Endpoint for S3 and SQS (MinIO, moto, a VPC endpoint); the AWS chain reads it too.
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub aws_endpoint_url: Option<String>,
+    /// Objects announced at least this large are read as parallel ranged GETs; 0 turns that off.
+    #[arg(long, env = "RANGED_GET_THRESHOLD_BYTES", default_value_t = 64 << 20)]
+    pub ranged_get_threshold_bytes: u64,
+    /// Size of one ranged GET part.
+    #[arg(long, env = "RANGED_GET_PART_BYTES", default_value_t = 8 << 20)]
+    pub ranged_get_part_bytes: u64,
+    /// Part GETs in flight per object; also the process-wide number of part buffers, so part
+    /// memory stays under RANGED_GET_PARALLELISM × RANGED_GET_PART_BYTES.
+    #[arg(long, env = "RANGED_GET_PARALLELISM", default_value_t = 4)]
+    pub ranged_get_parallelism: usize,
 }
 
 impl RunArgs {

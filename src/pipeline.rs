@@ -21,6 +21,8 @@ pub struct PipelineSettings {
     pub buckets: Vec<String>,
     /// Required `uploaded-by` metadata value; `None` records every upload.
     pub required_uploaded_by: Option<String>,
+    /// When and how large objects are read as parallel ranged GETs.
+    pub ranged: object::Ranged,
 }
 
 #[derive(Clone)]
@@ -151,12 +153,14 @@ impl Pipeline {
             key: &event.key,
             etag: event.etag.as_deref(),
             version_id: event.version_id.as_deref(),
+            size: event.size,
         };
         let started = Instant::now();
         let fetched = object::fetch(
             &self.s3,
             target,
             self.settings.required_uploaded_by.as_deref(),
+            &self.settings.ranged,
         )
         .await;
         crate::metrics::phase("fetch_hash", started.elapsed());

@@ -9,3 +9,4 @@ mod observability;
 mod ordering;
 mod poison;
 mod process;
+mod ranged;
