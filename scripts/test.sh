@@ -22,9 +22,10 @@ if [[ "${1:-}" == "--" ]]; then
     filter=("$@")
 fi
 
-# Release profile: the tests hash hundreds of MiB, and the demo and benchmark share this build.
-cargo test --release --locked -- "${filter[@]}"
-
+# First, because it installs promtool and prometheus, which the metrics tests use too.
 if [[ ${#filter[@]} -eq 0 ]]; then
     bash deploy/observability/check.sh
 fi
+
+# Release profile: the tests hash hundreds of MiB, and the demo and benchmark share this build.
+cargo test --release --locked -- "${filter[@]}"
