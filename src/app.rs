@@ -188,9 +188,13 @@ fn probes(
     ]
 }
 
-/// Samples both queues' depth for the dashboard, at an interval, until stopped.
+/// Samples both queues' depth, and the main queue's oldest-message age, for the dashboard and
+/// alerts, at an interval, until stopped. The age is an approximation built from what the
+/// pollers receive (see [`m::OldestAge`]); the dead-letter queue is never received from, so it
+/// has no age.
 async fn sample_queues(queue: Queue, every: Duration, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(every);
+    let mut oldest = m::OldestAge::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -200,15 +204,24 @@ async fn sample_queues(queue: Queue, every: Duration, stop: CancellationToken) {
             ("main", &queue.url),
             ("dead_letter", &queue.dead_letter_url),
         ] {
-            if let Ok(depth) = queue.depth(url).await {
-                for (state, value) in [
-                    ("visible", depth.visible),
-                    ("in_flight", depth.in_flight),
-                    ("delayed", depth.delayed),
-                ] {
-                    metrics::gauge!(m::QUEUE_MESSAGES, "queue" => name, "state" => state)
-                        .set(value as f64);
-                }
+            let Ok(depth) = queue.depth(url).await else {
+                // A failed sample keeps the last values; the dependency gauge tells the story.
+                continue;
+            };
+            for (state, value) in [
+                ("visible", depth.visible),
+                ("in_flight", depth.in_flight),
+                ("delayed", depth.delayed),
+            ] {
+                metrics::gauge!(m::QUEUE_MESSAGES, "queue" => name, "state" => state)
+                    .set(value as f64);
+            }
+            if name == "main" {
+                // Taken only after a successful depth call, so a failed sample loses nothing.
+                let received = m::take_oldest_received(url);
+                let waiting = depth.visible + depth.in_flight + depth.delayed;
+                let age = oldest.sample(received, waiting, chrono::Utc::now());
+                metrics::gauge!(m::QUEUE_OLDEST_AGE, "queue" => name).set(age);
             }
         }
     }

@@ -50,7 +50,7 @@ pub async fn serve(
 async fn render(State(state): State<AppState>) -> ([(&'static str, &'static str); 1], String) {
     (
         [("content-type", "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        crate::metrics::render(&state.metrics),
     )
 }
 

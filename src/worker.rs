@@ -151,7 +151,7 @@ async fn poll(
                 continue;
             }
         };
-        m::received(messages.len());
+        m::received(&context.queue.url, &messages);
         for message in messages {
             let permit = permits
                 .pop()
@@ -166,7 +166,13 @@ async fn handle(context: Arc<Context>, message: Received, _slot: OwnedSemaphoreP
     let _busy = Raised::new(m::WORKERS_BUSY);
     let _in_flight = Raised::new(m::IN_FLIGHT);
     let started = Instant::now();
-    if let (Some(sent), Some(first)) = (message.sent_at, message.first_received_at) {
+    // The first-receive timestamp never changes, so only the first delivery observes it: a
+    // redelivery would count the same wait again.
+    if let (Some(sent), Some(first), 1) = (
+        message.sent_at,
+        message.first_received_at,
+        message.receive_count,
+    ) {
         let wait = (first - sent).to_std().unwrap_or_default();
         metrics::histogram!(m::QUEUE_WAIT).record(wait.as_secs_f64());
     }
