@@ -307,3 +307,30 @@ pub fn backoff(settings: &WorkerSettings, receive_count: u32) -> Duration {
         .unwrap_or(settings.retry_max)
         .min(settings.retry_max)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_the_receive_count_and_stays_capped() {
+        let settings = WorkerSettings {
+            concurrency: 1,
+            pollers: 1,
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(900),
+            max_extension: Duration::from_secs(3600),
+            shutdown_grace: Duration::from_secs(1),
+        };
+        for _ in 0..50 {
+            let first = backoff(&settings, 1);
+            assert!(
+                first >= Duration::from_secs(5) && first <= Duration::from_secs(10),
+                "{first:?}"
+            );
+            let fifth = backoff(&settings, 5);
+            assert!(fifth >= Duration::from_secs(80), "{fifth:?}");
+            assert!(backoff(&settings, 30) <= Duration::from_secs(900));
+        }
+    }
+}
