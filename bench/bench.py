@@ -1,0 +1,695 @@
+#!/usr/bin/env python3
+"""The benchmark's orchestrator; run it through bench/run.sh, which prepares the machine.
+
+Expects the environment written by scripts/localstack.py (AWS_ENDPOINT_URL, S3_BUCKET,
+SQS_QUEUE_URL, ...) plus BENCH_WORKER, BENCH_CEILING, BENCH_DB_WRITE (binaries), BENCH_PG_ADMIN
+(an admin PostgreSQL URL ending in /postgres) and BENCH_STATE (a scratch directory).
+
+Objects are uploaded once, with the bucket's notification switched off. Each timed run then
+feeds S3 event notifications for them (the same JSON S3 sends) into the queue, ten per
+SendMessageBatch, keeping fewer than FEED_MAX_VISIBLE visible (moto's SQS slows down as its
+queue grows), while the consumer under test drains it. A run's wall time is from the first
+message fed to the last object done (row committed / webhook answered / message deleted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+HERE = Path(__file__).resolve().parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MIB = 1 << 20
+FEED_MAX_VISIBLE = 200
+# Long-poll wait of every consumer. A consumer stopped mid-poll leaves that poll open in moto,
+# which may take a message of the next run and hide it for the visibility timeout (60 s); so
+# consumers poll with this short wait and each run starts only after it has passed.
+SETTLE_WAIT_S = 1
+DATAPACK = "dp-bench"
+CONCURRENCY = 16
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- process stats
+
+
+def proc_cpu(pid: int) -> float:
+    """user+sys CPU seconds of a process (utime+stime from /proc/PID/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_hwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def settle() -> None:
+    """Waits out the long poll a just-stopped consumer may have left open in moto."""
+    time.sleep(SETTLE_WAIT_S + 0.5)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+class Psql:
+    """One long-lived psql session, so polling the row count costs no process start-ups."""
+
+    def __init__(self, url: str):
+        self.proc = subprocess.Popen(
+            ["psql", "-XqtA", "-v", "ON_ERROR_STOP=0", url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+
+    def scalar(self, sql: str) -> str:
+        marker = f"--end-{time.monotonic_ns()}"
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(f"{sql};\n\\echo {marker}\n")
+        self.proc.stdin.flush()
+        lines = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"psql ended while running {sql!r}")
+            line = line.rstrip("\n")
+            if line == marker:
+                break
+            if line:
+                lines.append(line)
+        return lines[-1] if lines else ""
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait()
+
+
+def admin_sql(admin_url: str, sql: str) -> None:
+    subprocess.run(["psql", "-Xq", "-v", "ON_ERROR_STOP=1", admin_url, "-c", sql], check=True)
+
+
+def fresh_database(admin_url: str, name: str) -> str:
+    admin_sql(admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin_sql(admin_url, f"CREATE DATABASE {name}")
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+# --------------------------------------------------------------------------- S3 and SQS
+
+
+def clients():
+    cfg = Config(
+        retries={"max_attempts": 5, "mode": "standard"},
+        s3={"addressing_style": "path"},
+        max_pool_connections=32,
+    )
+    return boto3.client("s3", config=cfg), boto3.client("sqs", config=cfg)
+
+
+class Objects:
+    def __init__(self, s3, bucket: str):
+        self.s3 = s3
+        self.bucket = bucket
+        self.records: dict[str, list[dict]] = {}
+
+    def upload(self, name: str, count: int, size: int) -> None:
+        """Uploads `count` objects of `size` bytes (random, distinct) with presigned metadata."""
+        records = []
+        sequencer = 0x10000 * (len(self.records) + 1)
+        block = os.urandom(min(size, 64 * MIB)) if size else b""
+        for i in range(count):
+            key = f"{DATAPACK}/{name}/object {i:05d}.bin"
+            if size > len(block):
+                body = (block * (size // len(block) + 1))[: size - 16] + os.urandom(16)
+            else:
+                body = block[: max(size - 16, 0)] + os.urandom(min(16, size))
+            out = self.s3.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentType="application/octet-stream",
+                Metadata={
+                    "uploaded-by": "presigned-url",
+                    "uploader-name": "Bench Uploader",
+                    "uploader-email": "bench@example.org",
+                },
+            )
+            sequencer += 1
+            records.append(
+                {
+                    "eventVersion": "2.1",
+                    "eventSource": "aws:s3",
+                    "awsRegion": os.environ.get("AWS_REGION", "us-east-1"),
+                    "eventTime": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {
+                        "s3SchemaVersion": "1.0",
+                        "configurationId": "datapack-worker",
+                        "bucket": {"name": self.bucket, "arn": f"arn:aws:s3:::{self.bucket}"},
+                        "object": {
+                            "key": urllib.parse.quote_plus(key, safe="/"),
+                            "size": size,
+                            "eTag": out["ETag"].strip('"'),
+                            "sequencer": f"{sequencer:016X}",
+                        },
+                    },
+                }
+            )
+        self.records[name] = records
+
+
+def queue_visible(sqs, url: str) -> int:
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"])
+
+
+class Feeder(threading.Thread):
+    """Sends one message per record, ten per batch, keeping the visible backlog short."""
+
+    def __init__(self, sqs, url: str, records: list[dict]):
+        super().__init__(daemon=True)
+        self.sqs, self.url, self.records = sqs, url, records
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            sent = 0
+            for start in range(0, len(self.records), 10):
+                if sent and sent % 50 == 0:
+                    while queue_visible(self.sqs, self.url) >= FEED_MAX_VISIBLE - 50:
+                        time.sleep(0.02)
+                batch = self.records[start : start + 10]
+                out = self.sqs.send_message_batch(
+                    QueueUrl=self.url,
+                    Entries=[
+                        {"Id": str(i), "MessageBody": json.dumps({"Records": [r]})}
+                        for i, r in enumerate(batch)
+                    ],
+                )
+                if out.get("Failed"):
+                    raise RuntimeError(f"SendMessageBatch failed: {out['Failed']}")
+                sent += len(batch)
+        except BaseException as e:  # reported by the run
+            self.error = e
+
+
+def purge(sqs, url: str) -> None:
+    """Empties the queue (PurgeQueue is rate-limited on AWS; moto allows it)."""
+    sqs.purge_queue(QueueUrl=url)
+    time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- consumers
+
+
+def read_json_line(proc: subprocess.Popen, key: str, timeout: float) -> dict:
+    """Reads the consumer's stdout until a JSON object with `key`."""
+    deadline = time.monotonic() + timeout
+    assert proc.stdout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"consumer exited (status {proc.wait()}) before reporting {key}")
+        line = line.strip()
+        if line.startswith("{"):
+            value = json.loads(line)
+            if key in value:
+                return value
+    raise TimeoutError(f"no {key} from the consumer within {timeout}s")
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.env = dict(os.environ)
+        self.queue_url = os.environ["SQS_QUEUE_URL"]
+        self.bucket = os.environ["S3_BUCKET"]
+        self.s3, self.sqs = clients()
+        self.objects = Objects(self.s3, self.bucket)
+        self.state = Path(os.environ["BENCH_STATE"])
+        self.admin = os.environ["BENCH_PG_ADMIN"]
+        self.results: dict[str, list[dict]] = {}
+        self.notes: list[str] = []
+
+    # -- set-up
+
+    def prepare(self) -> None:
+        # Uploads must not enqueue notifications: runs feed the events themselves.
+        self.s3.put_bucket_notification_configuration(
+            Bucket=self.bucket, NotificationConfiguration={}
+        )
+        purge(self.sqs, self.queue_url)
+        a = self.args
+        log(f"uploading {a.small_count} x {a.small_size} B")
+        self.objects.upload("small", a.small_count, a.small_size)
+        log(f"uploading {a.large_count} x {a.large_size // MIB} MiB")
+        self.objects.upload("large", a.large_count, a.large_size)
+        self.db_url = fresh_database(self.admin, "datapack_bench")
+        self.psql = Psql(self.db_url)
+
+    # -- the worker
+
+    def worker(self, scenario: str, records: list[dict], extra_env: dict, endpoint=None) -> dict:
+        port = free_port()
+        env = dict(self.env)
+        env.update(
+            DATABASE_URL=self.db_url,
+            WORKER_CONCURRENCY=str(CONCURRENCY),
+            METRICS_ADDR=f"127.0.0.1:{port}",
+            MIGRATE_ON_START="true",
+            RUST_LOG="warn",
+            REQUIRE_UPLOADED_BY="presigned-url",
+            SQS_WAIT_TIME_SECS=str(SETTLE_WAIT_S),
+        )
+        if endpoint:
+            env["AWS_ENDPOINT_URL"] = endpoint
+        env.update(extra_env)
+        self.psql.scalar(
+            "TRUNCATE datapack_resource, datapack_object_removal"
+            if self.tables_exist()
+            else "SELECT 1"
+        )
+        log_path = self.state / f"worker-{scenario}.log"
+        with open(log_path, "ab") as logf:
+            proc = subprocess.Popen([os.environ["BENCH_WORKER"], "run"], env=env, stdout=logf, stderr=logf)
+        try:
+            self.wait_ready(port, proc)
+            self.psql.scalar(
+                f"INSERT INTO datapack (identifier) VALUES ('{DATAPACK}') ON CONFLICT DO NOTHING"
+            )
+            perf = None
+            if self.args.perf:
+                perf = subprocess.Popen(
+                    ["perf", "record", "-F", "999", "-g", "-p", str(proc.pid),
+                     "-o", str(self.state / f"perf-{scenario}.data")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(0.5)
+            cpu0 = proc_cpu(proc.pid)
+            t0 = time.time()
+            feeder = Feeder(self.sqs, self.queue_url, records)
+            feeder.start()
+            n = len(records)
+            deadline = time.monotonic() + self.args.timeout
+            while True:
+                done = int(self.psql.scalar("SELECT count(*) FROM datapack_resource") or 0)
+                if done >= n:
+                    break
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker exited with {proc.returncode}; see {log_path}")
+                if feeder.error:
+                    raise feeder.error
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{done}/{n} rows after {self.args.timeout}s; see {log_path}")
+                time.sleep(0.02)
+            t1 = time.time()
+            cpu1 = proc_cpu(proc.pid)
+            hwm = proc_hwm_mib(proc.pid)
+            feeder.join()
+            if perf:
+                perf.send_signal(signal.SIGINT)
+                perf.wait(60)
+        finally:
+            stop(proc)
+            settle()
+        self.check_drained()
+        return self.measure(records, t1 - t0, cpu1 - cpu0, hwm)
+
+    def tables_exist(self) -> bool:
+        return self.psql.scalar("SELECT to_regclass('datapack_resource') IS NOT NULL") == "t"
+
+    def wait_ready(self, port: int, proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {proc.returncode} during start-up")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("worker not ready within 60 s")
+
+    def check_drained(self) -> None:
+        # Every message must have been deleted; wait briefly for the last delete batch.
+        for _ in range(100):
+            attrs = self.sqs.get_queue_attributes(
+                QueueUrl=self.queue_url,
+                AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+            )["Attributes"]
+            if attrs["ApproximateNumberOfMessages"] == "0" and attrs["ApproximateNumberOfMessagesNotVisible"] == "0":
+                return
+            time.sleep(0.05)
+        log("warning: queue not empty after a run; purging")
+        purge(self.sqs, self.queue_url)
+
+    # -- the seed Lambda, in one warm process
+
+    def baseline(self, records: list[dict]) -> dict:
+        env = dict(self.env)
+        webhook_port_file = self.state / "webhook.port"
+        webhook_port_file.unlink(missing_ok=True)
+        webhook = subprocess.Popen([sys.executable, str(HERE / "baseline" / "webhook.py"), str(webhook_port_file)])
+        try:
+            for _ in range(100):
+                if webhook_port_file.exists() and webhook_port_file.read_text():
+                    break
+                time.sleep(0.05)
+            aws_config = self.state / "aws-config"
+            aws_config.write_text("[default]\ns3 =\n    addressing_style = path\n")
+            env.update(
+                WEBHOOK_URL=f"http://127.0.0.1:{webhook_port_file.read_text()}/hook/add-datapack-resource",
+                WEBHOOK_SECRET_TOKEN="bench-secret",
+                AWS_CONFIG_FILE=str(aws_config),
+                PYTHONUNBUFFERED="1",
+            )
+            proc = subprocess.Popen(
+                [sys.executable, str(HERE / "baseline" / "driver.py"), "--queue-url", self.queue_url, "--expect", str(len(records))],
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                read_json_line(proc, "ready", 60)
+                t0 = time.time()
+                feeder = Feeder(self.sqs, self.queue_url, records)
+                feeder.start()
+                out = read_json_line(proc, "invocations", self.args.timeout)
+                hwm = proc_hwm_mib(proc.pid)
+                feeder.join()
+            finally:
+                stop(proc)
+                settle()
+            count = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{webhook_port_file.read_text()}/count").read())
+            if count["count"] != len(records):
+                raise RuntimeError(f"webhook got {count['count']} posts for {len(records)} objects")
+        finally:
+            stop(webhook)
+        self.check_drained()
+        result = self.measure(records, out["end_epoch"] - t0, out["handler_cpu_s"], hwm)
+        result["process_cpu_s"] = out["process_cpu_s"]
+        return result
+
+    # -- the bare client
+
+    def ceiling(self, records: list[dict], ranged: tuple[int, int] | None = None) -> dict:
+        argv = [
+            os.environ["BENCH_CEILING"],
+            "--queue-url", self.queue_url,
+            "--expect", str(len(records)),
+            "--concurrency", str(CONCURRENCY),
+        ]
+        if ranged:
+            argv += ["--ranged-part", str(ranged[0]), "--ranged-parallelism", str(ranged[1])]
+        proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.PIPE, text=True)
+        try:
+            time.sleep(0.5)  # let it connect and start polling
+            cpu0 = proc_cpu(proc.pid)
+            t0 = time.time()
+            feeder = Feeder(self.sqs, self.queue_url, records)
+            feeder.start()
+            out = read_json_line(proc, "end_epoch", self.args.timeout)
+            cpu1 = proc_cpu(proc.pid)
+            hwm = proc_hwm_mib(proc.pid)
+            feeder.join()
+        finally:
+            stop(proc)
+            settle()
+        self.check_drained()
+        if out["messages"] < len(records):
+            raise RuntimeError(f"ceiling deleted {out['messages']} of {len(records)}")
+        return self.measure(records, out["end_epoch"] - t0, cpu1 - cpu0, hwm)
+
+    # -- the database write path alone
+
+    def db_write(self) -> dict:
+        url = fresh_database(self.admin, "datapack_bench_db_write")
+        env = dict(self.env, DATABASE_URL=url)
+        out = subprocess.run(
+            [os.environ["BENCH_DB_WRITE"], "--resources", str(self.args.db_resources), "--tasks", "64"],
+            env=env, stdout=subprocess.PIPE, text=True, check=True,
+        ).stdout
+        value = json.loads(out.strip().splitlines()[-1])
+        first, second = value["passes"]
+        return {
+            "resources": first["resources"],
+            "per_s": first["per_s"],
+            "duplicate_per_s": second["per_s"],
+            "second_pass_duplicates": second["duplicate"],
+        }
+
+    # -- helpers
+
+    @staticmethod
+    def measure(records: list[dict], wall: float, cpu: float, hwm: float) -> dict:
+        n = len(records)
+        nbytes = sum(r["s3"]["object"]["size"] for r in records)
+        return {
+            "objects": n,
+            "bytes": nbytes,
+            "wall_s": wall,
+            "objects_per_s": n / wall,
+            "mb_per_s": nbytes / 1e6 / wall,
+            "cpu_s": cpu,
+            "cpu_ms_per_object": cpu * 1000 / n,
+            "cpu_s_per_gb": cpu / (nbytes / 1e9) if nbytes else float("nan"),
+            "peak_rss_mib": hwm,
+        }
+
+    def repeat(self, name: str, fn, *args, **kwargs) -> None:
+        runs = []
+        for i in range(self.args.runs):
+            log(f"{name}: run {i + 1}/{self.args.runs}")
+            runs.append(fn(*args, **kwargs))
+            log(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in runs[-1].items() if isinstance(v, float)))
+        self.results[name] = runs
+
+
+# --------------------------------------------------------------------------- report
+
+
+def med(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def cell(runs: list[dict], key: str, fmt: str) -> str:
+    values = [r[key] for r in runs if key in r]
+    if not values:
+        return "–"
+    m = statistics.median(values)
+    if len(values) == 1:
+        return format(m, fmt)
+    return f"{format(m, fmt)} ({format(min(values), fmt)}–{format(max(values), fmt)})"
+
+
+def report(bench: Bench, started: float) -> str:
+    a, R = bench.args, bench.results
+    out = []
+    host = os.uname()
+    load = os.getloadavg()
+    out.append(f"# datapack-worker benchmark{' (--quick)' if a.quick else ''}")
+    out.append("")
+    out.append(
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs ({host.machine}), "
+        f"git {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()}, "
+        f"{a.runs} run(s) per line: median (min–max). Load average at the end: "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}; total {time.time() - started:.0f} s."
+    )
+    out.append("")
+    out.append("| Scenario | Objects | Wall s | Objects/s | MB/s | CPU ms/object | CPU s/GB | Peak RSS MiB |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    for name, runs in R.items():
+        if name == "db_write":
+            continue
+        out.append(
+            f"| {name} | {runs[0]['objects']} × {fmt_size(runs[0]['bytes'] // runs[0]['objects'])} "
+            f"| {cell(runs, 'wall_s', '.2f')} | {cell(runs, 'objects_per_s', '.1f')} "
+            f"| {cell(runs, 'mb_per_s', '.1f')} | {cell(runs, 'cpu_ms_per_object', '.3g')} "
+            f"| {cell(runs, 'cpu_s_per_gb', '.3g')} | {cell(runs, 'peak_rss_mib', '.0f')} |"
+        )
+    if "db_write" in R:
+        runs = R["db_write"]
+        out.append("")
+        out.append("| Database write path (examples/db_write.rs, 64 tasks) | Resources | Resources/s | Second pass (all Duplicate) /s |")
+        out.append("|---|---|---|---|")
+        out.append(
+            f"| Writer::write → store::apply, fresh database | {runs[0]['resources']} "
+            f"| {cell(runs, 'per_s', '.0f')} | {cell(runs, 'duplicate_per_s', '.0f')} |"
+        )
+    out.append("")
+    out.append("CPU: the worker's and the bare client's user+sys from /proc/PID/stat; the baseline's is the "
+               "handler's own (getrusage around each invocation), without the webhook receiver or the SQS polling. "
+               "Peak RSS: VmHWM of that process.")
+    out.append("")
+    out.append("## Targets")
+    out.append("")
+    out.append("| Target | Measured (medians) | Result |")
+    out.append("|---|---|---|")
+    for target, measured, ok in targets(R):
+        out.append(f"| {target} | {measured} | {'met' if ok else '**missed**'} |")
+    if bench.notes:
+        out.append("")
+        out.extend(f"- {n}" for n in bench.notes)
+    return "\n".join(out) + "\n"
+
+
+def fmt_size(n: int) -> str:
+    return f"{n // MIB} MiB" if n >= MIB else f"{n // 1024} KiB" if n >= 1024 else f"{n} B"
+
+
+def targets(R: dict) -> list[tuple[str, str, bool]]:
+    rows = []
+
+    def have(*names):
+        return all(n in R for n in names)
+
+    if have("baseline: seed Lambda, small", "worker: small"):
+        b, w = med(R["baseline: seed Lambda, small"], "cpu_ms_per_object"), med(R["worker: small"], "cpu_ms_per_object")
+        rows.append(("Small objects: worker CPU/object ≤ 1/10 of the baseline's",
+                     f"{w:.3g} vs {b:.3g} ms (1/{b / w:.0f})", w <= b / 10))
+    if have("ceiling: bare S3/SQS client, small", "worker: small"):
+        c, w = med(R["ceiling: bare S3/SQS client, small"], "objects_per_s"), med(R["worker: small"], "objects_per_s")
+        rows.append(("Small objects: throughput ≥ 90% of the ceiling",
+                     f"{w:.0f} vs {c:.0f} objects/s ({100 * w / c:.0f}%)", w >= 0.9 * c))
+    for mode, ceiling in (("single GET", "ceiling: raw GET, large, single stream"),
+                          ("ranged GETs", "ceiling: raw GET, large, ranged")):
+        worker = f"worker: large, {mode}"
+        if have(worker, ceiling):
+            c, w = med(R[ceiling], "mb_per_s"), med(R[worker], "mb_per_s")
+            rows.append((f"Large objects ({mode}): ≥ 90% of raw GET throughput ({mode})",
+                         f"{w:.0f} vs {c:.0f} MB/s ({100 * w / c:.0f}%)", w >= 0.9 * c))
+        if worker in R:
+            g = med(R[worker], "cpu_s_per_gb")
+            rows.append((f"Large objects ({mode}): ≤ 0.9 CPU-s/GB", f"{g:.3g} CPU-s/GB", g <= 0.9))
+            rss = max(r["peak_rss_mib"] for r in R[worker])
+            rows.append((f"Large objects ({mode}): peak RSS ≤ 64 MiB at concurrency 16",
+                         f"{rss:.0f} MiB (max of runs)", rss <= 64))
+    if "db_write" in R:
+        d = med(R["db_write"], "per_s")
+        dup = min(r["second_pass_duplicates"] == r["resources"] for r in R["db_write"])
+        rows.append(("Database write path ≥ 10,000 resources/s (second pass all Duplicate)",
+                     f"{d:.0f} resources/s; idempotent: {'yes' if dup else 'NO'}", d >= 10_000 and dup))
+    if have("throttled 50 MB/s per connection: worker, single GET", "throttled 50 MB/s per connection: worker, ranged GETs"):
+        s = med(R["throttled 50 MB/s per connection: worker, single GET"], "mb_per_s")
+        r = med(R["throttled 50 MB/s per connection: worker, ranged GETs"], "mb_per_s")
+        rows.append(("Ranged GETs beat one stream behind a per-connection cap",
+                     f"{r:.0f} vs {s:.0f} MB/s (×{r / s:.1f})", r > s))
+    return rows
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--only", default="", help="comma-separated scenario groups")
+    parser.add_argument("--perf", action="store_true",
+                        help="perf record each worker run (perf-SCENARIO.data in the state directory, kept)")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs, args.small_count, args.large_count, args.large_size = 1, 200, 2, 64 * MIB
+        args.db_resources, args.proxy_size = 5_000, 64 * MIB
+    else:
+        args.runs, args.small_count, args.large_count, args.large_size = 3, 2000, 4, 256 * MIB
+        args.db_resources, args.proxy_size = 50_000, 256 * MIB
+    args.small_size = 1024
+    args.timeout = 900
+    only = {g for g in args.only.split(",") if g}
+
+    def wanted(group):
+        return not only or group in only
+
+    started = time.time()
+    bench = Bench(args)
+    bench.prepare()
+    small = bench.objects.records["small"]
+    large = bench.objects.records["large"]
+    try:
+        if wanted("small"):
+            bench.repeat("baseline: seed Lambda, small", bench.baseline, small)
+            bench.repeat("ceiling: bare S3/SQS client, small", bench.ceiling, small)
+            bench.repeat("worker: small", bench.worker, "small", small, {})
+        if wanted("large"):
+            bench.repeat("baseline: seed Lambda, large", bench.baseline, large)
+            bench.repeat("ceiling: raw GET, large, single stream", bench.ceiling, large)
+            bench.repeat("ceiling: raw GET, large, ranged", bench.ceiling, large, (8 * MIB, 4))
+            bench.repeat("worker: large, single GET", bench.worker, "large-single", large,
+                         {"RANGED_GET_THRESHOLD_BYTES": "0"})
+            bench.repeat("worker: large, ranged GETs", bench.worker, "large-ranged", large, {})
+        if wanted("db"):
+            bench.repeat("db_write", bench.db_write)
+        if wanted("proxy"):
+            bench.objects.upload("proxy", 1, args.proxy_size)
+            proxied = bench.objects.records["proxy"]
+            port_file = bench.state / "proxy.port"
+            port_file.unlink(missing_ok=True)
+            target = os.environ["AWS_ENDPOINT_URL"].split("://", 1)[1]
+            proxy = subprocess.Popen([sys.executable, str(HERE / "proxy.py"), "--target", target,
+                                      "--rate-mbps", "50", "--port-file", str(port_file)])
+            try:
+                for _ in range(100):
+                    if port_file.exists() and port_file.read_text():
+                        break
+                    time.sleep(0.05)
+                endpoint = f"http://127.0.0.1:{port_file.read_text()}"
+                bench.repeat("throttled 50 MB/s per connection: worker, single GET", bench.worker,
+                             "proxy-single", proxied, {"RANGED_GET_THRESHOLD_BYTES": "0"}, endpoint)
+                bench.repeat("throttled 50 MB/s per connection: worker, ranged GETs", bench.worker,
+                             "proxy-ranged", proxied, {}, endpoint)
+            finally:
+                stop(proxy)
+    finally:
+        text = report(bench, started)
+        Path(args.out).write_text(text)
+        (Path(args.out).parent / "latest.json").write_text(json.dumps(bench.results, indent=1))
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The benchmark, in one command (see bench/README.md):
+#
+#   bench/run.sh            full run: 3 runs per scenario, 2,000 × 1 KiB, 4 × 256 MiB, 50,000 DB rows
+#   bench/run.sh --quick    smoke test: 1 run, 200 × 1 KiB, 2 × 64 MiB, 5,000 DB rows
+#   bench/run.sh --only small,large,db,proxy   a subset of the scenario groups
+#   bench/run.sh --perf     also `perf record` each worker run (data kept in the state directory)
+#
+# Sets up PostgreSQL and moto (scripts/ensure-*.sh), builds the release binary and the two
+# benchmark examples, starts a private moto server (scripts/localstack.py) and a fresh database,
+# runs every scenario in this one run, prints a markdown table and writes it to
+# bench/results/latest.md (--quick: bench/results/quick.md), raw numbers next to it as .json.
+# Run it on a quiet machine: everything shares the CPUs with moto, PostgreSQL and the client.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+out=bench/results/latest.md
+keep_state=0
+for arg in "$@"; do
+    [[ "$arg" == --quick ]] && out=bench/results/quick.md
+    [[ "$arg" == --perf ]] && keep_state=1
+done
+
+scripts/ensure-postgres.sh
+scripts/ensure-moto.sh
+export PATH="${DATAPACK_TOOLS_VENV:-$HOME/.cache/datapack-worker/venv}/bin:$PATH"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/datapack-worker/target}"
+
+echo "bench: building (release)" >&2
+cargo build --release --locked --bin datapack-worker --example ceiling --example db_write
+
+STATE="$(mktemp -d -t datapack-bench.XXXXXX)"
+cleanup() {
+    local rc=$?
+    python3 scripts/localstack.py down --state-dir "$STATE" >/dev/null 2>&1 || true
+    if ((rc == 0 && keep_state == 0)); then rm -rf -- "$STATE"; else echo "bench: logs kept in $STATE" >&2; fi
+}
+trap cleanup EXIT INT TERM
+
+python3 scripts/localstack.py up --state-dir "$STATE" --bucket datapack-bench --queue datapack-bench >&2
+# shellcheck disable=SC1091
+. "$STATE/env"
+
+export BENCH_WORKER="$CARGO_TARGET_DIR/release/datapack-worker"
+export BENCH_CEILING="$CARGO_TARGET_DIR/release/examples/ceiling"
+export BENCH_DB_WRITE="$CARGO_TARGET_DIR/release/examples/db_write"
+export BENCH_PG_ADMIN="${BENCH_PG_ADMIN:-postgres://postgres@127.0.0.1:${POSTGRES_PORT:-5432}/postgres}"
+export BENCH_STATE="$STATE"
+mkdir -p bench/results
+python3 bench/bench.py --out "$out" "$@"
