@@ -357,19 +357,30 @@ async fn upsert_removals(
 /// upload of the key, or a removal at least as new. The newest upload stays live unless removed.
 async fn settle(tx: &mut Tx<'_>, writes: &[Write]) -> Result<(), sqlx::Error> {
     let (buckets, keys): (Vec<&str>, Vec<&str>) = writes.iter().map(Write::key).unzip();
+    // The touched keys' rows are found first, through the (bucket, object_key, etag) key, and
+    // only those are tested: written as one UPDATE with `deleted_at IS NULL` beside the tests,
+    // a database without statistics yet (a fresh one: IS NULL is guessed selective) plans a walk
+    // over every live row, running both tests on each, for every batch.
     sqlx::query(
-        "UPDATE datapack_resource r SET deleted_at = now()
-         FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k (bucket, object_key)
-         WHERE r.bucket = k.bucket AND r.object_key = k.object_key AND r.deleted_at IS NULL
+        "WITH candidate AS MATERIALIZED (
+             SELECT r.id, r.bucket, r.object_key, r.sequencer, r.event_time, r.deleted_at
+             FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k (bucket, object_key)
+             JOIN datapack_resource r ON r.bucket = k.bucket AND r.object_key = k.object_key)
+         UPDATE datapack_resource r SET deleted_at = now()
+         FROM candidate c
+         WHERE r.id = c.id AND c.deleted_at IS NULL
            AND (EXISTS (SELECT 1 FROM datapack_resource n
-                        WHERE n.bucket = r.bucket AND n.object_key = r.object_key AND n.id <> r.id
-                          AND datapack_event_newer(n.sequencer, n.event_time, r.sequencer, r.event_time))
+                        WHERE n.bucket = c.bucket AND n.object_key = c.object_key AND n.id <> c.id
+                          AND datapack_event_newer(n.sequencer, n.event_time, c.sequencer, c.event_time))
              OR EXISTS (SELECT 1 FROM datapack_object_removal t
-                        WHERE t.bucket = r.bucket AND t.object_key = r.object_key
-                          AND NOT datapack_event_newer(r.sequencer, r.event_time, t.sequencer, t.event_time)))",
+                        WHERE t.bucket = c.bucket AND t.object_key = c.object_key
+                          AND NOT datapack_event_newer(c.sequencer, c.event_time, t.sequencer, t.event_time)))",
     )
     .bind(buckets)
     .bind(keys)
+    // Planned at each execution: a cached generic plan made while the table was small (a fresh
+    // database) walks every live row for each batch as the table grows, until an ANALYZE.
+    .persistent(false)
     .execute(&mut **tx)
     .await?;
     Ok(())
