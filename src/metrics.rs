@@ -90,6 +90,7 @@ pub fn install() -> PrometheusHandle {
             // A second recorder (another worker in the same test process) keeps the first.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            zero();
             handle
         })
         .clone()
@@ -207,6 +208,62 @@ fn describe() {
         Unit::Count,
         "Always 1; labels carry the version and git commit."
     );
+}
+
+/// Creates every series whose label values are known in advance, at 0. A counter that first
+/// appears at 1 shows no increase to `rate()`/`increase()` (its first sample is the baseline),
+/// so the first dead letter of a process would never fire the alert; and a dashboard panel
+/// over a series that does not exist yet says "No data" instead of 0.
+fn zero() {
+    use crate::disposition::{DeadLetterReason as D, SkipReason as S};
+    for name in [
+        MESSAGES_RECEIVED,
+        HASHED_BYTES,
+        RECEIVES,
+        EMPTY_RECEIVES,
+        VISIBILITY_EXTENSIONS,
+        DB_COMMITS,
+    ] {
+        counter!(name).absolute(0);
+    }
+    for name in [IN_FLIGHT, WORKERS_BUSY, POLLERS_IDLE, POLLERS_RECEIVING] {
+        gauge!(name).set(0.0);
+    }
+    for disposition in ["ack", "retry", "dead_letter", "release", "lost"] {
+        counter!(MESSAGES, "disposition" => disposition).absolute(0);
+    }
+    let reasons = [
+        D::MalformedMessage,
+        D::UnknownEvent,
+        D::InvalidKey,
+        D::UnknownDatapack,
+        D::InvalidData,
+    ];
+    for reason in reasons {
+        counter!(DEAD_LETTERS, "reason" => reason.as_str()).absolute(0);
+        counter!(RECORDS, "outcome" => "dead_lettered", "reason" => reason.as_str()).absolute(0);
+    }
+    let skips = [
+        S::TestEvent,
+        S::NotPresigned,
+        S::FolderPlaceholder,
+        S::ForeignBucket,
+        S::UnsupportedEvent,
+    ];
+    let outcomes = [
+        Outcome::Recorded,
+        Outcome::Duplicate,
+        Outcome::Superseded,
+        Outcome::ObjectGone,
+        Outcome::Removed,
+        Outcome::Stale,
+    ]
+    .into_iter()
+    .chain(skips.map(Outcome::Skipped));
+    for outcome in outcomes {
+        let (label, reason) = outcome.label();
+        counter!(RECORDS, "outcome" => label, "reason" => reason).absolute(0);
+    }
 }
 
 pub fn build_info(version: &'static str, git_commit: &'static str) {
