@@ -136,7 +136,7 @@ fn describe() {
     describe_histogram!(
         OBJECT_PROCESSING,
         Unit::Seconds,
-        "Time to process one object event, receive to acknowledgement."
+        "Time to handle one message, from the start of work to settlement (ack, dead-letter, retry or release)."
     );
     describe_histogram!(
         PHASE,
