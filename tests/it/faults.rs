@@ -333,6 +333,69 @@ async fn slow_large_object_keeps_its_message() {
     );
 }
 
+/// A connection that stops mid-body and never closes (a hung peer, a dropped NAT entry) must not
+/// hold the message and a worker slot for good: the read gives up, the object is fetched again
+/// on a new connection and recorded. The real binary runs here, with the product's own AWS
+/// client settings (the in-process workers get theirs from the test): what ends the read is the
+/// SDK's stalled-stream protection (on with the latest behaviour version), so this guards
+/// against a configuration that turns it off, since neither the attempt timeout nor the
+/// worker's own code bound a body read.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_body_stalled_mid_stream_is_fetched_again() {
+    let started = Instant::now();
+    let mut rig = Rig::new().await;
+    let size = 8 * 1024 * 1024;
+    let body: Vec<u8> = (0..size as u32).map(|i| (i % 251) as u8).collect();
+    let key = "dp-1/faults/stalled.bin";
+    rig.stack.put(key, &body).await;
+    rig.expected.insert(key.to_owned(), sha256_hex(&body));
+    // Slow enough that the GET is still streaming when the test looks (about 3 s).
+    rig.moto_proxy.set_latency(Duration::from_millis(20));
+    let proxied = Stack {
+        endpoint: rig.moto_proxy.endpoint(),
+        sdk: rig.stack.sdk.clone(),
+        s3: rig.stack.s3.clone(),
+        sqs: rig.stack.sqs.clone(),
+        bucket: rig.stack.bucket.clone(),
+        queue_url: rig.stack.queue_url.clone(),
+        dlq_url: rig.stack.dlq_url.clone(),
+    };
+    let worker = BinaryWorker::spawn(
+        &proxied,
+        &rig.db,
+        &[
+            "--aws-attempt-timeout-secs",
+            "5",
+            "--sqs-visibility-timeout-secs",
+            "5",
+        ],
+    );
+    // The endpoint comes up with the process: until then there is nothing to read.
+    let hashed = || async {
+        let url = format!("http://{}/metrics", worker.metrics_addr);
+        let scrape = reqwest::get(url).await.ok()?.text().await.ok()?;
+        Some(sum(&scrape, "datapack_worker_hashed_bytes_total", ""))
+    };
+    let at_stall = wait_until("the GET streaming", SETTLE, || async {
+        hashed().await.filter(|h| *h >= 1024.0 * 1024.0)
+    })
+    .await;
+    // Only the GET's connection has carried that much: the SQS connections go on.
+    rig.moto_proxy.stall_streams(512 * 1024);
+    rig.moto_proxy.set_latency(Duration::ZERO);
+    let stalled_at = Instant::now();
+    assert!(
+        at_stall < size as f64,
+        "stalled mid-body ({at_stall} of {size} bytes read)"
+    );
+    rig.assert_nothing_lost(Duration::from_secs(120)).await;
+    println!(
+        "S3 body stalled after {at_stall} of {size} bytes: fetched again and recorded {:?} later, test {:?}",
+        stalled_at.elapsed(),
+        started.elapsed()
+    );
+}
+
 /// The sum of every sample of `name` whose labels contain `having` (whatever other labels the
 /// series carries), from a Prometheus scrape.
 fn sum(scrape: &str, name: &str, having: &str) -> f64 {

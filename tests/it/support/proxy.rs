@@ -31,6 +31,9 @@ struct Control {
     /// Bumped to close every live connection once.
     generation: u64,
     latency: Duration,
+    /// Bumped to stall the live connections that carried at least `stall_min_bytes` to the client.
+    stall: u64,
+    stall_min_bytes: u64,
 }
 
 pub struct Proxy {
@@ -50,6 +53,8 @@ impl Proxy {
             mode: Mode::Open,
             generation: 0,
             latency: Duration::ZERO,
+            stall: 0,
+            stall_min_bytes: 0,
         });
         let stop = CancellationToken::new();
         let accepted = Arc::new(AtomicU64::new(0));
@@ -106,6 +111,16 @@ impl Proxy {
     /// Delays every chunk, both ways, by `latency` (zero for none).
     pub fn set_latency(&self, latency: Duration) {
         self.control.send_modify(|c| c.latency = latency);
+    }
+
+    /// Freezes, for good, every live connection that has carried at least `min_bytes` to the
+    /// client: nothing more is forwarded either way and the connection is never closed (a peer
+    /// that hung mid-answer, a dropped NAT entry). New connections are forwarded as before.
+    pub fn stall_streams(&self, min_bytes: u64) {
+        self.control.send_modify(|c| {
+            c.stall += 1;
+            c.stall_min_bytes = min_bytes;
+        });
     }
 
     /// Resets every live connection once; new connections are forwarded as before.
@@ -171,21 +186,51 @@ async fn connection(client: TcpStream, target: SocketAddr, mut rx: watch::Receiv
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut server_rd, mut server_wr) = server.into_split();
     let tainted = AtomicBool::new(false);
+    let stalled = AtomicBool::new(false);
+    let delivered = AtomicU64::new(0);
     let mut pumps = Box::pin(async {
         tokio::join!(
-            pump(&mut client_rd, &mut server_wr, &rx, &tainted),
-            pump(&mut server_rd, &mut client_wr, &rx, &tainted),
+            pump(
+                &mut client_rd,
+                &mut server_wr,
+                &rx,
+                &tainted,
+                &stalled,
+                None
+            ),
+            pump(
+                &mut server_rd,
+                &mut client_wr,
+                &rx,
+                &tainted,
+                &stalled,
+                Some(&delivered)
+            ),
         )
     });
     let mut watcher = rx.clone();
+    let mut seen_stall = start.stall;
+    let mut pumps_done = false;
     loop {
         tokio::select! {
-            _ = &mut pumps => return,
+            _ = &mut pumps, if !pumps_done => {
+                if !stalled.load(Ordering::Relaxed) {
+                    return;
+                }
+                // A stalled connection stays open and silent until reset, cut or drop.
+                pumps_done = true;
+            }
             changed = watcher.changed() => {
                 if changed.is_err() {
                     break;
                 }
                 let now = *watcher.borrow_and_update();
+                if now.stall != seen_stall {
+                    seen_stall = now.stall;
+                    if delivered.load(Ordering::Relaxed) >= now.stall_min_bytes {
+                        stalled.store(true, Ordering::Relaxed);
+                    }
+                }
                 let swallowed = tainted.load(Ordering::Relaxed) && now.mode != Mode::Blackhole;
                 if now.generation != start.generation || swallowed {
                     break;
@@ -223,13 +268,18 @@ async fn pump(
     to: &mut OwnedWriteHalf,
     rx: &watch::Receiver<Control>,
     tainted: &AtomicBool,
+    stalled: &AtomicBool,
+    delivered: Option<&AtomicU64>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => {
-                // Pass the half-close on, so request/response protocols see the end.
-                let _ = to.shutdown().await;
+                // Pass the half-close on, so request/response protocols see the end (unless
+                // stalled: a hung peer says nothing, not even goodbye).
+                if !stalled.load(Ordering::Relaxed) {
+                    let _ = to.shutdown().await;
+                }
                 return;
             }
             Ok(n) => n,
@@ -238,12 +288,18 @@ async fn pump(
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
+        if stalled.load(Ordering::Relaxed) {
+            continue;
+        }
         if rx.borrow().mode == Mode::Blackhole {
             tainted.store(true, Ordering::Relaxed);
             continue;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
+        }
+        if let Some(delivered) = delivered {
+            delivered.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 }
