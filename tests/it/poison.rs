@@ -295,9 +295,9 @@ fn cases(bucket: &str, etag_of_orphan: &str) -> Vec<Case> {
         case(
             "deeply nested Records",
             format!(
-                r#"{{"Records": {}{}}}"#,
+                r#"{{"Records": {}1{}}}"#,
                 r#"[{"s3":"#.repeat(2_000),
-                format!("1{}", "}]".repeat(2_000))
+                "}]".repeat(2_000)
             ),
             malformed,
         ),
