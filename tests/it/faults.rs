@@ -333,6 +333,52 @@ async fn slow_large_object_keeps_its_message() {
     );
 }
 
+/// The database goes silent (a partition: no reset, no answer) instead of refusing: open
+/// connections hang mid-conversation for good and new ones never finish their handshake. The
+/// client-side bounds (the writer's transaction timeout, the pool's acquire timeout) must turn
+/// that into a pause, and the worker must come back by itself once the database answers again,
+/// although the connections caught in the partition never close.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_database_pauses_and_recovers() {
+    let started = Instant::now();
+    let mut rig = Rig::new().await;
+    // Statement timeout 3 s: the writer gives a transaction 8 s before calling the database down.
+    let worker = rig.worker(&["--database-statement-timeout-secs", "3"]);
+    wait_ready(&worker, 200, "ready before the silence", SETTLE).await;
+    for n in 0..5 {
+        rig.upload(n).await;
+    }
+    rig.assert_nothing_lost(SETTLE).await;
+
+    rig.db_proxy.stall_streams(0);
+    rig.db_proxy.blackhole();
+    let silent_at = Instant::now();
+    for n in 5..15 {
+        rig.upload(n).await;
+    }
+    wait_ready(
+        &worker,
+        503,
+        "not ready while the database is silent",
+        SETTLE,
+    )
+    .await;
+    let noticed = silent_at.elapsed();
+    rig.db_proxy.restore();
+    let restored = Instant::now();
+    for n in 15..20 {
+        rig.upload(n).await;
+    }
+    rig.assert_nothing_lost(SETTLE).await;
+    println!(
+        "silent database: noticed after {noticed:?}, all {} uploads recorded once {:?} after it answered again, test {:?}",
+        rig.expected.len(),
+        restored.elapsed(),
+        started.elapsed()
+    );
+    worker.stop().await;
+}
+
 /// A connection that stops mid-body and never closes (a hung peer, a dropped NAT entry) must not
 /// hold the message and a worker slot for good: the read gives up, the object is fetched again
 /// on a new connection and recorded. The real binary runs here, with the product's own AWS
