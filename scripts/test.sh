@@ -28,4 +28,12 @@ if [[ ${#filter[@]} -eq 0 ]]; then
 fi
 
 # Release profile: the tests hash hundreds of MiB, and the demo and benchmark share this build.
-cargo test --release --locked -- "${filter[@]}"
+# The exact-metrics test leaves its scrape here, for the checks below.
+scrape="$(mktemp)"
+trap 'rm -f "$scrape"' EXIT
+DPW_SCRAPE_OUT="$scrape" cargo test --release --locked -- "${filter[@]}"
+
+# Every metric the dashboard and alerts use must be in a real scrape, which promtool must accept.
+if [[ ${#filter[@]} -eq 0 ]]; then
+    METRICS_FILE="$scrape" STRICT_METRICS=1 bash deploy/observability/check.sh
+fi
