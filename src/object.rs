@@ -107,9 +107,11 @@ pub enum Fetched {
     Superseded,
 }
 
-/// Why hashing stopped before the end: an outcome (Gone, Superseded) or a failure.
+/// Why hashing stopped before the end: the object went away or changed (a part answered 404 or
+/// 412), or a failure.
 enum Stop {
-    Outcome(Fetched),
+    Gone,
+    Superseded,
     Failed(Failure),
 }
 
@@ -197,7 +199,8 @@ pub async fn fetch(
     };
     let (sha256, length, expected) = match hashed {
         Ok(hashed) => hashed,
-        Err(Stop::Outcome(outcome)) => return Ok(outcome),
+        Err(Stop::Gone) => return Ok(Fetched::Gone),
+        Err(Stop::Superseded) => return Ok(Fetched::Superseded),
         Err(Stop::Failed(failure)) => return Err(failure),
     };
     if let Some(expected) = expected
@@ -281,7 +284,9 @@ async fn open_part(request: GetObjectFluentBuilder, part: Part) -> Result<ByteSt
         Ok(output) => output,
         Err(error) => {
             return Err(match classify_get(error) {
-                Ok(outcome) => Stop::Outcome(outcome),
+                Ok(Fetched::Superseded) => Stop::Superseded,
+                // The only other outcome a failed GET has.
+                Ok(_) => Stop::Gone,
                 Err(failure) => Stop::Failed(failure),
             });
         }
