@@ -7,7 +7,7 @@
 //!         --resources 50000 --tasks 64
 //!
 //! The database must be fresh (this migrates it). Writer settings are the worker's defaults
-//! (DB_WRITERS=2, DB_MAX_BATCH=256, DATABASE_MAX_CONNECTIONS=8) unless given as flags.
+//! (DB_WRITERS=4, DB_MAX_BATCH=256, DATABASE_MAX_CONNECTIONS=8) unless given as flags.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -56,7 +56,7 @@ fn resource(i: usize, at: DateTime<Utc>) -> Write {
 async fn main() {
     let resources = flag("--resources", 50_000);
     let tasks = flag("--tasks", 64);
-    let writers = flag("--writers", 2);
+    let writers = flag("--writers", 4);
     let max_batch = flag("--max-batch", 256);
     let connections = flag("--connections", 8) as u32;
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");

@@ -15,6 +15,10 @@ use crate::worker::WorkerSettings;
 use crate::writer::{Writer, WriterSettings};
 use crate::{aws, http, metrics as m, store, worker};
 
+/// Longest wait between two probes of a down dependency (before jitter). Probes are one cheap
+/// call each, so recovery is noticed within seconds even after a long outage.
+const PROBE_MAX_DELAY: Duration = Duration::from_secs(10);
+
 pub const GIT_COMMIT: &str = match option_env!("DATAPACK_WORKER_GIT_COMMIT") {
     Some(c) => c,
     None => "unknown",
@@ -74,7 +78,7 @@ pub async fn run_with(
         background.spawn(health.clone().run_prober(
             dependency,
             probe,
-            Duration::from_secs(30),
+            PROBE_MAX_DELAY,
             stop_probes.clone(),
         ));
     }

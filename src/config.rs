@@ -187,7 +187,7 @@ pub struct RunArgs {
     /// Apply pending migrations before starting.
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = false)]
     pub migrate_on_start: bool,
-    #[arg(long, env = "DB_WRITERS", default_value_t = 2)]
+    #[arg(long, env = "DB_WRITERS", default_value_t = 4)]
     pub db_writers: usize,
     #[arg(long, env = "DB_MAX_BATCH", default_value_t = 256)]
     pub db_max_batch: usize,

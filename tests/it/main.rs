@@ -3,6 +3,7 @@
 mod support;
 
 mod chaos;
+mod dlq;
 mod faults;
 mod ingest;
 mod observability;
