@@ -17,7 +17,11 @@ fn dlq_command(stack: &Stack, args: &[&str]) -> String {
         .env("SQS_DEAD_LETTER_QUEUE_URL", &stack.dlq_url)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -29,30 +33,50 @@ async fn list_then_redrive_after_the_cause_is_fixed() {
     stack.put("dp-late/b.txt", b"b").await;
     stack.send("this is not json").await;
     let worker = TestWorker::spawn(&stack, &db, &[]);
-    wait_until("three dead letters", Duration::from_secs(60), || async { (stack.dlq_depth().await.0 == 3).then_some(()) }).await;
+    wait_until("three dead letters", Duration::from_secs(60), || async {
+        (stack.dlq_depth().await.0 == 3).then_some(())
+    })
+    .await;
 
     // Listing twice shows the same three messages: nothing is consumed.
     for _ in 0..2 {
-        let listed: serde_json::Value = serde_json::from_str(&dlq_command(&stack, &["list", "--json"])).unwrap();
+        let listed: serde_json::Value =
+            serde_json::from_str(&dlq_command(&stack, &["list", "--json"])).unwrap();
         let listed = listed.as_array().unwrap();
         assert_eq!(listed.len(), 3);
         let mut keys: Vec<_> = listed.iter().filter_map(|e| e["key"].as_str()).collect();
         keys.sort();
         assert_eq!(keys, ["dp-late/a.txt", "dp-late/b.txt"]);
-        let reasons = listed.iter().filter(|e| e["reason"] == "unknown_datapack").count();
+        let reasons = listed
+            .iter()
+            .filter(|e| e["reason"] == "unknown_datapack")
+            .count();
         assert_eq!(reasons, 2);
         assert!(listed.iter().any(|e| e["reason"] == "malformed_message"));
-        assert!(listed.iter().all(|e| e["age_secs"].as_i64().is_some_and(|a| a >= 0)));
+        assert!(
+            listed
+                .iter()
+                .all(|e| e["age_secs"].as_i64().is_some_and(|a| a >= 0))
+        );
     }
     let text = dlq_command(&stack, &["list"]);
-    assert!(text.contains("unknown_datapack") && text.contains("3 message(s)"), "{text}");
+    assert!(
+        text.contains("unknown_datapack") && text.contains("3 message(s)"),
+        "{text}"
+    );
 
     // Fix the cause, redrive only what it explains; the malformed one stays.
     db.add_datapack("dp-late").await;
     let out = dlq_command(&stack, &["redrive", "--reason", "unknown_datapack"]);
     assert!(out.contains("redrove 2"), "{out}");
-    wait_until("two rows", Duration::from_secs(60), || async { (db.count().await == 2).then_some(()) }).await;
-    wait_until("an empty main queue", Duration::from_secs(60), || async { (stack.depth().await == (0, 0)).then_some(()) }).await;
+    wait_until("two rows", Duration::from_secs(60), || async {
+        (db.count().await == 2).then_some(())
+    })
+    .await;
+    wait_until("an empty main queue", Duration::from_secs(60), || async {
+        (stack.depth().await == (0, 0)).then_some(())
+    })
+    .await;
     worker.stop().await;
     let left = stack.take_dead_letters().await;
     assert_eq!(left.len(), 1);
