@@ -469,7 +469,7 @@ class Bench:
         url = fresh_database(self.admin, "datapack_bench_db_write")
         env = dict(self.env, DATABASE_URL=url)
         out = subprocess.run(
-            [os.environ["BENCH_DB_WRITE"], "--resources", str(self.args.db_resources), "--tasks", "64"],
+            [os.environ["BENCH_DB_WRITE"], "--resources", str(self.args.db_resources), "--tasks", str(self.args.db_tasks)],
             env=env, stdout=subprocess.PIPE, text=True, check=True,
         ).stdout
         value = json.loads(out.strip().splitlines()[-1])
@@ -553,7 +553,7 @@ def report(bench: Bench, started: float) -> str:
     if "db_write" in R:
         runs = R["db_write"]
         out.append("")
-        out.append("| Database write path (examples/db_write.rs, 64 tasks) | Resources | Resources/s | Second pass (all Duplicate) /s |")
+        out.append(f"| Database write path (examples/db_write.rs, {bench.args.db_tasks} concurrent submitters) | Resources | Resources/s | Second pass (all Duplicate) /s |")
         out.append("|---|---|---|---|")
         out.append(
             f"| Writer::write → store::apply, fresh database | {runs[0]['resources']} "
@@ -628,6 +628,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", required=True)
     parser.add_argument("--only", default="", help="comma-separated scenario groups")
+    parser.add_argument("--db-tasks", type=int, default=256,
+                        help="concurrent submitters for the database write path (offered load: replicas × concurrency)")
     parser.add_argument("--perf", action="store_true",
                         help="perf record each worker run (perf-SCENARIO.data in the state directory, kept)")
     args = parser.parse_args()

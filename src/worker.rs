@@ -162,8 +162,19 @@ async fn poll(
     }
 }
 
-async fn handle(context: Arc<Context>, message: Received, _slot: OwnedSemaphorePermit) {
-    let _busy = Raised::new(m::WORKERS_BUSY);
+/// A worker slot and its gauge. Given back as soon as the message needs no more work, i.e. once
+/// its delete is queued after the commit: waiting for SQS to confirm the delete is no reason to
+/// keep another message waiting. The deleter's bounded channel still limits how many wait.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _busy: Raised,
+}
+
+async fn handle(context: Arc<Context>, message: Received, permit: OwnedSemaphorePermit) {
+    let slot = Slot {
+        _permit: permit,
+        _busy: Raised::new(m::WORKERS_BUSY),
+    };
     let _in_flight = Raised::new(m::IN_FLIGHT);
     let started = Instant::now();
     // The first-receive timestamp never changes, so only the first delivery observes it: a
@@ -202,16 +213,16 @@ async fn handle(context: Arc<Context>, message: Received, _slot: OwnedSemaphoreP
         }
     };
     match verdict {
-        Some(verdict) => settle(&context, &message, verdict).await,
+        Some(verdict) => settle(&context, &message, verdict, slot).await,
         None => release(&context, &message, "release").await,
     }
     metrics::histogram!(m::OBJECT_PROCESSING).record(started.elapsed().as_secs_f64());
 }
 
-async fn settle(context: &Context, message: &Received, verdict: Verdict) {
+async fn settle(context: &Context, message: &Received, verdict: Verdict, slot: Slot) {
     match verdict {
         Verdict::Ack(outcomes) => {
-            if delete(context, message).await {
+            if delete(context, message, slot).await {
                 m::message_disposition("ack");
                 outcomes.into_iter().for_each(m::record_outcome);
             }
@@ -226,7 +237,7 @@ async fn settle(context: &Context, message: &Received, verdict: Verdict) {
                 Ok(()) => {
                     m::record_failure(&failure, true);
                     m::dead_lettered(reason);
-                    if delete(context, message).await {
+                    if delete(context, message, slot).await {
                         m::message_disposition("dead_letter");
                         outcomes.into_iter().for_each(m::record_outcome);
                     }
@@ -271,13 +282,15 @@ async fn release(context: &Context, message: &Received, disposition: &'static st
     m::message_disposition(disposition);
 }
 
-async fn delete(context: &Context, message: &Received) -> bool {
+async fn delete(context: &Context, message: &Received, slot: Slot) -> bool {
     let (done, answer) = oneshot::channel();
     let request = DeleteRequest {
         receipt_handle: message.receipt_handle.clone(),
         done,
     };
-    let result = match context.deletes.send(request).await {
+    let sent = context.deletes.send(request).await;
+    drop(slot);
+    let result = match sent {
         Ok(()) => answer
             .await
             .unwrap_or_else(|_| Err(Failure::transient("sqs_delete_failed", "deleter stopped"))),
