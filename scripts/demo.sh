@@ -279,7 +279,8 @@ step "sha256sum of the local files"
 
 step "metrics (http://$METRICS_ADDR/metrics)"
 if metrics >"$STATE_DIR/metrics.txt"; then
-    grep -E '^datapack_worker_(records_total|dead_letters_total)' "$STATE_DIR/metrics.txt" \
+    # Every known series exists from start-up at 0: show the ones that moved.
+    grep -E '^datapack_worker_(records_total|dead_letters_total)' "$STATE_DIR/metrics.txt" | awk '$NF + 0 != 0' | grep . \
         || note "(no datapack_worker_records_total / datapack_worker_dead_letters_total samples)"
 else
     note "(could not fetch the metrics)"
