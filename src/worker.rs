@@ -2,7 +2,8 @@
 //!
 //! A semaphore holds `WORKER_CONCURRENCY` slots. A poller first takes one free slot, then every
 //! other free slot (up to ten), and asks SQS for that many messages, so no message waits in
-//! memory while its visibility clock runs. Each message keeps its slot until it is settled.
+//! memory while its visibility clock runs. Each message keeps its slot until its work is done (its
+//! delete queued after the commit, or its retry or release decided).
 //! Shutdown stops receiving at once, lets in-flight work finish within the grace period, and
 //! releases the rest (visibility 0) so another replica takes it immediately.
 
