@@ -3,20 +3,20 @@
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::worker::moto_env;
 use crate::support::{Moto, Stack, TestDb, TestWorker, wait_until};
 
 fn dlq_command(stack: &Stack, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_datapack-worker"))
-        .arg("dlq")
-        .args(args)
-        .env("AWS_ENDPOINT_URL", &stack.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("SQS_QUEUE_URL", &stack.queue_url)
-        .env("SQS_DEAD_LETTER_QUEUE_URL", &stack.dlq_url)
-        .output()
-        .unwrap();
+    let out = moto_env(
+        &mut Command::new(env!("CARGO_BIN_EXE_datapack-worker")),
+        &stack.endpoint,
+    )
+    .arg("dlq")
+    .args(args)
+    .env("SQS_QUEUE_URL", &stack.queue_url)
+    .env("SQS_DEAD_LETTER_QUEUE_URL", &stack.dlq_url)
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::support::moto::free_port;
 use crate::support::stack::s3_event;
-use crate::support::worker::{base_args, metric};
+use crate::support::worker::{base_args, metric, moto_env};
 use crate::support::{BinaryWorker, Moto, Stack, TestDb, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -542,19 +542,18 @@ async fn json_logs_carry_the_message_id_and_log_each_failure_once() {
     let dir = TempDir::new("json-logs");
     let log = dir.0.join("stderr.log");
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_datapack-worker"))
-        .arg("run")
-        .args(base_args(&stack, &db, &metrics_addr))
-        .env("AWS_ENDPOINT_URL", &stack.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let child = moto_env(
+        &mut Command::new(env!("CARGO_BIN_EXE_datapack-worker")),
+        &stack.endpoint,
+    )
+    .arg("run")
+    .args(base_args(&stack, &db, &metrics_addr))
+    .env("LOG_FORMAT", "json")
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
     // Shared with the polling closure below, which may only borrow.
     let child = std::sync::Mutex::new(Killed(child));
 

@@ -90,6 +90,15 @@ impl TestWorker {
     }
 }
 
+/// Points a child process's AWS chain at moto (or a proxy in front of it) with test credentials.
+pub fn moto_env<'a>(command: &'a mut Command, endpoint: &str) -> &'a mut Command {
+    command
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+}
+
 /// The real binary, for what only a process shows: signals, exit codes, memory, exact metrics.
 pub struct BinaryWorker {
     pub child: Child,
@@ -99,20 +108,19 @@ pub struct BinaryWorker {
 impl BinaryWorker {
     pub fn spawn(stack: &Stack, db: &TestDb, extra: &[&str]) -> BinaryWorker {
         let metrics_addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_datapack-worker"))
-            .arg("run")
-            .args(args(stack, db, &metrics_addr, extra))
-            .env("AWS_ENDPOINT_URL", &stack.endpoint)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn datapack-worker");
+        let child = moto_env(
+            &mut Command::new(env!("CARGO_BIN_EXE_datapack-worker")),
+            &stack.endpoint,
+        )
+        .arg("run")
+        .args(args(stack, db, &metrics_addr, extra))
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn datapack-worker");
         BinaryWorker {
             child,
             metrics_addr,
