@@ -71,7 +71,9 @@ async fn main() {
     store::migrate(&pool).await.expect("migrations");
     let at = Utc::now();
     let mut passes = Vec::new();
+    let health = datapack_worker::health::Health::new();
     for pass in 0..2 {
+        let watchdog = datapack_worker::watchdog::Watchdog::new(health.clone());
         let (writer, writer_tasks) = Writer::spawn(
             pool.clone(),
             WriterSettings {
@@ -80,6 +82,8 @@ async fn main() {
                 create_datapacks: true,
                 timeout: Duration::from_secs(35),
             },
+            health.clone(),
+            &watchdog,
         );
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let started = Instant::now();
@@ -112,8 +116,12 @@ async fn main() {
             }
         }
         let elapsed = started.elapsed().as_secs_f64();
+        // The writers are meant to end now; the next pass gets a watchdog of its own.
+        watchdog.stopping();
         drop(writer);
-        writer_tasks.join_all().await;
+        for task in writer_tasks {
+            let _ = task.await;
+        }
         let expected = if pass == 0 { 0 } else { 1 };
         assert_eq!(
             counts[expected], resources,

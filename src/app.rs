@@ -10,7 +10,9 @@ use crate::config::{RunArgs, redact_url};
 use crate::disposition::Dependency;
 use crate::health::{Health, Probe, probe};
 use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::object::Canary;
 use crate::queue::Queue;
+use crate::watchdog::Watchdog;
 use crate::worker::WorkerSettings;
 use crate::writer::{Writer, WriterSettings};
 use crate::{aws, http, metrics as m, store, worker};
@@ -43,6 +45,21 @@ pub async fn run_with(
     sdk: aws_config::SdkConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_supervised(args, sdk, shutdown, Vec::new()).await
+}
+
+/// A task an embedder runs beside the worker, supervised like the worker's own.
+pub type ExtraTask = (&'static str, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+
+/// Runs the worker and `extra` tasks under one watchdog: if any supervised task ends or panics
+/// before shutdown, what is in hand is released at once and this returns the cause as an error
+/// (the binary then exits non-zero, so the orchestrator restarts it).
+pub async fn run_supervised(
+    args: RunArgs,
+    sdk: aws_config::SdkConfig,
+    shutdown: CancellationToken,
+    extra: Vec<ExtraTask>,
+) -> anyhow::Result<()> {
     args.validate()?;
     let handle = m::install();
     m::build_info(env!("CARGO_PKG_VERSION"), GIT_COMMIT);
@@ -72,21 +89,32 @@ pub async fn run_with(
     );
 
     let health = Health::new();
-    let stop_probes = CancellationToken::new();
-    let mut background = tokio::task::JoinSet::new();
-    for (dependency, probe) in probes(&pool, &s3, &queue, &args.buckets()) {
-        background.spawn(health.clone().run_prober(
-            dependency,
-            probe,
-            PROBE_MAX_DELAY,
-            stop_probes.clone(),
+    let watchdog = Watchdog::new(health.clone());
+    let canary = Arc::new(Canary::default());
+    let stop_background = CancellationToken::new();
+    let mut background = Vec::new();
+    for (dependency, probe) in probes(&pool, &s3, &queue, &args.buckets(), &health, &canary) {
+        background.push(watchdog.spawn(
+            "prober",
+            health.clone().run_prober(
+                dependency,
+                probe,
+                PROBE_MAX_DELAY,
+                stop_background.clone(),
+            ),
         ));
     }
-    background.spawn(sample_queues(
-        queue.clone(),
-        Duration::from_secs(args.queue_sample_secs.max(1)),
-        stop_probes.clone(),
+    background.push(watchdog.spawn(
+        "queue sampler",
+        sample_queues(
+            queue.clone(),
+            Duration::from_secs(args.queue_sample_secs.max(1)),
+            stop_background.clone(),
+        ),
     ));
+    for (name, task) in extra {
+        background.push(watchdog.spawn(name, task));
+    }
     let stop_http = CancellationToken::new();
     let server = http::serve(
         args.metrics_addr,
@@ -97,6 +125,7 @@ pub async fn run_with(
     )
     .await
     .with_context(|| format!("binding METRICS_ADDR {}", args.metrics_addr))?;
+    let server = watchdog.watch("http server", server);
 
     let (writer, writers) = Writer::spawn(
         pool.clone(),
@@ -106,6 +135,8 @@ pub async fn run_with(
             create_datapacks: args.create_missing_datapacks,
             timeout: Duration::from_secs(args.database.database_statement_timeout_secs.max(1) + 5),
         },
+        health.clone(),
+        &watchdog,
     );
     let pipeline = Pipeline {
         s3,
@@ -119,6 +150,8 @@ pub async fn run_with(
                 args.ranged_get_parallelism,
             ),
         },
+        health: health.clone(),
+        canary,
     };
     let settings = WorkerSettings {
         concurrency: args.worker_concurrency,
@@ -129,17 +162,35 @@ pub async fn run_with(
         retry_max: Duration::from_secs(args.retry_max_secs),
         max_extension: Duration::from_secs(args.max_processing_secs),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        max_attempts: args.max_attempts,
     };
-    worker::run(pipeline, queue, health, settings, shutdown).await;
+    worker::run(
+        pipeline,
+        queue,
+        health,
+        settings,
+        shutdown.clone(),
+        watchdog.clone(),
+    )
+    .await;
 
+    // Past this point tasks are meant to end.
+    watchdog.stopping();
     // The pipeline (and so every writer handle) is gone: writers drain and stop.
-    writers.join_all().await;
-    stop_probes.cancel();
-    background.join_all().await;
+    for writer in writers {
+        let _ = writer.await;
+    }
+    stop_background.cancel();
+    for task in background {
+        let _ = task.await;
+    }
     stop_http.cancel();
     let _ = server.await;
     pool.close().await;
-    Ok(())
+    match watchdog.cause() {
+        Some(cause) => Err(anyhow::anyhow!("stopped because {cause}")),
+        None => Ok(()),
+    }
 }
 
 fn probes(
@@ -147,6 +198,8 @@ fn probes(
     s3: &aws_sdk_s3::Client,
     queue: &Queue,
     buckets: &[String],
+    health: &Health,
+    canary: &Arc<Canary>,
 ) -> Vec<(Dependency, Probe)> {
     let (pool, s3, q1, q2, buckets) = (
         pool.clone(),
@@ -155,6 +208,7 @@ fn probes(
         queue.clone(),
         Arc::new(buckets.to_vec()),
     );
+    let (health, canary) = (health.clone(), canary.clone());
     vec![
         (
             Dependency::Postgres,
@@ -166,7 +220,8 @@ fn probes(
         (
             Dependency::S3,
             probe(move || {
-                let (s3, buckets) = (s3.clone(), buckets.clone());
+                let (s3, buckets, health, canary) =
+                    (s3.clone(), buckets.clone(), health.clone(), canary.clone());
                 async move {
                     for bucket in buckets.iter() {
                         s3.head_bucket()
@@ -174,6 +229,11 @@ fn probes(
                             .send()
                             .await
                             .map_err(|e| aws::classify(Dependency::S3, aws::status(&e), e))?;
+                    }
+                    // In depth only when the breaker says most reads fail: a real read of an
+                    // object that was readable tells a brownout from a run of bad objects.
+                    if health.tripped(Dependency::S3) {
+                        canary.probe(&s3).await?;
                     }
                     Ok(())
                 }

@@ -88,34 +88,46 @@ pub fn code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> Option<String
     }
 }
 
-/// Maps an SDK error that no caller handled specially: transport failures and credential or
-/// permission faults make the dependency unavailable (they would fail every message); throttling
-/// and server errors are retried.
-pub fn classify<E, R>(dependency: Dependency, status: Option<u16>, error: SdkError<E, R>) -> Failure
+/// Maps an SDK error that no caller handled specially to a failure of the message at hand.
+/// Nothing here declares the dependency down: transport failures, timeouts, permission faults
+/// and server errors are retried, and the worker asks the dependency's probe before it charges
+/// the message an attempt (see `health`). A request that cannot even be built from the message
+/// (a header value S3 would never accept) can never succeed: dead-letter it.
+pub fn classify<E, Raw>(dependency: Dependency, status: Option<u16>, error: SdkError<E, Raw>) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
+    Raw: std::fmt::Debug + Send + Sync + 'static,
 {
+    use crate::disposition::{DeadLetterReason, RetryReason};
     let code = code(&error).unwrap_or_default();
-    let reason = |suffix: &str| -> &'static str {
-        match (dependency, suffix) {
-            (Dependency::S3, "unavailable") => "s3_unavailable",
-            (Dependency::S3, "access_denied") => "s3_access_denied",
-            (Dependency::S3, "throttled") => "s3_throttled",
-            (Dependency::S3, _) => "s3_error",
-            (Dependency::Sqs, "unavailable") => "sqs_unavailable",
-            (Dependency::Sqs, "access_denied") => "sqs_access_denied",
-            (Dependency::Sqs, "throttled") => "sqs_throttled",
-            (Dependency::Sqs, _) => "sqs_error",
-            (Dependency::Postgres, _) => "database_error",
-        }
+    let [unavailable, denied, throttled, other] = match dependency {
+        Dependency::S3 => [
+            RetryReason::S3Unavailable,
+            RetryReason::S3AccessDenied,
+            RetryReason::S3Throttled,
+            RetryReason::S3Error,
+        ],
+        Dependency::Sqs => [
+            RetryReason::SqsUnavailable,
+            RetryReason::SqsAccessDenied,
+            RetryReason::SqsThrottled,
+            RetryReason::SqsError,
+        ],
+        Dependency::Postgres => [RetryReason::DatabaseError; 4],
     };
-    match &error {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
-            Failure::unavailable(dependency, reason("unavailable"), error)
+    let reason = match &error {
+        SdkError::ConstructionFailure(_) => {
+            return Failure::permanent(
+                DeadLetterReason::MalformedMessage,
+                format!(
+                    "no valid request can be built from this message: {}",
+                    crate::disposition::chain(&error)
+                ),
+            );
         }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => unavailable,
         SdkError::ServiceError(_) => {
-            let denied = matches!(
+            let is_denied = matches!(
                 code.as_str(),
                 "AccessDenied"
                     | "AccessDeniedException"
@@ -123,11 +135,11 @@ where
                     | "SignatureDoesNotMatch"
                     | "ExpiredToken"
                     | "InvalidClientTokenId"
-                    | "NoSuchBucket"
+                    | "KMS.AccessDeniedException"
                     | "AWS.SimpleQueueService.NonExistentQueue"
                     | "QueueDoesNotExist"
             ) || status == Some(403);
-            let throttled = matches!(
+            let is_throttled = matches!(
                 code.as_str(),
                 "SlowDown"
                     | "Throttling"
@@ -135,16 +147,17 @@ where
                     | "RequestThrottled"
                     | "RequestLimitExceeded"
             ) || status == Some(503);
-            if denied {
-                Failure::unavailable(dependency, reason("access_denied"), error)
-            } else if throttled {
-                Failure::transient(reason("throttled"), error)
+            if is_denied {
+                denied
+            } else if is_throttled {
+                throttled
             } else {
-                Failure::transient(reason("error"), error)
+                other
             }
         }
-        _ => Failure::transient(reason("error"), error),
-    }
+        _ => other,
+    };
+    Failure::transient(reason, error)
 }
 
 /// The HTTP status of a service error, if the service answered at all.

@@ -79,16 +79,22 @@ impl DatabaseArgs {
         if !names_user(url.expose()) {
             return Err(invalid(
                 "DATABASE_URL",
-                format!(
-                    "name the user, as in postgres://USER@HOST/DB (got {})",
-                    redact_url(url.expose())
+                scrub(
+                    &format!(
+                        "name the user, as in postgres://USER@HOST/DB (got {})",
+                        redact_url(url.expose())
+                    ),
+                    url.expose(),
                 ),
             ));
         }
         PgConnectOptions::from_str(url.expose()).map_err(|e| {
             invalid(
                 "DATABASE_URL",
-                format!("{} does not parse: {e}", redact_url(url.expose())),
+                scrub(
+                    &format!("{} does not parse: {e}", redact_url(url.expose())),
+                    url.expose(),
+                ),
             )
         })
     }
@@ -117,34 +123,75 @@ fn names_user(url: &str) -> bool {
             .is_some_and(|(_, q)| q.split('&').any(|p| p.starts_with("user=") && p.len() > 5))
 }
 
-/// The URL with its password replaced, for messages.
+/// The URL with its password replaced, for messages. Whatever the password holds (`/`, `?`,
+/// `@`, `#`, `:`), it ends at the last `@` of the URL's authority: everything between the first
+/// `:` after the user and that `@` goes.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<unparseable url>".into();
     };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => authority.to_owned(),
+    // The host never contains '@', so the userinfo ends at the last '@' before the path begins
+    // *after* that '@'; a password may contain '/' or '?', so search for '@' first.
+    let (authority, tail) = match rest.rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let after = &rest[at + 1..];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let redacted = if userinfo.contains(':') {
+                format!("{user}:***@")
+            } else {
+                format!("{user}@")
+            };
+            let host_end = after.find(['/', '?']).unwrap_or(after.len());
+            (redacted + &after[..host_end], &after[host_end..])
+        }
+        None => {
+            let host_end = rest.find(['/', '?']).unwrap_or(rest.len());
+            (rest[..host_end].to_owned(), &rest[host_end..])
+        }
     };
     let tail = tail
         .split('&')
-        .map(|p| {
-            if p.starts_with("password=") || p.contains("?password=") {
-                p.split("password=").next().unwrap_or_default().to_owned() + "password=***"
-            } else {
-                p.to_owned()
-            }
+        .map(|p| match p.find("password=") {
+            Some(i) => format!("{}password=***", &p[..i]),
+            None => p.to_owned(),
         })
         .collect::<Vec<_>>()
         .join("&");
     format!("{scheme}://{authority}{tail}")
+}
+
+/// Removes every appearance of the URL's password (raw or percent-decoded) from `text`, for
+/// error messages written by libraries that may echo what they parsed.
+fn scrub(text: &str, url: &str) -> String {
+    let Some((_, rest)) = url.split_once("://") else {
+        return text.to_owned();
+    };
+    let mut secrets: Vec<String> = Vec::new();
+    if let Some(at) = rest.rfind('@')
+        && let Some((_, password)) = rest[..at].split_once(':')
+        && !password.is_empty()
+    {
+        secrets.push(password.to_owned());
+    }
+    if let Some((_, query)) = rest.split_once('?') {
+        for pair in query.split('&') {
+            if let Some(password) = pair.strip_prefix("password=")
+                && !password.is_empty()
+            {
+                secrets.push(password.to_owned());
+            }
+        }
+    }
+    let decoded: Vec<String> = secrets
+        .iter()
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    secrets.extend(decoded);
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets
+        .iter()
+        .fold(text.to_owned(), |text, secret| text.replace(secret.as_str(), "***"))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -176,6 +223,10 @@ pub struct RunArgs {
     pub retry_base_secs: u64,
     #[arg(long, env = "RETRY_MAX_SECS", default_value_t = 900)]
     pub retry_max_secs: u64,
+    /// Attempts a message gets before a failure dead-letters it with its reason; capped by the
+    /// queue's redrive maxReceiveCount.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 10)]
+    pub max_attempts: u32,
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
     /// Required `uploaded-by` metadata value; `off` (or empty) records every upload.
@@ -280,12 +331,61 @@ impl RunArgs {
                 "need 0 < RETRY_BASE_SECS <= RETRY_MAX_SECS <= 43200",
             ));
         }
-        if self.db_max_batch == 0 || self.db_writers == 0 {
-            return Err(invalid(
-                "DB_MAX_BATCH",
-                "DB_MAX_BATCH and DB_WRITERS must be at least 1",
-            ));
+        let within = |name: &'static str, value: u64, min: u64, max: u64| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    name,
+                    format!("{value} is out of range: must be between {min} and {max}"),
+                ))
+            }
+        };
+        if let Some(pollers) = self.worker_pollers {
+            within("WORKER_POLLERS", pollers as u64, 1, 1024)?;
         }
+        within(
+            "MAX_PROCESSING_SECS",
+            self.max_processing_secs,
+            self.sqs_visibility_timeout_secs,
+            43_200,
+        )?;
+        within("MAX_ATTEMPTS", self.max_attempts.into(), 1, 1000)?;
+        within("SHUTDOWN_GRACE_SECS", self.shutdown_grace_secs, 0, 3600)?;
+        within("DB_WRITERS", self.db_writers as u64, 1, 64)?;
+        within("DB_MAX_BATCH", self.db_max_batch as u64, 1, 10_000)?;
+        within(
+            "DATABASE_MAX_CONNECTIONS",
+            self.database.database_max_connections.into(),
+            1,
+            1000,
+        )?;
+        within(
+            "DATABASE_ACQUIRE_TIMEOUT_SECS",
+            self.database.database_acquire_timeout_secs,
+            1,
+            3600,
+        )?;
+        within(
+            "DATABASE_STATEMENT_TIMEOUT_SECS",
+            self.database.database_statement_timeout_secs,
+            1,
+            3600,
+        )?;
+        within("AWS_ATTEMPT_TIMEOUT_SECS", self.aws_attempt_timeout_secs, 1, 3600)?;
+        within("QUEUE_SAMPLE_SECS", self.queue_sample_secs, 1, 3600)?;
+        within(
+            "RANGED_GET_PART_BYTES",
+            self.ranged_get_part_bytes,
+            1 << 20,
+            5 << 30,
+        )?;
+        within(
+            "RANGED_GET_PARALLELISM",
+            self.ranged_get_parallelism as u64,
+            1,
+            64,
+        )?;
         Ok(())
     }
 }
@@ -303,6 +403,35 @@ mod tests {
         assert_eq!(redact_url("postgres://u@db/x"), "postgres://u@db/x");
         assert!(!redact_url("postgres://u@db/x?password=hunter2").contains("hunter2"));
         assert!(!format!("{:?}", Secret("hunter2".into())).contains("hunter2"));
+    }
+
+    #[test]
+    fn redacts_passwords_holding_any_character() {
+        for password in ["a/b", "a?b", "p@ss", "x:y", "a#b", "%2F/?@:#&="] {
+            let url = format!("postgres://user:{password}@db.example:5432/app?sslmode=require");
+            let redacted = redact_url(&url);
+            assert_eq!(
+                redacted, "postgres://user:***@db.example:5432/app?sslmode=require",
+                "{password:?}"
+            );
+            let scrubbed = scrub(&format!("failed near {password} in {url}"), &url);
+            assert!(!scrubbed.contains(password), "{password:?}: {scrubbed}");
+        }
+        let query = "postgres://user@h/db?sslmode=require&password=s/e?cret";
+        assert!(!redact_url(query).contains("s/e"));
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_never_shows_its_password() {
+        let args = DatabaseArgs {
+            database_url: Some(Secret("postgres://user:pa/ss?wo@rd@host:notaport/db".into())),
+            database_max_connections: 1,
+            database_acquire_timeout_secs: 1,
+            database_statement_timeout_secs: 1,
+        };
+        let message = args.connect_options().unwrap_err().to_string();
+        assert!(!message.contains("pa/ss"), "{message}");
+        assert!(!message.contains("wo@rd"), "{message}");
     }
 
     #[test]

@@ -14,9 +14,30 @@ pub enum DeadLetterReason {
     InvalidKey,
     UnknownDatapack,
     InvalidData,
+    /// S3 refused to let us read this object (403) on every attempt while other objects read.
+    ObjectAccessDenied,
+    /// The object's bytes could not be read whole (resets, stalls, checksum mismatches, server
+    /// errors) on every attempt while other objects read.
+    ObjectUnreadable,
+    /// The database refused this message's writes on every attempt while it accepted others.
+    WriteFailed,
+    /// Working on this message panicked or outlived `MAX_PROCESSING_SECS` on every attempt.
+    ProcessingFailed,
 }
 
 impl DeadLetterReason {
+    pub const ALL: [DeadLetterReason; 9] = [
+        Self::MalformedMessage,
+        Self::UnknownEvent,
+        Self::InvalidKey,
+        Self::UnknownDatapack,
+        Self::InvalidData,
+        Self::ObjectAccessDenied,
+        Self::ObjectUnreadable,
+        Self::WriteFailed,
+        Self::ProcessingFailed,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::MalformedMessage => "malformed_message",
@@ -24,11 +45,153 @@ impl DeadLetterReason {
             Self::InvalidKey => "invalid_key",
             Self::UnknownDatapack => "unknown_datapack",
             Self::InvalidData => "invalid_data",
+            Self::ObjectAccessDenied => "object_access_denied",
+            Self::ObjectUnreadable => "object_unreadable",
+            Self::WriteFailed => "write_failed",
+            Self::ProcessingFailed => "processing_failed",
         }
     }
 }
 
 impl fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a message is tried again: the `reason` label of `records_total{outcome="retried"}`.
+/// One closed set, so every series can start at 0 and a typo cannot become a new label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryReason {
+    S3Error,
+    S3Throttled,
+    S3AccessDenied,
+    S3Unavailable,
+    S3ReadFailed,
+    S3ShortRead,
+    S3BadRange,
+    S3ChecksumMismatch,
+    SqsError,
+    SqsThrottled,
+    SqsAccessDenied,
+    SqsUnavailable,
+    SqsDeleteFailed,
+    DatabaseError,
+    DatabaseUnavailable,
+    DatabaseMisconfigured,
+    DatabaseTimeout,
+    DatabaseConstraint,
+    WriterStopped,
+    ProcessingPanicked,
+    ProcessingTimeout,
+}
+
+impl RetryReason {
+    pub const ALL: [RetryReason; 21] = [
+        Self::S3Error,
+        Self::S3Throttled,
+        Self::S3AccessDenied,
+        Self::S3Unavailable,
+        Self::S3ReadFailed,
+        Self::S3ShortRead,
+        Self::S3BadRange,
+        Self::S3ChecksumMismatch,
+        Self::SqsError,
+        Self::SqsThrottled,
+        Self::SqsAccessDenied,
+        Self::SqsUnavailable,
+        Self::SqsDeleteFailed,
+        Self::DatabaseError,
+        Self::DatabaseUnavailable,
+        Self::DatabaseMisconfigured,
+        Self::DatabaseTimeout,
+        Self::DatabaseConstraint,
+        Self::WriterStopped,
+        Self::ProcessingPanicked,
+        Self::ProcessingTimeout,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::S3Error => "s3_error",
+            Self::S3Throttled => "s3_throttled",
+            Self::S3AccessDenied => "s3_access_denied",
+            Self::S3Unavailable => "s3_unavailable",
+            Self::S3ReadFailed => "s3_read_failed",
+            Self::S3ShortRead => "s3_short_read",
+            Self::S3BadRange => "s3_bad_range",
+            Self::S3ChecksumMismatch => "s3_checksum_mismatch",
+            Self::SqsError => "sqs_error",
+            Self::SqsThrottled => "sqs_throttled",
+            Self::SqsAccessDenied => "sqs_access_denied",
+            Self::SqsUnavailable => "sqs_unavailable",
+            Self::SqsDeleteFailed => "sqs_delete_failed",
+            Self::DatabaseError => "database_error",
+            Self::DatabaseUnavailable => "database_unavailable",
+            Self::DatabaseMisconfigured => "database_misconfigured",
+            Self::DatabaseTimeout => "database_timeout",
+            Self::DatabaseConstraint => "database_constraint",
+            Self::WriterStopped => "writer_stopped",
+            Self::ProcessingPanicked => "processing_panicked",
+            Self::ProcessingTimeout => "processing_timeout",
+        }
+    }
+
+    /// The dependency a probe must ask before this failure may count against the message: if
+    /// the probe fails too, the dependency is down and the message is released, not charged.
+    pub const fn dependency(self) -> Option<Dependency> {
+        match self {
+            Self::S3Error
+            | Self::S3Throttled
+            | Self::S3AccessDenied
+            | Self::S3Unavailable
+            | Self::S3ReadFailed
+            | Self::S3ShortRead
+            | Self::S3BadRange
+            | Self::S3ChecksumMismatch => Some(Dependency::S3),
+            Self::SqsError
+            | Self::SqsThrottled
+            | Self::SqsAccessDenied
+            | Self::SqsUnavailable
+            | Self::SqsDeleteFailed => Some(Dependency::Sqs),
+            Self::DatabaseError
+            | Self::DatabaseUnavailable
+            | Self::DatabaseMisconfigured
+            | Self::DatabaseTimeout
+            | Self::DatabaseConstraint => Some(Dependency::Postgres),
+            Self::WriterStopped | Self::ProcessingPanicked | Self::ProcessingTimeout => None,
+        }
+    }
+
+    /// The dead-letter reason once the message has failed this way on its last attempt.
+    pub const fn exhausted(self) -> DeadLetterReason {
+        match self {
+            Self::S3AccessDenied => DeadLetterReason::ObjectAccessDenied,
+            Self::S3Error
+            | Self::S3Throttled
+            | Self::S3Unavailable
+            | Self::S3ReadFailed
+            | Self::S3ShortRead
+            | Self::S3BadRange
+            | Self::S3ChecksumMismatch => DeadLetterReason::ObjectUnreadable,
+            Self::DatabaseError
+            | Self::DatabaseUnavailable
+            | Self::DatabaseMisconfigured
+            | Self::DatabaseTimeout
+            | Self::DatabaseConstraint
+            | Self::WriterStopped => DeadLetterReason::WriteFailed,
+            Self::SqsError
+            | Self::SqsThrottled
+            | Self::SqsAccessDenied
+            | Self::SqsUnavailable
+            | Self::SqsDeleteFailed
+            | Self::ProcessingPanicked
+            | Self::ProcessingTimeout => DeadLetterReason::ProcessingFailed,
+        }
+    }
+}
+
+impl fmt::Display for RetryReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -111,6 +274,10 @@ impl Dependency {
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// An error that stops a record from reaching an [`Outcome`], with what to do about it.
+///
+/// There is no "dependency down" variant on purpose: a failure met while working on one message
+/// is a fact about that message. Only a probe of the dependency (see `health`) may declare it
+/// down and pause the worker.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
     /// Will never succeed as it is: send the message to the dead-letter queue.
@@ -119,20 +286,11 @@ pub enum Failure {
         reason: DeadLetterReason,
         detail: String,
     },
-    /// May succeed later: leave the message for redelivery after a backoff.
+    /// May succeed later: leave the message for redelivery after a backoff, after a probe of
+    /// [`RetryReason::dependency`] has said the dependency itself is up.
     #[error("{reason}")]
     Transient {
-        reason: &'static str,
-        #[source]
-        source: BoxError,
-    },
-    /// A dependency is unreachable or misconfigured for every message (connection refused,
-    /// timeouts, AccessDenied, a missing table): release the message and pause receiving, so the
-    /// outage burns no receive counts and dead-letters nothing.
-    #[error("{dependency} unavailable ({reason})")]
-    Unavailable {
-        dependency: Dependency,
-        reason: &'static str,
+        reason: RetryReason,
         #[source]
         source: BoxError,
     },
@@ -152,20 +310,8 @@ impl Failure {
         }
     }
 
-    pub fn transient(reason: &'static str, source: impl Into<BoxError>) -> Self {
+    pub fn transient(reason: RetryReason, source: impl Into<BoxError>) -> Self {
         Self::Transient {
-            reason,
-            source: source.into(),
-        }
-    }
-
-    pub fn unavailable(
-        dependency: Dependency,
-        reason: &'static str,
-        source: impl Into<BoxError>,
-    ) -> Self {
-        Self::Unavailable {
-            dependency,
             reason,
             source: source.into(),
         }
@@ -176,7 +322,6 @@ impl Failure {
         match self {
             Self::Permanent { .. } => 1,
             Self::Transient { .. } => 2,
-            Self::Unavailable { .. } => 3,
         }
     }
 
@@ -184,9 +329,47 @@ impl Failure {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Permanent { reason, .. } => reason.as_str(),
-            Self::Transient { reason, .. } | Self::Unavailable { reason, .. } => reason,
+            Self::Transient { reason, .. } => reason.as_str(),
         }
     }
+
+    /// The dependency to probe before this failure counts against the message.
+    pub fn dependency(&self) -> Option<Dependency> {
+        match self {
+            Self::Permanent { .. } => None,
+            Self::Transient { reason, .. } => reason.dependency(),
+        }
+    }
+
+    /// Whether a group-commit batch that failed this way should be retried job by job, so only
+    /// the job that caused it fails: data refused (class 22, 23) or a panic on someone's data.
+    pub fn isolates(&self) -> bool {
+        matches!(
+            self,
+            Self::Permanent { .. }
+                | Self::Transient {
+                    reason: RetryReason::DatabaseConstraint | RetryReason::ProcessingPanicked,
+                    ..
+                }
+        )
+    }
+
+    /// The same failure told to several waiters: same disposition, the cause kept as text.
+    pub fn copy(&self) -> Failure {
+        match self {
+            Self::Permanent { reason, detail } => Failure::permanent(*reason, detail.clone()),
+            Self::Transient { reason, .. } => Failure::transient(*reason, chain(self)),
+        }
+    }
+}
+
+/// The text of a panic payload, for the log line and the dead letter's detail.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Renders an error with its whole cause chain on one line, for the one log line that decides.

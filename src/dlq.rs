@@ -2,11 +2,13 @@
 
 use std::collections::HashSet;
 
-use aws_sdk_sqs::types::MessageSystemAttributeName;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
+};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::disposition::{Dependency, Failure};
+use crate::disposition::{Failure, RetryReason};
 use crate::event::{self, Item, Message};
 
 #[derive(Debug, Serialize)]
@@ -30,45 +32,149 @@ fn first_key(body: &str) -> Option<String> {
 }
 
 fn sqs_failure(e: impl Into<aws_sdk_sqs::Error>) -> Failure {
-    Failure::unavailable(Dependency::Sqs, "sqs_error", e.into())
+    Failure::transient(RetryReason::SqsError, e.into())
 }
 
-/// Peeks at up to `max` messages with a zero visibility timeout: nothing is consumed. SQS has no
-/// true peek, so each look raises the message's receive count on the dead-letter queue, which
-/// has no redrive policy of its own.
+/// How long a message looked at stays invisible while the command pages through the queue, so
+/// each message is seen once; every held message is handed back (visibility 0) at the end.
+const HOLD_SECS: i32 = 300;
+
+/// Pages through the dead-letter queue: every receive holds what it returns, so the next one
+/// returns new messages, until `enough` says stop, the queue's visible count (read at the start)
+/// has been seen, or receives come back empty three times in a row. Messages are handed to
+/// `each` once; handles it wants released are given back at the end, whatever happened.
+struct Pager<'a> {
+    client: &'a aws_sdk_sqs::Client,
+    url: &'a str,
+    /// Visible messages when the command started: new arrivals are not waited for.
+    target: u64,
+    seen: HashSet<String>,
+    held: Vec<String>,
+}
+
+impl<'a> Pager<'a> {
+    async fn new(client: &'a aws_sdk_sqs::Client, url: &'a str) -> Result<Self, Failure> {
+        let attributes = client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .map_err(sqs_failure)?;
+        let target = attributes
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok(Self {
+            client,
+            url,
+            target,
+            seen: HashSet::new(),
+            held: Vec::new(),
+        })
+    }
+
+    /// The next page of messages not seen before; `None` once the queue is exhausted.
+    async fn next(&mut self, want: usize) -> Result<Option<Vec<aws_sdk_sqs::types::Message>>, Failure> {
+        let mut fruitless = 0;
+        while (self.seen.len() as u64) < self.target && fruitless < 3 {
+            let output = self
+                .client
+                .receive_message()
+                .queue_url(self.url)
+                .max_number_of_messages(want.clamp(1, 10) as i32)
+                .visibility_timeout(HOLD_SECS)
+                .wait_time_seconds(1)
+                .message_attribute_names("All")
+                .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+                .send()
+                .await
+                .map_err(sqs_failure)?;
+            let fresh: Vec<_> = output
+                .messages
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| {
+                    let id = m.message_id.clone().unwrap_or_default();
+                    self.seen.insert(id)
+                })
+                .collect();
+            if fresh.is_empty() {
+                fruitless += 1;
+                continue;
+            }
+            return Ok(Some(fresh));
+        }
+        Ok(None)
+    }
+
+    fn hold(&mut self, handle: Option<&str>) {
+        if let Some(handle) = handle {
+            self.held.push(handle.to_owned());
+        }
+    }
+
+    /// Hands every held message back at once.
+    async fn release(self) -> Result<(), Failure> {
+        for (n, chunk) in self.held.chunks(10).enumerate() {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, handle)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(format!("{n}-{i}"))
+                        .receipt_handle(handle)
+                        .visibility_timeout(0)
+                        .build()
+                        .map_err(sqs_failure)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            self.client
+                .change_message_visibility_batch()
+                .queue_url(self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(sqs_failure)?;
+        }
+        Ok(())
+    }
+}
+
+fn attribute(m: &aws_sdk_sqs::types::Message, name: &str) -> Option<String> {
+    m.message_attributes
+        .as_ref()
+        .and_then(|a| a.get(name))
+        .and_then(|v| v.string_value.clone())
+}
+
+/// Lists up to `max` dead-lettered messages without consuming any: each is held while the
+/// command pages through the queue and handed back (visibility 0) at the end. SQS has no true
+/// peek, so each look raises the message's receive count on the dead-letter queue, which has no
+/// redrive policy of its own.
 pub async fn list(
     client: &aws_sdk_sqs::Client,
     dlq_url: &str,
     max: usize,
 ) -> Result<Vec<Entry>, Failure> {
-    let mut seen = HashSet::new();
+    let mut pager = Pager::new(client, dlq_url).await?;
     let mut entries = Vec::new();
-    let mut fruitless = 0;
-    while entries.len() < max && fruitless < 3 {
-        let output = client
-            .receive_message()
-            .queue_url(dlq_url)
-            .max_number_of_messages(10)
-            .visibility_timeout(0)
-            .wait_time_seconds(1)
-            .message_attribute_names("All")
-            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-            .send()
-            .await
-            .map_err(sqs_failure)?;
-        let mut new = 0;
-        for m in output.messages.unwrap_or_default() {
-            let id = m.message_id.clone().unwrap_or_default();
-            if !seen.insert(id.clone()) || entries.len() >= max {
+    let mut result = Ok(());
+    while entries.len() < max {
+        let page = match pager.next(max - entries.len()).await {
+            Ok(Some(page)) => page,
+            Ok(None) => break,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        for m in page {
+            pager.hold(m.receipt_handle.as_deref());
+            if entries.len() >= max {
                 continue;
             }
-            new += 1;
-            let attr = |name: &str| {
-                m.message_attributes
-                    .as_ref()
-                    .and_then(|a| a.get(name))
-                    .and_then(|v| v.string_value.clone())
-            };
             let sent = m
                 .attributes
                 .as_ref()
@@ -76,21 +182,22 @@ pub async fn list(
                 .and_then(|t| t.parse::<i64>().ok())
                 .and_then(DateTime::from_timestamp_millis);
             entries.push(Entry {
-                message_id: id,
-                source_message_id: attr("source_message_id"),
-                reason: attr("error_reason").unwrap_or_else(|| "max_receive_count".into()),
-                detail: attr("error_detail"),
+                message_id: m.message_id.clone().unwrap_or_default(),
+                source_message_id: attribute(&m, "source_message_id"),
+                reason: attribute(&m, "error_reason").unwrap_or_else(|| "max_receive_count".into()),
+                detail: attribute(&m, "error_detail"),
                 key: m.body.as_deref().and_then(first_key),
                 age_secs: sent.map(|s| (Utc::now() - s).num_seconds()),
             });
         }
-        fruitless = if new == 0 { fruitless + 1 } else { 0 };
     }
-    Ok(entries)
+    pager.release().await?;
+    result.map(|()| entries)
 }
 
-/// Moves messages (optionally only those with `reason`) back to the main queue, body unchanged.
-/// Each is sent before it is deleted, so a crash can duplicate but never lose one.
+/// Moves up to `max` messages (optionally only those with `reason`) back to the main queue, body
+/// unchanged. Each is sent before it is deleted, so a crash can duplicate but never lose one;
+/// messages with another reason are held while the command pages and handed back at the end.
 pub async fn redrive(
     client: &aws_sdk_sqs::Client,
     dlq_url: &str,
@@ -98,66 +205,44 @@ pub async fn redrive(
     reason: Option<&str>,
     max: usize,
 ) -> Result<usize, Failure> {
+    let mut pager = Pager::new(client, dlq_url).await?;
     let mut moved = 0;
-    let mut skipped = HashSet::new();
-    let mut fruitless = 0;
-    while moved < max && fruitless < 3 {
-        let output = client
-            .receive_message()
-            .queue_url(dlq_url)
-            .max_number_of_messages(10.min((max - moved) as i32).max(1))
-            .visibility_timeout(30)
-            .wait_time_seconds(1)
-            .message_attribute_names("All")
-            .send()
-            .await
-            .map_err(sqs_failure)?;
-        let messages = output.messages.unwrap_or_default();
-        let mut progressed = false;
-        for m in messages {
-            let (Some(body), Some(handle)) = (m.body.as_deref(), m.receipt_handle.as_deref())
-            else {
-                continue;
+    let result = async {
+        while moved < max {
+            let Some(page) = pager.next(10).await? else {
+                break;
             };
-            let this_reason = m
-                .message_attributes
-                .as_ref()
-                .and_then(|a| a.get("error_reason"))
-                .and_then(|v| v.string_value.clone())
-                .unwrap_or_else(|| "max_receive_count".into());
-            if reason.is_some_and(|r| r != this_reason) {
-                // Not ours to move: hand it back at once.
-                if skipped.insert(m.message_id.clone().unwrap_or_default()) {
-                    progressed = true;
+            for m in page {
+                let (Some(body), Some(handle)) = (m.body.as_deref(), m.receipt_handle.as_deref())
+                else {
+                    continue;
+                };
+                let this_reason =
+                    attribute(&m, "error_reason").unwrap_or_else(|| "max_receive_count".into());
+                if moved >= max || reason.is_some_and(|r| r != this_reason) {
+                    pager.hold(Some(handle));
+                    continue;
                 }
                 client
-                    .change_message_visibility()
-                    .queue_url(dlq_url)
-                    .receipt_handle(handle)
-                    .visibility_timeout(0)
+                    .send_message()
+                    .queue_url(main_url)
+                    .message_body(body)
                     .send()
                     .await
                     .map_err(sqs_failure)?;
-                continue;
+                client
+                    .delete_message()
+                    .queue_url(dlq_url)
+                    .receipt_handle(handle)
+                    .send()
+                    .await
+                    .map_err(sqs_failure)?;
+                moved += 1;
             }
-            client
-                .send_message()
-                .queue_url(main_url)
-                .message_body(body)
-                .send()
-                .await
-                .map_err(sqs_failure)?;
-            client
-                .delete_message()
-                .queue_url(dlq_url)
-                .receipt_handle(handle)
-                .send()
-                .await
-                .map_err(sqs_failure)?;
-            moved += 1;
-            progressed = true;
         }
-        fruitless = if progressed { 0 } else { fruitless + 1 };
+        Ok::<(), Failure>(())
     }
-    Ok(moved)
+    .await;
+    pager.release().await?;
+    result.map(|()| moved)
 }

@@ -57,6 +57,28 @@ pub struct ParseError {
     pub detail: String,
 }
 
+/// What a message may carry. Anything beyond is `malformed_message`: no real S3 notification
+/// comes near these, and every later step (headers, SQL, comparisons) can rely on them.
+pub mod limits {
+    /// SQS's own maximum message size.
+    pub const BODY_BYTES: usize = 1 << 20;
+    /// S3 sends one record per message; the format allows more.
+    pub const RECORDS: usize = 100;
+    /// S3's limit on a key, in bytes of UTF-8, after decoding.
+    pub const KEY_BYTES: usize = 1024;
+    /// Bucket names: 3–63 today, up to 255 for legacy us-east-1 buckets.
+    pub const BUCKET_CHARS: usize = 255;
+    /// An ETag: 32 hex digits, `-N` for multipart; other stores use other forms of similar size.
+    pub const ETAG_CHARS: usize = 128;
+    /// S3 version ids are at most 1,024 bytes.
+    pub const VERSION_ID_CHARS: usize = 1024;
+    /// S3 sequencers are 16–18 hex digits today.
+    pub const SEQUENCER_CHARS: usize = 64;
+    /// S3's largest object (50 TB).
+    pub const OBJECT_BYTES: u64 = 50_000_000_000_000;
+    pub const EVENT_NAME_CHARS: usize = 128;
+}
+
 fn malformed(detail: impl Into<String>) -> ParseError {
     ParseError {
         reason: DeadLetterReason::MalformedMessage,
@@ -66,6 +88,13 @@ fn malformed(detail: impl Into<String>) -> ParseError {
 
 /// Parses a message body. SNS envelopes are unwrapped once (SNS never nests).
 pub fn parse(body: &str) -> Result<Message, ParseError> {
+    if body.len() > limits::BODY_BYTES {
+        return Err(malformed(format!(
+            "body of {} bytes is over the limit of {}",
+            body.len(),
+            limits::BODY_BYTES
+        )));
+    }
     let value: Value =
         serde_json::from_str(body).map_err(|e| malformed(format!("body is not JSON: {e}")))?;
     if value.get("Type").and_then(Value::as_str) == Some("Notification") {
@@ -93,6 +122,13 @@ fn parse_value(value: &Value) -> Result<Message, ParseError> {
             .ok_or_else(|| malformed("Records is not an array"))?;
         if records.is_empty() {
             return Err(malformed("Records is empty"));
+        }
+        if records.len() > limits::RECORDS {
+            return Err(malformed(format!(
+                "{} records, more than the limit of {}",
+                records.len(),
+                limits::RECORDS
+            )));
         }
         return records
             .iter()
@@ -133,6 +169,7 @@ fn classify_s3_name(name: &str) -> Option<Option<EventKind>> {
 fn parse_record(record: &Value) -> Result<Item, ParseError> {
     let name =
         str_at(record, &["eventName"]).ok_or_else(|| malformed("record without eventName"))?;
+    check_len("eventName", name, limits::EVENT_NAME_CHARS)?;
     if let Some(source) = str_at(record, &["eventSource"])
         && source != "aws:s3"
     {
@@ -176,6 +213,7 @@ fn parse_eventbridge(value: &Value) -> Result<Item, ParseError> {
             "EventBridge event from {source:?}, not aws.s3"
         )));
     }
+    check_len("detail-type", detail_type, limits::EVENT_NAME_CHARS)?;
     let kind = match detail_type {
         "Object Created" => EventKind::Created,
         "Object Deleted" => EventKind::Removed,
@@ -217,32 +255,83 @@ fn object_event(
     time: &str,
 ) -> Result<Item, ParseError> {
     let bucket = str_at(s3, &["bucket", "name"]).ok_or_else(|| malformed("no bucket name"))?;
+    check_len("bucket name", bucket, limits::BUCKET_CHARS)?;
+    if !bucket
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err(malformed(format!("bucket name {bucket:?} is not a bucket name")));
+    }
     let raw_key = str_at(s3, &["object", "key"]).ok_or_else(|| malformed("no object key"))?;
+    // Percent-encoding at most triples a key: anything longer cannot decode to a valid one.
+    check_len("object key", raw_key, limits::KEY_BYTES * 3)?;
     let key = decode_key(raw_key)?;
+    check_len("decoded object key", &key, limits::KEY_BYTES)?;
     let size = match s3.get("object").and_then(|o| o.get("size")) {
         None | Some(Value::Null) => None,
         Some(v) => Some(
             v.as_u64()
-                .ok_or_else(|| malformed("object size is not a number"))?,
+                .filter(|n| *n <= limits::OBJECT_BYTES)
+                .ok_or_else(|| malformed(format!("object size {v} is not a size S3 can have")))?,
         ),
     };
+    let etag = str_at(s3, etag_at)
+        .map(unquote_etag)
+        .filter(|e| !e.is_empty());
+    if let Some(etag) = &etag {
+        check_token("eTag", etag, limits::ETAG_CHARS)?;
+    }
+    let version_id = str_at(s3, version_at)
+        .filter(|v| !v.is_empty() && *v != "null")
+        .map(str::to_owned);
+    if let Some(version) = &version_id {
+        check_token("versionId", version, limits::VERSION_ID_CHARS)?;
+    }
+    let sequencer = str_at(s3, &["object", "sequencer"])
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    if let Some(sequencer) = &sequencer {
+        check_len("sequencer", sequencer, limits::SEQUENCER_CHARS)?;
+        if !sequencer.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(malformed(format!("sequencer {sequencer:?} is not hexadecimal")));
+        }
+    }
     Ok(Item::Object(ObjectEvent {
         kind,
         event_name: event_name.to_owned(),
         bucket: bucket.to_owned(),
         key,
-        etag: str_at(s3, etag_at)
-            .map(unquote_etag)
-            .filter(|e| !e.is_empty()),
+        etag,
         size,
-        version_id: str_at(s3, version_at)
-            .filter(|v| !v.is_empty() && *v != "null")
-            .map(str::to_owned),
-        sequencer: str_at(s3, &["object", "sequencer"])
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned),
+        version_id,
+        sequencer,
         event_time: parse_time(time)?,
     }))
+}
+
+/// Refuses a field longer than `max` (in bytes), naming it and showing only its start.
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), ParseError> {
+    if value.len() <= max {
+        return Ok(());
+    }
+    let start: String = value.chars().take(40).collect();
+    Err(malformed(format!(
+        "{field} of {} bytes is over the limit of {max} ({start:?}…)",
+        value.len()
+    )))
+}
+
+/// A value that travels in an HTTP header (`If-Match`, `versionId`): visible ASCII only, no
+/// quotes, so no message can produce a request that cannot be sent.
+fn check_token(field: &str, value: &str, max: usize) -> Result<(), ParseError> {
+    check_len(field, value, max)?;
+    if value.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+        Ok(())
+    } else {
+        Err(malformed(format!(
+            "{field} {value:?} holds characters no HTTP header may carry"
+        )))
+    }
 }
 
 fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -273,6 +362,7 @@ pub fn unquote_etag(etag: &str) -> String {
 
 /// Accepts RFC 3339 and the zone-less form moto sends (read as UTC, as S3 times are).
 fn parse_time(text: &str) -> Result<DateTime<Utc>, ParseError> {
+    check_len("eventTime", text, 64)?;
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
@@ -282,10 +372,16 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, ParseError> {
 }
 
 /// AWS's rule for S3 sequencers: pad the shorter with zeros on the right, compare as strings.
+/// Padded lazily: no allocation, and no format width that a long input could overflow.
 pub fn sequencer_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn padded(s: &str, width: usize) -> impl Iterator<Item = u8> + '_ {
+        s.bytes()
+            .map(|b| b.to_ascii_uppercase())
+            .chain(std::iter::repeat(b'0'))
+            .take(width)
+    }
     let width = a.len().max(b.len());
-    let pad = |s: &str| format!("{:0<width$}", s.to_ascii_uppercase());
-    pad(a).cmp(&pad(b))
+    padded(a, width).cmp(padded(b, width))
 }
 
 #[cfg(test)]

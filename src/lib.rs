@@ -28,5 +28,6 @@ pub mod queue;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod watchdog;
 pub mod worker;
 pub mod writer;

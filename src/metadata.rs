@@ -61,6 +61,9 @@ fn decode_word(s: &str) -> Option<(String, usize)> {
     let (encoding, body) = body.split_once('?')?;
     let end = body.find("?=")?;
     let text = &body[..end];
+    // RFC 2231 lets a language tag follow the charset (`UTF-8*en`): it counts towards the bytes
+    // consumed, not towards the charset's name.
+    let used = 2 + charset.len() + 1 + encoding.len() + 1 + end + 2;
     let charset = charset.split('*').next()?.to_ascii_lowercase();
     if !matches!(charset.as_str(), "utf-8" | "us-ascii") {
         return None;
@@ -70,7 +73,6 @@ fn decode_word(s: &str) -> Option<(String, usize)> {
         "Q" | "q" => decode_q(text)?,
         _ => return None,
     };
-    let used = 2 + charset.len() + 1 + encoding.len() + 1 + end + 2;
     String::from_utf8(bytes).ok().map(|t| (t, used))
 }
 
@@ -142,6 +144,12 @@ mod tests {
             "Nguyễn Văn"
         );
         assert_eq!(decode("a =?UTF-8?B?w6k=?= b"), "a é b");
+    }
+
+    #[test]
+    fn a_language_tag_after_the_charset_is_consumed_with_the_word() {
+        assert_eq!(decode("=?UTF-8*en?B?w6k=?="), "é");
+        assert_eq!(decode("a =?utf-8*vi?Q?=C3=A9?= b"), "a é b");
     }
 
     #[test]

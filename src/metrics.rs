@@ -232,16 +232,12 @@ fn zero() {
     for disposition in ["ack", "retry", "dead_letter", "release", "lost"] {
         counter!(MESSAGES, "disposition" => disposition).absolute(0);
     }
-    let reasons = [
-        D::MalformedMessage,
-        D::UnknownEvent,
-        D::InvalidKey,
-        D::UnknownDatapack,
-        D::InvalidData,
-    ];
-    for reason in reasons {
+    for reason in D::ALL {
         counter!(DEAD_LETTERS, "reason" => reason.as_str()).absolute(0);
         counter!(RECORDS, "outcome" => "dead_lettered", "reason" => reason.as_str()).absolute(0);
+    }
+    for reason in crate::disposition::RetryReason::ALL {
+        counter!(RECORDS, "outcome" => "retried", "reason" => reason.as_str()).absolute(0);
     }
     let skips = [
         S::TestEvent,

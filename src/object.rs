@@ -28,7 +28,7 @@ use tokio_util::bytes::Bytes;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::aws;
-use crate::disposition::{Dependency, Failure};
+use crate::disposition::{Dependency, Failure, RetryReason};
 use crate::event::unquote_etag;
 use crate::metadata::Uploader;
 
@@ -158,7 +158,7 @@ pub async fn fetch(
         .e_tag()
         .map(unquote_etag)
         .or_else(|| target.etag.map(str::to_owned))
-        .ok_or_else(|| Failure::transient("s3_error", "GetObject answered without an ETag"))?;
+        .ok_or_else(|| Failure::transient(RetryReason::S3Error, "GetObject answered without an ETag"))?;
     let content_length = output.content_length().and_then(|n| u64::try_from(n).ok());
     let content_range = output.content_range().map(parse_content_range);
     let content_type = output.content_type().map(str::to_owned);
@@ -186,7 +186,7 @@ pub async fn fetch(
         }
         (Some(_), Some(Ok((start, ..)))) => {
             return Err(Failure::transient(
-                "s3_bad_range",
+                RetryReason::S3BadRange,
                 format!("asked for bytes from 0, got a range starting at {start}"),
             ));
         }
@@ -207,7 +207,7 @@ pub async fn fetch(
         && expected != length
     {
         return Err(Failure::transient(
-            "s3_short_read",
+            RetryReason::S3ShortRead,
             format!("read {length} bytes, Content-Length said {expected}"),
         ));
     }
@@ -231,10 +231,18 @@ async fn hash(mut body: ByteStream) -> Result<(String, u64), Failure> {
     Ok((hex(&hasher.finalize()), length))
 }
 
+/// A body that breaks mid-read (reset, stall, a checksum the SDK found wrong) is a fact about
+/// this read of this object: the message is retried, and a probe decides whether S3 is down.
 async fn next_chunk(body: &mut ByteStream) -> Result<Option<Bytes>, Failure> {
-    body.try_next()
-        .await
-        .map_err(|e| Failure::unavailable(Dependency::S3, "s3_read_failed", e))
+    body.try_next().await.map_err(|e| {
+        let text = crate::disposition::chain(&e).to_ascii_lowercase();
+        let reason = if text.contains("checksum mismatch") {
+            RetryReason::S3ChecksumMismatch
+        } else {
+            RetryReason::S3ReadFailed
+        };
+        Failure::transient(reason, e)
+    })
 }
 
 fn feed(hasher: &mut Sha256, length: &mut u64, chunk: &[u8]) {
@@ -297,7 +305,7 @@ async fn open_part(request: GetObjectFluentBuilder, part: Part) -> Result<ByteSt
         }
         Some(Err(failure)) => Err(failure.into()),
         other => Err(Failure::transient(
-            "s3_bad_range",
+            RetryReason::S3BadRange,
             format!(
                 "asked for bytes {}-{}, got {other:?}",
                 part.start,
@@ -411,7 +419,7 @@ async fn hash_ranged(
         };
         if read != part.len {
             return Err(Failure::transient(
-                "s3_short_read",
+                RetryReason::S3ShortRead,
                 format!(
                     "read {read} bytes of the part at {}, asked for {}",
                     part.start, part.len
@@ -452,9 +460,106 @@ fn parse_content_range(value: &str) -> Result<(u64, u64, u64), Failure> {
     match parsed {
         Some((start, end, total)) if start <= end && end < total => Ok((start, end, total)),
         _ => Err(Failure::transient(
-            "s3_bad_range",
+            RetryReason::S3BadRange,
             format!("unparseable Content-Range {value:?}"),
         )),
+    }
+}
+
+/// One object the S3 probe may read in depth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ObjectRef {
+    bucket: String,
+    key: String,
+    version_id: Option<String>,
+}
+
+impl ObjectRef {
+    fn of(target: &Target<'_>) -> Self {
+        Self {
+            bucket: target.bucket.to_owned(),
+            key: target.key.to_owned(),
+            version_id: target.version_id.map(str::to_owned),
+        }
+    }
+}
+
+/// Objects to read when the S3 breaker trips: the last object read whole, and a few that failed
+/// since. HeadBucket alone cannot see a brownout (a bucket policy or a KMS grant that refuses
+/// every GetObject while the bucket answers), but a real read of an object that was readable a
+/// moment ago can: if it fails too, the fault is S3's or ours, not the objects'.
+#[derive(Debug, Default)]
+pub struct Canary {
+    state: std::sync::Mutex<CanaryState>,
+}
+
+#[derive(Debug, Default)]
+struct CanaryState {
+    last_ok: Option<ObjectRef>,
+    failed: VecDeque<ObjectRef>,
+}
+
+/// Failed objects kept for the probe: enough that one object that stays unreadable on its own
+/// cannot keep the worker paused.
+const CANARY_FAILED_KEPT: usize = 5;
+
+impl Canary {
+    fn state(&self) -> std::sync::MutexGuard<'_, CanaryState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn read_ok(&self, target: &Target<'_>) {
+        self.state().last_ok = Some(ObjectRef::of(target));
+    }
+
+    pub fn read_failed(&self, target: &Target<'_>) {
+        let object = ObjectRef::of(target);
+        let mut state = self.state();
+        state.failed.retain(|o| *o != object);
+        state.failed.push_front(object);
+        state.failed.truncate(CANARY_FAILED_KEPT);
+    }
+
+    /// Reads the first byte of the canary objects until one answers: any answer that shows S3
+    /// authorised the read (the byte, 404, 412, 416) means reads work. With nothing to read yet,
+    /// there is nothing to disprove.
+    pub async fn probe(&self, s3: &aws_sdk_s3::Client) -> Result<(), Failure> {
+        let candidates: Vec<ObjectRef> = {
+            let state = self.state();
+            state
+                .last_ok
+                .iter()
+                .chain(state.failed.iter())
+                .cloned()
+                .collect()
+        };
+        let mut last = None;
+        for object in candidates {
+            let mut request = s3
+                .get_object()
+                .bucket(&object.bucket)
+                .key(&object.key)
+                .range("bytes=0-0");
+            if let Some(version) = &object.version_id {
+                request = request.version_id(version);
+            }
+            let answer = match request.send().await {
+                Ok(output) => output.body.collect().await.map(drop).map_err(|e| {
+                    Failure::transient(RetryReason::S3ReadFailed, e)
+                }),
+                Err(error) => match aws::status(&error) {
+                    Some(404 | 412 | 416) => Ok(()),
+                    status => Err(aws::classify(Dependency::S3, status, error)),
+                },
+            };
+            match answer {
+                Ok(()) => return Ok(()),
+                Err(failure) => last = Some(failure),
+            }
+        }
+        last.map_or(Ok(()), Err)
     }
 }
 

@@ -5,9 +5,13 @@
 
 use std::time::Instant;
 
-use chrono::Utc;
+use std::sync::Arc;
 
-use crate::disposition::{DeadLetterReason, Failure, Outcome, SkipReason};
+use chrono::Utc;
+use tracing::Instrument;
+
+use crate::disposition::{DeadLetterReason, Dependency, Failure, Outcome, SkipReason};
+use crate::health::Health;
 use crate::event::{self, EventKind, Item, Message, ObjectEvent};
 use crate::key;
 use crate::object::{self, Fetched, Target};
@@ -30,6 +34,10 @@ pub struct Pipeline {
     pub s3: aws_sdk_s3::Client,
     pub writer: Writer,
     pub settings: PipelineSettings,
+    /// Told the outcome of every fetch, for the S3 breaker.
+    pub health: Health,
+    /// Objects the S3 probe reads in depth when the breaker trips.
+    pub canary: Arc<object::Canary>,
 }
 
 /// What to do with a message once processing ends.
@@ -125,7 +133,10 @@ impl Pipeline {
             Item::Object(event) => event,
         };
         let span = tracing::info_span!("record", bucket = %event.bucket, key = %event.key, etag = event.etag.as_deref().unwrap_or(""));
-        let _entered = span.enter();
+        self.prepare_object(event).instrument(span).await
+    }
+
+    async fn prepare_object(&self, event: &ObjectEvent) -> Result<Prepared, Failure> {
         if !self.settings.buckets.is_empty() && !self.settings.buckets.contains(&event.bucket) {
             return Ok(Prepared::Done(Outcome::Skipped(SkipReason::ForeignBucket)));
         }
@@ -136,10 +147,7 @@ impl Pipeline {
                 sequencer: event.sequencer.clone(),
                 event_time: event.event_time,
             }))),
-            EventKind::Created => {
-                drop(_entered);
-                self.created(event).await
-            }
+            EventKind::Created => self.created(event).await,
         }
     }
 
@@ -164,6 +172,19 @@ impl Pipeline {
         )
         .await;
         crate::metrics::phase("fetch_hash", started.elapsed());
+        // Every answer from S3 feeds the breaker: a 404 or 412 shows reads work as well as the
+        // bytes do. Refusals built from the message itself say nothing about S3.
+        match &fetched {
+            Ok(_) => {
+                self.canary.read_ok(&target);
+                self.health.observe(Dependency::S3, &event.key, true);
+            }
+            Err(failure) if failure.dependency() == Some(Dependency::S3) => {
+                self.canary.read_failed(&target);
+                self.health.observe(Dependency::S3, &event.key, false);
+            }
+            Err(_) => {}
+        }
         let facts = match fetched? {
             Fetched::Object(facts) => facts,
             Fetched::NotPresigned => {

@@ -1,5 +1,7 @@
 //! SQS: receive, batched delete, visibility changes, the dead-letter send, and queue depth.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{
@@ -10,7 +12,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::aws;
-use crate::disposition::{Dependency, Failure};
+use crate::disposition::{Dependency, Failure, RetryReason};
 
 /// A received message with the attributes the worker uses.
 #[derive(Debug, Clone)]
@@ -30,6 +32,9 @@ pub struct Queue {
     pub dead_letter_url: String,
     pub wait: Duration,
     pub visibility_timeout: Duration,
+    /// The main queue's redrive `maxReceiveCount`, learned from its attributes (0: unknown, or
+    /// no redrive policy).
+    max_receive_count: Arc<AtomicU32>,
 }
 
 /// Why a visibility change did not happen.
@@ -74,7 +79,13 @@ impl Queue {
             dead_letter_url,
             wait,
             visibility_timeout,
+            max_receive_count: Arc::new(AtomicU32::new(0)),
         }
+    }
+
+    /// The main queue's redrive `maxReceiveCount`, once a depth call on it has seen it.
+    pub fn max_receive_count(&self) -> Option<u32> {
+        Some(self.max_receive_count.load(Ordering::Relaxed)).filter(|n| *n > 0)
     }
 
     /// One long poll for at most `max` messages (1..=10).
@@ -213,6 +224,7 @@ impl Queue {
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
             .send()
             .await
             .map_err(|e| aws::classify(Dependency::Sqs, aws::status(&e), e))?;
@@ -223,6 +235,20 @@ impl Queue {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
+        if url == self.url {
+            let limit = output
+                .attributes()
+                .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+                .and_then(|policy| serde_json::from_str::<serde_json::Value>(policy).ok())
+                .and_then(|policy| match &policy["maxReceiveCount"] {
+                    serde_json::Value::Number(n) => n.as_u64(),
+                    serde_json::Value::String(s) => s.parse().ok(),
+                    _ => None,
+                })
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0);
+            self.max_receive_count.store(limit, Ordering::Relaxed);
+        }
         Ok(Depth {
             visible: get(QueueAttributeName::ApproximateNumberOfMessages),
             in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
@@ -253,11 +279,11 @@ pub async fn run_deleter(queue: Queue, mut requests: mpsc::Receiver<DeleteReques
         for request in batch.drain(..) {
             let answer = match &result {
                 Ok(failed) if failed.contains(&request.receipt_handle) => Err(Failure::transient(
-                    "sqs_delete_failed",
+                    RetryReason::SqsDeleteFailed,
                     "DeleteMessageBatch refused this entry",
                 )),
                 Ok(_) => Ok(()),
-                Err(e) => Err(Failure::transient(e.reason(), crate::disposition::chain(e))),
+                Err(e) => Err(e.copy()),
             };
             let _ = request.done.send(answer);
         }

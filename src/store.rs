@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 
-use crate::disposition::{DeadLetterReason, Dependency, Failure};
+use crate::disposition::{DeadLetterReason, Failure, RetryReason};
 use crate::event::sequencer_cmp;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -124,13 +124,28 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
-/// Probe used for readiness and outage recovery.
+/// Probe used for readiness and outage recovery: reads the table, and checks that this role
+/// may still do what the writes need (a revoked grant fails every write while a plain SELECT
+/// still passes, the database's form of a brownout).
 pub async fn ping(pool: &PgPool) -> Result<(), Failure> {
-    sqlx::query("SELECT 1 FROM datapack_resource LIMIT 0")
-        .execute(pool)
-        .await
-        .map(drop)
-        .map_err(classify)
+    let allowed: bool = sqlx::query_scalar(
+        "SELECT has_table_privilege('datapack_resource', 'SELECT, INSERT, UPDATE')
+            AND has_table_privilege('datapack_object_removal', 'SELECT, INSERT, UPDATE')
+            AND has_table_privilege('datapack', 'SELECT')
+         FROM (SELECT 1 FROM datapack_resource LIMIT 0) AS readable
+         RIGHT JOIN (VALUES (1)) AS one ON true",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(classify)?;
+    if allowed {
+        Ok(())
+    } else {
+        Err(Failure::transient(
+            RetryReason::DatabaseMisconfigured,
+            "this role may not write datapack_resource / datapack_object_removal",
+        ))
+    }
 }
 
 /// Writes a batch in one transaction and says what became of each write, in order.
@@ -386,28 +401,34 @@ async fn settle(tx: &mut Tx<'_>, writes: &[Write]) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Maps a database error to its disposition by SQLSTATE class.
+/// Maps a database error to its disposition by SQLSTATE class. Nothing here declares the
+/// database down: the worker asks its probe first (see `health`).
 pub fn classify(error: sqlx::Error) -> Failure {
     use sqlx::Error as E;
-    let unavailable = |reason, e| Failure::unavailable(Dependency::Postgres, reason, e);
-    match &error {
+    let reason = match &error {
         E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => {
-            unavailable("database_unavailable", error)
+            RetryReason::DatabaseUnavailable
         }
         E::Database(db) => {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
             match code.get(..2).unwrap_or_default() {
                 // connection exception, operator intervention, insufficient resources
-                "08" | "57" | "53" => unavailable("database_unavailable", error),
-                // undefined table/column, privileges, auth, unknown database: configuration faults
-                // that would fail every message, so pause instead of dead-lettering the queue.
-                "42" | "28" | "3D" => unavailable("database_misconfigured", error),
-                "22" => Failure::permanent(DeadLetterReason::InvalidData, error.to_string()),
-                _ => Failure::transient("database_error", error),
+                "08" | "57" | "53" => RetryReason::DatabaseUnavailable,
+                // undefined table/column, privileges, auth, unknown database: configuration
+                // faults; the probe (which checks the privileges the writes need) tells
+                // whether they hit everyone.
+                "42" | "28" | "3D" => RetryReason::DatabaseMisconfigured,
+                "22" => {
+                    return Failure::permanent(DeadLetterReason::InvalidData, error.to_string());
+                }
+                // integrity constraint: about one row; a batch is retried job by job.
+                "23" => RetryReason::DatabaseConstraint,
+                _ => RetryReason::DatabaseError,
             }
         }
-        _ => Failure::transient("database_error", error),
-    }
+        _ => RetryReason::DatabaseError,
+    };
+    Failure::transient(reason, error)
 }
 
 #[cfg(test)]

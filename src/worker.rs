@@ -6,6 +6,11 @@
 //! delete queued after the commit, or its retry or release decided).
 //! Shutdown stops receiving at once, lets in-flight work finish within the grace period, and
 //! releases the rest (visibility 0) so another replica takes it immediately.
+//!
+//! Work on one message runs in a task of its own: whatever happens there, a panic included, is a
+//! fact about that message. A failure is charged to the message (backoff on its receive count,
+//! and a dead letter with a reason on its last attempt) only after a fresh probe has said the
+//! dependency is up; if the probe fails too, the message is released and receiving pauses.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,11 +21,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::disposition::Failure;
-use crate::health::Health;
+use crate::disposition::{Failure, RetryReason};
+use crate::health::{self, Health};
 use crate::metrics::{self as m, Raised};
 use crate::pipeline::{Pipeline, Verdict};
 use crate::queue::{DeleteRequest, Queue, Received, VisibilityError};
+use crate::watchdog::Watchdog;
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -31,6 +37,9 @@ pub struct WorkerSettings {
     /// Longest time a message's visibility is extended while it is worked on.
     pub max_extension: Duration,
     pub shutdown_grace: Duration,
+    /// Attempts a message gets before a failure dead-letters it with its reason (capped by the
+    /// queue's own `maxReceiveCount`, so SQS never moves it first without a reason).
+    pub max_attempts: u32,
 }
 
 struct Context {
@@ -43,16 +52,21 @@ struct Context {
     hard_stop: CancellationToken,
 }
 
-/// Runs until `shutdown` fires and in-flight work is drained or released.
+/// Runs until `shutdown` fires and in-flight work is drained or released. If `watchdog` fires
+/// (a supervised task died), in-flight work is released at once.
 pub async fn run(
     pipeline: Pipeline,
     queue: Queue,
     health: Health,
     settings: WorkerSettings,
     shutdown: CancellationToken,
+    watchdog: Watchdog,
 ) {
     let (deletes, delete_requests) = mpsc::channel(settings.concurrency.max(10) * 2);
-    let deleter = tokio::spawn(crate::queue::run_deleter(queue.clone(), delete_requests));
+    let deleter = watchdog.spawn(
+        "deleter",
+        crate::queue::run_deleter(queue.clone(), delete_requests),
+    );
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     metrics::gauge!(m::CONCURRENCY).set(settings.concurrency as f64);
     let context = Arc::new(Context {
@@ -64,31 +78,45 @@ pub async fn run(
         hard_stop: CancellationToken::new(),
     });
     let tasks = TaskTracker::new();
+    // Receiving stops on shutdown, or at once when a supervised task died.
+    let receiving = shutdown.child_token();
     let pollers: Vec<_> = (0..settings.pollers.max(1))
         .map(|_| {
-            tokio::spawn(poll(
-                context.clone(),
-                slots.clone(),
-                tasks.clone(),
-                shutdown.clone(),
-            ))
+            watchdog.spawn(
+                "poller",
+                poll(
+                    context.clone(),
+                    slots.clone(),
+                    tasks.clone(),
+                    receiving.clone(),
+                ),
+            )
         })
         .collect();
 
-    shutdown.cancelled().await;
+    let fatal = watchdog.fatal().clone();
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = fatal.cancelled() => {}
+    }
+    // From here on the pollers, then the deleter, are meant to end.
+    watchdog.stopping();
+    receiving.cancel();
     for poller in pollers {
         let _ = poller.await;
     }
     tasks.close();
+    let grace = if fatal.is_cancelled() {
+        Duration::ZERO
+    } else {
+        settings.shutdown_grace
+    };
     tracing::info!(
         in_flight = tasks.len(),
-        grace_secs = settings.shutdown_grace.as_secs(),
+        grace_secs = grace.as_secs(),
         "shutting down: draining in-flight work"
     );
-    if tokio::time::timeout(settings.shutdown_grace, tasks.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         tracing::warn!(
             unfinished = tasks.len(),
             "grace period over: releasing unfinished messages"
@@ -137,17 +165,18 @@ async fn poll(
         let messages = match received {
             Ok(messages) => messages,
             Err(failure) => {
-                match &failure {
-                    Failure::Unavailable { dependency, .. } => {
-                        context.health.report_down(*dependency, &failure)
-                    }
-                    _ => {
-                        tracing::warn!(error = %crate::disposition::chain(&failure), "receive failed");
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            _ = shutdown.cancelled() => return,
-                        }
-                    }
+                tracing::warn!(error = %crate::disposition::chain(&failure), "receive failed");
+                // Ask the probe: if SQS is down the loop waits for it above; if not, a short
+                // pause keeps a persistent error from spinning.
+                if let Some(dependency) = failure.dependency()
+                    && context.health.confirm(dependency, &shutdown).await
+                        == Some(health::Verdict::Down)
+                {
+                    continue;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => return,
                 }
                 continue;
             }
@@ -188,21 +217,48 @@ async fn handle(context: Arc<Context>, message: Received, permit: OwnedSemaphore
         let wait = (first - sent).to_std().unwrap_or_default();
         metrics::histogram!(m::QUEUE_WAIT).record(wait.as_secs_f64());
     }
-    let work = context.pipeline.process(&message);
+    // The message's work runs in a task of its own, so a panic on this message's data is a
+    // fact about this message (retried, then dead-lettered), never the end of a worker.
+    let work = {
+        let (pipeline, message) = (context.pipeline.clone(), message.clone());
+        tokio::spawn(async move { pipeline.process(&message).await }.in_current_span())
+    };
+    let abort = work.abort_handle();
     tokio::pin!(work);
     let timeout = context.queue.visibility_timeout;
     let period = (timeout / 2).max(Duration::from_secs(1));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let verdict = loop {
         tokio::select! {
-            verdict = &mut work => break Some(verdict),
+            joined = &mut work => break Some(match joined {
+                Ok(verdict) => verdict,
+                Err(e) => Verdict::Retry(Failure::transient(
+                    RetryReason::ProcessingPanicked,
+                    if e.is_panic() {
+                        format!("processing panicked: {}", crate::disposition::panic_text(e.into_panic().as_ref()))
+                    } else {
+                        format!("processing stopped: {e}")
+                    },
+                )),
+            }),
             _ = heartbeat.tick() => {
                 if started.elapsed() + timeout > context.settings.max_extension {
-                    continue;
+                    // Extending further would break the promise of MAX_PROCESSING_SECS; the
+                    // attempt ends here and counts, like any other failure of this message.
+                    abort.abort();
+                    tracing::warn!(
+                        max_processing_secs = context.settings.max_extension.as_secs(),
+                        "processing cap reached: abandoning this attempt"
+                    );
+                    break Some(Verdict::Retry(Failure::transient(
+                        RetryReason::ProcessingTimeout,
+                        format!("still working after {:?} (MAX_PROCESSING_SECS)", started.elapsed()),
+                    )));
                 }
                 match context.queue.set_visibility(&message.receipt_handle, timeout).await {
                     Ok(()) => metrics::counter!(m::VISIBILITY_EXTENSIONS).increment(1),
                     Err(VisibilityError::Lost) => {
+                        abort.abort();
                         tracing::warn!("receipt handle no longer valid: another receiver owns the message; stopping");
                         m::message_disposition("lost");
                         return;
@@ -210,7 +266,10 @@ async fn handle(context: Arc<Context>, message: Received, permit: OwnedSemaphore
                     Err(VisibilityError::Failed(f)) => tracing::warn!(error = %crate::disposition::chain(&f), "visibility extension failed"),
                 }
             }
-            _ = context.hard_stop.cancelled() => break None,
+            _ = context.hard_stop.cancelled() => {
+                abort.abort();
+                break None;
+            }
         }
     };
     match verdict {
@@ -229,46 +288,86 @@ async fn settle(context: &Context, message: &Received, verdict: Verdict, slot: S
             }
         }
         Verdict::DeadLetter { outcomes, failure } => {
-            let reason = failure.reason();
-            let detail = match &failure {
-                Failure::Permanent { detail, .. } => detail.clone(),
-                other => crate::disposition::chain(other),
-            };
-            match context.queue.dead_letter(message, reason, &detail).await {
-                Ok(()) => {
-                    m::record_failure(&failure, true);
-                    m::dead_lettered(reason);
-                    if delete(context, message, slot).await {
-                        m::message_disposition("dead_letter");
-                        outcomes.into_iter().for_each(m::record_outcome);
-                    }
-                }
-                Err(send_failure) => retry(context, message, send_failure).await,
-            }
+            dead_letter(context, message, outcomes, failure, slot).await
         }
-        Verdict::Retry(failure) => retry(context, message, failure).await,
+        Verdict::Retry(failure) => retry(context, message, failure, slot).await,
     }
 }
 
-async fn retry(context: &Context, message: &Received, failure: Failure) {
-    m::record_failure(&failure, false);
-    if let Failure::Unavailable { dependency, .. } = &failure {
-        // Everyone would fail the same way: pause, and hand the message back at once so it is
-        // taken as soon as the dependency returns (here or on another replica).
-        context.health.report_down(*dependency, &failure);
-        return release(context, message, "release").await;
+async fn dead_letter(
+    context: &Context,
+    message: &Received,
+    outcomes: Vec<crate::disposition::Outcome>,
+    failure: Failure,
+    slot: Slot,
+) {
+    let reason = failure.reason();
+    let detail = match &failure {
+        Failure::Permanent { detail, .. } => detail.clone(),
+        other => crate::disposition::chain(other),
+    };
+    match context.queue.dead_letter(message, reason, &detail).await {
+        Ok(()) => {
+            m::record_failure(&failure, true);
+            m::dead_lettered(reason);
+            if delete(context, message, slot).await {
+                m::message_disposition("dead_letter");
+                outcomes.into_iter().for_each(m::record_outcome);
+            }
+        }
+        Err(send_failure) => Box::pin(retry(context, message, send_failure, slot)).await,
     }
+}
+
+/// A failure of this message: first ask the dependency's probe. Down: release the message (the
+/// pause keeps it and everything else from burning attempts). Up: the failure is about this
+/// message: back off, or, on its last attempt, dead-letter it with the reason.
+async fn retry(context: &Context, message: &Received, failure: Failure, slot: Slot) {
+    if let Some(dependency) = failure.dependency() {
+        let verdict = context
+            .health
+            .confirm(dependency, &context.hard_stop)
+            .await;
+        if verdict != Some(health::Verdict::Up) {
+            m::record_failure(&failure, false);
+            return release(context, message, "release").await;
+        }
+    }
+    let attempts = context.max_attempts();
+    if message.receive_count >= attempts
+        && let Failure::Transient { reason, .. } = &failure
+    {
+        let exhausted = Failure::permanent(
+            reason.exhausted(),
+            format!(
+                "failed on attempt {} of {attempts}: {}",
+                message.receive_count,
+                crate::disposition::chain(&failure)
+            ),
+        );
+        return dead_letter(context, message, Vec::new(), exhausted, slot).await;
+    }
+    m::record_failure(&failure, false);
     let delay = backoff(&context.settings, message.receive_count);
-    match context
+    if let Err(e) = context
         .queue
         .set_visibility(&message.receipt_handle, delay)
         .await
     {
-        Ok(()) => m::message_disposition("retry"),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not set the retry delay; the message returns after its visibility timeout");
-            m::message_disposition("retry");
+        tracing::warn!(error = %e, "could not set the retry delay; the message returns after its visibility timeout");
+    }
+    m::message_disposition("retry");
+}
+
+impl Context {
+    /// The attempt on which a failure dead-letters the message: the configured number, but
+    /// never beyond the queue's own `maxReceiveCount` (SQS would move it without a reason).
+    fn max_attempts(&self) -> u32 {
+        match self.queue.max_receive_count() {
+            Some(limit) => self.settings.max_attempts.min(limit),
+            None => self.settings.max_attempts,
         }
+        .max(1)
     }
 }
 
@@ -294,8 +393,8 @@ async fn delete(context: &Context, message: &Received, slot: Slot) -> bool {
     let result = match sent {
         Ok(()) => answer
             .await
-            .unwrap_or_else(|_| Err(Failure::transient("sqs_delete_failed", "deleter stopped"))),
-        Err(_) => Err(Failure::transient("sqs_delete_failed", "deleter stopped")),
+            .unwrap_or_else(|_| Err(Failure::transient(RetryReason::SqsDeleteFailed, "deleter stopped"))),
+        Err(_) => Err(Failure::transient(RetryReason::SqsDeleteFailed, "deleter stopped")),
     };
     match result {
         Ok(()) => true,
@@ -335,6 +434,7 @@ mod tests {
             retry_max: Duration::from_secs(900),
             max_extension: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(1),
+            max_attempts: 10,
         };
         for _ in 0..50 {
             let first = backoff(&settings, 1);

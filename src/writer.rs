@@ -2,17 +2,23 @@
 //!
 //! A few writer tasks take whatever jobs are waiting (no timer: a lone job is committed at once)
 //! and apply them with [`store::apply`]. No job is answered before its transaction commits. If a
-//! batch fails on one job's data, each job is retried alone so only the bad one fails.
+//! batch fails on one job's data (a data exception, a constraint, even a panic), each job is
+//! retried alone so only the bad one fails. A transaction runs in a task of its own, so a panic
+//! on someone's data fails that batch, never the writer; the writer tasks themselves are
+//! supervised (see `watchdog`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 
-use crate::disposition::{Dependency, Failure};
+use crate::disposition::{Dependency, Failure, RetryReason};
+use crate::health::Health;
 use crate::store::{self, Write, WriteOutcome};
+use crate::watchdog::Watchdog;
 
 struct Job {
     writes: Vec<Write>,
@@ -36,91 +42,122 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer tasks. They end once every [`Writer`] clone is dropped and the queue of
-    /// jobs is drained.
-    pub fn spawn(pool: PgPool, settings: WriterSettings) -> (Self, JoinSet<()>) {
+    /// Starts the writer tasks under `watchdog`. They end once every [`Writer`] clone is dropped
+    /// and the queue of jobs is drained.
+    pub fn spawn(
+        pool: PgPool,
+        settings: WriterSettings,
+        health: Health,
+        watchdog: &Watchdog,
+    ) -> (Self, Vec<JoinHandle<()>>) {
         let (jobs, receiver) =
             mpsc::channel::<Job>(settings.max_batch * settings.writers.max(1) * 2);
         let receiver = Arc::new(Mutex::new(receiver));
-        let mut tasks = JoinSet::new();
-        for _ in 0..settings.writers.max(1) {
-            tasks.spawn(run(pool.clone(), settings.clone(), receiver.clone()));
-        }
+        let batches = Arc::new(AtomicU64::new(0));
+        let tasks = (0..settings.writers.max(1))
+            .map(|_| {
+                let context = Context {
+                    pool: pool.clone(),
+                    settings: settings.clone(),
+                    health: health.clone(),
+                    batches: batches.clone(),
+                };
+                watchdog.spawn("writer", run(context, receiver.clone()))
+            })
+            .collect();
         (Self { jobs }, tasks)
     }
 
     pub async fn write(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, Failure> {
         let (done, answer) = oneshot::channel();
-        let unavailable = || {
-            Failure::unavailable(
-                Dependency::Postgres,
-                "writer_stopped",
-                "the writer has stopped",
-            )
-        };
+        let stopped = || Failure::transient(RetryReason::WriterStopped, "the writer has stopped");
         self.jobs
             .send(Job { writes, done })
             .await
-            .map_err(|_| unavailable())?;
-        answer.await.map_err(|_| unavailable())?
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
-async fn run(pool: PgPool, settings: WriterSettings, receiver: Arc<Mutex<mpsc::Receiver<Job>>>) {
-    let mut jobs = Vec::with_capacity(settings.max_batch);
+struct Context {
+    pool: PgPool,
+    settings: WriterSettings,
+    health: Health,
+    /// Numbers the batches, so the database breaker counts different batches, not messages.
+    batches: Arc<AtomicU64>,
+}
+
+async fn run(context: Context, receiver: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    let max_batch = context.settings.max_batch;
+    let mut jobs = Vec::with_capacity(max_batch);
     loop {
-        let taken = receiver
-            .lock()
-            .await
-            .recv_many(&mut jobs, settings.max_batch)
-            .await;
+        let taken = receiver.lock().await.recv_many(&mut jobs, max_batch).await;
         if taken == 0 {
             return;
         }
         let writes: Vec<Write> = jobs.iter().flat_map(|j| j.writes.iter().cloned()).collect();
-        match commit(&pool, &settings, &writes).await {
+        match commit(&context, writes).await {
             Ok(outcomes) => answer(jobs.drain(..), outcomes),
-            Err(Failure::Permanent { .. }) if jobs.len() > 1 => {
+            Err(failure) if failure.isolates() && jobs.len() > 1 => {
                 for job in jobs.drain(..) {
-                    let result = commit(&pool, &settings, &job.writes).await;
+                    let result = commit(&context, job.writes.clone()).await;
                     let _ = job.done.send(result);
                 }
             }
             Err(failure) => {
-                let text = crate::disposition::chain(&failure);
                 for job in jobs.drain(..) {
-                    let _ = job.done.send(Err(copy_failure(&failure, &text)));
+                    let _ = job.done.send(Err(failure.copy()));
                 }
             }
         }
     }
 }
 
-async fn commit(
-    pool: &PgPool,
-    settings: &WriterSettings,
-    writes: &[Write],
-) -> Result<Vec<WriteOutcome>, Failure> {
+/// One transaction, in a task of its own (a panic fails the batch, not the writer), bounded by
+/// the client-side timeout, its outcome fed to the database breaker.
+async fn commit(context: &Context, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, Failure> {
     let started = Instant::now();
-    let result = tokio::time::timeout(
-        settings.timeout,
-        store::apply(pool, writes, settings.create_datapacks),
-    )
-    .await;
-    crate::metrics::phase("db_write", started.elapsed());
-    match result {
-        Ok(Ok(outcomes)) => {
-            metrics::counter!(crate::metrics::DB_COMMITS).increment(1);
-            metrics::histogram!(crate::metrics::DB_BATCH_SIZE).record(writes.len() as f64);
-            Ok(outcomes)
-        }
-        Ok(Err(error)) => Err(store::classify(error)),
-        Err(_) => Err(Failure::unavailable(
-            Dependency::Postgres,
-            "database_timeout",
-            format!("transaction took longer than {:?}", settings.timeout),
+    let count = writes.len();
+    let (pool, create) = (context.pool.clone(), context.settings.create_datapacks);
+    let transaction =
+        tokio::spawn(async move { store::apply(&pool, &writes, create).await });
+    let abort = transaction.abort_handle();
+    let result = match tokio::time::timeout(context.settings.timeout, transaction).await {
+        Ok(Ok(Ok(outcomes))) => Ok(outcomes),
+        Ok(Ok(Err(error))) => Err(store::classify(error)),
+        Ok(Err(joined)) if joined.is_panic() => Err(Failure::transient(
+            RetryReason::ProcessingPanicked,
+            format!(
+                "writing the batch panicked: {}",
+                crate::disposition::panic_text(joined.into_panic().as_ref())
+            ),
         )),
+        Ok(Err(joined)) => Err(Failure::transient(RetryReason::WriterStopped, joined)),
+        Err(_) => {
+            abort.abort();
+            Err(Failure::transient(
+                RetryReason::DatabaseTimeout,
+                format!("transaction took longer than {:?}", context.settings.timeout),
+            ))
+        }
+    };
+    crate::metrics::phase("db_write", started.elapsed());
+    let batch = context.batches.fetch_add(1, Ordering::Relaxed);
+    match &result {
+        Ok(_) => {
+            metrics::counter!(crate::metrics::DB_COMMITS).increment(1);
+            metrics::histogram!(crate::metrics::DB_BATCH_SIZE).record(count as f64);
+            context
+                .health
+                .observe(Dependency::Postgres, &batch.to_string(), true);
+        }
+        // Refused data says nothing about the database.
+        Err(failure) if failure.isolates() => {}
+        Err(_) => context
+            .health
+            .observe(Dependency::Postgres, &batch.to_string(), false),
     }
+    result
 }
 
 /// Splits one batch's outcomes back to the jobs, in order.
@@ -129,16 +166,5 @@ fn answer(jobs: impl Iterator<Item = Job>, outcomes: Vec<WriteOutcome>) {
     for job in jobs {
         let mine: Vec<WriteOutcome> = outcomes.by_ref().take(job.writes.len()).collect();
         let _ = job.done.send(Ok(mine));
-    }
-}
-
-/// One failure told to several jobs: same disposition, the cause kept as text.
-fn copy_failure(failure: &Failure, text: &str) -> Failure {
-    match failure {
-        Failure::Permanent { reason, detail } => Failure::permanent(*reason, detail.clone()),
-        Failure::Transient { reason, .. } => Failure::transient(reason, text.to_owned()),
-        Failure::Unavailable {
-            dependency, reason, ..
-        } => Failure::unavailable(*dependency, reason, text.to_owned()),
     }
 }

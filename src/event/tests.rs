@@ -147,3 +147,44 @@ fn strips_etag_quotes() {
     assert_eq!(unquote_etag("\"abc-2\""), "abc-2");
     assert_eq!(unquote_etag("abc"), "abc");
 }
+
+#[test]
+fn a_sequencer_of_any_length_compares_without_panicking() {
+    use std::cmp::Ordering::*;
+    let long = "F".repeat(70_000);
+    assert_eq!(sequencer_cmp(&long, "00"), Greater);
+    assert_eq!(sequencer_cmp("00", &long), Less);
+    assert_eq!(sequencer_cmp(&long, &long), Equal);
+}
+
+#[test]
+fn fields_out_of_their_limits_are_malformed() {
+    let malformed = DeadLetterReason::MalformedMessage;
+    let long_sequencer = format!(r#","sequencer":"{}""#, "A".repeat(70_000));
+    let cases = [
+        s3_body("ObjectCreated:Put", "dp%2Fa", &long_sequencer),
+        s3_body("ObjectCreated:Put", "dp%2Fa", r#","sequencer":"not-hex""#),
+        s3_body("ObjectCreated:Put", "dp%2Fa", "").replace(r#""eTag":"abc""#, r#""eTag":"ab\r\nX-Evil: 1""#),
+        s3_body("ObjectCreated:Put", "dp%2Fa", "").replace(r#""eTag":"abc""#, &format!(r#""eTag":"{}""#, "a".repeat(200))),
+        s3_body("ObjectCreated:Put", "dp%2Fa", r#","versionId":"v 1""#),
+        s3_body("ObjectCreated:Put", "dp%2Fa", "").replace(r#""size":5"#, r#""size":18446744073709551615"#),
+        s3_body("ObjectCreated:Put", "dp%2Fa", "").replace(r#""size":5"#, r#""size":-1"#),
+        s3_body("ObjectCreated:Put", &format!("dp%2F{}", "a".repeat(1100)), ""),
+        s3_body("ObjectCreated:Put", "dp%2Fa", "").replace(r#""name":"uploads""#, r#""name":"up loads""#),
+        s3_body(&"ObjectCreated:Put".repeat(20), "dp%2Fa", ""),
+        {
+            let one: serde_json::Value =
+                serde_json::from_str(&s3_body("ObjectCreated:Put", "dp%2Fa", "")).unwrap();
+            serde_json::json!({ "Records": vec![one["Records"][0].clone(); 101] }).to_string()
+        },
+        " ".repeat(2 << 20),
+    ];
+    for (i, body) in cases.iter().enumerate() {
+        let error = parse(body).expect_err(&format!("case {i} must be refused"));
+        assert_eq!(error.reason, malformed, "case {i}: {}", error.detail);
+        assert!(error.detail.len() < 400, "case {i}: the detail stays short");
+    }
+    // Within the limits, the same fields parse.
+    let fine = s3_body("ObjectCreated:Put", "dp%2Fa", r#","sequencer":"0055AED6DCD90281E5","versionId":"3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY""#);
+    assert!(parse(&fine).is_ok());
+}

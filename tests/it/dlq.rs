@@ -82,3 +82,54 @@ async fn list_then_redrive_after_the_cause_is_fixed() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].1["error_reason"], "malformed_message");
 }
+
+/// Sends a dead letter as the worker does: the body with its reason attribute.
+async fn dead_letter(stack: &Stack, body: &str, reason: &str) {
+    let attribute = aws_sdk_sqs::types::MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(reason)
+        .build()
+        .unwrap();
+    stack
+        .sqs
+        .send_message()
+        .queue_url(&stack.dlq_url)
+        .message_body(body)
+        .message_attributes("error_reason", attribute)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// More than one receive's worth (ten) of dead letters: `list` shows every one and consumes
+/// none; `redrive --reason` moves every one with that reason and leaves the others.
+#[tokio::test(flavor = "multi_thread")]
+async fn list_and_redrive_page_through_more_than_ten_messages() {
+    let stack = Stack::new(&Moto::shared().endpoint).await;
+    for i in 0..23 {
+        let reason = if i % 3 == 0 {
+            "malformed_message"
+        } else {
+            "unknown_datapack"
+        };
+        dead_letter(&stack, &format!("body {i}"), reason).await;
+    }
+    for _ in 0..2 {
+        let listed: serde_json::Value =
+            serde_json::from_str(&dlq_command(&stack, &["list", "--json"])).unwrap();
+        assert_eq!(listed.as_array().unwrap().len(), 23, "every message listed");
+        assert_eq!(stack.dlq_depth().await, (23, 0), "nothing consumed, nothing held");
+    }
+    let limited: serde_json::Value =
+        serde_json::from_str(&dlq_command(&stack, &["list", "--json", "--max", "12"])).unwrap();
+    assert_eq!(limited.as_array().unwrap().len(), 12);
+    assert_eq!(stack.dlq_depth().await, (23, 0));
+
+    let out = dlq_command(&stack, &["redrive", "--reason", "unknown_datapack"]);
+    assert!(out.contains("redrove 15"), "{out}");
+    assert_eq!(stack.dlq_depth().await, (8, 0), "the other reason stays, visible");
+    assert_eq!(stack.depth().await.0, 15);
+    let out = dlq_command(&stack, &["redrive", "--max", "5"]);
+    assert!(out.contains("redrove 5"), "{out}");
+    assert_eq!(stack.dlq_depth().await, (3, 0));
+}

@@ -21,17 +21,17 @@ use crate::support::{BinaryWorker, Moto, Stack, TestDb, TestWorker, wait_until};
 const SETTLE: Duration = Duration::from_secs(90);
 
 /// A stack, a database, and a proxy in front of each dependency.
-struct Rig {
-    stack: Stack,
-    db: TestDb,
-    db_proxy: Proxy,
-    moto_proxy: Proxy,
+pub(crate) struct Rig {
+    pub(crate) stack: Stack,
+    pub(crate) db: TestDb,
+    pub(crate) db_proxy: Proxy,
+    pub(crate) moto_proxy: Proxy,
     /// key → sha256 of every upload made.
-    expected: HashMap<String, String>,
+    pub(crate) expected: HashMap<String, String>,
 }
 
 impl Rig {
-    async fn new() -> Rig {
+    pub(crate) async fn new() -> Rig {
         let moto = Moto::shared();
         let stack = Stack::new(&moto.endpoint).await;
         let db = TestDb::new().await;
@@ -50,7 +50,17 @@ impl Rig {
 
     /// An in-process worker whose database, S3 and SQS traffic all go through the proxies. The
     /// AWS attempt timeout is honoured here too (the in-process SDK config is built by the test).
-    fn worker(&self, extra: &[&str]) -> TestWorker {
+    pub(crate) fn worker(&self, extra: &[&str]) -> TestWorker {
+        self.worker_with(&self.moto_proxy.endpoint(), extra, Vec::new())
+    }
+
+    /// The same, with S3 and SQS at `endpoint` and `tasks` supervised beside the worker's own.
+    pub(crate) fn worker_with(
+        &self,
+        endpoint: &str,
+        extra: &[&str],
+        tasks: Vec<datapack_worker::app::ExtraTask>,
+    ) -> TestWorker {
         let metrics_addr = format!("127.0.0.1:{}", free_port());
         let db_url = url_via(&self.db.url, self.db_proxy.addr);
         let mut extra = extra.to_vec();
@@ -63,7 +73,7 @@ impl Rig {
         let datapack_worker::cli::Command::Run(args) = cli.command else {
             unreachable!()
         };
-        let sdk = crate::support::stack::sdk_config(&self.moto_proxy.endpoint())
+        let sdk = crate::support::stack::sdk_config(endpoint)
             .to_builder()
             .timeout_config(
                 TimeoutConfig::builder()
@@ -73,7 +83,12 @@ impl Rig {
             )
             .build();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(datapack_worker::app::run_with(*args, sdk, shutdown.clone()));
+        let task = tokio::spawn(datapack_worker::app::run_supervised(
+            *args,
+            sdk,
+            shutdown.clone(),
+            tasks,
+        ));
         TestWorker {
             shutdown,
             task,
@@ -82,7 +97,7 @@ impl Rig {
     }
 
     /// Uploads one small, distinct object straight to moto (the browser is not behind the proxy).
-    async fn upload(&mut self, n: usize) {
+    pub(crate) async fn upload(&mut self, n: usize) {
         let key = format!("dp-1/faults/{n:05}.txt");
         let body = format!("upload {n} of {}", self.stack.bucket);
         self.stack.put(&key, body.as_bytes()).await;
@@ -90,7 +105,34 @@ impl Rig {
     }
 
     /// Waits until every upload has a row and the queue is empty, then checks the promise.
-    async fn assert_nothing_lost(&self, deadline: Duration) {
+    pub(crate) async fn assert_nothing_lost(&self, deadline: Duration) {
+        self.assert_recorded(deadline).await;
+        let letters = self.stack.take_dead_letters().await;
+        assert!(letters.is_empty(), "dead-lettered: {letters:?}");
+    }
+
+    /// The same, except for `count` dead letters, each with `reason`; returns them.
+    pub(crate) async fn assert_nothing_lost_but_dead_letters(
+        &self,
+        deadline: Duration,
+        count: usize,
+        reason: &str,
+    ) -> Vec<(String, HashMap<String, String>)> {
+        self.assert_recorded(deadline).await;
+        let letters = self.stack.take_dead_letters().await;
+        assert_eq!(letters.len(), count, "dead letters: {letters:?}");
+        for (_, attributes) in &letters {
+            assert_eq!(
+                attributes.get("error_reason").map(String::as_str),
+                Some(reason),
+                "{attributes:?}"
+            );
+        }
+        letters
+    }
+
+    /// Every upload has exactly one live row with its sha256, and the queue is empty.
+    pub(crate) async fn assert_recorded(&self, deadline: Duration) {
         let want = self.expected.len() as i64;
         wait_until(
             &format!("{want} rows and an empty queue"),
@@ -119,13 +161,11 @@ impl Rig {
             .filter(|k| !seen.contains_key(k.as_str()))
             .collect();
         assert!(lost.is_empty(), "lost uploads: {lost:?}");
-        let letters = self.stack.take_dead_letters().await;
-        assert!(letters.is_empty(), "dead-lettered: {letters:?}");
     }
 }
 
 /// The status of `/readyz`, or `None` if the endpoint does not answer.
-async fn readyz(worker: &TestWorker) -> Option<u16> {
+pub(crate) async fn readyz(worker: &TestWorker) -> Option<u16> {
     let url = format!("http://{}/readyz", worker.metrics_addr);
     match tokio::time::timeout(Duration::from_secs(2), reqwest::get(url)).await {
         Ok(Ok(response)) => Some(response.status().as_u16()),
@@ -133,7 +173,7 @@ async fn readyz(worker: &TestWorker) -> Option<u16> {
     }
 }
 
-async fn wait_ready(worker: &TestWorker, status: u16, what: &str, deadline: Duration) {
+pub(crate) async fn wait_ready(worker: &TestWorker, status: u16, what: &str, deadline: Duration) {
     wait_until(what, deadline, || async {
         (readyz(worker).await == Some(status)).then_some(())
     })
@@ -444,7 +484,7 @@ async fn s3_body_stalled_mid_stream_is_fetched_again() {
 
 /// The sum of every sample of `name` whose labels contain `having` (whatever other labels the
 /// series carries), from a Prometheus scrape.
-fn sum(scrape: &str, name: &str, having: &str) -> f64 {
+pub(crate) fn sum(scrape: &str, name: &str, having: &str) -> f64 {
     scrape
         .lines()
         .filter(|l| !l.starts_with('#'))

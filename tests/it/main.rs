@@ -5,6 +5,7 @@ mod support;
 mod chaos;
 mod dlq;
 mod faults;
+mod isolation;
 mod ingest;
 mod observability;
 mod ordering;

@@ -335,6 +335,7 @@ async fn poison_messages_end_where_documented_and_the_worker_keeps_serving() {
     assert!(cases.len() >= 25, "{} cases", cases.len());
 
     // The pipeline alone, per body: the exact outcome, without the queue in the way.
+    let health = datapack_worker::health::Health::new();
     let (writer, _writers) = Writer::spawn(
         db.pool.clone(),
         WriterSettings {
@@ -343,6 +344,8 @@ async fn poison_messages_end_where_documented_and_the_worker_keeps_serving() {
             create_datapacks: false,
             timeout: Duration::from_secs(30),
         },
+        health.clone(),
+        &datapack_worker::watchdog::Watchdog::new(health.clone()),
     );
     let pipeline = Pipeline {
         s3: datapack_worker::aws::s3(&stack.sdk),
@@ -352,6 +355,8 @@ async fn poison_messages_end_where_documented_and_the_worker_keeps_serving() {
             required_uploaded_by: Some("presigned-url".into()),
             ranged: datapack_worker::object::Ranged::off(),
         },
+        health: health.clone(),
+        canary: Default::default(),
     };
     for (i, c) in cases.iter().enumerate() {
         let received = Received {

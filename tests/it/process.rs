@@ -150,6 +150,36 @@ fn refuses_bad_configuration_without_printing_secrets() {
     ]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("SQS_WAIT_TIME_SECS"), "{err}");
+
+    // Every limit is refused at start with the variable named, never accepted or panicked on.
+    let url = ("DATABASE_URL", "postgres://app@127.0.0.1/db");
+    for (name, value) in [
+        ("WORKER_CONCURRENCY", "0"),
+        ("WORKER_POLLERS", "0"),
+        ("MAX_PROCESSING_SECS", "0"),
+        ("MAX_ATTEMPTS", "0"),
+        ("RANGED_GET_PART_BYTES", "0"),
+        ("RANGED_GET_PARALLELISM", "0"),
+        ("DB_MAX_BATCH", "2305843009213693952"),
+        ("DB_WRITERS", "100000"),
+        ("DATABASE_MAX_CONNECTIONS", "0"),
+        ("QUEUE_SAMPLE_SECS", "0"),
+        ("SHUTDOWN_GRACE_SECS", "99999999"),
+    ] {
+        let (code, err) = run(&[url, queue, dlq, bucket, (name, value)]);
+        assert_eq!(code, Some(2), "{name}={value}: {err}");
+        assert!(err.contains(name), "{name}={value}: {err}");
+        assert!(!err.contains("panicked"), "{name}={value}: {err}");
+    }
+
+    // A password holding URL delimiters is still never printed.
+    for (password, fragment) in [("s3cr/et", "s3cr"), ("s3cr?et", "s3cr"), ("s3@cr:et/x?y", "cr:et")] {
+        let bad = format!("postgres://app:{password}@127.0.0.1:notaport/db");
+        let (code, err) = run(&[("DATABASE_URL", &bad), queue, dlq, bucket]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("DATABASE_URL"), "{err}");
+        assert!(!err.contains(fragment), "secret printed: {err}");
+    }
 }
 
 #[test]
