@@ -12,6 +12,7 @@ use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::byte_stream::error::Error as BodyError;
 use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
 
 use crate::support::s3_proxy::{Action, Match, Rule, S3Proxy};
 use crate::support::stack::sdk_config;
@@ -33,8 +34,17 @@ struct Rig {
 /// How a GetObject failed: before the answer's head (the call) or while reading the body.
 #[derive(Debug)]
 enum Failed {
-    Send(SdkError<GetObjectError, HttpResponse>),
+    Send(Box<SdkError<GetObjectError, HttpResponse>>),
     Body(BodyError),
+}
+
+impl Failed {
+    fn send_error(&self) -> Option<&SdkError<GetObjectError, HttpResponse>> {
+        match self {
+            Failed::Send(e) => Some(e),
+            Failed::Body(_) => None,
+        }
+    }
 }
 
 impl Rig {
@@ -62,7 +72,7 @@ impl Rig {
             .key(key)
             .send()
             .await
-            .map_err(Failed::Send)?;
+            .map_err(|e| Failed::Send(Box::new(e)))?;
         let body = output.body.collect().await.map_err(Failed::Body)?;
         Ok(body.to_vec())
     }
@@ -84,12 +94,16 @@ impl Rig {
     }
 }
 
-/// The tests' SDK settings with `attempts` attempts per call and a 1 s stalled-stream grace
-/// period (the SDK's default is 5 s) so a stall is detected quickly.
+/// The tests' SDK settings with `attempts` attempts per call (short backoffs), and a 1 s
+/// stalled-stream grace period (the SDK's default is 5 s) so a stall is detected quickly.
 fn client_config(endpoint: &str, attempts: u32) -> aws_config::SdkConfig {
     sdk_config(endpoint)
         .to_builder()
-        .retry_config(RetryConfig::standard().with_max_attempts(attempts))
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(attempts)
+                .with_initial_backoff(Duration::from_millis(20)),
+        )
         .stalled_stream_protection(
             StalledStreamProtectionConfig::enabled()
                 .grace_period(Duration::from_secs(1))
@@ -123,12 +137,12 @@ fn io_kind(error: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
 
 /// The (status, code) of a service error; panics on any other shape.
 fn service_error(failed: Failed) -> (u16, String) {
-    match failed {
-        Failed::Send(SdkError::ServiceError(e)) => (
+    match failed.send_error() {
+        Some(SdkError::ServiceError(e)) => (
             e.raw().status().as_u16(),
             e.err().code().unwrap_or_default().to_owned(),
         ),
-        other => panic!("expected a service error, got {other:?}"),
+        _ => panic!("expected a service error, got {failed:?}"),
     }
 }
 
@@ -275,7 +289,7 @@ async fn s3_proxy_reset_before_answer_is_a_dispatch_failure() {
         .add(Rule::new(Match::get("bad"), Action::ResetBeforeAnswer).times(1));
     let failed = rig.get("dp/bad.bin").await.unwrap_err();
     println!("reset before answer: {failed:?}");
-    let Failed::Send(SdkError::DispatchFailure(e)) = &failed else {
+    let Some(SdkError::DispatchFailure(e)) = failed.send_error() else {
         panic!("expected a dispatch failure, got {failed:?}");
     };
     assert!(e.is_io(), "an I/O failure: {e:?}");
@@ -297,7 +311,10 @@ async fn s3_proxy_reset_before_answer_is_a_dispatch_failure() {
     rig.proxy
         .add(Rule::new(Match::get("bad"), Action::ResetBeforeAnswer));
     let failed = rig.get_with(&retrying, "dp/bad.bin").await.unwrap_err();
-    assert!(matches!(failed, Failed::Send(SdkError::DispatchFailure(_))));
+    assert!(matches!(
+        failed.send_error(),
+        Some(SdkError::DispatchFailure(_))
+    ));
     assert_eq!(rig.proxy.count(&Match::get("bad")), 2 + 2 + 3);
 }
 
@@ -346,6 +363,20 @@ async fn s3_proxy_corrupt_byte_fails_the_checksum() {
     println!("corrupted body byte: {text} / {error:?}");
     assert!(text.contains("body checksum mismatch"), "{text}");
     rig.assert_others_pass().await;
+
+    // A ranged GET carries no checksum of its own: the SDK cannot see the corruption.
+    let part = rig
+        .s3
+        .get_object()
+        .bucket(&rig.stack.bucket)
+        .key("dp/bad.bin")
+        .range("bytes=0-99")
+        .send()
+        .await
+        .unwrap();
+    let got = part.body.collect().await.expect("read whole").to_vec();
+    assert_eq!(got[10], rig.big[10] ^ 0xff);
+    assert_eq!(got[..10], rig.big[..10]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -360,6 +391,23 @@ async fn s3_proxy_delay_holds_one_answer_back() {
     let started = Instant::now();
     assert_eq!(rig.get("dp/bad.bin").await.unwrap(), rig.big);
     assert!(started.elapsed() >= delay);
+
+    // Longer than the attempt timeout, it is a timeout error (the worker's "silent peer").
+    let config = client_config(&rig.proxy.endpoint(), 1)
+        .to_builder()
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_attempt_timeout(Duration::from_millis(200))
+                .build(),
+        )
+        .build();
+    let impatient = datapack_worker::aws::s3(&config);
+    let failed = rig.get_with(&impatient, "dp/bad.bin").await.unwrap_err();
+    println!("answer delayed past the attempt timeout: {failed:?}");
+    assert!(
+        matches!(failed.send_error(), Some(SdkError::TimeoutError(_))),
+        "{failed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -312,23 +312,19 @@ async fn serve(client: TcpStream, target: SocketAddr, state: Arc<Mutex<State>>) 
                 Err(_) => return reset(&client.io),
             }
         };
-        let cut = match action {
-            Some(Action::Delay(delay)) => {
-                tokio::time::sleep(delay).await;
-                None
-            }
+        let mut sent = answer.len();
+        match action {
+            Some(Action::Delay(delay)) => tokio::time::sleep(delay).await,
             Some(Action::CorruptBodyByte(at)) => {
                 if let Some(byte) = usize::try_from(at).ok().and_then(|i| answer.get_mut(i)) {
                     *byte ^= 0xff;
                 }
-                None
             }
             Some(Action::ResetAfterBodyBytes(n) | Action::StallAfterBodyBytes(n)) => {
-                Some(usize::try_from(n).unwrap_or(usize::MAX).min(answer.len()))
+                sent = sent.min(usize::try_from(n).unwrap_or(usize::MAX));
             }
-            _ => None,
-        };
-        let sent = answer.len().min(cut.unwrap_or(usize::MAX));
+            _ => {}
+        }
         let mut out = head;
         out.extend_from_slice(&answer[..sent]);
         if client.io.write_all(&out).await.is_err() {
@@ -411,12 +407,8 @@ fn describe(method: &str, target: &str, head: &Head) -> Seen {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let path = path.strip_prefix('/').unwrap_or(path);
     let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
-    let (bucket, key) = match path.split_once('/') {
-        Some((b, k)) if !k.is_empty() => (Some(decode(b)), Some(decode(k))),
-        Some((b, _)) => (Some(decode(b)), None),
-        None if path.is_empty() => (None, None),
-        None => (Some(decode(path)), None),
-    };
+    let mut parts = path.splitn(2, '/').filter(|p| !p.is_empty()).map(decode);
+    let (bucket, key) = (parts.next(), parts.next());
     let sqs_target = head.get("x-amz-target").map(|t| {
         let t = t.strip_prefix("AmazonSQS.").unwrap_or(t);
         t.to_owned()
