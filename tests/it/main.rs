@@ -12,3 +12,4 @@ mod ordering;
 mod poison;
 mod process;
 mod ranged;
+mod s3_proxy_selftest;

@@ -6,6 +6,7 @@
 pub mod db;
 pub mod moto;
 pub mod proxy;
+pub mod s3_proxy;
 pub mod stack;
 pub mod wait;
 pub mod worker;
