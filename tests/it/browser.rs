@@ -42,6 +42,15 @@ fn scratch_dir(what: &str) -> PathBuf {
     dir
 }
 
+/// A temporary directory removed when dropped, also when a test panics.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 impl Browser {
     async fn start() -> Browser {
         let scratch = scratch_dir("browser");
@@ -306,8 +315,8 @@ async fn a_browser_upload_becomes_a_row_with_the_browsers_sha256() {
     let origin = serve_page(&stack).await;
     allow_uploads_from(&stack, &origin).await;
     let worker = TestWorker::spawn(&stack, &db, &[]);
-    let files = scratch_dir("upload");
-    let file = files.join("báo cáo.csv");
+    let files = Scratch(scratch_dir("upload"));
+    let file = files.0.join("báo cáo.csv");
     std::fs::write(&file, CSV).unwrap();
 
     let browser = Browser::start().await;
@@ -362,7 +371,6 @@ async fn a_browser_upload_becomes_a_row_with_the_browsers_sha256() {
         "moto's stored checksum after a browser PUT with x-amz-checksum-sha256: {:?}",
         head.checksum_sha256
     );
-    let _ = std::fs::remove_dir_all(&files);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -376,8 +384,8 @@ async fn a_page_from_an_origin_the_cors_rule_does_not_allow_is_refused() {
     assert_ne!(origin, allowed);
     allow_uploads_from(&stack, &allowed).await;
     let worker = TestWorker::spawn(&stack, &db, &[]);
-    let files = scratch_dir("upload");
-    let file = files.join("báo cáo.csv");
+    let files = Scratch(scratch_dir("upload"));
+    let file = files.0.join("báo cáo.csv");
     std::fs::write(&file, CSV).unwrap();
 
     let browser = Browser::start().await;
@@ -412,5 +420,4 @@ async fn a_page_from_an_origin_the_cors_rule_does_not_allow_is_refused() {
     assert_eq!(stack.depth().await, (0, 0));
     worker.stop().await;
     assert_eq!(db.count().await, 0);
-    let _ = std::fs::remove_dir_all(&files);
 }

@@ -219,12 +219,15 @@ async fn presigned_put_with_a_signed_checksum_is_accepted_as_signed() {
     assert_eq!(head.checksum_sha256, Some(checksum_b64(BODY)));
 }
 
+/// What was changed, the URL, the headers, the body, and the S3 error code expected.
+type Case<'a> = (&'a str, String, BTreeMap<String, String>, &'a [u8], &'a str);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tampered_requests_are_refused() {
     let server = S3sFs::start().await;
     let signed = server.presign(&["--sha256", &sha256_hex(BODY)]);
 
-    let mut cases: Vec<(&str, String, BTreeMap<String, String>, &[u8], &str)> = Vec::new();
+    let mut cases: Vec<Case> = Vec::new();
     for (header, value) in [
         ("x-amz-meta-uploader-name", "Mallory"),
         ("x-amz-meta-uploaded-by", "someone-else"),
