@@ -11,6 +11,10 @@ cd "$(dirname "$0")/.."
 
 scripts/ensure-postgres.sh
 scripts/ensure-moto.sh
+scripts/ensure-chromium.sh
+# s3s-fs: a second S3 server, one that verifies SigV4, for the presigned-URL tests.
+S3S_FS="$(scripts/ensure-s3s.sh)"
+export S3S_FS
 export PATH="${DATAPACK_TOOLS_VENV:-$HOME/.cache/datapack-worker/venv}/bin:$PATH"
 # A target directory outside the clone: later runs (and CI on the same machine) reuse the build.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/datapack-worker/target}"

@@ -54,6 +54,10 @@ pub struct PresignArgs {
     /// Print `{"url", "method", "headers"}`.
     #[arg(long)]
     pub json: bool,
+    /// SHA-256 of the file, 64 hex digits: the browser must then send `x-amz-checksum-sha256`
+    /// (signed), and S3 refuses any other bytes.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

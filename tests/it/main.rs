@@ -2,6 +2,7 @@
 
 mod support;
 
+mod browser;
 mod chaos;
 mod dlq;
 mod faults;
@@ -10,6 +11,7 @@ mod ingest;
 mod observability;
 mod ordering;
 mod poison;
+mod presign_sigv4;
 mod process;
 mod ranged;
 mod s3_proxy_selftest;

@@ -200,6 +200,7 @@ impl Stack {
             content_type: None,
             expires_secs: 300,
             json: true,
+            sha256: None,
         };
         let signed = datapack_worker::presign::presign(&self.s3, &self.bucket, &args)
             .await
