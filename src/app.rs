@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{RunArgs, redact_url};
 use crate::disposition::Dependency;
 use crate::health::{Health, Probe, probe};
-use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::object::Canary;
+use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::queue::Queue;
 use crate::watchdog::Watchdog;
 use crate::worker::WorkerSettings;
@@ -49,7 +49,10 @@ pub async fn run_with(
 }
 
 /// A task an embedder runs beside the worker, supervised like the worker's own.
-pub type ExtraTask = (&'static str, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+pub type ExtraTask = (
+    &'static str,
+    std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+);
 
 /// Runs the worker and `extra` tasks under one watchdog: if any supervised task ends or panics
 /// before shutdown, what is in hand is released at once and this returns the cause as an error
@@ -94,15 +97,17 @@ pub async fn run_supervised(
     let stop_background = CancellationToken::new();
     let mut background = Vec::new();
     for (dependency, probe) in probes(&pool, &s3, &queue, &args.buckets(), &health, &canary) {
-        background.push(watchdog.spawn(
-            "prober",
-            health.clone().run_prober(
-                dependency,
-                probe,
-                PROBE_MAX_DELAY,
-                stop_background.clone(),
+        background.push(
+            watchdog.spawn(
+                "prober",
+                health.clone().run_prober(
+                    dependency,
+                    probe,
+                    PROBE_MAX_DELAY,
+                    stop_background.clone(),
+                ),
             ),
-        ));
+        );
     }
     background.push(watchdog.spawn(
         "queue sampler",

@@ -93,7 +93,11 @@ pub fn code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> Option<String
 /// and server errors are retried, and the worker asks the dependency's probe before it charges
 /// the message an attempt (see `health`). A request that cannot even be built from the message
 /// (a header value S3 would never accept) can never succeed: dead-letter it.
-pub fn classify<E, Raw>(dependency: Dependency, status: Option<u16>, error: SdkError<E, Raw>) -> Failure
+pub fn classify<E, Raw>(
+    dependency: Dependency,
+    status: Option<u16>,
+    error: SdkError<E, Raw>,
+) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     Raw: std::fmt::Debug + Send + Sync + 'static,

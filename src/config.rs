@@ -185,13 +185,17 @@ fn scrub(text: &str, url: &str) -> String {
     }
     let decoded: Vec<String> = secrets
         .iter()
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect();
     secrets.extend(decoded);
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    secrets
-        .iter()
-        .fold(text.to_owned(), |text, secret| text.replace(secret.as_str(), "***"))
+    secrets.iter().fold(text.to_owned(), |text, secret| {
+        text.replace(secret.as_str(), "***")
+    })
 }
 
 #[derive(Debug, Clone, Args)]
@@ -372,7 +376,12 @@ impl RunArgs {
             1,
             3600,
         )?;
-        within("AWS_ATTEMPT_TIMEOUT_SECS", self.aws_attempt_timeout_secs, 1, 3600)?;
+        within(
+            "AWS_ATTEMPT_TIMEOUT_SECS",
+            self.aws_attempt_timeout_secs,
+            1,
+            3600,
+        )?;
         within("QUEUE_SAMPLE_SECS", self.queue_sample_secs, 1, 3600)?;
         within(
             "RANGED_GET_PART_BYTES",
@@ -424,7 +433,9 @@ mod tests {
     #[test]
     fn a_url_that_does_not_parse_never_shows_its_password() {
         let args = DatabaseArgs {
-            database_url: Some(Secret("postgres://user:pa/ss?wo@rd@host:notaport/db".into())),
+            database_url: Some(Secret(
+                "postgres://user:pa/ss?wo@rd@host:notaport/db".into(),
+            )),
             database_max_connections: 1,
             database_acquire_timeout_secs: 1,
             database_statement_timeout_secs: 1,

@@ -76,7 +76,10 @@ impl<'a> Pager<'a> {
     }
 
     /// The next page of messages not seen before; `None` once the queue is exhausted.
-    async fn next(&mut self, want: usize) -> Result<Option<Vec<aws_sdk_sqs::types::Message>>, Failure> {
+    async fn next(
+        &mut self,
+        want: usize,
+    ) -> Result<Option<Vec<aws_sdk_sqs::types::Message>>, Failure> {
         let mut fruitless = 0;
         while (self.seen.len() as u64) < self.target && fruitless < 3 {
             let output = self

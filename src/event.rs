@@ -260,7 +260,9 @@ fn object_event(
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
     {
-        return Err(malformed(format!("bucket name {bucket:?} is not a bucket name")));
+        return Err(malformed(format!(
+            "bucket name {bucket:?} is not a bucket name"
+        )));
     }
     let raw_key = str_at(s3, &["object", "key"]).ok_or_else(|| malformed("no object key"))?;
     // Percent-encoding at most triples a key: anything longer cannot decode to a valid one.
@@ -293,7 +295,9 @@ fn object_event(
     if let Some(sequencer) = &sequencer {
         check_len("sequencer", sequencer, limits::SEQUENCER_CHARS)?;
         if !sequencer.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(malformed(format!("sequencer {sequencer:?} is not hexadecimal")));
+            return Err(malformed(format!(
+                "sequencer {sequencer:?} is not hexadecimal"
+            )));
         }
     }
     Ok(Item::Object(ObjectEvent {

@@ -368,7 +368,11 @@ impl Health {
 
     /// Waits until the dependency is down or a probe was asked for; returns the generation the
     /// next probe answers for, or `None` on shutdown.
-    async fn wait_for_work(&self, dependency: Dependency, shutdown: &CancellationToken) -> Option<u64> {
+    async fn wait_for_work(
+        &self,
+        dependency: Dependency,
+        shutdown: &CancellationToken,
+    ) -> Option<u64> {
         let mut changed = self.inner.changed.subscribe();
         loop {
             {
@@ -494,7 +498,10 @@ mod tests {
             breaker.record(&format!("old-{i}"), false, start);
         }
         let later = start + Duration::from_secs(120);
-        assert!(!breaker.record("new", false, later), "four failures a while ago do not count");
+        assert!(
+            !breaker.record("new", false, later),
+            "four failures a while ago do not count"
+        );
     }
 
     /// A failure reported while an older probe is running must get a probe of its own: the
@@ -509,7 +516,8 @@ mod tests {
         let p = {
             let (probes, healthy) = (probes.clone(), healthy.clone());
             probe(move || {
-                let (probes, healthy, mut gate) = (probes.clone(), healthy.clone(), gate_rx.clone());
+                let (probes, healthy, mut gate) =
+                    (probes.clone(), healthy.clone(), gate_rx.clone());
                 async move {
                     let n = probes.fetch_add(1, Ordering::SeqCst) + 1;
                     // Each probe sees the health it started with, then waits to be let go.

@@ -158,7 +158,9 @@ pub async fn fetch(
         .e_tag()
         .map(unquote_etag)
         .or_else(|| target.etag.map(str::to_owned))
-        .ok_or_else(|| Failure::transient(RetryReason::S3Error, "GetObject answered without an ETag"))?;
+        .ok_or_else(|| {
+            Failure::transient(RetryReason::S3Error, "GetObject answered without an ETag")
+        })?;
     let content_length = output.content_length().and_then(|n| u64::try_from(n).ok());
     let content_range = output.content_range().map(parse_content_range);
     let content_type = output.content_type().map(str::to_owned);
@@ -546,9 +548,12 @@ impl Canary {
                 request = request.version_id(version);
             }
             let answer = match request.send().await {
-                Ok(output) => output.body.collect().await.map(drop).map_err(|e| {
-                    Failure::transient(RetryReason::S3ReadFailed, e)
-                }),
+                Ok(output) => output
+                    .body
+                    .collect()
+                    .await
+                    .map(drop)
+                    .map_err(|e| Failure::transient(RetryReason::S3ReadFailed, e)),
                 Err(error) => match aws::status(&error) {
                     Some(404 | 412 | 416) => Ok(()),
                     status => Err(aws::classify(Dependency::S3, status, error)),

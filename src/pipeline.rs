@@ -11,8 +11,8 @@ use chrono::Utc;
 use tracing::Instrument;
 
 use crate::disposition::{DeadLetterReason, Dependency, Failure, Outcome, SkipReason};
-use crate::health::Health;
 use crate::event::{self, EventKind, Item, Message, ObjectEvent};
+use crate::health::Health;
 use crate::key;
 use crate::object::{self, Fetched, Target};
 use crate::queue::Received;

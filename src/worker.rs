@@ -78,8 +78,9 @@ pub async fn run(
         hard_stop: CancellationToken::new(),
     });
     let tasks = TaskTracker::new();
-    // Receiving stops on shutdown, or at once when a supervised task died.
-    let receiving = shutdown.child_token();
+    // Receiving stops on shutdown, or at once when a supervised task died; cancelled only after
+    // the watchdog knows the pollers are meant to end.
+    let receiving = CancellationToken::new();
     let pollers: Vec<_> = (0..settings.pollers.max(1))
         .map(|_| {
             watchdog.spawn(
@@ -324,10 +325,7 @@ async fn dead_letter(
 /// message: back off, or, on its last attempt, dead-letter it with the reason.
 async fn retry(context: &Context, message: &Received, failure: Failure, slot: Slot) {
     if let Some(dependency) = failure.dependency() {
-        let verdict = context
-            .health
-            .confirm(dependency, &context.hard_stop)
-            .await;
+        let verdict = context.health.confirm(dependency, &context.hard_stop).await;
         if verdict != Some(health::Verdict::Up) {
             m::record_failure(&failure, false);
             return release(context, message, "release").await;
@@ -391,10 +389,16 @@ async fn delete(context: &Context, message: &Received, slot: Slot) -> bool {
     let sent = context.deletes.send(request).await;
     drop(slot);
     let result = match sent {
-        Ok(()) => answer
-            .await
-            .unwrap_or_else(|_| Err(Failure::transient(RetryReason::SqsDeleteFailed, "deleter stopped"))),
-        Err(_) => Err(Failure::transient(RetryReason::SqsDeleteFailed, "deleter stopped")),
+        Ok(()) => answer.await.unwrap_or_else(|_| {
+            Err(Failure::transient(
+                RetryReason::SqsDeleteFailed,
+                "deleter stopped",
+            ))
+        }),
+        Err(_) => Err(Failure::transient(
+            RetryReason::SqsDeleteFailed,
+            "deleter stopped",
+        )),
     };
     match result {
         Ok(()) => true,

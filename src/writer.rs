@@ -119,8 +119,7 @@ async fn commit(context: &Context, writes: Vec<Write>) -> Result<Vec<WriteOutcom
     let started = Instant::now();
     let count = writes.len();
     let (pool, create) = (context.pool.clone(), context.settings.create_datapacks);
-    let transaction =
-        tokio::spawn(async move { store::apply(&pool, &writes, create).await });
+    let transaction = tokio::spawn(async move { store::apply(&pool, &writes, create).await });
     let abort = transaction.abort_handle();
     let result = match tokio::time::timeout(context.settings.timeout, transaction).await {
         Ok(Ok(Ok(outcomes))) => Ok(outcomes),
@@ -137,7 +136,10 @@ async fn commit(context: &Context, writes: Vec<Write>) -> Result<Vec<WriteOutcom
             abort.abort();
             Err(Failure::transient(
                 RetryReason::DatabaseTimeout,
-                format!("transaction took longer than {:?}", context.settings.timeout),
+                format!(
+                    "transaction took longer than {:?}",
+                    context.settings.timeout
+                ),
             ))
         }
     };

@@ -164,13 +164,23 @@ fn fields_out_of_their_limits_are_malformed() {
     let cases = [
         s3_body("ObjectCreated:Put", "dp%2Fa", &long_sequencer),
         s3_body("ObjectCreated:Put", "dp%2Fa", r#","sequencer":"not-hex""#),
-        s3_body("ObjectCreated:Put", "dp%2Fa", "").replace(r#""eTag":"abc""#, r#""eTag":"ab\r\nX-Evil: 1""#),
-        s3_body("ObjectCreated:Put", "dp%2Fa", "").replace(r#""eTag":"abc""#, &format!(r#""eTag":"{}""#, "a".repeat(200))),
+        s3_body("ObjectCreated:Put", "dp%2Fa", "")
+            .replace(r#""eTag":"abc""#, r#""eTag":"ab\r\nX-Evil: 1""#),
+        s3_body("ObjectCreated:Put", "dp%2Fa", "").replace(
+            r#""eTag":"abc""#,
+            &format!(r#""eTag":"{}""#, "a".repeat(200)),
+        ),
         s3_body("ObjectCreated:Put", "dp%2Fa", r#","versionId":"v 1""#),
-        s3_body("ObjectCreated:Put", "dp%2Fa", "").replace(r#""size":5"#, r#""size":18446744073709551615"#),
+        s3_body("ObjectCreated:Put", "dp%2Fa", "")
+            .replace(r#""size":5"#, r#""size":18446744073709551615"#),
         s3_body("ObjectCreated:Put", "dp%2Fa", "").replace(r#""size":5"#, r#""size":-1"#),
-        s3_body("ObjectCreated:Put", &format!("dp%2F{}", "a".repeat(1100)), ""),
-        s3_body("ObjectCreated:Put", "dp%2Fa", "").replace(r#""name":"uploads""#, r#""name":"up loads""#),
+        s3_body(
+            "ObjectCreated:Put",
+            &format!("dp%2F{}", "a".repeat(1100)),
+            "",
+        ),
+        s3_body("ObjectCreated:Put", "dp%2Fa", "")
+            .replace(r#""name":"uploads""#, r#""name":"up loads""#),
         s3_body(&"ObjectCreated:Put".repeat(20), "dp%2Fa", ""),
         {
             let one: serde_json::Value =
@@ -185,6 +195,10 @@ fn fields_out_of_their_limits_are_malformed() {
         assert!(error.detail.len() < 400, "case {i}: the detail stays short");
     }
     // Within the limits, the same fields parse.
-    let fine = s3_body("ObjectCreated:Put", "dp%2Fa", r#","sequencer":"0055AED6DCD90281E5","versionId":"3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY""#);
+    let fine = s3_body(
+        "ObjectCreated:Put",
+        "dp%2Fa",
+        r#","sequencer":"0055AED6DCD90281E5","versionId":"3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY""#,
+    );
     assert!(parse(&fine).is_ok());
 }

@@ -118,7 +118,11 @@ async fn list_and_redrive_page_through_more_than_ten_messages() {
         let listed: serde_json::Value =
             serde_json::from_str(&dlq_command(&stack, &["list", "--json"])).unwrap();
         assert_eq!(listed.as_array().unwrap().len(), 23, "every message listed");
-        assert_eq!(stack.dlq_depth().await, (23, 0), "nothing consumed, nothing held");
+        assert_eq!(
+            stack.dlq_depth().await,
+            (23, 0),
+            "nothing consumed, nothing held"
+        );
     }
     let limited: serde_json::Value =
         serde_json::from_str(&dlq_command(&stack, &["list", "--json", "--max", "12"])).unwrap();
@@ -127,7 +131,11 @@ async fn list_and_redrive_page_through_more_than_ten_messages() {
 
     let out = dlq_command(&stack, &["redrive", "--reason", "unknown_datapack"]);
     assert!(out.contains("redrove 15"), "{out}");
-    assert_eq!(stack.dlq_depth().await, (8, 0), "the other reason stays, visible");
+    assert_eq!(
+        stack.dlq_depth().await,
+        (8, 0),
+        "the other reason stays, visible"
+    );
     assert_eq!(stack.depth().await.0, 15);
     let out = dlq_command(&stack, &["redrive", "--max", "5"]);
     assert!(out.contains("redrove 5"), "{out}");

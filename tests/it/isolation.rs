@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::faults::{Rig, readyz, sum, wait_ready};
 use crate::support::db::sha256_hex;
+use crate::support::s3_proxy::{Action, Match, Rule, S3Proxy};
 use crate::support::wait_until;
 
 const SETTLE: Duration = Duration::from_secs(90);
@@ -103,9 +104,11 @@ async fn a_dying_supervised_task_releases_what_is_held_and_ends_the_run() {
     let ended_after = died.elapsed();
     // Released (visibility 0), not left invisible for the 60 s visibility timeout.
     rig.moto_proxy.set_latency(Duration::ZERO);
-    wait_until("the message visible again", Duration::from_secs(20), || async {
-        (rig.stack.depth().await == (1, 0)).then_some(())
-    })
+    wait_until(
+        "the message visible again",
+        Duration::from_secs(20),
+        || async { (rig.stack.depth().await == (1, 0)).then_some(()) },
+    )
     .await;
     println!(
         "a supervised task panicked: the run ended {ended_after:?} later and the message in hand was visible again {:?} after the panic",
@@ -158,3 +161,352 @@ async fn scrape(metrics_addr: &str) -> String {
         .unwrap()
 }
 
+/// The S3 sabotage proxy in front of moto, and a worker whose S3 and SQS go through it.
+async fn sabotaged(rig: &Rig, extra: &[&str]) -> (S3Proxy, crate::support::TestWorker) {
+    let proxy = S3Proxy::start(rig.moto_proxy.target()).await;
+    let worker = rig.worker_with(&proxy.endpoint(), extra, Vec::new());
+    (proxy, worker)
+}
+
+fn object_get(key: &str) -> Match {
+    Match::get(key)
+}
+
+/// S3 refuses one object (a KMS key the worker may not use, a per-key deny) while every other
+/// object and the bucket answer. Before, that paused the whole worker and looped the message
+/// ten times in a second. Now it is a fact about that message: retried with backoff, then
+/// dead-lettered with its reason on its last attempt; the rest flows and readiness never drops.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_denied_alone_is_retried_then_dead_lettered_with_its_reason() {
+    let mut rig = Rig::new().await;
+    let (proxy, worker) = sabotaged(&rig, &[]).await;
+    let denied = "dp-1/isolation/denied.txt";
+    proxy.add(Rule {
+        matcher: object_get(denied),
+        action: Action::Deny,
+        times: None,
+    });
+    wait_ready(&worker, 200, "ready", SETTLE).await;
+    let watch = ReadinessWatch::start(&worker.metrics_addr);
+    let uploaded = Instant::now();
+    rig.stack.put(denied, b"a KMS key we may not use").await;
+    for n in 0..20 {
+        rig.upload(n).await;
+    }
+    wait_until("the denied object dead-lettered", SETTLE, || async {
+        (rig.stack.dlq_depth().await.0 == 1).then_some(())
+    })
+    .await;
+    let lived = uploaded.elapsed();
+    let letters = rig
+        .assert_nothing_lost_but_dead_letters(SETTLE, 1, "object_access_denied")
+        .await;
+    assert_eq!(
+        letters[0].1.get("receive_count").map(String::as_str),
+        Some("5")
+    );
+    let readiness = watch.finish().await;
+    assert!(
+        readiness.iter().all(|s| *s == Some(200)),
+        "never paused for one object: {readiness:?}"
+    );
+    let gets: Vec<Instant> = proxy
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "GET" && s.key.as_deref() == Some(denied))
+        .map(|s| s.at)
+        .collect();
+    assert_eq!(
+        gets.len(),
+        5,
+        "one GET per attempt, the queue's maxReceiveCount"
+    );
+    let gaps: Vec<Duration> = gets.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_millis(900)),
+        "attempts spaced by the backoff (RETRY_BASE_SECS 1): {gaps:?}"
+    );
+    // In-process workers share one metrics registry (other tests deny reads too): at least.
+    let scrape = scrape(&worker.metrics_addr).await;
+    assert!(
+        sum(
+            &scrape,
+            "datapack_worker_records_total",
+            r#"reason="s3_access_denied""#
+        ) >= 4.0
+    );
+    println!(
+        "one object denied: dead-lettered as object_access_denied after {} receives in {lived:?} (gaps {gaps:?}); {} other uploads recorded, readiness 200 throughout ({} samples)",
+        gets.len(),
+        rig.expected.len(),
+        readiness.len()
+    );
+    worker.stop().await;
+}
+
+/// A body reset mid-stream once, and a body that stalls twice, are facts about those reads:
+/// retried after a backoff and recorded; the worker never pauses.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_reset_or_stalled_mid_stream_is_fetched_again_without_a_pause() {
+    let mut rig = Rig::new().await;
+    let (proxy, worker) = sabotaged(&rig, &[]).await;
+    let body: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    for (key, action, times) in [
+        (
+            "dp-1/isolation/reset.bin",
+            Action::ResetAfterBodyBytes(64 * 1024),
+            1,
+        ),
+        (
+            "dp-1/isolation/stall.bin",
+            Action::StallAfterBodyBytes(64 * 1024),
+            2,
+        ),
+    ] {
+        proxy.add(Rule {
+            matcher: object_get(key),
+            action,
+            times: Some(times),
+        });
+        rig.stack.put(key, &body).await;
+        rig.expected.insert(key.to_owned(), sha256_hex(&body));
+    }
+    wait_ready(&worker, 200, "ready", SETTLE).await;
+    let watch = ReadinessWatch::start(&worker.metrics_addr);
+    let started = Instant::now();
+    for n in 0..10 {
+        rig.upload(n).await;
+    }
+    rig.assert_nothing_lost(SETTLE).await;
+    let readiness = watch.finish().await;
+    assert!(
+        readiness.iter().all(|s| *s == Some(200)),
+        "never paused: {readiness:?}"
+    );
+    let scrape = scrape(&worker.metrics_addr).await;
+    let read_failures = sum(
+        &scrape,
+        "datapack_worker_records_total",
+        r#"reason="s3_read_failed""#,
+    );
+    assert!(
+        read_failures >= 3.0,
+        "{read_failures} read failures retried"
+    );
+    println!(
+        "a reset once and a stall twice: {read_failures} failed reads retried, all {} uploads recorded once in {:?}, readiness 200 throughout",
+        rig.expected.len(),
+        started.elapsed()
+    );
+    worker.stop().await;
+}
+
+/// Bytes corrupted on the way for one object: the SDK's checksum check refuses them, every
+/// attempt. Never recorded with a wrong hash; dead-lettered as unreadable; the rest flows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_body_is_never_recorded_and_is_dead_lettered_as_unreadable() {
+    let mut rig = Rig::new().await;
+    let (proxy, worker) = sabotaged(&rig, &[]).await;
+    let corrupted = "dp-1/isolation/corrupted.bin";
+    proxy.add(Rule {
+        matcher: object_get(corrupted),
+        action: Action::CorruptBodyByte(100),
+        times: None,
+    });
+    rig.stack.put(corrupted, &[7u8; 4096]).await;
+    wait_ready(&worker, 200, "ready", SETTLE).await;
+    let watch = ReadinessWatch::start(&worker.metrics_addr);
+    for n in 0..10 {
+        rig.upload(n).await;
+    }
+    let started = Instant::now();
+    rig.assert_nothing_lost_but_dead_letters(SETTLE, 1, "object_unreadable")
+        .await;
+    let readiness = watch.finish().await;
+    assert!(readiness.iter().all(|s| *s == Some(200)), "{readiness:?}");
+    let scrape = scrape(&worker.metrics_addr).await;
+    let mismatches = sum(
+        &scrape,
+        "datapack_worker_records_total",
+        r#"reason="s3_checksum_mismatch""#,
+    );
+    // In-process workers share one metrics registry: at least this worker's four.
+    assert!(
+        mismatches >= 4.0,
+        "retried on four attempts, dead-lettered on the fifth"
+    );
+    println!(
+        "a corrupted body: {mismatches} checksum mismatches retried, then object_unreadable; the other {} uploads recorded in {:?}",
+        rig.expected.len(),
+        started.elapsed()
+    );
+    worker.stop().await;
+}
+
+/// Every object unreadable while the bucket answers its probe (a bucket policy denying
+/// GetObject, a revoked kms:Decrypt): before, 40 of 40 good uploads were dead-lettered in five
+/// seconds while /readyz said 200. Now the S3 breaker trips, its deep probe (a real read of an
+/// object that was readable) fails, the worker pauses, and nothing is dead-lettered; when reads
+/// work again everything is recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_only_brownout_pauses_and_dead_letters_nothing() {
+    let mut rig = Rig::new().await;
+    let (proxy, worker) = sabotaged(&rig, &[]).await;
+    wait_ready(&worker, 200, "ready", SETTLE).await;
+    for n in 0..3 {
+        rig.upload(n).await;
+    }
+    rig.assert_nothing_lost(SETTLE).await;
+
+    let deny = proxy.add(Rule {
+        matcher: object_get("dp-1/"),
+        action: Action::Deny,
+        times: None,
+    });
+    let browned_out = Instant::now();
+    for n in 3..43 {
+        rig.upload(n).await;
+    }
+    wait_ready(&worker, 503, "paused by the breaker's deep probe", SETTLE).await;
+    let paused_after = browned_out.elapsed();
+    // The brownout goes on for ten seconds more (the scenario's length, not a synchronisation):
+    // the pause must hold, and nothing may be dead-lettered meanwhile.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(readyz(&worker).await, Some(503), "still paused");
+    assert_eq!(rig.stack.dlq_depth().await, (0, 0), "nothing dead-lettered");
+    let failed_gets = proxy.count(&object_get("dp-1/"));
+
+    proxy.remove(deny);
+    let restored = Instant::now();
+    wait_ready(&worker, 200, "ready once reads work", SETTLE).await;
+    let resumed_after = restored.elapsed();
+    rig.assert_nothing_lost(SETTLE).await;
+    println!(
+        "read-only brownout with 40 uploads: paused {paused_after:?} after it began ({failed_gets} GETs refused), \
+         0 dead letters, ready {resumed_after:?} after reads worked again, all {} recorded {:?} after",
+        rig.expected.len(),
+        restored.elapsed()
+    );
+    worker.stop().await;
+}
+
+/// A constraint violation (SQLSTATE class 23) belongs to one row: the batch it was committed in
+/// is retried job by job, so every other message of the batch is recorded and only the
+/// offending one fails, with `database_constraint`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_constraint_violation_fails_only_its_own_message() {
+    use datapack_worker::disposition::{Failure, RetryReason};
+    use datapack_worker::store::{NewResource, Write, WriteOutcome};
+    use datapack_worker::writer::{Writer, WriterSettings};
+
+    let db = crate::support::TestDb::new().await;
+    db.add_datapack("dp-1").await;
+    sqlx::query(
+        "ALTER TABLE datapack_resource ADD CONSTRAINT no_evil CHECK (display <> 'evil.txt')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let health = datapack_worker::health::Health::new();
+    let watchdog = datapack_worker::watchdog::Watchdog::new(health.clone());
+    let (writer, _writers) = Writer::spawn(
+        db.pool.clone(),
+        WriterSettings {
+            writers: 1,
+            max_batch: 64,
+            create_datapacks: false,
+            timeout: Duration::from_secs(30),
+        },
+        health,
+        &watchdog,
+    );
+    let at = chrono::Utc::now();
+    let write = |display: String| {
+        Write::Resource(NewResource {
+            bucket: "uploads".into(),
+            object_key: format!("dp-1/{display}"),
+            datapack: "dp-1".into(),
+            path: "/".into(),
+            display: display.clone(),
+            content_type: None,
+            length: 1,
+            etag: sha256_hex(display.as_bytes())[..32].to_owned(),
+            sha256: sha256_hex(display.as_bytes()),
+            submitter_name: None,
+            submitter_email: None,
+            object_last_modified: None,
+            version_id: None,
+            sequencer: None,
+            event_time: at,
+        })
+    };
+    let mut jobs = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let display = if i == 17 {
+            "evil.txt".to_owned()
+        } else {
+            format!("good-{i}.txt")
+        };
+        let (writer, write) = (writer.clone(), write(display.clone()));
+        jobs.spawn(async move { (display, writer.write(vec![write]).await) });
+    }
+    let mut recorded = 0;
+    while let Some(joined) = jobs.join_next().await {
+        let (display, result) = joined.unwrap();
+        match result {
+            Ok(outcomes) => {
+                assert_ne!(display, "evil.txt");
+                assert_eq!(outcomes, [WriteOutcome::Recorded]);
+                recorded += 1;
+            }
+            Err(Failure::Transient { reason, .. }) => {
+                assert_eq!(display, "evil.txt");
+                assert_eq!(reason, RetryReason::DatabaseConstraint);
+            }
+            Err(other) => panic!("{display}: {other}"),
+        }
+    }
+    assert_eq!(recorded, 29);
+    assert_eq!(db.count().await, 29);
+    assert!(!watchdog.fatal().is_cancelled(), "no writer died");
+}
+
+/// Work that outlives MAX_PROCESSING_SECS is abandoned (logged), not extended silently: the
+/// attempt counts as a failure of the message, and on its last attempt the message is
+/// dead-lettered as `processing_failed`.
+#[tokio::test(flavor = "multi_thread")]
+async fn work_past_the_processing_cap_is_abandoned_then_dead_lettered() {
+    let mut rig = Rig::new().await;
+    let size = 4 * 1024 * 1024;
+    let body: Vec<u8> = (0..size as u32).map(|i| (i % 241) as u8).collect();
+    rig.stack.put("dp-1/isolation/endless.bin", &body).await;
+    // About 60 chunks of 64 KiB at 50 ms each: every attempt needs ~3 s, the cap allows 2.
+    rig.moto_proxy.set_latency(Duration::from_millis(50));
+    let started = Instant::now();
+    let worker = rig.worker(&[
+        "--sqs-visibility-timeout-secs",
+        "2",
+        "--max-processing-secs",
+        "2",
+    ]);
+    let letters = rig
+        .assert_nothing_lost_but_dead_letters(SETTLE, 1, "processing_failed")
+        .await;
+    let scrape = scrape(&worker.metrics_addr).await;
+    let timeouts = sum(
+        &scrape,
+        "datapack_worker_records_total",
+        r#"reason="processing_timeout""#,
+    );
+    // In-process workers share one metrics registry: at least this worker's four.
+    assert!(
+        timeouts >= 4.0,
+        "four attempts abandoned and retried, the fifth dead-lettered"
+    );
+    println!(
+        "work past MAX_PROCESSING_SECS=2: abandoned on each attempt, dead-lettered as processing_failed after {:?} ({:?})",
+        started.elapsed(),
+        letters[0].1.get("error_detail")
+    );
+    worker.stop().await;
+}

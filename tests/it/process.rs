@@ -173,7 +173,11 @@ fn refuses_bad_configuration_without_printing_secrets() {
     }
 
     // A password holding URL delimiters is still never printed.
-    for (password, fragment) in [("s3cr/et", "s3cr"), ("s3cr?et", "s3cr"), ("s3@cr:et/x?y", "cr:et")] {
+    for (password, fragment) in [
+        ("s3cr/et", "s3cr"),
+        ("s3cr?et", "s3cr"),
+        ("s3@cr:et/x?y", "cr:et"),
+    ] {
         let bad = format!("postgres://app:{password}@127.0.0.1:notaport/db");
         let (code, err) = run(&[("DATABASE_URL", &bad), queue, dlq, bucket]);
         assert_eq!(code, Some(2), "{err}");
