@@ -42,12 +42,11 @@ async fn a_message_built_to_crash_the_writers_is_dead_lettered_and_the_rest_flow
     for n in 0..10 {
         rig.upload(n).await;
     }
-    let letters = wait_until("three dead letters", SETTLE, || async {
+    wait_until("three dead letters", SETTLE, || async {
         let (visible, _) = rig.stack.dlq_depth().await;
         (visible == 3).then_some(())
     })
     .await;
-    let _ = letters;
     rig.assert_nothing_lost_but_dead_letters(SETTLE, 3, "malformed_message")
         .await;
     let health = reqwest::get(format!("http://{}/healthz", worker.metrics_addr))
@@ -476,7 +475,7 @@ async fn a_constraint_violation_fails_only_its_own_message() {
 /// dead-lettered as `processing_failed`.
 #[tokio::test(flavor = "multi_thread")]
 async fn work_past_the_processing_cap_is_abandoned_then_dead_lettered() {
-    let mut rig = Rig::new().await;
+    let rig = Rig::new().await;
     let size = 4 * 1024 * 1024;
     let body: Vec<u8> = (0..size as u32).map(|i| (i % 241) as u8).collect();
     rig.stack.put("dp-1/isolation/endless.bin", &body).await;
