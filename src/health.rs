@@ -70,6 +70,11 @@ impl Health {
         *self.inner.down_count.borrow() == 0
     }
 
+    /// Which part of the process can no longer make progress, if any. // stub
+    pub fn failure(&self) -> Option<String> {
+        None // stub
+    }
+
     pub fn down(&self) -> Vec<Dependency> {
         let down = self.inner.down.lock().expect("health lock");
         Dependency::ALL
