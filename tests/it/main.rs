@@ -5,6 +5,7 @@ mod support;
 mod chaos;
 mod dlq;
 mod faults;
+mod http_limits;
 mod ingest;
 mod observability;
 mod ordering;
