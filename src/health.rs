@@ -213,11 +213,6 @@ impl Health {
         self.states().values().all(|s| s.down_since.is_none())
     }
 
-    /// Which part of the process can no longer make progress, if any. // stub
-    pub fn failure(&self) -> Option<String> {
-        None // stub
-    }
-
     pub fn down(&self) -> Vec<Dependency> {
         let states = self.states();
         Dependency::ALL
