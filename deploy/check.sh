@@ -111,6 +111,14 @@ sed 's/^  minReplicaCount:/  minReplicas:/' "$out/everything.custom.yaml" >"$out
 run_check "the CRD check refuses a misspelt ScaledObject field" \
   expect_failure "$py" deploy/tools/crd_validate.py "${keda_crds[@]}" "$out/broken-keda.yaml"
 
+# ---------------------------------------------------------------- CloudFormation
+# Informational and experimental rules included: any finding fails.
+run_check "cfn-lint (with informational and experimental rules) deploy/aws/stack.yaml" \
+  "$tools/cfn-lint" --include-checks I --include-experimental --format parseable -- deploy/aws/stack.yaml
+run_check "checkov deploy/aws/stack.yaml" checkov --framework cloudformation -f deploy/aws/stack.yaml
+run_check "deploy/aws/iam-policy.json grants what the stack's WorkerPolicy grants" \
+  "$py" deploy/tools/policy_match.py deploy/aws/stack.yaml deploy/aws/iam-policy.json
+
 # ---------------------------------------------------------------- summary
 say ""
 if [ "$failed" -ne 0 ]; then
