@@ -119,6 +119,44 @@ run_check "checkov deploy/aws/stack.yaml" checkov --framework cloudformation -f 
 run_check "deploy/aws/iam-policy.json grants what the stack's WorkerPolicy grants" \
   "$py" deploy/tools/policy_match.py deploy/aws/stack.yaml deploy/aws/iam-policy.json
 
+# ---------------------------------------------------------------- systemd
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  say "==> systemd-analyze not found; installing Debian package systemd"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd >/dev/null ||
+    { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd >/dev/null; }
+fi
+unit=deploy/systemd/datapack-worker.service
+# verify looks for ExecStart's binary and the default targets: it runs against a throwaway root
+# holding the host's unit directory and a stand-in executable, so it needs no installed worker.
+systemd_root() {
+  local dir="$1"
+  mkdir -p "$dir/usr/local/bin" "$dir/etc/systemd/system" "$dir/usr/lib/systemd"
+  cp -a /usr/lib/systemd/system "$dir/usr/lib/systemd/"
+  printf '#!/bin/sh\n' >"$dir/usr/local/bin/datapack-worker"
+  chmod 0755 "$dir/usr/local/bin/datapack-worker"
+}
+# verify_silent UNIT: any output (warning or error) is a failure, as is a non-zero status.
+verify_silent() {
+  local dir
+  dir="$(mktemp -d -p "$out")"
+  systemd_root "$dir"
+  cp "$1" "$dir/etc/systemd/system/datapack-worker.service"
+  systemd-analyze verify --man=no --generators=no --root="$dir" datapack-worker.service \
+    >"$dir/verify.log" 2>&1 || { cat "$dir/verify.log"; return 1; }
+  [ ! -s "$dir/verify.log" ] || { cat "$dir/verify.log"; return 1; }
+}
+run_check "systemd-analyze verify $unit (no output allowed)" verify_silent "$unit"
+sed 's/^ProtectSystem=strict/ProtectSystem=stricter/' "$unit" >"$out/broken.service"
+run_check "systemd-analyze verify rejects a misspelt setting" expect_failure verify_silent "$out/broken.service"
+# Threshold: overall exposure at most 1.5 (systemd's scale is tenths: 15). The unit scores 1.1;
+# what remains is the network itself (AF_INET/AF_INET6, no IP allow list: AWS endpoints move).
+security_review() {
+  systemd-analyze security --offline=true --threshold=15 "$unit" >"$out/security.log" 2>&1 ||
+    { cat "$out/security.log"; return 1; }
+  grep -E 'Overall exposure' "$out/security.log" | sed 's/^/    /'
+}
+run_check "systemd-analyze security --offline=true, exposure <= 1.5" security_review
+
 # ---------------------------------------------------------------- summary
 say ""
 if [ "$failed" -ne 0 ]; then
