@@ -157,6 +157,14 @@ security_review() {
 }
 run_check "systemd-analyze security --offline=true, exposure <= 1.5" security_review
 
+# ---------------------------------------------------------------- container image
+run_check "hadolint deploy/Dockerfile (style and up)" \
+  "$tools/hadolint" --failure-threshold style deploy/Dockerfile
+run_check "checkov deploy/Dockerfile" checkov --framework dockerfile -f deploy/Dockerfile
+if [ -f scripts/build-image.sh ]; then
+  run_check "shell syntax of scripts/build-image.sh" bash -n scripts/build-image.sh
+fi
+
 # ---------------------------------------------------------------- summary
 say ""
 if [ "$failed" -ne 0 ]; then
