@@ -103,6 +103,8 @@ PY
 }
 run_check "rendered couplings (grace > drain, queueLength = concurrency, no fixed replicas under KEDA)" \
   render_invariants
+[ -f "$shared/schemas/keda/keda.sh_scaledobjects.yaml" ] ||
+  say "    KEDA CRDs not found under $shared/schemas/keda (set SHARED_DIR): the next checks fail"
 keda_crds=(--crd "$shared/schemas/keda/keda.sh_scaledobjects.yaml"
   --crd "$shared/schemas/keda/keda.sh_triggerauthentications.yaml")
 run_check "KEDA ScaledObject + TriggerAuthentication against KEDA's CRD schemas" \
