@@ -11,3 +11,4 @@ mod ordering;
 mod poison;
 mod process;
 mod ranged;
+mod roles;
