@@ -118,8 +118,8 @@ run_check "the CRD check refuses a misspelt ScaledObject field" \
 run_check "cfn-lint (with informational and experimental rules) deploy/aws/stack.yaml" \
   "$tools/cfn-lint" --include-checks I --include-experimental --format parseable -- deploy/aws/stack.yaml
 run_check "checkov deploy/aws/stack.yaml" checkov --framework cloudformation -f deploy/aws/stack.yaml
-run_check "deploy/aws/iam-policy.json grants what the stack's WorkerPolicy grants" \
-  "$py" deploy/tools/policy_match.py deploy/aws/stack.yaml deploy/aws/iam-policy.json
+run_check "WorkerPolicy = what the worker's SDK calls need = deploy/aws/iam-policy.json" \
+  "$py" deploy/tools/policy_match.py deploy/aws/stack.yaml deploy/aws/iam-policy.json --src src
 
 # ---------------------------------------------------------------- systemd
 if ! command -v systemd-analyze >/dev/null 2>&1; then
