@@ -103,6 +103,16 @@ PY
 }
 run_check "rendered couplings (grace > drain, queueLength = concurrency, no fixed replicas under KEDA)" \
   render_invariants
+# A release bumps the crate; the chart's appVersion and default image tag must follow it.
+versions_agree() {
+  local crate app tag
+  crate="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
+  app="$(sed -n 's/^appVersion: "\(.*\)"/\1/p' "$chart/Chart.yaml")"
+  tag="$(sed -n 's/^  tag: "\(.*\)"/\1/p' "$chart/values.yaml" | head -n1)"
+  say "    crate $crate, chart appVersion $app, default image tag $tag"
+  [ "$crate" = "$app" ] && [ "$crate" = "$tag" ]
+}
+run_check "Cargo.toml version = Chart.yaml appVersion = values.yaml image.tag" versions_agree
 [ -f "$shared/schemas/keda/keda.sh_scaledobjects.yaml" ] ||
   say "    KEDA CRDs not found under $shared/schemas/keda (set SHARED_DIR): the next checks fail"
 keda_crds=(--crd "$shared/schemas/keda/keda.sh_scaledobjects.yaml"
