@@ -15,4 +15,5 @@ mod poison;
 mod presign_sigv4;
 mod process;
 mod ranged;
+mod roles;
 mod s3_proxy_selftest;
