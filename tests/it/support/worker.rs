@@ -107,20 +107,42 @@ pub struct BinaryWorker {
 
 impl BinaryWorker {
     pub fn spawn(stack: &Stack, db: &TestDb, extra: &[&str]) -> BinaryWorker {
+        Self::spawn_via(
+            Command::new(env!("CARGO_BIN_EXE_datapack-worker")),
+            stack,
+            db,
+            extra,
+        )
+    }
+
+    /// The real binary with its open-file limit (soft and hard) set to `nofile`, through
+    /// util-linux `prlimit`, which sets the limit and then execs: the child's pid is the worker's.
+    pub fn spawn_with_nofile(
+        stack: &Stack,
+        db: &TestDb,
+        extra: &[&str],
+        nofile: u64,
+    ) -> BinaryWorker {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={nofile}:{nofile}"))
+            .arg(env!("CARGO_BIN_EXE_datapack-worker"));
+        Self::spawn_via(command, stack, db, extra)
+    }
+
+    /// Runs `command` (the binary, or a launcher that execs it) with `run` and the test flags.
+    fn spawn_via(mut command: Command, stack: &Stack, db: &TestDb, extra: &[&str]) -> BinaryWorker {
         let metrics_addr = format!("127.0.0.1:{}", free_port());
-        let child = moto_env(
-            &mut Command::new(env!("CARGO_BIN_EXE_datapack-worker")),
-            &stack.endpoint,
-        )
-        .arg("run")
-        .args(args(stack, db, &metrics_addr, extra))
-        .env(
-            "RUST_LOG",
-            std::env::var("TEST_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn datapack-worker");
+        let child = moto_env(&mut command, &stack.endpoint)
+            .arg("run")
+            .args(args(stack, db, &metrics_addr, extra))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn datapack-worker");
         BinaryWorker {
             child,
             metrics_addr,
@@ -187,33 +209,4 @@ pub fn metric(scrape: &str, series: &str) -> f64 {
         })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
-}
-
-impl BinaryWorker {
-    /// The real binary with its open-file limit (soft and hard) set to `nofile`, through
-    /// util-linux `prlimit`, which sets the limit and then execs: the child's pid is the worker's.
-    pub fn spawn_with_nofile(
-        stack: &Stack,
-        db: &TestDb,
-        extra: &[&str],
-        nofile: u64,
-    ) -> BinaryWorker {
-        let metrics_addr = format!("127.0.0.1:{}", free_port());
-        let child = moto_env(&mut Command::new("prlimit"), &stack.endpoint)
-            .arg(format!("--nofile={nofile}:{nofile}"))
-            .arg(env!("CARGO_BIN_EXE_datapack-worker"))
-            .arg("run")
-            .args(args(stack, db, &metrics_addr, extra))
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn datapack-worker under prlimit");
-        BinaryWorker {
-            child,
-            metrics_addr,
-        }
-    }
 }
