@@ -30,3 +30,6 @@ pub mod store;
 pub mod telemetry;
 pub mod worker;
 pub mod writer;
+
+#[cfg(test)]
+mod fuzz_regressions;
