@@ -3,8 +3,8 @@
 //!
 //! `event::parse` must give events, a test event or a reason for every body; for each object
 //! event the worker then splits the key, compares sequencers (against every other record, as the
-//! store orders events of one key) and unquotes the ETag. None of it may panic, and the
-//! sequencer order must be an order (reflexive, antisymmetric).
+//! store orders events of one key, and against itself padded with zeros) and unquotes the ETag.
+//! None of it may panic, and the sequencer order must be an order (reflexive, antisymmetric).
 
 #![no_main]
 
@@ -13,6 +13,10 @@ use std::cmp::Ordering;
 use datapack_worker::event::{self, Item, Message};
 use datapack_worker::key;
 use libfuzzer_sys::fuzz_target;
+
+/// Zeros appended to a sequencer to compare it with a long one: a stored sequencer may be as
+/// long as a message allows (256 KiB), far past 64 Ki characters.
+const PADDING: usize = 70_000;
 
 fuzz_target!(|data: &[u8]| {
     // SQS bodies are Unicode text: bytes that are not UTF-8 never reach the parser.
@@ -43,6 +47,14 @@ fuzz_target!(|data: &[u8]| {
                 event::sequencer_cmp(s, s),
                 Ordering::Equal,
                 "{s:?} vs itself"
+            );
+            // AWS's rule pads the shorter with zeros on the right, so trailing zeros never
+            // change the order, however long the other sequencer is.
+            let padded = format!("{s}{}", "0".repeat(PADDING));
+            assert_eq!(
+                event::sequencer_cmp(s, &padded),
+                Ordering::Equal,
+                "{s:?} vs itself with {PADDING} trailing zeros"
             );
         }
     }

@@ -2,10 +2,13 @@
 //!
 //! `metadata::decode` reads whatever a client put in a header and must never panic. What
 //! `metadata::encode` writes must be ASCII (it travels in an HTTP header) and must decode to
-//! exactly the text the user typed.
+//! exactly the text the user typed. An encoded word whose charset carries an RFC 2231 language
+//! tag (`=?UTF-8*en?B?…?=`, which other clients send) must decode to the same text as without it.
 
 #![no_main]
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use datapack_worker::metadata;
 use libfuzzer_sys::fuzz_target;
 
@@ -23,5 +26,21 @@ fuzz_target!(|data: &[u8]| {
         metadata::decode(&encoded),
         text,
         "round trip through {encoded:?}"
+    );
+
+    // The first line names a language tag (letters, digits and '-', as RFC 2231 allows), the
+    // rest is the text of a word that carries it.
+    let (tag, rest) = text.split_once('\n').unwrap_or(("en", text));
+    let tag: String = tag
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(16)
+        .collect();
+    let tag = if tag.is_empty() { "en".to_owned() } else { tag };
+    let tagged = format!("=?UTF-8*{tag}?B?{}?=", STANDARD.encode(rest));
+    assert_eq!(
+        metadata::decode(&tagged),
+        rest,
+        "language-tagged word {tagged:?}"
     );
 });
