@@ -2,7 +2,7 @@
 # The test command: sets up what the tests need on a fresh machine (PostgreSQL, moto, promtool,
 # the dashboard type-checker), then runs every test against the real parts.
 #
-#   scripts/test.sh            all tests (unit, integration, observability checks)
+#   scripts/test.sh            all tests (unit, integration, observability checks, fuzz smoke)
 #   scripts/test.sh -- NAME    only the cargo tests whose name contains NAME
 #
 # CHAOS_OBJECTS / CHAOS_KILLS size the crash test (defaults keep CI inside its time budget).
@@ -40,4 +40,9 @@ DPW_SCRAPE_OUT="$scrape" cargo test --release --locked -- "${filter[@]}"
 # Every metric the dashboard and alerts use must be in a real scrape, which promtool must accept.
 if [[ ${#filter[@]} -eq 0 ]]; then
     METRICS_FILE="$scrape" STRICT_METRICS=1 bash deploy/observability/check.sh
+fi
+
+# A short run of every fuzz target (message bodies, keys, RFC 2047): any crash fails the tests.
+if [[ ${#filter[@]} -eq 0 ]]; then
+    scripts/fuzz.sh smoke
 fi

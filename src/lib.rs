@@ -31,3 +31,6 @@ pub mod telemetry;
 pub mod watchdog;
 pub mod worker;
 pub mod writer;
+
+#[cfg(test)]
+mod fuzz_regressions;
