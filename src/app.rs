@@ -249,7 +249,7 @@ fn probes(
             probe(move || {
                 let (main, dead) = (q1.clone(), q2.clone());
                 async move {
-                    main.depth(&main.url).await?;
+                    main.learn_max_receive_count().await?;
                     dead.depth(&dead.dead_letter_url).await.map(drop)
                 }
             }),

@@ -224,7 +224,6 @@ impl Queue {
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-            .attribute_names(QueueAttributeName::RedrivePolicy)
             .send()
             .await
             .map_err(|e| aws::classify(Dependency::Sqs, aws::status(&e), e))?;
@@ -235,25 +234,37 @@ impl Queue {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
-        if url == self.url {
-            let limit = output
-                .attributes()
-                .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
-                .and_then(|policy| serde_json::from_str::<serde_json::Value>(policy).ok())
-                .and_then(|policy| match &policy["maxReceiveCount"] {
-                    serde_json::Value::Number(n) => n.as_u64(),
-                    serde_json::Value::String(s) => s.parse().ok(),
-                    _ => None,
-                })
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(0);
-            self.max_receive_count.store(limit, Ordering::Relaxed);
-        }
         Ok(Depth {
             visible: get(QueueAttributeName::ApproximateNumberOfMessages),
             in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
             delayed: get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
         })
+    }
+
+    /// Reads the main queue's redrive `maxReceiveCount` (for the probe: depth samples do not
+    /// ask for it, since an emulator recomputes every attribute for each one asked).
+    pub async fn learn_max_receive_count(&self) -> Result<(), Failure> {
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await
+            .map_err(|e| aws::classify(Dependency::Sqs, aws::status(&e), e))?;
+        let limit = output
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+            .and_then(|policy| serde_json::from_str::<serde_json::Value>(policy).ok())
+            .and_then(|policy| match &policy["maxReceiveCount"] {
+                serde_json::Value::Number(n) => n.as_u64(),
+                serde_json::Value::String(s) => s.parse().ok(),
+                _ => None,
+            })
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0);
+        self.max_receive_count.store(limit, Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn client(&self) -> &aws_sdk_sqs::Client {

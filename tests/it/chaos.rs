@@ -3,8 +3,11 @@
 //! between commit and delete, between dead-letter send and delete), every upload must end as
 //! exactly one row with the right hash, and every poison message as a dead letter.
 //!
-//! CHAOS_OBJECTS (default 2000), CHAOS_KILLS (default 5) and CHAOS_SEED (default random, printed)
-//! size and replay a run.
+//! CHAOS_OBJECTS (default 800), CHAOS_KILLS (default 5) and CHAOS_SEED (default random, printed)
+//! size and replay a run. The default is sized for the emulator: moto's SQS scans its whole
+//! queue on every call, so its throughput falls as the backlog grows, and a 2,000-object run has
+//! been seen to need from 4 to more than 10 minutes on the same two cores. Every kill point is
+//! reached with 800 as well; larger runs are for `CHAOS_OBJECTS=2000 scripts/test.sh -- chaos`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -102,7 +105,7 @@ async fn feed(
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_random_points_loses_nothing() {
     let started = Instant::now();
-    let objects: usize = env_or("CHAOS_OBJECTS", 2000).max(POISON);
+    let objects: usize = env_or("CHAOS_OBJECTS", 800).max(POISON);
     let kills: usize = env_or("CHAOS_KILLS", 5);
     let seed: u64 = env_or("CHAOS_SEED", fastrand::u64(..));
     println!("chaos: CHAOS_SEED={seed} CHAOS_OBJECTS={objects} CHAOS_KILLS={kills}");
@@ -150,7 +153,9 @@ async fn sigkill_at_random_points_loses_nothing() {
     // Let the last life drain everything: rows for every upload, then an empty queue and at
     // least one dead letter per poison message. Rows are counted in PostgreSQL first: asking
     // moto for queue depths 20 times a second would take the CPU it needs to serve the worker.
-    let deadline = Duration::from_secs(240);
+    // Generous: the emulator's pace varies a lot from machine to machine; what is asserted is
+    // that nothing is lost or doubled, not how fast.
+    let deadline = Duration::from_secs(480);
     let progress = std::cell::Cell::new(Instant::now());
     wait_until("a row for every upload", deadline, || async {
         let rows = db.count().await;
