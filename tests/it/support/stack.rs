@@ -244,6 +244,20 @@ impl Stack {
         depth(&self.sqs, &self.queue_url).await
     }
 
+    /// Sets the main queue's redrive `maxReceiveCount` (the stack starts with 5).
+    pub async fn set_max_receive_count(&self, count: u32) {
+        let dlq_arn = queue_arn(&self.sqs, &self.dlq_url).await;
+        let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": count})
+            .to_string();
+        self.sqs
+            .set_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attributes(QueueAttributeName::RedrivePolicy, redrive)
+            .send()
+            .await
+            .unwrap();
+    }
+
     pub async fn dlq_depth(&self) -> (u64, u64) {
         depth(&self.sqs, &self.dlq_url).await
     }
