@@ -320,7 +320,10 @@ impl Slots {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let evicted = CancellationToken::new();
-        let mut open = self.open.lock().expect("slots lock");
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         open.insert(
             id,
             Entry {
@@ -339,7 +342,10 @@ impl Slots {
     /// Signals the connection with the oldest activity that is not already closing. False if
     /// every open connection is already closing.
     fn evict_longest_waiting(&self) -> bool {
-        let open = self.open.lock().expect("slots lock");
+        let open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let oldest = open
             .values()
             .filter(|e| !e.evicted.is_cancelled())
@@ -365,7 +371,11 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.slots.open.lock().expect("slots lock");
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         open.remove(&self.id);
         self.slots.count.send_replace(open.len());
     }
@@ -383,7 +393,7 @@ impl Touch {
             .slots
             .open
             .lock()
-            .expect("slots lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get_mut(&self.id)
         {
             entry.last_active = Instant::now();
