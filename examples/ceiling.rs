@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use datapack_worker::aws::{self, AwsSettings};
-use datapack_worker::event::{self, Item, Message};
-use datapack_worker::queue::Queue;
+use datapack_worker::intake::queue::Queue;
+use datapack_worker::process::event::{self, Item, Message};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 struct Args {

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use datapack_worker::store::writer::{Writer, WriterSettings};
 use datapack_worker::store::{self, NewResource, PoolSettings, Write, WriteOutcome};
-use datapack_worker::writer::{Writer, WriterSettings};
 use sqlx::postgres::PgConnectOptions;
 
 fn flag(name: &str, default: usize) -> usize {
@@ -71,9 +71,9 @@ async fn main() {
     store::migrate(&pool).await.expect("migrations");
     let at = Utc::now();
     let mut passes = Vec::new();
-    let health = datapack_worker::health::Health::new();
+    let health = datapack_worker::ops::health::Health::new();
     for pass in 0..2 {
-        let watchdog = datapack_worker::watchdog::Watchdog::new(health.clone());
+        let watchdog = datapack_worker::ops::watchdog::Watchdog::new(health.clone());
         let (writer, writer_tasks) = Writer::spawn(
             pool.clone(),
             WriterSettings {

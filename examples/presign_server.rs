@@ -18,7 +18,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use datapack_worker::cli::PresignArgs;
-use datapack_worker::presign::{self, PresignError};
+use datapack_worker::commands::presign::{self, PresignError};
 use serde::Deserialize;
 
 const PAGE: &str = include_str!("upload.html");

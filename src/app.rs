@@ -8,14 +8,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{RunArgs, redact_url};
 use crate::disposition::Dependency;
-use crate::health::{Health, Probe, probe};
-use crate::object::Canary;
-use crate::pipeline::{Pipeline, PipelineSettings};
-use crate::queue::Queue;
-use crate::watchdog::Watchdog;
-use crate::worker::WorkerSettings;
-use crate::writer::{Writer, WriterSettings};
-use crate::{aws, http, metrics as m, store, worker};
+use crate::intake::pool as worker;
+use crate::intake::pool::WorkerSettings;
+use crate::intake::queue::Queue;
+use crate::ops::health::{Health, Probe, probe};
+use crate::ops::watchdog::Watchdog;
+use crate::ops::{http, metrics as m};
+use crate::process::fetch::Canary;
+use crate::process::pipeline::{Pipeline, PipelineSettings};
+use crate::store::writer::{Writer, WriterSettings};
+use crate::{aws, store};
 
 /// Longest wait between two probes of a down dependency (before jitter). Probes are one cheap
 /// call each, so recovery is noticed within seconds even after a long outage.
@@ -149,7 +151,7 @@ pub async fn run_supervised(
         settings: PipelineSettings {
             buckets: args.buckets(),
             required_uploaded_by: args.required_uploaded_by(),
-            ranged: crate::object::Ranged::new(
+            ranged: crate::process::fetch::Ranged::new(
                 args.ranged_get_threshold_bytes,
                 args.ranged_get_part_bytes,
                 args.ranged_get_parallelism,

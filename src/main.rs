@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use datapack_worker::cli::{Cli, Command, DlqCommand};
-use datapack_worker::{app, aws, config, dlq, presign, shutdown, store, telemetry};
+use datapack_worker::commands::{dlq, presign};
+use datapack_worker::ops::telemetry;
+use datapack_worker::{app, aws, config, shutdown, store};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -6,7 +6,7 @@
 
 #![no_main]
 
-use datapack_worker::{event, key};
+use datapack_worker::process::{event, key};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

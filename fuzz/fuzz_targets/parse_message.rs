@@ -10,8 +10,9 @@
 
 use std::cmp::Ordering;
 
-use datapack_worker::event::{self, Item, Message};
-use datapack_worker::key;
+use datapack_worker::process::event::{self, Item, Message};
+use datapack_worker::process::key;
+use datapack_worker::store::write::sequencer_cmp;
 use libfuzzer_sys::fuzz_target;
 
 /// Zeros appended to a sequencer to compare it with a long one: a stored sequencer may be as
@@ -43,16 +44,12 @@ fuzz_target!(|data: &[u8]| {
             );
         }
         if let Some(s) = &e.sequencer {
-            assert_eq!(
-                event::sequencer_cmp(s, s),
-                Ordering::Equal,
-                "{s:?} vs itself"
-            );
+            assert_eq!(sequencer_cmp(s, s), Ordering::Equal, "{s:?} vs itself");
             // AWS's rule pads the shorter with zeros on the right, so trailing zeros never
             // change the order, however long the other sequencer is.
             let padded = format!("{s}{}", "0".repeat(PADDING));
             assert_eq!(
-                event::sequencer_cmp(s, &padded),
+                sequencer_cmp(s, &padded),
                 Ordering::Equal,
                 "{s:?} vs itself with {PADDING} trailing zeros"
             );
@@ -61,8 +58,8 @@ fuzz_target!(|data: &[u8]| {
     for a in events.iter().filter_map(|e| e.sequencer.as_deref()) {
         for b in events.iter().filter_map(|e| e.sequencer.as_deref()) {
             assert_eq!(
-                event::sequencer_cmp(a, b),
-                event::sequencer_cmp(b, a).reverse(),
+                sequencer_cmp(a, b),
+                sequencer_cmp(b, a).reverse(),
                 "{a:?} vs {b:?} is not antisymmetric"
             );
         }

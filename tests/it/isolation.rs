@@ -395,8 +395,8 @@ async fn a_read_only_brownout_pauses_and_dead_letters_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_constraint_violation_fails_only_its_own_message() {
     use datapack_worker::disposition::{Failure, RetryReason};
+    use datapack_worker::store::writer::{Writer, WriterSettings};
     use datapack_worker::store::{NewResource, Write, WriteOutcome};
-    use datapack_worker::writer::{Writer, WriterSettings};
 
     let db = crate::support::TestDb::new().await;
     db.add_datapack("dp-1").await;
@@ -406,8 +406,8 @@ async fn a_constraint_violation_fails_only_its_own_message() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let health = datapack_worker::health::Health::new();
-    let watchdog = datapack_worker::watchdog::Watchdog::new(health.clone());
+    let health = datapack_worker::ops::health::Health::new();
+    let watchdog = datapack_worker::ops::watchdog::Watchdog::new(health.clone());
     let (writer, _writers) = Writer::spawn(
         db.pool.clone(),
         WriterSettings {

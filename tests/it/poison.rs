@@ -11,9 +11,9 @@ use serde_json::json;
 use crate::support::db::sha256_hex;
 use crate::support::stack::s3_event;
 use crate::support::{Moto, Stack, TestDb, TestWorker, wait_until};
-use datapack_worker::pipeline::{Pipeline, PipelineSettings, Verdict};
-use datapack_worker::queue::Received;
-use datapack_worker::writer::{Writer, WriterSettings};
+use datapack_worker::intake::queue::Received;
+use datapack_worker::process::pipeline::{Pipeline, PipelineSettings, Verdict};
+use datapack_worker::store::writer::{Writer, WriterSettings};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 const TIME: &str = "2024-05-01T10:00:00.000Z";
@@ -335,7 +335,7 @@ async fn poison_messages_end_where_documented_and_the_worker_keeps_serving() {
     assert!(cases.len() >= 25, "{} cases", cases.len());
 
     // The pipeline alone, per body: the exact outcome, without the queue in the way.
-    let health = datapack_worker::health::Health::new();
+    let health = datapack_worker::ops::health::Health::new();
     let (writer, _writers) = Writer::spawn(
         db.pool.clone(),
         WriterSettings {
@@ -345,7 +345,7 @@ async fn poison_messages_end_where_documented_and_the_worker_keeps_serving() {
             timeout: Duration::from_secs(30),
         },
         health.clone(),
-        &datapack_worker::watchdog::Watchdog::new(health.clone()),
+        &datapack_worker::ops::watchdog::Watchdog::new(health.clone()),
     );
     let pipeline = Pipeline {
         s3: datapack_worker::aws::s3(&stack.sdk),
@@ -353,7 +353,7 @@ async fn poison_messages_end_where_documented_and_the_worker_keeps_serving() {
         settings: PipelineSettings {
             buckets: vec![stack.bucket.clone()],
             required_uploaded_by: Some("presigned-url".into()),
-            ranged: datapack_worker::object::Ranged::off(),
+            ranged: datapack_worker::process::fetch::Ranged::off(),
         },
         health: health.clone(),
         canary: Default::default(),

@@ -180,7 +180,7 @@ fn checksum_b64(body: &[u8]) -> String {
 async fn presigned_put_with_a_signed_checksum_is_accepted_as_signed() {
     let server = S3sFs::start().await;
     let signed = server.presign(&["--sha256", &sha256_hex(BODY)]);
-    let signed_names = datapack_worker::presign::signed_headers(&signed.url).unwrap();
+    let signed_names = datapack_worker::commands::presign::signed_headers(&signed.url).unwrap();
     assert!(
         signed_names.contains(&"x-amz-checksum-sha256".to_owned()),
         "{signed_names:?}"
@@ -209,7 +209,7 @@ async fn presigned_put_with_a_signed_checksum_is_accepted_as_signed() {
     assert_eq!(
         metadata
             .get("uploader-name")
-            .map(|v| datapack_worker::metadata::decode(v)),
+            .map(|v| datapack_worker::process::metadata::decode(v)),
         Some("Nguyễn Văn A".to_owned())
     );
     assert_eq!(
@@ -335,7 +335,7 @@ async fn an_expired_url_is_refused() {
         sha256: Some(sha256_hex(BODY)),
     };
     let hour_ago = SystemTime::now() - Duration::from_secs(3600);
-    let late = datapack_worker::presign::presign_at(&server.s3, BUCKET, &args, hour_ago)
+    let late = datapack_worker::commands::presign::presign_at(&server.s3, BUCKET, &args, hour_ago)
         .await
         .unwrap();
     let (status, error) = put(&late.url, &late.headers, BODY).await;

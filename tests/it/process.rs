@@ -23,7 +23,7 @@ async fn upload_large(stack: &Stack, key: &str, parts: usize, part_mib: usize) -
         body
     });
     stack.put_multipart(key, bodies).await;
-    datapack_worker::object::hex(&hasher.finalize())
+    datapack_worker::process::fetch::hex(&hasher.finalize())
 }
 
 /// Waits until the worker reports a message in flight (it is hashing the object).
@@ -236,5 +236,8 @@ fn presign_prints_the_url_and_the_headers_the_browser_must_send() {
     assert_eq!(headers["x-amz-meta-uploaded-by"], "presigned-url");
     let name = headers["x-amz-meta-uploader-name"].as_str().unwrap();
     assert!(name.is_ascii());
-    assert_eq!(datapack_worker::metadata::decode(name), "Nguyễn Văn A");
+    assert_eq!(
+        datapack_worker::process::metadata::decode(name),
+        "Nguyễn Văn A"
+    );
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use datapack_worker::object::{self, Fetched, Ranged, Target};
+use datapack_worker::process::fetch::{self, Fetched, Ranged, Target};
 
 use crate::support::db::sha256_hex;
 use crate::support::{Moto, Stack, TestDb, TestWorker, wait_until};
@@ -67,7 +67,7 @@ async fn ranged_fetch_hashes_the_same_bytes_as_one_get() {
         Ranged::new(MIB as u64, 2 * MIB as u64 + 1, 2),
         Ranged::off(),
     ] {
-        let Fetched::Object(facts) = object::fetch(&stack.s3, target, None, &ranged)
+        let Fetched::Object(facts) = fetch::fetch(&stack.s3, target, None, &ranged)
             .await
             .unwrap()
         else {
@@ -80,7 +80,7 @@ async fn ranged_fetch_hashes_the_same_bytes_as_one_get() {
     // An event announcing a large size for an empty object: S3 refuses the range (416), the
     // fetch falls back to one GET.
     let empty_etag = stack.put("dp-1/big/empty.bin", b"").await;
-    let fetched = object::fetch(
+    let fetched = fetch::fetch(
         &stack.s3,
         Target {
             key: "dp-1/big/empty.bin",
@@ -113,7 +113,7 @@ async fn overwrite_between_parts_is_superseded() {
             version_id: None,
             size: Some(size),
         };
-        object::fetch(&s3, target, None, &ranged).await
+        fetch::fetch(&s3, target, None, &ranged).await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut other = bytes.clone();

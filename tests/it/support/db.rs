@@ -102,5 +102,5 @@ impl TestDb {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    datapack_worker::object::hex(&sha2::Sha256::digest(bytes))
+    datapack_worker::process::fetch::hex(&sha2::Sha256::digest(bytes))
 }

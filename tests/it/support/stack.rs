@@ -118,11 +118,17 @@ impl Stack {
         if let Some((name, email)) = uploader {
             request = request
                 .metadata("uploaded-by", "presigned-url")
-                .metadata("uploader-name", datapack_worker::metadata::encode(name))
-                .metadata("uploader-email", datapack_worker::metadata::encode(email));
+                .metadata(
+                    "uploader-name",
+                    datapack_worker::process::metadata::encode(name),
+                )
+                .metadata(
+                    "uploader-email",
+                    datapack_worker::process::metadata::encode(email),
+                );
         }
         let etag = request.send().await.unwrap().e_tag.unwrap();
-        datapack_worker::event::unquote_etag(&etag)
+        datapack_worker::process::event::unquote_etag(&etag)
     }
 
     /// Uploads `parts` as one multipart object with the presigned metadata. moto sends two
@@ -202,7 +208,7 @@ impl Stack {
             json: true,
             sha256: None,
         };
-        let signed = datapack_worker::presign::presign(&self.s3, &self.bucket, &args)
+        let signed = datapack_worker::commands::presign::presign(&self.s3, &self.bucket, &args)
             .await
             .unwrap();
         let client = reqwest::Client::new();
@@ -216,7 +222,7 @@ impl Stack {
             "presigned PUT failed: {}",
             response.status()
         );
-        datapack_worker::event::unquote_etag(response.headers()["etag"].to_str().unwrap())
+        datapack_worker::process::event::unquote_etag(response.headers()["etag"].to_str().unwrap())
     }
 
     pub async fn delete(&self, key: &str) {

@@ -183,9 +183,9 @@ impl Health {
             })
             .collect();
         for d in Dependency::ALL {
-            crate::metrics::dependency(d, false);
+            crate::ops::metrics::dependency(d, false);
         }
-        metrics::gauge!(crate::metrics::PAUSED).set(1.0);
+        metrics::gauge!(crate::ops::metrics::PAUSED).set(1.0);
         let (changed, _) = watch::channel(0);
         Self {
             inner: Arc::new(Inner {
@@ -326,8 +326,8 @@ impl Health {
             error = %crate::disposition::chain(failure),
             "dependency down (its probe failed): pausing receives until it answers again"
         );
-        crate::metrics::dependency(dependency, false);
-        metrics::gauge!(crate::metrics::PAUSED).set(1.0);
+        crate::ops::metrics::dependency(dependency, false);
+        metrics::gauge!(crate::ops::metrics::PAUSED).set(1.0);
     }
 
     fn report_up(&self, dependency: Dependency) {
@@ -340,15 +340,15 @@ impl Health {
         };
         let all_up = states.values().all(|s| s.down_since.is_none());
         drop(states);
-        crate::metrics::paused_for(dependency, since.elapsed());
-        crate::metrics::dependency(dependency, true);
+        crate::ops::metrics::paused_for(dependency, since.elapsed());
+        crate::ops::metrics::dependency(dependency, true);
         tracing::info!(
             dependency = dependency.as_str(),
             down_for_secs = since.elapsed().as_secs_f64(),
             "dependency up"
         );
         if all_up {
-            metrics::gauge!(crate::metrics::PAUSED).set(0.0);
+            metrics::gauge!(crate::ops::metrics::PAUSED).set(0.0);
         }
     }
 

@@ -11,13 +11,13 @@ use chrono::Utc;
 use tracing::Instrument;
 
 use crate::disposition::{DeadLetterReason, Dependency, Failure, Outcome, SkipReason};
-use crate::event::{self, EventKind, Item, Message, ObjectEvent};
-use crate::health::Health;
-use crate::key;
-use crate::object::{self, Fetched, Target};
-use crate::queue::Received;
+use crate::intake::queue::Received;
+use crate::ops::health::Health;
+use crate::process::event::{self, EventKind, Item, Message, ObjectEvent};
+use crate::process::fetch::{self, Fetched, Target};
+use crate::process::key;
+use crate::store::writer::Writer;
 use crate::store::{NewResource, Removal, Write, WriteOutcome};
-use crate::writer::Writer;
 
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
@@ -26,7 +26,7 @@ pub struct PipelineSettings {
     /// Required `uploaded-by` metadata value; `None` records every upload.
     pub required_uploaded_by: Option<String>,
     /// When and how large objects are read as parallel ranged GETs.
-    pub ranged: object::Ranged,
+    pub ranged: fetch::Ranged,
 }
 
 #[derive(Clone)]
@@ -37,7 +37,7 @@ pub struct Pipeline {
     /// Told the outcome of every fetch, for the S3 breaker.
     pub health: Health,
     /// Objects the S3 probe reads in depth when the breaker trips.
-    pub canary: Arc<object::Canary>,
+    pub canary: Arc<fetch::Canary>,
 }
 
 /// What to do with a message once processing ends.
@@ -68,7 +68,7 @@ impl Pipeline {
                 };
             }
         };
-        metrics::histogram!(crate::metrics::RECORDS_PER_MESSAGE).record(items.len() as f64);
+        metrics::histogram!(crate::ops::metrics::RECORDS_PER_MESSAGE).record(items.len() as f64);
 
         let mut outcomes = Vec::with_capacity(items.len());
         let mut writes = Vec::new();
@@ -111,7 +111,8 @@ impl Pipeline {
                 };
                 if matches!(outcome, Outcome::Recorded | Outcome::Removed) {
                     let lag = (now - at).to_std().unwrap_or_default();
-                    metrics::histogram!(crate::metrics::EVENT_TO_COMMIT).record(lag.as_secs_f64());
+                    metrics::histogram!(crate::ops::metrics::EVENT_TO_COMMIT)
+                        .record(lag.as_secs_f64());
                 }
                 outcomes.push(outcome);
             }
@@ -164,14 +165,14 @@ impl Pipeline {
             size: event.size,
         };
         let started = Instant::now();
-        let fetched = object::fetch(
+        let fetched = fetch::fetch(
             &self.s3,
             target,
             self.settings.required_uploaded_by.as_deref(),
             &self.settings.ranged,
         )
         .await;
-        crate::metrics::phase("fetch_hash", started.elapsed());
+        crate::ops::metrics::phase("fetch_hash", started.elapsed());
         // Every answer from S3 feeds the breaker: a 404 or 412 shows reads work as well as the
         // bytes do. Refusals built from the message itself say nothing about S3.
         match &fetched {
@@ -193,7 +194,7 @@ impl Pipeline {
             Fetched::Gone => return Ok(Prepared::Done(Outcome::ObjectGone)),
             Fetched::Superseded => return Ok(Prepared::Done(Outcome::Superseded)),
         };
-        metrics::histogram!(crate::metrics::OBJECT_SIZE).record(facts.length as f64);
+        metrics::histogram!(crate::ops::metrics::OBJECT_SIZE).record(facts.length as f64);
         Ok(Prepared::Write(Write::Resource(NewResource {
             bucket: event.bucket.clone(),
             object_key: event.key.clone(),

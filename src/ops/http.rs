@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service as _;
 
-use crate::health::Health;
+use crate::ops::health::Health;
 
 /// Open connections at most. Normal life needs three or four at once (the kubelet's liveness
 /// and readiness probes, one or two Prometheus servers); 64 is over ten times that, yet only 6%
@@ -140,7 +140,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 async fn render(State(state): State<AppState>) -> ([(&'static str, &'static str); 1], String) {
     (
         [("content-type", "text/plain; version=0.0.4")],
-        crate::metrics::render(&state.metrics),
+        crate::ops::metrics::render(&state.metrics),
     )
 }
 

@@ -1,4 +1,4 @@
-//! PostgreSQL: the schema's migrations and the idempotent, order-aware write of a batch of events.
+//! The idempotent, order-aware write of a batch of events.
 //!
 //! One call writes the events of many messages in one transaction with a handful of set-based
 //! statements, whatever the batch size. Keys are locked (transaction advisory locks, taken in a
@@ -6,17 +6,10 @@
 //! something newer for this key?" race-free across replicas.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
-
-use crate::disposition::{DeadLetterReason, Failure, RetryReason};
-use crate::event::sequencer_cmp;
-
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A resource row to record: the facts of one fetched and hashed upload.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,56 +89,6 @@ fn key_lock(bucket: &str, key: &str) -> i64 {
         .chain_update(key)
         .finalize();
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
-}
-
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    pub max_connections: u32,
-    pub acquire_timeout: Duration,
-    pub statement_timeout: Duration,
-}
-
-/// Builds a pool that connects lazily, so the worker starts (and reports not-ready) while the
-/// database is down instead of crashing.
-pub fn pool(options: PgConnectOptions, settings: &PoolSettings) -> PgPool {
-    let options = options.application_name("datapack-worker").options([(
-        "statement_timeout",
-        settings.statement_timeout.as_millis().to_string(),
-    )]);
-    PgPoolOptions::new()
-        .max_connections(settings.max_connections)
-        .min_connections(0)
-        .acquire_timeout(settings.acquire_timeout)
-        .test_before_acquire(true)
-        .connect_lazy_with(options)
-}
-
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
-}
-
-/// Probe used for readiness and outage recovery: reads the table, and checks that this role
-/// may still do what the writes need (a revoked grant fails every write while a plain SELECT
-/// still passes, the database's form of a brownout).
-pub async fn ping(pool: &PgPool) -> Result<(), Failure> {
-    let allowed: bool = sqlx::query_scalar(
-        "SELECT has_table_privilege('datapack_resource', 'SELECT, INSERT, UPDATE')
-            AND has_table_privilege('datapack_object_removal', 'SELECT, INSERT, UPDATE')
-            AND has_table_privilege('datapack', 'SELECT')
-         FROM (SELECT 1 FROM datapack_resource LIMIT 0) AS readable
-         RIGHT JOIN (VALUES (1)) AS one ON true",
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(classify)?;
-    if allowed {
-        Ok(())
-    } else {
-        Err(Failure::transient(
-            RetryReason::DatabaseMisconfigured,
-            "this role may not write datapack_resource / datapack_object_removal",
-        ))
-    }
 }
 
 /// Writes a batch in one transaction and says what became of each write, in order.
@@ -401,34 +344,17 @@ async fn settle(tx: &mut Tx<'_>, writes: &[Write]) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Maps a database error to its disposition by SQLSTATE class. Nothing here declares the
-/// database down: the worker asks its probe first (see `health`).
-pub fn classify(error: sqlx::Error) -> Failure {
-    use sqlx::Error as E;
-    let reason = match &error {
-        E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => {
-            RetryReason::DatabaseUnavailable
-        }
-        E::Database(db) => {
-            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-            match code.get(..2).unwrap_or_default() {
-                // connection exception, operator intervention, insufficient resources
-                "08" | "57" | "53" => RetryReason::DatabaseUnavailable,
-                // undefined table/column, privileges, auth, unknown database: configuration
-                // faults; the probe (which checks the privileges the writes need) tells
-                // whether they hit everyone.
-                "42" | "28" | "3D" => RetryReason::DatabaseMisconfigured,
-                "22" => {
-                    return Failure::permanent(DeadLetterReason::InvalidData, error.to_string());
-                }
-                // integrity constraint: about one row; a batch is retried job by job.
-                "23" => RetryReason::DatabaseConstraint,
-                _ => RetryReason::DatabaseError,
-            }
-        }
-        _ => RetryReason::DatabaseError,
-    };
-    Failure::transient(reason, error)
+/// AWS's rule for S3 sequencers: pad the shorter with zeros on the right, compare as strings.
+/// Padded lazily: no allocation, and no format width that a long input could overflow.
+pub fn sequencer_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn padded(s: &str, width: usize) -> impl Iterator<Item = u8> + '_ {
+        s.bytes()
+            .map(|b| b.to_ascii_uppercase())
+            .chain(std::iter::repeat(b'0'))
+            .take(width)
+    }
+    let width = a.len().max(b.len());
+    padded(a, width).cmp(padded(b, width))
 }
 
 #[cfg(test)]
@@ -449,5 +375,26 @@ mod tests {
     fn key_lock_is_stable_and_separates_bucket_from_key() {
         assert_eq!(key_lock("b", "k"), key_lock("b", "k"));
         assert_ne!(key_lock("ab", "c"), key_lock("a", "bc"));
+    }
+
+    #[test]
+    fn orders_sequencers_like_aws() {
+        use std::cmp::Ordering::*;
+        assert_eq!(
+            sequencer_cmp("0055AED6DCD90281E5", "0055AED6DCD90281E6"),
+            Less
+        );
+        assert_eq!(sequencer_cmp("0055AED6DCD9028", "0055AED6DCD90281E5"), Less);
+        assert_eq!(sequencer_cmp("0056", "0055AED6DCD90281E5"), Greater);
+        assert_eq!(sequencer_cmp("00ab", "00AB"), Equal);
+    }
+
+    #[test]
+    fn a_sequencer_of_any_length_compares_without_panicking() {
+        use std::cmp::Ordering::*;
+        let long = "F".repeat(70_000);
+        assert_eq!(sequencer_cmp(&long, "00"), Greater);
+        assert_eq!(sequencer_cmp("00", &long), Less);
+        assert_eq!(sequencer_cmp(&long, &long), Equal);
     }
 }

@@ -16,9 +16,9 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::disposition::{Dependency, Failure, RetryReason};
-use crate::health::Health;
+use crate::ops::health::Health;
+use crate::ops::watchdog::Watchdog;
 use crate::store::{self, Write, WriteOutcome};
-use crate::watchdog::Watchdog;
 
 struct Job {
     writes: Vec<Write>,
@@ -143,12 +143,12 @@ async fn commit(context: &Context, writes: Vec<Write>) -> Result<Vec<WriteOutcom
             ))
         }
     };
-    crate::metrics::phase("db_write", started.elapsed());
+    crate::ops::metrics::phase("db_write", started.elapsed());
     let batch = context.batches.fetch_add(1, Ordering::Relaxed);
     match &result {
         Ok(_) => {
-            metrics::counter!(crate::metrics::DB_COMMITS).increment(1);
-            metrics::histogram!(crate::metrics::DB_BATCH_SIZE).record(count as f64);
+            metrics::counter!(crate::ops::metrics::DB_COMMITS).increment(1);
+            metrics::histogram!(crate::ops::metrics::DB_BATCH_SIZE).record(count as f64);
             context
                 .health
                 .observe(Dependency::Postgres, &batch.to_string(), true);

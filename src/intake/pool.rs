@@ -22,11 +22,12 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::disposition::{Failure, RetryReason};
-use crate::health::{self, Health};
-use crate::metrics::{self as m, Raised};
-use crate::pipeline::{Pipeline, Verdict};
-use crate::queue::{DeleteRequest, Queue, Received, VisibilityError};
-use crate::watchdog::Watchdog;
+use crate::intake::deleter::DeleteRequest;
+use crate::intake::queue::{Queue, Received, VisibilityError};
+use crate::ops::health::{self, Health};
+use crate::ops::metrics::{self as m, Raised};
+use crate::ops::watchdog::Watchdog;
+use crate::process::pipeline::{Pipeline, Verdict};
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -65,7 +66,7 @@ pub async fn run(
     let (deletes, delete_requests) = mpsc::channel(settings.concurrency.max(10) * 2);
     let deleter = watchdog.spawn(
         "deleter",
-        crate::queue::run_deleter(queue.clone(), delete_requests),
+        crate::intake::deleter::run_deleter(queue.clone(), delete_requests),
     );
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     metrics::gauge!(m::CONCURRENCY).set(settings.concurrency as f64);

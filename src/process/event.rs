@@ -375,18 +375,5 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, ParseError> {
         .map_err(|e| malformed(format!("eventTime {text:?} is not a timestamp: {e}")))
 }
 
-/// AWS's rule for S3 sequencers: pad the shorter with zeros on the right, compare as strings.
-/// Padded lazily: no allocation, and no format width that a long input could overflow.
-pub fn sequencer_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    fn padded(s: &str, width: usize) -> impl Iterator<Item = u8> + '_ {
-        s.bytes()
-            .map(|b| b.to_ascii_uppercase())
-            .chain(std::iter::repeat(b'0'))
-            .take(width)
-    }
-    let width = a.len().max(b.len());
-    padded(a, width).cmp(padded(b, width))
-}
-
 #[cfg(test)]
 mod tests;

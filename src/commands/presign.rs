@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
 
 use crate::cli::PresignArgs;
-use crate::metadata;
+use crate::process::metadata;
 
 /// The header that makes S3 verify the body's SHA-256 (base64 of the 32-byte digest).
 pub const CHECKSUM_SHA256: &str = "x-amz-checksum-sha256";
@@ -289,7 +289,7 @@ mod tests {
         ] {
             let key = object_key("dp", path, "f.csv").unwrap();
             assert_eq!(key, want);
-            let split = crate::key::split(&key).unwrap();
+            let split = crate::process::key::split(&key).unwrap();
             assert_eq!(split.path, format!("/{}", path.trim_matches('/')));
         }
         assert!(object_key("", "/", "f").is_err());

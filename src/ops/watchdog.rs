@@ -13,7 +13,7 @@ use std::future::Future;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::Health;
+use crate::ops::health::Health;
 
 #[derive(Clone)]
 pub struct Watchdog {

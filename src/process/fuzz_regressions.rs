@@ -6,7 +6,7 @@
 use std::cmp::Ordering;
 
 use crate::disposition::DeadLetterReason;
-use crate::{event, metadata};
+use crate::process::{event, metadata};
 
 /// A notification for one upload whose sequencer is `sequencer`.
 fn body_with_sequencer(sequencer: &str) -> String {
@@ -27,10 +27,22 @@ fn body_with_sequencer(sequencer: &str) -> String {
 #[test]
 fn sequencer_longer_than_a_format_width_does_not_panic() {
     let long = format!("0055{}1", "0".repeat(70_000));
-    assert_eq!(event::sequencer_cmp(&long, &long), Ordering::Equal);
-    assert_eq!(event::sequencer_cmp(&long, "0055"), Ordering::Greater);
-    assert_eq!(event::sequencer_cmp("0055", &long), Ordering::Less);
-    assert_eq!(event::sequencer_cmp(&long, "0056"), Ordering::Less);
+    assert_eq!(
+        crate::store::write::sequencer_cmp(&long, &long),
+        Ordering::Equal
+    );
+    assert_eq!(
+        crate::store::write::sequencer_cmp(&long, "0055"),
+        Ordering::Greater
+    );
+    assert_eq!(
+        crate::store::write::sequencer_cmp("0055", &long),
+        Ordering::Less
+    );
+    assert_eq!(
+        crate::store::write::sequencer_cmp(&long, "0056"),
+        Ordering::Less
+    );
 
     let refused = event::parse(&body_with_sequencer(&long)).unwrap_err();
     assert_eq!(refused.reason, DeadLetterReason::MalformedMessage);

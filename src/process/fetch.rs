@@ -29,8 +29,8 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::aws;
 use crate::disposition::{Dependency, Failure, RetryReason};
-use crate::event::unquote_etag;
-use crate::metadata::Uploader;
+use crate::process::event::unquote_etag;
+use crate::process::metadata::Uploader;
 
 /// What the event announced and we must fetch.
 #[derive(Debug, Clone, Copy)]
@@ -250,7 +250,7 @@ async fn next_chunk(body: &mut ByteStream) -> Result<Option<Bytes>, Failure> {
 fn feed(hasher: &mut Sha256, length: &mut u64, chunk: &[u8]) {
     hasher.update(chunk);
     *length += chunk.len() as u64;
-    crate::metrics::hashed_bytes(chunk.len());
+    crate::ops::metrics::hashed_bytes(chunk.len());
 }
 
 /// What every part GET of one object names: the same key, version and bytes.

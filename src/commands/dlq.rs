@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::disposition::{Failure, RetryReason};
-use crate::event::{self, Item, Message};
+use crate::process::event::{self, Item, Message};
 
 #[derive(Debug, Serialize)]
 pub struct Entry {

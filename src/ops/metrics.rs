@@ -15,7 +15,7 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::disposition::{Dependency, Failure, Outcome};
-use crate::queue::Received;
+use crate::intake::queue::Received;
 
 pub const MESSAGES_RECEIVED: &str = "datapack_worker_messages_received_total";
 pub const MESSAGES: &str = "datapack_worker_messages_total";

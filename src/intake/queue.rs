@@ -9,10 +9,9 @@ use aws_sdk_sqs::types::{
     QueueAttributeName,
 };
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, oneshot};
 
 use crate::aws;
-use crate::disposition::{Dependency, Failure, RetryReason};
+use crate::disposition::{Dependency, Failure};
 
 /// A received message with the attributes the worker uses.
 #[derive(Debug, Clone)]
@@ -269,34 +268,5 @@ impl Queue {
 
     pub fn client(&self) -> &aws_sdk_sqs::Client {
         &self.client
-    }
-}
-
-/// A delete request waiting for its batch.
-pub struct DeleteRequest {
-    pub receipt_handle: String,
-    pub done: oneshot::Sender<Result<(), Failure>>,
-}
-
-/// Batches deletes: whatever is waiting (up to ten) goes in one call, so deletes batch under
-/// load and add no delay when idle. Ends when every sender is gone and the channel is drained.
-pub async fn run_deleter(queue: Queue, mut requests: mpsc::Receiver<DeleteRequest>) {
-    let mut batch = Vec::with_capacity(10);
-    while requests.recv_many(&mut batch, 10).await > 0 {
-        let handles: Vec<String> = batch.iter().map(|r| r.receipt_handle.clone()).collect();
-        let started = std::time::Instant::now();
-        let result = queue.delete_batch(&handles).await;
-        crate::metrics::phase("sqs_delete", started.elapsed());
-        for request in batch.drain(..) {
-            let answer = match &result {
-                Ok(failed) if failed.contains(&request.receipt_handle) => Err(Failure::transient(
-                    RetryReason::SqsDeleteFailed,
-                    "DeleteMessageBatch refused this entry",
-                )),
-                Ok(_) => Ok(()),
-                Err(e) => Err(e.copy()),
-            };
-            let _ = request.done.send(answer);
-        }
     }
 }

@@ -1,0 +1,35 @@
+//! The deleter: batches the deletes of settled messages, so one call removes up to ten.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::disposition::{Failure, RetryReason};
+use crate::intake::queue::Queue;
+
+/// A delete request waiting for its batch.
+pub struct DeleteRequest {
+    pub receipt_handle: String,
+    pub done: oneshot::Sender<Result<(), Failure>>,
+}
+
+/// Batches deletes: whatever is waiting (up to ten) goes in one call, so deletes batch under
+/// load and add no delay when idle. Ends when every sender is gone and the channel is drained.
+pub async fn run_deleter(queue: Queue, mut requests: mpsc::Receiver<DeleteRequest>) {
+    let mut batch = Vec::with_capacity(10);
+    while requests.recv_many(&mut batch, 10).await > 0 {
+        let handles: Vec<String> = batch.iter().map(|r| r.receipt_handle.clone()).collect();
+        let started = std::time::Instant::now();
+        let result = queue.delete_batch(&handles).await;
+        crate::ops::metrics::phase("sqs_delete", started.elapsed());
+        for request in batch.drain(..) {
+            let answer = match &result {
+                Ok(failed) if failed.contains(&request.receipt_handle) => Err(Failure::transient(
+                    RetryReason::SqsDeleteFailed,
+                    "DeleteMessageBatch refused this entry",
+                )),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.copy()),
+            };
+            let _ = request.done.send(answer);
+        }
+    }
+}

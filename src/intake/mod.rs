@@ -1,0 +1,8 @@
+//! The intake layer: everything that talks to SQS. [`pool`] runs the pollers, which only ask
+//! for as many messages as there are idle slots, and hands each message to the process layer;
+//! [`queue`] is the SQS client (receive, visibility, the dead-letter send, depth), and
+//! [`deleter`] batches the deletes of settled messages.
+
+pub mod deleter;
+pub mod pool;
+pub mod queue;
