@@ -13,7 +13,7 @@ use crate::intake::pool::WorkerSettings;
 use crate::intake::queue::Queue;
 use crate::ops::health::{Health, Probe, probe};
 use crate::ops::watchdog::Watchdog;
-use crate::ops::{http, metrics as m};
+use crate::ops::{http, metrics};
 use crate::process::fetch::Canary;
 use crate::process::pipeline::{Pipeline, PipelineSettings};
 use crate::store::writer::{Writer, WriterSettings};
@@ -66,8 +66,8 @@ pub async fn run_supervised(
     extra: Vec<ExtraTask>,
 ) -> anyhow::Result<()> {
     args.validate()?;
-    let handle = m::install();
-    m::build_info(env!("CARGO_PKG_VERSION"), GIT_COMMIT);
+    let handle = metrics::install();
+    metrics::build_info(env!("CARGO_PKG_VERSION"), GIT_COMMIT);
     let db_url = args.database.url()?;
     tracing::info!(
         database = %redact_url(db_url.expose()),
@@ -113,7 +113,7 @@ pub async fn run_supervised(
     }
     background.push(watchdog.spawn(
         "queue sampler",
-        sample_queues(
+        crate::intake::depth::sample_queues(
             queue.clone(),
             Duration::from_secs(args.queue_sample_secs.max(1)),
             stop_background.clone(),
@@ -257,43 +257,4 @@ fn probes(
             }),
         ),
     ]
-}
-
-/// Samples both queues' depth, and the main queue's oldest-message age, for the dashboard and
-/// alerts, at an interval, until stopped. The age is an approximation built from what the
-/// pollers receive (see [`m::OldestAge`]); the dead-letter queue is never received from, so it
-/// has no age.
-async fn sample_queues(queue: Queue, every: Duration, stop: CancellationToken) {
-    let mut ticker = tokio::time::interval(every);
-    let mut oldest = m::OldestAge::default();
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        for (name, url) in [
-            ("main", &queue.url),
-            ("dead_letter", &queue.dead_letter_url),
-        ] {
-            let Ok(depth) = queue.depth(url).await else {
-                // A failed sample keeps the last values; the dependency gauge tells the story.
-                continue;
-            };
-            for (state, value) in [
-                ("visible", depth.visible),
-                ("in_flight", depth.in_flight),
-                ("delayed", depth.delayed),
-            ] {
-                metrics::gauge!(m::QUEUE_MESSAGES, "queue" => name, "state" => state)
-                    .set(value as f64);
-            }
-            if name == "main" {
-                // Taken only after a successful depth call, so a failed sample loses nothing.
-                let received = m::take_oldest_received(url);
-                let waiting = depth.visible + depth.in_flight + depth.delayed;
-                let age = oldest.sample(received, waiting, chrono::Utc::now());
-                metrics::gauge!(m::QUEUE_OLDEST_AGE, "queue" => name).set(age);
-            }
-        }
-    }
 }

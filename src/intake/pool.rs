@@ -25,7 +25,7 @@ use crate::disposition::{Failure, RetryReason};
 use crate::intake::deleter::DeleteRequest;
 use crate::intake::queue::{Queue, Received, VisibilityError};
 use crate::ops::health::{self, Health};
-use crate::ops::metrics::{self as m, Raised};
+use crate::ops::metrics::{self, Raised};
 use crate::ops::watchdog::Watchdog;
 use crate::process::pipeline::{Pipeline, Verdict};
 
@@ -69,7 +69,7 @@ pub async fn run(
         crate::intake::deleter::run_deleter(queue.clone(), delete_requests),
     );
     let slots = Arc::new(Semaphore::new(settings.concurrency));
-    metrics::gauge!(m::CONCURRENCY).set(settings.concurrency as f64);
+    metrics::concurrency(settings.concurrency);
     let context = Arc::new(Context {
         pipeline,
         queue,
@@ -142,7 +142,7 @@ async fn poll(
             return;
         }
         let first = {
-            let _idle = Raised::new(m::POLLERS_IDLE);
+            let _idle = Raised::new(metrics::POLLERS_IDLE);
             tokio::select! {
                 permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
                 _ = shutdown.cancelled() => return,
@@ -156,7 +156,7 @@ async fn poll(
             }
         }
         let received = {
-            let _receiving = Raised::new(m::POLLERS_RECEIVING);
+            let _receiving = Raised::new(metrics::POLLERS_RECEIVING);
             tokio::select! {
                 r = context.queue.receive(permits.len()) => r,
                 // Dropping a long poll may leave a message invisible until its timeout; it is
@@ -183,7 +183,7 @@ async fn poll(
                 continue;
             }
         };
-        m::received(&context.queue.url, &messages);
+        metrics::received(messages.len());
         for message in messages {
             let permit = permits
                 .pop()
@@ -205,9 +205,9 @@ struct Slot {
 async fn handle(context: Arc<Context>, message: Received, permit: OwnedSemaphorePermit) {
     let slot = Slot {
         _permit: permit,
-        _busy: Raised::new(m::WORKERS_BUSY),
+        _busy: Raised::new(metrics::WORKERS_BUSY),
     };
-    let _in_flight = Raised::new(m::IN_FLIGHT);
+    let _in_flight = Raised::new(metrics::IN_FLIGHT);
     let started = Instant::now();
     // The first-receive timestamp never changes, so only the first delivery observes it: a
     // redelivery would count the same wait again.
@@ -217,13 +217,13 @@ async fn handle(context: Arc<Context>, message: Received, permit: OwnedSemaphore
         message.receive_count,
     ) {
         let wait = (first - sent).to_std().unwrap_or_default();
-        metrics::histogram!(m::QUEUE_WAIT).record(wait.as_secs_f64());
+        metrics::queue_wait(wait);
     }
     // The message's work runs in a task of its own, so a panic on this message's data is a
     // fact about this message (retried, then dead-lettered), never the end of a worker.
     let work = {
         let (pipeline, message) = (context.pipeline.clone(), message.clone());
-        tokio::spawn(async move { pipeline.process(&message).await }.in_current_span())
+        tokio::spawn(async move { pipeline.process(&message.body).await }.in_current_span())
     };
     let abort = work.abort_handle();
     tokio::pin!(work);
@@ -258,11 +258,11 @@ async fn handle(context: Arc<Context>, message: Received, permit: OwnedSemaphore
                     )));
                 }
                 match context.queue.set_visibility(&message.receipt_handle, timeout).await {
-                    Ok(()) => metrics::counter!(m::VISIBILITY_EXTENSIONS).increment(1),
+                    Ok(()) => metrics::visibility_extended(),
                     Err(VisibilityError::Lost) => {
                         abort.abort();
                         tracing::warn!("receipt handle no longer valid: another receiver owns the message; stopping");
-                        m::message_disposition("lost");
+                        metrics::message_disposition("lost");
                         return;
                     }
                     Err(VisibilityError::Failed(f)) => tracing::warn!(error = %crate::disposition::chain(&f), "visibility extension failed"),
@@ -278,15 +278,15 @@ async fn handle(context: Arc<Context>, message: Received, permit: OwnedSemaphore
         Some(verdict) => settle(&context, &message, verdict, slot).await,
         None => release(&context, &message, "release").await,
     }
-    metrics::histogram!(m::OBJECT_PROCESSING).record(started.elapsed().as_secs_f64());
+    metrics::object_processing(started.elapsed());
 }
 
 async fn settle(context: &Context, message: &Received, verdict: Verdict, slot: Slot) {
     match verdict {
         Verdict::Ack(outcomes) => {
             if delete(context, message, slot).await {
-                m::message_disposition("ack");
-                outcomes.into_iter().for_each(m::record_outcome);
+                metrics::message_disposition("ack");
+                outcomes.into_iter().for_each(metrics::record_outcome);
             }
         }
         Verdict::DeadLetter { outcomes, failure } => {
@@ -310,11 +310,11 @@ async fn dead_letter(
     };
     match context.queue.dead_letter(message, reason, &detail).await {
         Ok(()) => {
-            m::record_failure(&failure, true);
-            m::dead_lettered(reason);
+            metrics::record_failure(&failure, true);
+            metrics::dead_lettered(reason);
             if delete(context, message, slot).await {
-                m::message_disposition("dead_letter");
-                outcomes.into_iter().for_each(m::record_outcome);
+                metrics::message_disposition("dead_letter");
+                outcomes.into_iter().for_each(metrics::record_outcome);
             }
         }
         Err(send_failure) => Box::pin(retry(context, message, send_failure, slot)).await,
@@ -328,7 +328,7 @@ async fn retry(context: &Context, message: &Received, failure: Failure, slot: Sl
     if let Some(dependency) = failure.dependency() {
         let verdict = context.health.confirm(dependency, &context.hard_stop).await;
         if verdict != Some(health::Verdict::Up) {
-            m::record_failure(&failure, false);
+            metrics::record_failure(&failure, false);
             return release(context, message, "release").await;
         }
     }
@@ -346,7 +346,7 @@ async fn retry(context: &Context, message: &Received, failure: Failure, slot: Sl
         );
         return dead_letter(context, message, Vec::new(), exhausted, slot).await;
     }
-    m::record_failure(&failure, false);
+    metrics::record_failure(&failure, false);
     let delay = backoff(&context.settings, message.receive_count);
     if let Err(e) = context
         .queue
@@ -355,7 +355,7 @@ async fn retry(context: &Context, message: &Received, failure: Failure, slot: Sl
     {
         tracing::warn!(error = %e, "could not set the retry delay; the message returns after its visibility timeout");
     }
-    m::message_disposition("retry");
+    metrics::message_disposition("retry");
 }
 
 impl Context {
@@ -378,7 +378,7 @@ async fn release(context: &Context, message: &Received, disposition: &'static st
     {
         tracing::warn!(error = %e, "could not release the message; it returns after its visibility timeout");
     }
-    m::message_disposition(disposition);
+    metrics::message_disposition(disposition);
 }
 
 async fn delete(context: &Context, message: &Received, slot: Slot) -> bool {
@@ -406,7 +406,7 @@ async fn delete(context: &Context, message: &Received, slot: Slot) -> bool {
         Err(failure) => {
             // The work is committed; the message comes back and the idempotent write absorbs it.
             tracing::warn!(error = %crate::disposition::chain(&failure), "delete failed; the message will be redelivered");
-            m::message_disposition("retry");
+            metrics::message_disposition("retry");
             false
         }
     }

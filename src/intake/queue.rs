@@ -1,7 +1,7 @@
 //! SQS: receive, batched delete, visibility changes, the dead-letter send, and queue depth.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{
@@ -34,6 +34,9 @@ pub struct Queue {
     /// The main queue's redrive `maxReceiveCount`, learned from its attributes (0: unknown, or
     /// no redrive policy).
     max_receive_count: Arc<AtomicU32>,
+    /// The oldest SentTimestamp received since the depth sampler last took it (see
+    /// [`crate::intake::depth`]).
+    oldest_received: Arc<Mutex<Option<DateTime<Utc>>>>,
 }
 
 /// Why a visibility change did not happen.
@@ -79,6 +82,7 @@ impl Queue {
             wait,
             visibility_timeout,
             max_receive_count: Arc::new(AtomicU32::new(0)),
+            oldest_received: Arc::default(),
         }
     }
 
@@ -100,7 +104,7 @@ impl Queue {
             .send()
             .await
             .map_err(|e| aws::classify(Dependency::Sqs, aws::status(&e), e))?;
-        Ok(output
+        let messages: Vec<Received> = output
             .messages
             .unwrap_or_default()
             .into_iter()
@@ -122,7 +126,24 @@ impl Queue {
                     body: m.body.unwrap_or_default(),
                 })
             })
-            .collect())
+            .collect();
+        if let Some(sent) = messages.iter().filter_map(|m| m.sent_at).min() {
+            let mut oldest = self.oldest_lock();
+            *oldest = Some(oldest.map_or(sent, |o| o.min(sent)));
+        }
+        Ok(messages)
+    }
+
+    /// Takes (and clears) the oldest SentTimestamp received since the last call.
+    pub fn take_oldest_received(&self) -> Option<DateTime<Utc>> {
+        self.oldest_lock().take()
+    }
+
+    fn oldest_lock(&self) -> std::sync::MutexGuard<'_, Option<DateTime<Utc>>> {
+        // A plain value: a panic elsewhere cannot leave it half-written.
+        self.oldest_received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Deletes up to ten messages in one call; returns the handles that failed.

@@ -136,6 +136,8 @@ impl Breaker {
 struct State {
     /// Since when the dependency has been down (unproven counts as down).
     down_since: Option<Instant>,
+    /// Time spent down in earlier, closed pauses (the pause clock: `paused` adds the open one).
+    paused: Duration,
     /// Probe requests: bumped by [`Health::confirm`] and by a tripping breaker. A probe started
     /// at generation `g` answers every request up to `g`, and no request made after it started.
     requested: u64,
@@ -174,6 +176,7 @@ impl Health {
                     *d,
                     State {
                         down_since: Some(now),
+                        paused: Duration::ZERO,
                         requested: 0,
                         finished: 0,
                         last_up: false,
@@ -185,7 +188,7 @@ impl Health {
         for d in Dependency::ALL {
             crate::ops::metrics::dependency(d, false);
         }
-        metrics::gauge!(crate::ops::metrics::PAUSED).set(1.0);
+        crate::ops::metrics::paused(true);
         let (changed, _) = watch::channel(0);
         Self {
             inner: Arc::new(Inner {
@@ -327,7 +330,7 @@ impl Health {
             "dependency down (its probe failed): pausing receives until it answers again"
         );
         crate::ops::metrics::dependency(dependency, false);
-        metrics::gauge!(crate::ops::metrics::PAUSED).set(1.0);
+        crate::ops::metrics::paused(true);
     }
 
     fn report_up(&self, dependency: Dependency) {
@@ -338,9 +341,9 @@ impl Health {
         let Some(since) = state.down_since.take() else {
             return;
         };
+        state.paused += since.elapsed();
         let all_up = states.values().all(|s| s.down_since.is_none());
         drop(states);
-        crate::ops::metrics::paused_for(dependency, since.elapsed());
         crate::ops::metrics::dependency(dependency, true);
         tracing::info!(
             dependency = dependency.as_str(),
@@ -348,8 +351,22 @@ impl Health {
             "dependency up"
         );
         if all_up {
-            metrics::gauge!(crate::ops::metrics::PAUSED).set(0.0);
+            crate::ops::metrics::paused(false);
         }
+    }
+
+    /// Time each dependency has kept receiving paused, the open pause included: grows while it
+    /// is down, never goes backwards.
+    pub fn paused(&self) -> Vec<(Dependency, Duration)> {
+        let states = self.states();
+        Dependency::ALL
+            .iter()
+            .filter_map(|d| {
+                let state = states.get(d)?;
+                let open = state.down_since.map(|s| s.elapsed()).unwrap_or_default();
+                Some((*d, state.paused + open))
+            })
+            .collect()
     }
 
     /// Waits until every dependency is up. Returns false if shutdown came first.

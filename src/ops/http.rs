@@ -140,7 +140,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 async fn render(State(state): State<AppState>) -> ([(&'static str, &'static str); 1], String) {
     (
         [("content-type", "text/plain; version=0.0.4")],
-        crate::ops::metrics::render(&state.metrics),
+        crate::ops::metrics::render(&state.metrics, &state.health.paused()),
     )
 }
 

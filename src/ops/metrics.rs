@@ -4,18 +4,14 @@
 //! Labels are low-cardinality by construction: outcomes, reason codes, dependencies, phases.
 //! Never a key, ETag or message id.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::disposition::{Dependency, Failure, Outcome};
-use crate::intake::queue::Received;
 
 pub const MESSAGES_RECEIVED: &str = "datapack_worker_messages_received_total";
 pub const MESSAGES: &str = "datapack_worker_messages_total";
@@ -302,64 +298,59 @@ pub fn hashed_bytes(n: usize) {
     counter!(HASHED_BYTES).increment(n as u64);
 }
 
-/// One answered ReceiveMessage call on `queue_url`: counts it, and remembers the oldest
-/// SentTimestamp among the messages for the oldest-age sampler.
-pub fn received(queue_url: &str, messages: &[Received]) {
+/// One answered ReceiveMessage call that returned `messages` messages.
+pub fn received(messages: usize) {
     counter!(RECEIVES).increment(1);
-    if messages.is_empty() {
+    if messages == 0 {
         counter!(EMPTY_RECEIVES).increment(1);
     }
-    counter!(MESSAGES_RECEIVED).increment(messages.len() as u64);
-    if let Some(oldest) = messages.iter().filter_map(|m| m.sent_at).min() {
-        let mut seen = OLDEST_RECEIVED.lock().expect("oldest lock");
-        let slot = seen.entry(queue_url.to_owned()).or_insert(oldest);
-        *slot = (*slot).min(oldest);
-    }
+    counter!(MESSAGES_RECEIVED).increment(messages as u64);
 }
 
-/// Oldest SentTimestamp received per queue URL since the sampler last took it. Keyed by URL so
-/// two workers in one process (tests) do not read each other's messages.
-static OLDEST_RECEIVED: std::sync::LazyLock<Mutex<HashMap<String, DateTime<Utc>>>> =
-    std::sync::LazyLock::new(Default::default);
-
-/// Takes (and clears) the oldest SentTimestamp received from `queue_url` since the last call.
-pub fn take_oldest_received(queue_url: &str) -> Option<DateTime<Utc>> {
-    OLDEST_RECEIVED
-        .lock()
-        .expect("oldest lock")
-        .remove(queue_url)
+/// One depth sample: `queue` is `main` or `dead_letter`, `state` one of SQS's three counts.
+pub fn queue_messages(queue: &'static str, state: &'static str, value: u64) {
+    gauge!(QUEUE_MESSAGES, "queue" => queue, "state" => state).set(value as f64);
 }
 
-/// The oldest-message-age approximation, one sample at a time (see [`QUEUE_OLDEST_AGE`]'s help).
-///
-/// SQS reports counts, not ages, so the age comes from what we receive: a message we receive is
-/// at most as old as the oldest one still queued, and the oldest one received in an interval is
-/// the head of the queue as far as we can see. Between receives the head can only get older, so
-/// the last head's age keeps growing until the queue is empty.
-#[derive(Debug, Default, Clone)]
-pub struct OldestAge {
-    /// SentTimestamp of the head as last seen (or the time the backlog was first noticed).
-    head: Option<DateTime<Utc>>,
+pub fn queue_oldest_age(queue: &'static str, age_secs: f64) {
+    gauge!(QUEUE_OLDEST_AGE, "queue" => queue).set(age_secs);
 }
 
-impl OldestAge {
-    /// `received`: oldest SentTimestamp received since the last sample; `waiting`: messages in
-    /// the queue in any state (visible, in flight, delayed). Returns the age in seconds.
-    pub fn sample(
-        &mut self,
-        received: Option<DateTime<Utc>>,
-        waiting: u64,
-        now: DateTime<Utc>,
-    ) -> f64 {
-        if waiting == 0 {
-            self.head = None;
-            return 0.0;
-        }
-        // A fresh receive names the head; otherwise the old head stays (or, if we have never
-        // received from this backlog, it starts now: a lower bound, never an overstatement).
-        let head = *self.head.insert(received.or(self.head).unwrap_or(now));
-        (now - head).to_std().unwrap_or_default().as_secs_f64()
-    }
+pub fn records_per_message(records: usize) {
+    histogram!(RECORDS_PER_MESSAGE).record(records as f64);
+}
+
+/// From the event's time to the commit of what it announced.
+pub fn event_to_commit(lag: Duration) {
+    histogram!(EVENT_TO_COMMIT).record(lag.as_secs_f64());
+}
+
+pub fn object_size(bytes: u64) {
+    histogram!(OBJECT_SIZE).record(bytes as f64);
+}
+
+/// One committed group-commit transaction of `writes` writes.
+pub fn db_commit(writes: usize) {
+    counter!(DB_COMMITS).increment(1);
+    histogram!(DB_BATCH_SIZE).record(writes as f64);
+}
+
+pub fn concurrency(slots: usize) {
+    gauge!(CONCURRENCY).set(slots as f64);
+}
+
+/// From SentTimestamp to the start of processing.
+pub fn queue_wait(wait: Duration) {
+    histogram!(QUEUE_WAIT).record(wait.as_secs_f64());
+}
+
+pub fn visibility_extended() {
+    counter!(VISIBILITY_EXTENSIONS).increment(1);
+}
+
+/// From the start of a message's work to its settlement.
+pub fn object_processing(elapsed: Duration) {
+    histogram!(OBJECT_PROCESSING).record(elapsed.as_secs_f64());
 }
 
 pub fn phase(name: &'static str, elapsed: Duration) {
@@ -368,46 +359,23 @@ pub fn phase(name: &'static str, elapsed: Duration) {
 
 pub fn dependency(dependency: Dependency, up: bool) {
     gauge!(DEPENDENCY_UP, "dependency" => dependency.as_str()).set(if up { 1.0 } else { 0.0 });
-    let mut pause = PAUSE.lock().expect("pause lock");
-    let state = pause.entry(dependency).or_default();
-    if up {
-        if let Some(since) = state.since.take() {
-            state.total += since.elapsed();
-        }
-    } else {
-        state.since.get_or_insert_with(Instant::now);
-    }
 }
 
-/// Closes a pause with the duration measured by the health tracker (which owns the truth about
-/// when the dependency went down), so the counter ends exactly on its figure.
-pub fn paused_for(dependency: Dependency, elapsed: Duration) {
-    let mut pause = PAUSE.lock().expect("pause lock");
-    let state = pause.entry(dependency).or_default();
-    if state.since.take().is_some() {
-        state.total += elapsed;
-    }
+/// Whether receiving is paused (some dependency down or unproven).
+pub fn paused(paused: bool) {
+    gauge!(PAUSED).set(if paused { 1.0 } else { 0.0 });
 }
 
-/// Paused time per dependency. The `metrics` crate's counters are whole numbers, and adding a
-/// pause only when it ends would leave the counter flat during an outage; so the total lives
-/// here and `render` adds the open interval at scrape time: the counter grows while paused,
-/// in fractional seconds, and never goes backwards.
-#[derive(Debug, Default, Clone, Copy)]
-struct PauseState {
-    total: Duration,
-    since: Option<Instant>,
-}
-
-static PAUSE: std::sync::LazyLock<Mutex<HashMap<Dependency, PauseState>>> =
-    std::sync::LazyLock::new(Default::default);
-
-/// Renders the scrape: everything the recorder holds, plus the paused-seconds counter.
-pub fn render(handle: &PrometheusHandle) -> String {
+/// Renders the scrape: everything the recorder holds, plus the paused-seconds counter from
+/// `paused` (per dependency, as measured by the health tracker, which owns the pause clock).
+///
+/// The `metrics` crate's counters are whole numbers, and adding a pause only when it ends would
+/// leave the counter flat during an outage; so it is written here at scrape time: it grows
+/// while paused, in fractional seconds, and never goes backwards.
+pub fn render(handle: &PrometheusHandle, paused: &[(Dependency, Duration)]) -> String {
     use std::fmt::Write;
     let mut out = handle.render();
-    let pause = PAUSE.lock().expect("pause lock");
-    if pause.is_empty() {
+    if paused.is_empty() {
         return out;
     }
     if !out.is_empty() && !out.ends_with('\n') {
@@ -418,16 +386,13 @@ pub fn render(handle: &PrometheusHandle) -> String {
         "# HELP {PAUSED_SECONDS} Time spent not receiving because a dependency was down or not yet \
          proven (start-up counts), growing while paused.\n# TYPE {PAUSED_SECONDS} counter"
     );
-    for dependency in Dependency::ALL {
-        if let Some(state) = pause.get(&dependency) {
-            let open = state.since.map(|s| s.elapsed()).unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "{PAUSED_SECONDS}{{dependency=\"{}\"}} {}",
-                dependency.as_str(),
-                (state.total + open).as_secs_f64()
-            );
-        }
+    for (dependency, total) in paused {
+        let _ = writeln!(
+            out,
+            "{PAUSED_SECONDS}{{dependency=\"{}\"}} {}",
+            dependency.as_str(),
+            total.as_secs_f64()
+        );
     }
     out
 }
@@ -452,58 +417,12 @@ impl Drop for Raised {
 mod tests {
     use super::*;
 
-    fn at(secs: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
-    }
-
     #[test]
-    fn oldest_age_follows_the_head_grows_while_idle_and_resets_when_empty() {
-        let mut age = OldestAge::default();
-        assert_eq!(age.sample(None, 0, at(0)), 0.0, "empty queue");
-        // A backlog we have not received from yet: counted from when it was first seen.
-        assert_eq!(age.sample(None, 5, at(10)), 0.0);
-        assert_eq!(age.sample(None, 5, at(13)), 3.0);
-        // A receive names the real head: sent at 2, so 14 s old at 16.
-        assert_eq!(age.sample(Some(at(2)), 4, at(16)), 14.0);
-        // Nothing received while messages wait: the head keeps ageing.
-        assert_eq!(age.sample(None, 4, at(20)), 18.0);
-        // The old head was processed; the next receive shows a younger head.
-        assert_eq!(age.sample(Some(at(15)), 1, at(21)), 6.0);
-        assert_eq!(age.sample(None, 0, at(22)), 0.0, "drained");
-        assert_eq!(
-            age.sample(None, 1, at(30)),
-            0.0,
-            "a new backlog starts over"
-        );
-    }
-
-    #[test]
-    fn paused_seconds_grow_while_paused_and_stop_at_recovery() {
+    fn paused_seconds_are_rendered_fractional_per_dependency() {
         let handle = PrometheusBuilder::new().build_recorder().handle();
-        dependency(Dependency::S3, false);
-        let value = |text: &str| -> f64 {
-            text.lines()
-                .find_map(|l| {
-                    l.strip_prefix("datapack_worker_paused_seconds_total{dependency=\"s3\"} ")
-                })
-                .unwrap()
-                .parse()
-                .unwrap()
-        };
-        let first = value(&render(&handle));
-        // Lets the clock move; nothing is being synchronised here.
-        std::thread::sleep(Duration::from_millis(20));
-        let second = value(&render(&handle));
-        assert!(
-            second > first,
-            "grows during the outage: {first} -> {second}"
-        );
-        paused_for(Dependency::S3, Duration::from_millis(1500));
-        dependency(Dependency::S3, true);
-        let third = value(&render(&handle));
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(value(&render(&handle)), third, "flat once up");
-        // Closed with the health tracker's figure (1.5 s), not whole seconds.
-        assert!(third >= 1.5, "closed with the measured pause: {third}");
+        let text = render(&handle, &[(Dependency::S3, Duration::from_millis(1500))]);
+        assert!(text.contains("# TYPE datapack_worker_paused_seconds_total counter"));
+        assert!(text.contains("datapack_worker_paused_seconds_total{dependency=\"s3\"} 1.5\n"));
+        assert!(!render(&handle, &[]).contains("paused_seconds"));
     }
 }

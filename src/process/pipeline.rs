@@ -11,7 +11,6 @@ use chrono::Utc;
 use tracing::Instrument;
 
 use crate::disposition::{DeadLetterReason, Dependency, Failure, Outcome, SkipReason};
-use crate::intake::queue::Received;
 use crate::ops::health::Health;
 use crate::process::event::{self, EventKind, Item, Message, ObjectEvent};
 use crate::process::fetch::{self, Fetched, Target};
@@ -55,8 +54,10 @@ pub enum Verdict {
 }
 
 impl Pipeline {
-    pub async fn process(&self, message: &Received) -> Verdict {
-        let items = match event::parse(&message.body) {
+    /// One message body → its verdict. The body is all the pipeline needs: receipt, receive
+    /// count and timestamps stay with the intake, which settles the verdict.
+    pub async fn process(&self, body: &str) -> Verdict {
+        let items = match event::parse(body) {
             Ok(Message::Test) => {
                 return Verdict::Ack(vec![Outcome::Skipped(SkipReason::TestEvent)]);
             }
@@ -68,7 +69,7 @@ impl Pipeline {
                 };
             }
         };
-        metrics::histogram!(crate::ops::metrics::RECORDS_PER_MESSAGE).record(items.len() as f64);
+        crate::ops::metrics::records_per_message(items.len());
 
         let mut outcomes = Vec::with_capacity(items.len());
         let mut writes = Vec::new();
@@ -111,8 +112,7 @@ impl Pipeline {
                 };
                 if matches!(outcome, Outcome::Recorded | Outcome::Removed) {
                     let lag = (now - at).to_std().unwrap_or_default();
-                    metrics::histogram!(crate::ops::metrics::EVENT_TO_COMMIT)
-                        .record(lag.as_secs_f64());
+                    crate::ops::metrics::event_to_commit(lag);
                 }
                 outcomes.push(outcome);
             }
@@ -194,7 +194,7 @@ impl Pipeline {
             Fetched::Gone => return Ok(Prepared::Done(Outcome::ObjectGone)),
             Fetched::Superseded => return Ok(Prepared::Done(Outcome::Superseded)),
         };
-        metrics::histogram!(crate::ops::metrics::OBJECT_SIZE).record(facts.length as f64);
+        crate::ops::metrics::object_size(facts.length);
         Ok(Prepared::Write(Write::Resource(NewResource {
             bucket: event.bucket.clone(),
             object_key: event.key.clone(),

@@ -147,8 +147,7 @@ async fn commit(context: &Context, writes: Vec<Write>) -> Result<Vec<WriteOutcom
     let batch = context.batches.fetch_add(1, Ordering::Relaxed);
     match &result {
         Ok(_) => {
-            metrics::counter!(crate::ops::metrics::DB_COMMITS).increment(1);
-            metrics::histogram!(crate::ops::metrics::DB_BATCH_SIZE).record(count as f64);
+            crate::ops::metrics::db_commit(count);
             context
                 .health
                 .observe(Dependency::Postgres, &batch.to_string(), true);

@@ -11,7 +11,6 @@ use serde_json::json;
 use crate::support::db::sha256_hex;
 use crate::support::stack::s3_event;
 use crate::support::{Moto, Stack, TestDb, TestWorker, wait_until};
-use datapack_worker::intake::queue::Received;
 use datapack_worker::process::pipeline::{Pipeline, PipelineSettings, Verdict};
 use datapack_worker::store::writer::{Writer, WriterSettings};
 
@@ -358,16 +357,8 @@ async fn poison_messages_end_where_documented_and_the_worker_keeps_serving() {
         health: health.clone(),
         canary: Default::default(),
     };
-    for (i, c) in cases.iter().enumerate() {
-        let received = Received {
-            message_id: format!("direct-{i}"),
-            receipt_handle: String::new(),
-            body: c.body.clone(),
-            receive_count: 1,
-            sent_at: None,
-            first_received_at: None,
-        };
-        let got = verdict_end(pipeline.process(&received).await);
+    for c in &cases {
+        let got = verdict_end(pipeline.process(&c.body).await);
         assert_eq!(got, c.end, "pipeline verdict for {:?}", c.name);
     }
 
