@@ -1,4 +1,4 @@
-//! The pool: pollers that receive only for idle workers, a task per message, and settlement.
+//! The pool: pollers that receive only for idle workers, and a task per message's [`Lease`].
 //!
 //! A semaphore holds `WORKER_CONCURRENCY` slots. A poller first takes one free slot, then every
 //! other free slot (up to ten), and asks SQS for that many messages, so no message waits in
@@ -13,21 +13,22 @@
 //! dependency is up; if the probe fails too, the message is released and receiving pauses.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::disposition::{Failure, RetryReason};
+use crate::disposition::Failure;
 use crate::intake::deleter::DeleteRequest;
-use crate::intake::queue::{Queue, Received, VisibilityError};
+use crate::intake::lease::Lease;
+use crate::intake::queue::Queue;
 use crate::ops::health::{self, Health};
 use crate::ops::metrics::{self, Raised};
 use crate::ops::watchdog::Watchdog;
-use crate::process::pipeline::{Pipeline, Verdict};
+use crate::process::pipeline::Pipeline;
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -43,14 +44,15 @@ pub struct WorkerSettings {
     pub max_attempts: u32,
 }
 
-struct Context {
-    pipeline: Pipeline,
-    queue: Queue,
-    health: Health,
-    deletes: mpsc::Sender<DeleteRequest>,
-    settings: WorkerSettings,
+/// What every lease needs: the pipeline, the queue, health, the deleter and the settings.
+pub(super) struct Context {
+    pub(super) pipeline: Pipeline,
+    pub(super) queue: Queue,
+    pub(super) health: Health,
+    pub(super) deletes: mpsc::Sender<DeleteRequest>,
+    pub(super) settings: WorkerSettings,
     /// Fired when the grace period is over: unfinished work is released.
-    hard_stop: CancellationToken,
+    pub(super) hard_stop: CancellationToken,
 }
 
 /// Runs until `shutdown` fires and in-flight work is drained or released. If `watchdog` fires
@@ -107,12 +109,20 @@ pub async fn run(
     for poller in pollers {
         let _ = poller.await;
     }
-    tasks.close();
     let grace = if fatal.is_cancelled() {
         Duration::ZERO
     } else {
         settings.shutdown_grace
     };
+    drain(&tasks, grace, &context.hard_stop).await;
+    drop(context);
+    let _ = deleter.await;
+    tracing::info!("worker stopped");
+}
+
+/// Lets in-flight work finish within `grace`, then has every lease still held released.
+async fn drain(tasks: &TaskTracker, grace: Duration, hard_stop: &CancellationToken) {
+    tasks.close();
     tracing::info!(
         in_flight = tasks.len(),
         grace_secs = grace.as_secs(),
@@ -123,12 +133,9 @@ pub async fn run(
             unfinished = tasks.len(),
             "grace period over: releasing unfinished messages"
         );
-        context.hard_stop.cancel();
+        hard_stop.cancel();
         tasks.wait().await;
     }
-    drop(context);
-    let _ = deleter.await;
-    tracing::info!("worker stopped");
 }
 
 async fn poll(
@@ -141,20 +148,9 @@ async fn poll(
         if !context.health.wait_ready(&shutdown).await {
             return;
         }
-        let first = {
-            let _idle = Raised::new(metrics::POLLERS_IDLE);
-            tokio::select! {
-                permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-                _ = shutdown.cancelled() => return,
-            }
+        let Some(mut permits) = idle_slots(&slots, &shutdown).await else {
+            return;
         };
-        let mut permits = vec![first];
-        while permits.len() < 10 {
-            match slots.clone().try_acquire_owned() {
-                Ok(permit) => permits.push(permit),
-                Err(_) => break,
-            }
-        }
         let received = {
             let _receiving = Raised::new(metrics::POLLERS_RECEIVING);
             tokio::select! {
@@ -167,20 +163,10 @@ async fn poll(
         let messages = match received {
             Ok(messages) => messages,
             Err(failure) => {
-                tracing::warn!(error = %crate::disposition::chain(&failure), "receive failed");
-                // Ask the probe: if SQS is down the loop waits for it above; if not, a short
-                // pause keeps a persistent error from spinning.
-                if let Some(dependency) = failure.dependency()
-                    && context.health.confirm(dependency, &shutdown).await
-                        == Some(health::Verdict::Down)
-                {
+                if pause_after(&context, failure, &shutdown).await {
                     continue;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                continue;
+                return;
             }
         };
         metrics::received(messages.len());
@@ -189,226 +175,62 @@ async fn poll(
                 .pop()
                 .expect("never more messages than slots asked for");
             let span = tracing::info_span!("message", message_id = %message.message_id, receive_count = message.receive_count);
-            tasks.spawn(handle(context.clone(), message, permit).instrument(span));
+            tasks.spawn(
+                Lease::new(context.clone(), message, permit)
+                    .work()
+                    .instrument(span),
+            );
         }
     }
 }
 
-/// A worker slot and its gauge. Given back as soon as the message needs no more work, i.e. once
-/// its delete is queued after the commit: waiting for SQS to confirm the delete is no reason to
-/// keep another message waiting. The deleter's bounded channel still limits how many wait.
-struct Slot {
-    _permit: OwnedSemaphorePermit,
-    _busy: Raised,
-}
-
-async fn handle(context: Arc<Context>, message: Received, permit: OwnedSemaphorePermit) {
-    let slot = Slot {
-        _permit: permit,
-        _busy: Raised::new(metrics::WORKERS_BUSY),
-    };
-    let _in_flight = Raised::new(metrics::IN_FLIGHT);
-    let started = Instant::now();
-    // The first-receive timestamp never changes, so only the first delivery observes it: a
-    // redelivery would count the same wait again.
-    if let (Some(sent), Some(first), 1) = (
-        message.sent_at,
-        message.first_received_at,
-        message.receive_count,
-    ) {
-        let wait = (first - sent).to_std().unwrap_or_default();
-        metrics::queue_wait(wait);
-    }
-    // The message's work runs in a task of its own, so a panic on this message's data is a
-    // fact about this message (retried, then dead-lettered), never the end of a worker.
-    let work = {
-        let (pipeline, message) = (context.pipeline.clone(), message.clone());
-        tokio::spawn(async move { pipeline.process(&message.body).await }.in_current_span())
-    };
-    let abort = work.abort_handle();
-    tokio::pin!(work);
-    let timeout = context.queue.visibility_timeout;
-    let period = (timeout / 2).max(Duration::from_secs(1));
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let verdict = loop {
+/// Waits for one free slot, then takes every other free one (up to ten in all, SQS's most per
+/// receive). `None` on shutdown.
+async fn idle_slots(
+    slots: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> Option<Vec<OwnedSemaphorePermit>> {
+    let first = {
+        let _idle = Raised::new(metrics::POLLERS_IDLE);
         tokio::select! {
-            joined = &mut work => break Some(match joined {
-                Ok(verdict) => verdict,
-                Err(e) => Verdict::Retry(Failure::transient(
-                    RetryReason::ProcessingPanicked,
-                    if e.is_panic() {
-                        format!("processing panicked: {}", crate::disposition::panic_text(e.into_panic().as_ref()))
-                    } else {
-                        format!("processing stopped: {e}")
-                    },
-                )),
-            }),
-            _ = heartbeat.tick() => {
-                if started.elapsed() + timeout > context.settings.max_extension {
-                    // Extending further would break the promise of MAX_PROCESSING_SECS; the
-                    // attempt ends here and counts, like any other failure of this message.
-                    abort.abort();
-                    tracing::warn!(
-                        max_processing_secs = context.settings.max_extension.as_secs(),
-                        "processing cap reached: abandoning this attempt"
-                    );
-                    break Some(Verdict::Retry(Failure::transient(
-                        RetryReason::ProcessingTimeout,
-                        format!("still working after {:?} (MAX_PROCESSING_SECS)", started.elapsed()),
-                    )));
-                }
-                match context.queue.set_visibility(&message.receipt_handle, timeout).await {
-                    Ok(()) => metrics::visibility_extended(),
-                    Err(VisibilityError::Lost) => {
-                        abort.abort();
-                        tracing::warn!("receipt handle no longer valid: another receiver owns the message; stopping");
-                        metrics::message_disposition("lost");
-                        return;
-                    }
-                    Err(VisibilityError::Failed(f)) => tracing::warn!(error = %crate::disposition::chain(&f), "visibility extension failed"),
-                }
-            }
-            _ = context.hard_stop.cancelled() => {
-                abort.abort();
-                break None;
-            }
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            _ = shutdown.cancelled() => return None,
         }
     };
-    match verdict {
-        Some(verdict) => settle(&context, &message, verdict, slot).await,
-        None => release(&context, &message, "release").await,
+    let mut permits = vec![first];
+    while permits.len() < 10 {
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => permits.push(permit),
+            Err(_) => break,
+        }
     }
-    metrics::object_processing(started.elapsed());
+    Some(permits)
 }
 
-async fn settle(context: &Context, message: &Received, verdict: Verdict, slot: Slot) {
-    match verdict {
-        Verdict::Ack(outcomes) => {
-            if delete(context, message, slot).await {
-                metrics::message_disposition("ack");
-                outcomes.into_iter().for_each(metrics::record_outcome);
-            }
-        }
-        Verdict::DeadLetter { outcomes, failure } => {
-            dead_letter(context, message, outcomes, failure, slot).await
-        }
-        Verdict::Retry(failure) => retry(context, message, failure, slot).await,
-    }
-}
-
-async fn dead_letter(
-    context: &Context,
-    message: &Received,
-    outcomes: Vec<crate::disposition::Outcome>,
-    failure: Failure,
-    slot: Slot,
-) {
-    let reason = failure.reason();
-    let detail = match &failure {
-        Failure::Permanent { detail, .. } => detail.clone(),
-        other => crate::disposition::chain(other),
-    };
-    match context.queue.dead_letter(message, reason, &detail).await {
-        Ok(()) => {
-            metrics::record_failure(&failure, true);
-            metrics::dead_lettered(reason);
-            if delete(context, message, slot).await {
-                metrics::message_disposition("dead_letter");
-                outcomes.into_iter().for_each(metrics::record_outcome);
-            }
-        }
-        Err(send_failure) => Box::pin(retry(context, message, send_failure, slot)).await,
-    }
-}
-
-/// A failure of this message: first ask the dependency's probe. Down: release the message (the
-/// pause keeps it and everything else from burning attempts). Up: the failure is about this
-/// message: back off, or, on its last attempt, dead-letter it with the reason.
-async fn retry(context: &Context, message: &Received, failure: Failure, slot: Slot) {
-    if let Some(dependency) = failure.dependency() {
-        let verdict = context.health.confirm(dependency, &context.hard_stop).await;
-        if verdict != Some(health::Verdict::Up) {
-            metrics::record_failure(&failure, false);
-            return release(context, message, "release").await;
-        }
-    }
-    let attempts = context.max_attempts();
-    if message.receive_count >= attempts
-        && let Failure::Transient { reason, .. } = &failure
+/// After a failed receive, asks the probe: if SQS is down, the poller's wait for readiness holds
+/// it; if not, a short pause keeps a persistent error from spinning. False on shutdown.
+async fn pause_after(context: &Context, failure: Failure, shutdown: &CancellationToken) -> bool {
+    tracing::warn!(error = %crate::disposition::chain(&failure), "receive failed");
+    if let Some(dependency) = failure.dependency()
+        && context.health.confirm(dependency, shutdown).await == Some(health::Verdict::Down)
     {
-        let exhausted = Failure::permanent(
-            reason.exhausted(),
-            format!(
-                "failed on attempt {} of {attempts}: {}",
-                message.receive_count,
-                crate::disposition::chain(&failure)
-            ),
-        );
-        return dead_letter(context, message, Vec::new(), exhausted, slot).await;
+        return true;
     }
-    metrics::record_failure(&failure, false);
-    let delay = backoff(&context.settings, message.receive_count);
-    if let Err(e) = context
-        .queue
-        .set_visibility(&message.receipt_handle, delay)
-        .await
-    {
-        tracing::warn!(error = %e, "could not set the retry delay; the message returns after its visibility timeout");
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs(1)) => true,
+        _ = shutdown.cancelled() => false,
     }
-    metrics::message_disposition("retry");
 }
 
 impl Context {
     /// The attempt on which a failure dead-letters the message: the configured number, but
     /// never beyond the queue's own `maxReceiveCount` (SQS would move it without a reason).
-    fn max_attempts(&self) -> u32 {
+    pub(super) fn max_attempts(&self) -> u32 {
         match self.queue.max_receive_count() {
             Some(limit) => self.settings.max_attempts.min(limit),
             None => self.settings.max_attempts,
         }
         .max(1)
-    }
-}
-
-async fn release(context: &Context, message: &Received, disposition: &'static str) {
-    if let Err(e) = context
-        .queue
-        .set_visibility(&message.receipt_handle, Duration::ZERO)
-        .await
-    {
-        tracing::warn!(error = %e, "could not release the message; it returns after its visibility timeout");
-    }
-    metrics::message_disposition(disposition);
-}
-
-async fn delete(context: &Context, message: &Received, slot: Slot) -> bool {
-    let (done, answer) = oneshot::channel();
-    let request = DeleteRequest {
-        receipt_handle: message.receipt_handle.clone(),
-        done,
-    };
-    let sent = context.deletes.send(request).await;
-    drop(slot);
-    let result = match sent {
-        Ok(()) => answer.await.unwrap_or_else(|_| {
-            Err(Failure::transient(
-                RetryReason::SqsDeleteFailed,
-                "deleter stopped",
-            ))
-        }),
-        Err(_) => Err(Failure::transient(
-            RetryReason::SqsDeleteFailed,
-            "deleter stopped",
-        )),
-    };
-    match result {
-        Ok(()) => true,
-        Err(failure) => {
-            // The work is committed; the message comes back and the idempotent write absorbs it.
-            tracing::warn!(error = %crate::disposition::chain(&failure), "delete failed; the message will be redelivered");
-            metrics::message_disposition("retry");
-            false
-        }
     }
 }
 
