@@ -14,7 +14,7 @@ use crate::intake::queue::Queue;
 use crate::ops::health::{Health, Probe, probe};
 use crate::ops::watchdog::Watchdog;
 use crate::ops::{http, metrics};
-use crate::process::fetch::Canary;
+use crate::process::canary::Canary;
 use crate::process::pipeline::{Pipeline, PipelineSettings};
 use crate::store::writer::{Writer, WriterSettings};
 use crate::{aws, store};

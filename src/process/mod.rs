@@ -1,13 +1,16 @@
 //! The process layer: what one message means and what it asks the store to record. The
 //! [`pipeline`] parses the body ([`event`]), splits each key ([`key`]), fetches and hashes the
-//! announced version ([`fetch`]), filters on the upload's [`metadata`], and returns a verdict.
+//! announced version ([`fetch`], large objects in parallel [`ranged`] parts), filters on the
+//! upload's [`metadata`], and returns a verdict. [`canary`] remembers objects for S3's deep probe.
 //! Nothing here talks to SQS; the store is reached only through the group-commit writer.
 
+pub mod canary;
 pub mod event;
 pub mod fetch;
 pub mod key;
 pub mod metadata;
 pub mod pipeline;
+pub mod ranged;
 
 #[cfg(test)]
 mod fuzz_regressions;

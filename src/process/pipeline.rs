@@ -36,7 +36,7 @@ pub struct Pipeline {
     /// Told the outcome of every fetch, for the S3 breaker.
     pub health: Health,
     /// Objects the S3 probe reads in depth when the breaker trips.
-    pub canary: Arc<fetch::Canary>,
+    pub canary: Arc<crate::process::canary::Canary>,
 }
 
 /// What to do with a message once processing ends.

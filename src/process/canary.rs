@@ -1,0 +1,107 @@
+//! The S3 breaker's deep probe: reads of objects that were readable a moment ago.
+
+use std::collections::VecDeque;
+
+use crate::aws;
+use crate::disposition::{Dependency, Failure, RetryReason};
+use crate::process::fetch::Target;
+
+/// One object the S3 probe may read in depth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ObjectRef {
+    bucket: String,
+    key: String,
+    version_id: Option<String>,
+}
+
+impl ObjectRef {
+    fn of(target: &Target<'_>) -> Self {
+        Self {
+            bucket: target.bucket.to_owned(),
+            key: target.key.to_owned(),
+            version_id: target.version_id.map(str::to_owned),
+        }
+    }
+}
+
+/// Objects to read when the S3 breaker trips: the last object read whole, and a few that failed
+/// since. HeadBucket alone cannot see a brownout (a bucket policy or a KMS grant that refuses
+/// every GetObject while the bucket answers), but a real read of an object that was readable a
+/// moment ago can: if it fails too, the fault is S3's or ours, not the objects'.
+#[derive(Debug, Default)]
+pub struct Canary {
+    state: std::sync::Mutex<CanaryState>,
+}
+
+#[derive(Debug, Default)]
+struct CanaryState {
+    last_ok: Option<ObjectRef>,
+    failed: VecDeque<ObjectRef>,
+}
+
+/// Failed objects kept for the probe: enough that one object that stays unreadable on its own
+/// cannot keep the worker paused.
+const CANARY_FAILED_KEPT: usize = 5;
+
+impl Canary {
+    fn state(&self) -> std::sync::MutexGuard<'_, CanaryState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn read_ok(&self, target: &Target<'_>) {
+        self.state().last_ok = Some(ObjectRef::of(target));
+    }
+
+    pub fn read_failed(&self, target: &Target<'_>) {
+        let object = ObjectRef::of(target);
+        let mut state = self.state();
+        state.failed.retain(|o| *o != object);
+        state.failed.push_front(object);
+        state.failed.truncate(CANARY_FAILED_KEPT);
+    }
+
+    /// Reads the first byte of the canary objects until one answers: any answer that shows S3
+    /// authorised the read (the byte, 404, 412, 416) means reads work. With nothing to read yet,
+    /// there is nothing to disprove.
+    pub async fn probe(&self, s3: &aws_sdk_s3::Client) -> Result<(), Failure> {
+        let candidates: Vec<ObjectRef> = {
+            let state = self.state();
+            state
+                .last_ok
+                .iter()
+                .chain(state.failed.iter())
+                .cloned()
+                .collect()
+        };
+        let mut last = None;
+        for object in candidates {
+            let mut request = s3
+                .get_object()
+                .bucket(&object.bucket)
+                .key(&object.key)
+                .range("bytes=0-0");
+            if let Some(version) = &object.version_id {
+                request = request.version_id(version);
+            }
+            let answer = match request.send().await {
+                Ok(output) => output
+                    .body
+                    .collect()
+                    .await
+                    .map(drop)
+                    .map_err(|e| Failure::transient(RetryReason::S3ReadFailed, e)),
+                Err(error) => match aws::status(&error) {
+                    Some(404 | 412 | 416) => Ok(()),
+                    status => Err(aws::classify(Dependency::S3, status, error)),
+                },
+            };
+            match answer {
+                Ok(()) => return Ok(()),
+                Err(failure) => last = Some(failure),
+            }
+        }
+        last.map_or(Ok(()), Err)
+    }
+}
