@@ -102,7 +102,22 @@ pub async fn apply(
         return Ok(outcomes);
     }
     let mut tx = pool.begin().await?;
+    lock_keys(&mut tx, writes).await?;
+    let datapacks = resolve_datapacks(&mut tx, writes, create_datapacks).await?;
+    let (resources, removals) = choose(writes, &datapacks, &mut outcomes);
+    for i in insert_resources(&mut tx, &resources, &datapacks).await? {
+        outcomes[i] = WriteOutcome::Recorded;
+    }
+    for i in upsert_removals(&mut tx, &removals).await? {
+        outcomes[i] = WriteOutcome::Removed;
+    }
+    settle(&mut tx, writes).await?;
+    tx.commit().await?;
+    Ok(outcomes)
+}
 
+/// Takes every key's advisory lock, in a fixed order so two batches never deadlock.
+async fn lock_keys(tx: &mut Tx<'_>, writes: &[Write]) -> Result<(), sqlx::Error> {
     let mut locks: Vec<i64> = writes
         .iter()
         .map(|w| {
@@ -114,66 +129,60 @@ pub async fn apply(
     locks.dedup();
     sqlx::query("SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k")
         .bind(&locks)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
+    Ok(())
+}
 
-    let datapacks = resolve_datapacks(&mut tx, writes, create_datapacks).await?;
+type Chosen<'a, T> = Vec<(usize, &'a T)>;
 
-    // Within one batch, keep the newest write per upload (resources) or per key (removals): the
-    // others are duplicates by construction, and ON CONFLICT may touch a row only once.
-    let mut chosen_resource: HashMap<(&str, &str, &str), usize> = HashMap::new();
-    let mut chosen_removal: HashMap<(&str, &str), usize> = HashMap::new();
+/// Within one batch, keeps the newest write per upload (resources) or per key (removals): the
+/// others are duplicates by construction, and ON CONFLICT may touch a row only once. Marks
+/// resources of unknown datapacks, and every removal as stale until it is applied.
+fn choose<'a>(
+    writes: &'a [Write],
+    datapacks: &HashMap<String, i64>,
+    outcomes: &mut [WriteOutcome],
+) -> (Chosen<'a, NewResource>, Chosen<'a, Removal>) {
+    let mut resources: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    let mut removals: HashMap<(&str, &str), usize> = HashMap::new();
     for (i, write) in writes.iter().enumerate() {
-        match write {
-            Write::Resource(r) => {
-                if !datapacks.contains_key(r.datapack.as_str()) {
-                    outcomes[i] = WriteOutcome::UnknownDatapack;
-                    continue;
-                }
-                let slot = chosen_resource
-                    .entry((&r.bucket, &r.object_key, &r.etag))
-                    .or_insert(i);
-                if newer(write.position(), writes[*slot].position()) {
-                    *slot = i;
-                }
+        let slot = match write {
+            Write::Resource(r) if !datapacks.contains_key(r.datapack.as_str()) => {
+                outcomes[i] = WriteOutcome::UnknownDatapack;
+                continue;
             }
+            Write::Resource(r) => resources
+                .entry((&r.bucket, &r.object_key, &r.etag))
+                .or_insert(i),
             Write::Removal(r) => {
                 outcomes[i] = WriteOutcome::Stale;
-                let slot = chosen_removal
-                    .entry((&r.bucket, &r.object_key))
-                    .or_insert(i);
-                if newer(write.position(), writes[*slot].position()) {
-                    *slot = i;
-                }
+                removals.entry((&r.bucket, &r.object_key)).or_insert(i)
             }
+        };
+        if newer(write.position(), writes[*slot].position()) {
+            *slot = i;
         }
     }
-
-    let resources: Vec<(usize, &NewResource)> = chosen_resource
-        .values()
-        .map(|&i| match &writes[i] {
-            Write::Resource(r) => (i, r),
-            Write::Removal(_) => unreachable!("only resources are chosen here"),
-        })
-        .collect();
-    for i in insert_resources(&mut tx, &resources, &datapacks).await? {
-        outcomes[i] = WriteOutcome::Recorded;
-    }
-
-    let removals: Vec<(usize, &Removal)> = chosen_removal
-        .values()
-        .map(|&i| match &writes[i] {
-            Write::Removal(r) => (i, r),
-            Write::Resource(_) => unreachable!("only removals are chosen here"),
-        })
-        .collect();
-    for i in upsert_removals(&mut tx, &removals).await? {
-        outcomes[i] = WriteOutcome::Removed;
-    }
-
-    settle(&mut tx, writes).await?;
-    tx.commit().await?;
-    Ok(outcomes)
+    let pick = |i: usize| (i, &writes[i]);
+    (
+        resources
+            .into_values()
+            .map(pick)
+            .filter_map(|(i, w)| match w {
+                Write::Resource(r) => Some((i, r)),
+                Write::Removal(_) => None,
+            })
+            .collect(),
+        removals
+            .into_values()
+            .map(pick)
+            .filter_map(|(i, w)| match w {
+                Write::Removal(r) => Some((i, r)),
+                Write::Resource(_) => None,
+            })
+            .collect(),
+    )
 }
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
