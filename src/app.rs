@@ -235,7 +235,7 @@ fn probes(
                             .bucket(bucket)
                             .send()
                             .await
-                            .map_err(|e| aws::classify(Dependency::S3, aws::status(&e), e))?;
+                            .map_err(|e| aws::classify(Dependency::S3, e))?;
                     }
                     // In depth only when the breaker says most reads fail: a real read of an
                     // object that was readable tells a brownout from a run of bad objects.

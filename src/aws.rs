@@ -10,7 +10,9 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_types::timeout::TimeoutConfig;
 
-use crate::disposition::{Dependency, Failure};
+use aws_smithy_runtime_api::http::Response as HttpResponse;
+
+use crate::disposition::{DeadLetterReason, Dependency, Failure, RetryReason};
 
 #[derive(Debug, Clone)]
 pub struct AwsSettings {
@@ -93,32 +95,11 @@ pub fn code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> Option<String
 /// and server errors are retried, and the worker asks the dependency's probe before it charges
 /// the message an attempt (see `health`). A request that cannot even be built from the message
 /// (a header value S3 would never accept) can never succeed: dead-letter it.
-pub fn classify<E, Raw>(
-    dependency: Dependency,
-    status: Option<u16>,
-    error: SdkError<E, Raw>,
-) -> Failure
+pub fn classify<E>(dependency: Dependency, error: SdkError<E, HttpResponse>) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    Raw: std::fmt::Debug + Send + Sync + 'static,
 {
-    use crate::disposition::{DeadLetterReason, RetryReason};
-    let code = code(&error).unwrap_or_default();
-    let [unavailable, denied, throttled, other] = match dependency {
-        Dependency::S3 => [
-            RetryReason::S3Unavailable,
-            RetryReason::S3AccessDenied,
-            RetryReason::S3Throttled,
-            RetryReason::S3Error,
-        ],
-        Dependency::Sqs => [
-            RetryReason::SqsUnavailable,
-            RetryReason::SqsAccessDenied,
-            RetryReason::SqsThrottled,
-            RetryReason::SqsError,
-        ],
-        Dependency::Postgres => [RetryReason::DatabaseError; 4],
-    };
+    let reasons = Reasons::of(dependency);
     let reason = match &error {
         SdkError::ConstructionFailure(_) => {
             return Failure::permanent(
@@ -129,42 +110,84 @@ where
                 ),
             );
         }
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => unavailable,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => reasons.unavailable,
         SdkError::ServiceError(_) => {
-            let is_denied = matches!(
-                code.as_str(),
-                "AccessDenied"
-                    | "AccessDeniedException"
-                    | "InvalidAccessKeyId"
-                    | "SignatureDoesNotMatch"
-                    | "ExpiredToken"
-                    | "InvalidClientTokenId"
-                    | "KMS.AccessDeniedException"
-                    | "AWS.SimpleQueueService.NonExistentQueue"
-                    | "QueueDoesNotExist"
-            ) || status == Some(403);
-            let is_throttled = matches!(
-                code.as_str(),
-                "SlowDown"
-                    | "Throttling"
-                    | "ThrottlingException"
-                    | "RequestThrottled"
-                    | "RequestLimitExceeded"
-            ) || status == Some(503);
-            if is_denied {
-                denied
-            } else if is_throttled {
-                throttled
+            let (code, status) = (code(&error).unwrap_or_default(), status(&error));
+            if is_denied(&code, status) {
+                reasons.denied
+            } else if is_throttled(&code, status) {
+                reasons.throttled
             } else {
-                other
+                reasons.other
             }
         }
-        _ => other,
+        _ => reasons.other,
     };
     Failure::transient(reason, error)
 }
 
+/// The retry reasons one dependency's failures map to.
+struct Reasons {
+    unavailable: RetryReason,
+    denied: RetryReason,
+    throttled: RetryReason,
+    other: RetryReason,
+}
+
+impl Reasons {
+    fn of(dependency: Dependency) -> Self {
+        use RetryReason as R;
+        let [unavailable, denied, throttled, other] = match dependency {
+            Dependency::S3 => [
+                R::S3Unavailable,
+                R::S3AccessDenied,
+                R::S3Throttled,
+                R::S3Error,
+            ],
+            Dependency::Sqs => [
+                R::SqsUnavailable,
+                R::SqsAccessDenied,
+                R::SqsThrottled,
+                R::SqsError,
+            ],
+            Dependency::Postgres => [R::DatabaseError; 4],
+        };
+        Self {
+            unavailable,
+            denied,
+            throttled,
+            other,
+        }
+    }
+}
+
+fn is_denied(code: &str, status: Option<u16>) -> bool {
+    matches!(
+        code,
+        "AccessDenied"
+            | "AccessDeniedException"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken"
+            | "InvalidClientTokenId"
+            | "KMS.AccessDeniedException"
+            | "AWS.SimpleQueueService.NonExistentQueue"
+            | "QueueDoesNotExist"
+    ) || status == Some(403)
+}
+
+fn is_throttled(code: &str, status: Option<u16>) -> bool {
+    matches!(
+        code,
+        "SlowDown"
+            | "Throttling"
+            | "ThrottlingException"
+            | "RequestThrottled"
+            | "RequestLimitExceeded"
+    ) || status == Some(503)
+}
+
 /// The HTTP status of a service error, if the service answered at all.
-pub fn status<E>(error: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<u16> {
+pub fn status<E>(error: &SdkError<E, HttpResponse>) -> Option<u16> {
     error.raw_response().map(|r| r.status().as_u16())
 }

@@ -103,7 +103,7 @@ impl Queue {
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .send()
             .await
-            .map_err(|e| aws::classify(Dependency::Sqs, aws::status(&e), e))?;
+            .map_err(|e| aws::classify(Dependency::Sqs, e))?;
         let messages: Vec<Received> = output
             .messages
             .unwrap_or_default()
@@ -166,7 +166,7 @@ impl Queue {
             .set_entries(Some(entries))
             .send()
             .await
-            .map_err(|e| aws::classify(Dependency::Sqs, aws::status(&e), e))?;
+            .map_err(|e| aws::classify(Dependency::Sqs, e))?;
         Ok(output
             .failed
             .iter()
@@ -193,11 +193,7 @@ impl Queue {
             Err(e) => match aws::code(&e).as_deref() {
                 Some("ReceiptHandleIsInvalid" | "MessageNotInflight" | "InvalidParameterValue")
                 | Some("AWS.SimpleQueueService.MessageNotInflight") => Err(VisibilityError::Lost),
-                _ => Err(VisibilityError::Failed(aws::classify(
-                    Dependency::Sqs,
-                    aws::status(&e),
-                    e,
-                ))),
+                _ => Err(VisibilityError::Failed(aws::classify(Dependency::Sqs, e))),
             },
         }
     }
@@ -232,7 +228,7 @@ impl Queue {
             .message_attributes("receive_count", text(&message.receive_count.to_string()))
             .send()
             .await
-            .map_err(|e| aws::classify(Dependency::Sqs, aws::status(&e), e))?;
+            .map_err(|e| aws::classify(Dependency::Sqs, e))?;
         Ok(())
     }
 
@@ -246,7 +242,7 @@ impl Queue {
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
             .send()
             .await
-            .map_err(|e| aws::classify(Dependency::Sqs, aws::status(&e), e))?;
+            .map_err(|e| aws::classify(Dependency::Sqs, e))?;
         let get = |name| {
             output
                 .attributes()
@@ -271,7 +267,7 @@ impl Queue {
             .attribute_names(QueueAttributeName::RedrivePolicy)
             .send()
             .await
-            .map_err(|e| aws::classify(Dependency::Sqs, aws::status(&e), e))?;
+            .map_err(|e| aws::classify(Dependency::Sqs, e))?;
         let limit = output
             .attributes()
             .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))

@@ -94,7 +94,7 @@ impl Canary {
                     .map_err(|e| Failure::transient(RetryReason::S3ReadFailed, e)),
                 Err(error) => match aws::status(&error) {
                     Some(404 | 412 | 416) => Ok(()),
-                    status => Err(aws::classify(Dependency::S3, status, error)),
+                    _ => Err(aws::classify(Dependency::S3, error)),
                 },
             };
             match answer {

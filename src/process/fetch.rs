@@ -269,6 +269,6 @@ pub(crate) fn classify_get(
         (_, "NoSuchKey" | "NoSuchVersion") => Ok(Fetched::Gone),
         (Some(404), c) if c != "NoSuchBucket" => Ok(Fetched::Gone),
         (Some(412), _) | (_, "PreconditionFailed") => Ok(Fetched::Superseded),
-        _ => Err(aws::classify(Dependency::S3, status, error)),
+        _ => Err(aws::classify(Dependency::S3, error)),
     }
 }
