@@ -285,6 +285,7 @@ pub enum Failure {
     Permanent {
         reason: DeadLetterReason,
         detail: String,
+        object: Option<Box<ObjectName>>,
     },
     /// May succeed later: leave the message for redelivery after a backoff, after a probe of
     /// [`RetryReason::dependency`] has said the dependency itself is up.
@@ -293,7 +294,22 @@ pub enum Failure {
         reason: RetryReason,
         #[source]
         source: BoxError,
+        object: Option<Box<ObjectName>>,
     },
+}
+
+/// The object a failure is about, when it is about one: for the log line that decides, never
+/// for a metric label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectName {
+    pub bucket: String,
+    pub key: String,
+}
+
+impl fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
 }
 
 impl fmt::Display for Dependency {
@@ -307,6 +323,7 @@ impl Failure {
         Self::Permanent {
             reason,
             detail: detail.into(),
+            object: None,
         }
     }
 
@@ -314,6 +331,26 @@ impl Failure {
         Self::Transient {
             reason,
             source: source.into(),
+            object: None,
+        }
+    }
+
+    /// Names the object this failure is about.
+    pub fn about(mut self, bucket: &str, key: &str) -> Self {
+        let name = Some(Box::new(ObjectName {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+        }));
+        match &mut self {
+            Self::Permanent { object, .. } | Self::Transient { object, .. } => *object = name,
+        }
+        self
+    }
+
+    /// The object this failure is about, if it is about one.
+    pub fn object(&self) -> Option<&ObjectName> {
+        match self {
+            Self::Permanent { object, .. } | Self::Transient { object, .. } => object.as_deref(),
         }
     }
 
@@ -357,8 +394,20 @@ impl Failure {
     /// The same failure told to several waiters: same disposition, the cause kept as text.
     pub fn copy(&self) -> Failure {
         match self {
-            Self::Permanent { reason, detail } => Failure::permanent(*reason, detail.clone()),
-            Self::Transient { reason, .. } => Failure::transient(*reason, chain(self)),
+            Self::Permanent {
+                reason,
+                detail,
+                object,
+            } => Self::Permanent {
+                reason: *reason,
+                detail: detail.clone(),
+                object: object.clone(),
+            },
+            Self::Transient { reason, object, .. } => Self::Transient {
+                reason: *reason,
+                source: chain(self).into(),
+                object: object.clone(),
+            },
         }
     }
 }

@@ -195,6 +195,11 @@ impl Lease {
             Failure::Permanent { detail, .. } => detail.clone(),
             other => crate::disposition::chain(other),
         };
+        // A message may announce several objects: the dead letter says which one failed.
+        let detail = match failure.object() {
+            Some(object) => format!("{object}: {detail}"),
+            None => detail,
+        };
         match self
             .context
             .queue
@@ -230,13 +235,16 @@ impl Lease {
         if receive_count >= attempts
             && let Failure::Transient { reason, .. } = &failure
         {
-            let exhausted = Failure::permanent(
+            let mut exhausted = Failure::permanent(
                 reason.exhausted(),
                 format!(
                     "failed on attempt {receive_count} of {attempts}: {}",
                     crate::disposition::chain(&failure)
                 ),
             );
+            if let Some(object) = failure.object() {
+                exhausted = exhausted.about(&object.bucket, &object.key);
+            }
             return self.dead_letter(Vec::new(), exhausted).await;
         }
         metrics::record_failure(&failure, false);

@@ -134,7 +134,10 @@ impl Pipeline {
             Item::Object(event) => event,
         };
         let span = tracing::info_span!("record", bucket = %event.bucket, key = %event.key, etag = event.etag.as_deref().unwrap_or(""));
-        self.prepare_object(event).instrument(span).await
+        self.prepare_object(event)
+            .instrument(span)
+            .await
+            .map_err(|failure| failure.about(&event.bucket, &event.key))
     }
 
     async fn prepare_object(&self, event: &ObjectEvent) -> Result<Prepared, Failure> {

@@ -204,6 +204,11 @@ async fn an_object_denied_alone_is_retried_then_dead_lettered_with_its_reason() 
         letters[0].1.get("receive_count").map(String::as_str),
         Some("5")
     );
+    let detail = &letters[0].1["error_detail"];
+    assert!(
+        detail.starts_with(&format!("s3://{}/{denied}: ", rig.stack.bucket)),
+        "the dead letter names the object that failed: {detail}"
+    );
     let readiness = watch.finish().await;
     assert!(
         readiness.iter().all(|s| *s == Some(200)),
