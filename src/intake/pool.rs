@@ -27,7 +27,7 @@ use crate::intake::queue::{Queue, Received, VisibilityError};
 use crate::ops::health::{self, Health};
 use crate::ops::metrics::{self as m, Raised};
 use crate::ops::watchdog::Watchdog;
-use crate::process::pipeline::{Pipeline, Verdict};
+use crate::process::pipeline::{Done, Pipeline, Verdict};
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -188,7 +188,9 @@ async fn poll(
             let permit = permits
                 .pop()
                 .expect("never more messages than slots asked for");
-            let span = tracing::info_span!("message", message_id = %message.message_id, receive_count = message.receive_count);
+            // ERROR level so that a filter keeping only warnings still shows the message each
+            // line is about. The object fields are filled in when the message fails on one.
+            let span = tracing::error_span!("message", message_id = %message.message_id, receive_count = message.receive_count, bucket = tracing::field::Empty, key = tracing::field::Empty, etag = tracing::field::Empty);
             tasks.spawn(handle(context.clone(), message, permit).instrument(span));
         }
     }
@@ -286,7 +288,7 @@ async fn settle(context: &Context, message: &Received, verdict: Verdict, slot: S
         Verdict::Ack(outcomes) => {
             if delete(context, message, slot).await {
                 m::message_disposition("ack");
-                outcomes.into_iter().for_each(m::record_outcome);
+                outcomes.into_iter().for_each(Done::report);
             }
         }
         Verdict::DeadLetter { outcomes, failure } => {
@@ -299,7 +301,7 @@ async fn settle(context: &Context, message: &Received, verdict: Verdict, slot: S
 async fn dead_letter(
     context: &Context,
     message: &Received,
-    outcomes: Vec<crate::disposition::Outcome>,
+    outcomes: Vec<Done>,
     failure: Failure,
     slot: Slot,
 ) {
@@ -314,7 +316,7 @@ async fn dead_letter(
             m::dead_lettered(reason);
             if delete(context, message, slot).await {
                 m::message_disposition("dead_letter");
-                outcomes.into_iter().for_each(m::record_outcome);
+                outcomes.into_iter().for_each(Done::report);
             }
         }
         Err(send_failure) => Box::pin(retry(context, message, send_failure, slot)).await,
