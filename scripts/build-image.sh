@@ -50,7 +50,8 @@ trap cleanup EXIT
 # ---------------------------------------------------------------- root file system
 echo "==> root file system"
 install -d -m 0755 "$rootfs/usr/local/bin" "$rootfs/etc/ssl/certs" "$rootfs/tmp"
-# Strip a copy: the build profile keeps line tables for backtraces in development.
+# Strip a copy: the release profile keeps the symbol table (function names in a backtrace); the
+# image goes without, as the Dockerfile's build does.
 objcopy --strip-all "$binary" "$rootfs/usr/local/bin/datapack-worker"
 chmod 0755 "$rootfs/usr/local/bin/datapack-worker"
 # Every shared library the binary links, and the loader, at the paths the binary looks for

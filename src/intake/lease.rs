@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
-use crate::disposition::{Failure, Outcome, RetryReason};
+use crate::disposition::{Failure, RetryReason};
 use crate::intake::deleter::DeleteRequest;
 use crate::intake::pool::{Context, backoff};
 use crate::intake::queue::{Received, VisibilityError};
 use crate::ops::health;
 use crate::ops::metrics::{self, Raised};
-use crate::process::pipeline::Verdict;
+use crate::process::pipeline::{Done, Verdict};
 
 /// A worker slot and its gauge. Given back as soon as the message needs no more work, i.e. once
 /// its delete is queued after the commit: waiting for SQS to confirm the delete is no reason to
@@ -182,14 +182,14 @@ impl Lease {
     }
 
     /// Deletes the message; on success its disposition and record outcomes are counted.
-    async fn ack(mut self, outcomes: Vec<Outcome>, disposition: &'static str) {
+    async fn ack(mut self, outcomes: Vec<Done>, disposition: &'static str) {
         if self.delete().await {
             metrics::message_disposition(disposition);
-            outcomes.into_iter().for_each(metrics::record_outcome);
+            outcomes.into_iter().for_each(Done::report);
         }
     }
 
-    async fn dead_letter(self, outcomes: Vec<Outcome>, failure: Failure) {
+    async fn dead_letter(self, outcomes: Vec<Done>, failure: Failure) {
         let reason = failure.reason();
         let detail = match &failure {
             Failure::Permanent { detail, .. } => detail.clone(),

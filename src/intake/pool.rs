@@ -174,7 +174,9 @@ async fn poll(
             let permit = permits
                 .pop()
                 .expect("never more messages than slots asked for");
-            let span = tracing::info_span!("message", message_id = %message.message_id, receive_count = message.receive_count);
+            // ERROR level so that a filter keeping only warnings still shows the message each
+            // line is about. The object fields are filled in when the message fails on one.
+            let span = tracing::error_span!("message", message_id = %message.message_id, receive_count = message.receive_count, bucket = tracing::field::Empty, key = tracing::field::Empty, etag = tracing::field::Empty);
             tasks.spawn(
                 Lease::new(context.clone(), message, permit)
                     .work()

@@ -277,12 +277,11 @@ pub fn record_failure(failure: &Failure, dead_lettered: bool) {
     } else {
         "retried"
     };
-    let object = failure.object().map(tracing::field::display);
     match failure {
         Failure::Permanent { .. } => {
-            tracing::warn!(outcome, reason, object, error = %detail, "record failed")
+            tracing::warn!(outcome, reason, error = %detail, "record failed")
         }
-        _ => tracing::warn!(outcome, reason, object, error = %detail, "record will be retried"),
+        _ => tracing::warn!(outcome, reason, error = %detail, "record will be retried"),
     }
     counter!(RECORDS, "outcome" => outcome, "reason" => reason).increment(1);
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use std::sync::Arc;
 
 use chrono::Utc;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use crate::disposition::{DeadLetterReason, Dependency, Failure, Outcome, SkipReason};
 use crate::ops::health::Health;
@@ -43,14 +43,30 @@ pub struct Pipeline {
 #[derive(Debug)]
 pub enum Verdict {
     /// Everything it announced is committed or skipped on purpose: delete it.
-    Ack(Vec<Outcome>),
+    Ack(Vec<Done>),
     /// It can never succeed: the good records are committed, the message goes to the DLQ.
     DeadLetter {
-        outcomes: Vec<Outcome>,
+        outcomes: Vec<Done>,
         failure: Failure,
     },
     /// Try again later (after a backoff), or at once if a dependency is down.
     Retry(Failure),
+}
+
+/// One record's outcome and its `record` span: the outcome is reported only once the message is
+/// settled, and that line must name the object like every line logged while it was worked on.
+#[derive(Debug)]
+pub struct Done {
+    pub outcome: Outcome,
+    pub span: Span,
+}
+
+impl Done {
+    /// Logs (`record done`) and counts the outcome inside the record's span.
+    pub fn report(self) {
+        let Done { outcome, span } = self;
+        span.in_scope(|| crate::ops::metrics::record_outcome(outcome));
+    }
 }
 
 impl Pipeline {
@@ -59,7 +75,10 @@ impl Pipeline {
     pub async fn process(&self, body: &str) -> Verdict {
         let items = match event::parse(body) {
             Ok(Message::Test) => {
-                return Verdict::Ack(vec![Outcome::Skipped(SkipReason::TestEvent)]);
+                return Verdict::Ack(vec![Done {
+                    outcome: Outcome::Skipped(SkipReason::TestEvent),
+                    span: Span::none(),
+                }]);
             }
             Ok(Message::Events(items)) => items,
             Err(e) => {
@@ -73,16 +92,28 @@ impl Pipeline {
 
         let mut outcomes = Vec::with_capacity(items.len());
         let mut writes = Vec::new();
+        // The item and span of each write, in the same order.
+        let mut origins = Vec::new();
         let mut permanent: Option<Failure> = None;
         for item in &items {
-            match self.prepare(item).await {
-                Ok(Prepared::Done(outcome)) => outcomes.push(outcome),
-                Ok(Prepared::Write(write)) => writes.push(write),
+            let span = record_span(item);
+            match self.prepare(item).instrument(span.clone()).await {
+                Ok(Prepared::Done(outcome)) => outcomes.push(Done { outcome, span }),
+                Ok(Prepared::Write(write)) => {
+                    writes.push(write);
+                    origins.push((item, span));
+                }
                 Err(failure @ Failure::Permanent { .. }) => {
+                    if permanent.is_none() {
+                        blame(item);
+                    }
                     permanent.get_or_insert(failure);
                 }
                 // Nothing later in this message can change a retry: stop here.
-                Err(failure) => return Verdict::Retry(failure),
+                Err(failure) => {
+                    blame(item);
+                    return Verdict::Retry(failure);
+                }
             }
         }
 
@@ -96,13 +127,16 @@ impl Pipeline {
                 Err(failure) => return Verdict::Retry(failure),
             };
             let now = Utc::now();
-            for (result, at) in written.into_iter().zip(event_times) {
+            for ((result, at), (item, span)) in written.into_iter().zip(event_times).zip(origins) {
                 let outcome = match result {
                     WriteOutcome::Recorded => Outcome::Recorded,
                     WriteOutcome::Duplicate => Outcome::Duplicate,
                     WriteOutcome::Removed => Outcome::Removed,
                     WriteOutcome::Stale => Outcome::Stale,
                     WriteOutcome::UnknownDatapack => {
+                        if permanent.is_none() {
+                            blame(item);
+                        }
                         permanent.get_or_insert(Failure::permanent(
                             DeadLetterReason::UnknownDatapack,
                             "no datapack row has this identifier (create it, then redrive)",
@@ -114,7 +148,7 @@ impl Pipeline {
                     let lag = (now - at).to_std().unwrap_or_default();
                     crate::ops::metrics::event_to_commit(lag);
                 }
-                outcomes.push(outcome);
+                outcomes.push(Done { outcome, span });
             }
         }
         match permanent {
@@ -133,9 +167,7 @@ impl Pipeline {
             }
             Item::Object(event) => event,
         };
-        let span = tracing::info_span!("record", bucket = %event.bucket, key = %event.key, etag = event.etag.as_deref().unwrap_or(""));
         self.prepare_object(event)
-            .instrument(span)
             .await
             .map_err(|failure| failure.about(&event.bucket, &event.key))
     }
@@ -222,6 +254,28 @@ impl Pipeline {
 enum Prepared {
     Done(Outcome),
     Write(Write),
+}
+
+/// The `record` span of one item. ERROR level, like the `message` span, so that a filter that
+/// keeps only warnings still shows which object and message each line is about.
+fn record_span(item: &Item) -> Span {
+    match item {
+        Item::Object(e) => {
+            tracing::error_span!("record", bucket = %e.bucket, key = %e.key, etag = e.etag.as_deref().unwrap_or(""))
+        }
+        Item::Unsupported { event_name } => tracing::error_span!("record", event_name),
+    }
+}
+
+/// Names the object a message fails on in the `message` span (its fields start empty): the
+/// failure is logged once the message is settled, outside any `record` span.
+fn blame(item: &Item) {
+    if let Item::Object(e) = item {
+        Span::current()
+            .record("bucket", e.bucket.as_str())
+            .record("key", e.key.as_str())
+            .record("etag", e.etag.as_deref().unwrap_or(""));
+    }
 }
 
 fn event_time(write: &Write) -> chrono::DateTime<Utc> {

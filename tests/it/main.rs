@@ -9,6 +9,7 @@ mod faults;
 mod http_limits;
 mod ingest;
 mod isolation;
+mod logs;
 mod observability;
 mod ordering;
 mod poison;

@@ -312,7 +312,7 @@ fn verdict_end(verdict: Verdict) -> End {
     match verdict {
         Verdict::DeadLetter { failure, .. } => End::DeadLetter(failure.reason()),
         Verdict::Ack(outcomes) => {
-            let labels: Vec<String> = outcomes.into_iter().map(label).collect();
+            let labels: Vec<String> = outcomes.into_iter().map(|d| label(d.outcome)).collect();
             End::Ack(Box::leak(labels.join(",").into_boxed_str()))
         }
         Verdict::Retry(failure) => panic!("poison must not be retried: {failure}"),
