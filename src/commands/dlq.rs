@@ -118,6 +118,26 @@ impl<'a> Pager<'a> {
         }
     }
 
+    /// Sends one message's body to `main_url`, then deletes it here: a crash in between
+    /// duplicates it, never loses it.
+    async fn move_to(&self, main_url: &str, body: &str, handle: &str) -> Result<(), Failure> {
+        self.client
+            .send_message()
+            .queue_url(main_url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(sqs_failure)?;
+        self.client
+            .delete_message()
+            .queue_url(self.url)
+            .receipt_handle(handle)
+            .send()
+            .await
+            .map_err(sqs_failure)?;
+        Ok(())
+    }
+
     /// Hands every held message back at once.
     async fn release(self) -> Result<(), Failure> {
         for (n, chunk) in self.held.chunks(10).enumerate() {
@@ -150,6 +170,11 @@ fn attribute(m: &aws_sdk_sqs::types::Message, name: &str) -> Option<String> {
         .as_ref()
         .and_then(|a| a.get(name))
         .and_then(|v| v.string_value.clone())
+}
+
+/// Why the worker dead-lettered a message; one without a reason was moved by SQS's own redrive.
+fn reason_of(m: &aws_sdk_sqs::types::Message) -> String {
+    attribute(m, "error_reason").unwrap_or_else(|| "max_receive_count".into())
 }
 
 /// Lists up to `max` dead-lettered messages without consuming any: each is held while the
@@ -187,7 +212,7 @@ pub async fn list(
             entries.push(Entry {
                 message_id: m.message_id.clone().unwrap_or_default(),
                 source_message_id: attribute(&m, "source_message_id"),
-                reason: attribute(&m, "error_reason").unwrap_or_else(|| "max_receive_count".into()),
+                reason: reason_of(&m),
                 detail: attribute(&m, "error_detail"),
                 key: m.body.as_deref().and_then(first_key),
                 age_secs: sent.map(|s| (Utc::now() - s).num_seconds()),
@@ -210,42 +235,36 @@ pub async fn redrive(
 ) -> Result<usize, Failure> {
     let mut pager = Pager::new(client, dlq_url).await?;
     let mut moved = 0;
-    let result = async {
-        while moved < max {
-            let Some(page) = pager.next(10).await? else {
-                break;
-            };
-            for m in page {
-                let (Some(body), Some(handle)) = (m.body.as_deref(), m.receipt_handle.as_deref())
-                else {
-                    continue;
-                };
-                let this_reason =
-                    attribute(&m, "error_reason").unwrap_or_else(|| "max_receive_count".into());
-                if moved >= max || reason.is_some_and(|r| r != this_reason) {
-                    pager.hold(Some(handle));
-                    continue;
-                }
-                client
-                    .send_message()
-                    .queue_url(main_url)
-                    .message_body(body)
-                    .send()
-                    .await
-                    .map_err(sqs_failure)?;
-                client
-                    .delete_message()
-                    .queue_url(dlq_url)
-                    .receipt_handle(handle)
-                    .send()
-                    .await
-                    .map_err(sqs_failure)?;
-                moved += 1;
-            }
-        }
-        Ok::<(), Failure>(())
-    }
-    .await;
+    let result = redrive_pages(&mut pager, main_url, reason, max, &mut moved).await;
     pager.release().await?;
     result.map(|()| moved)
+}
+
+/// Pages through the dead-letter queue moving what matches, counting into `moved` as it goes so
+/// the count stays true when a page fails half-way.
+async fn redrive_pages(
+    pager: &mut Pager<'_>,
+    main_url: &str,
+    reason: Option<&str>,
+    max: usize,
+    moved: &mut usize,
+) -> Result<(), Failure> {
+    while *moved < max {
+        let Some(page) = pager.next(10).await? else {
+            break;
+        };
+        for m in page {
+            let (Some(body), Some(handle)) = (m.body.as_deref(), m.receipt_handle.as_deref())
+            else {
+                continue;
+            };
+            if *moved >= max || reason.is_some_and(|r| r != reason_of(&m)) {
+                pager.hold(Some(handle));
+                continue;
+            }
+            pager.move_to(main_url, body, handle).await?;
+            *moved += 1;
+        }
+    }
+    Ok(())
 }
