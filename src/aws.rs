@@ -1,8 +1,8 @@
 //! AWS clients with the timeouts a long-running worker needs, and the mapping of SDK errors.
 //!
 //! Credentials, region and endpoint come from the standard chain (env, profiles, web identity,
-//! container and instance roles). The seed's `FILESYSTEM_S3_*` names are honoured only where the
-//! standard ones are absent.
+//! container and instance roles), unless the settings name them (config puts the seed's
+//! `FILESYSTEM_S3_*` values there when the standard ones are absent).
 
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_types::timeout::TimeoutConfig;
 
+use crate::config::Secret;
 use crate::disposition::{Dependency, Failure};
 
 #[derive(Debug, Clone)]
@@ -20,6 +21,17 @@ pub struct AwsSettings {
     /// hang a worker forever (the SDK has no default).
     pub attempt_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Region to use instead of the chain's.
+    pub region: Option<String>,
+    /// Keys to use instead of the chain's.
+    pub credentials: Option<StaticKeys>,
+}
+
+/// An access key pair given explicitly.
+#[derive(Debug, Clone)]
+pub struct StaticKeys {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
 }
 
 impl Default for AwsSettings {
@@ -28,12 +40,10 @@ impl Default for AwsSettings {
             endpoint_url: None,
             attempt_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(3),
+            region: None,
+            credentials: None,
         }
     }
-}
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 pub async fn load(settings: &AwsSettings) -> SdkConfig {
@@ -45,21 +55,13 @@ pub async fn load(settings: &AwsSettings) -> SdkConfig {
     if let Some(endpoint) = &settings.endpoint_url {
         loader = loader.endpoint_url(endpoint);
     }
-    if env("AWS_REGION").is_none()
-        && env("AWS_DEFAULT_REGION").is_none()
-        && let Some(region) = env("FILESYSTEM_S3_REGION")
-    {
-        loader = loader.region(Region::new(region));
+    if let Some(region) = &settings.region {
+        loader = loader.region(Region::new(region.clone()));
     }
-    if env("AWS_ACCESS_KEY_ID").is_none()
-        && let (Some(id), Some(secret)) = (
-            env("FILESYSTEM_S3_ACCESS_KEY"),
-            env("FILESYSTEM_S3_SECRET_KEY"),
-        )
-    {
+    if let Some(keys) = &settings.credentials {
         loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
-            id,
-            secret,
+            keys.access_key_id.clone(),
+            keys.secret_access_key.expose().to_owned(),
             None,
             None,
             "seed-filesystem-s3",

@@ -28,20 +28,20 @@ async fn main() -> ExitCode {
 
 async fn execute(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run(args) => app::run(*args, shutdown::on_signals()).await,
+        Command::Run(args) => {
+            let settings = args.into_settings()?;
+            app::run(settings, shutdown::on_signals()).await
+        }
         Command::Migrate(db) => {
-            let pool = store::pool(db.connect_options()?, &db.pool_settings());
+            let db = db.to_settings()?;
+            let pool = store::pool(db.connect, &db.pool);
             store::migrate(&pool).await?;
             println!("migrations applied");
             Ok(())
         }
         Command::Presign(args) => {
-            let bucket = args
-                .bucket
-                .clone()
-                .or_else(|| std::env::var("FILESYSTEM_S3_BUCKET").ok())
-                .ok_or(config::ConfigError::Missing("S3_BUCKET (or --bucket)"))?;
-            let s3 = aws::s3(&aws::load(&aws::AwsSettings::default()).await);
+            let bucket = args.bucket()?;
+            let s3 = aws::s3(&aws::load(&config::aws_from_env()).await);
             let signed = presign::presign(&s3, &bucket, &args).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&signed)?);
@@ -54,7 +54,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq(command) => {
-            let sqs = aws::sqs(&aws::load(&aws::AwsSettings::default()).await);
+            let sqs = aws::sqs(&aws::load(&config::aws_from_env()).await);
             match command {
                 DlqCommand::List { queues, max, json } => {
                     let entries = dlq::list(&sqs, &queues.sqs_dead_letter_queue_url, max).await?;
@@ -84,13 +84,10 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                     reason,
                     max,
                 } => {
-                    let main_url = queues
-                        .sqs_queue_url
-                        .ok_or(config::ConfigError::Missing("SQS_QUEUE_URL"))?;
                     let moved = dlq::redrive(
                         &sqs,
                         &queues.sqs_dead_letter_queue_url,
-                        &main_url,
+                        queues.main_url()?,
                         reason.as_deref(),
                         max,
                     )
