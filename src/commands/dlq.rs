@@ -8,8 +8,10 @@ use aws_sdk_sqs::types::{
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::cli::DlqCommand;
 use crate::disposition::{Failure, RetryReason};
 use crate::process::event::{self, Item, Message};
+use crate::{aws, config};
 
 #[derive(Debug, Serialize)]
 pub struct Entry {
@@ -266,5 +268,50 @@ async fn redrive_pages(
             *moved += 1;
         }
     }
+    Ok(())
+}
+
+/// The `dlq` commands: list (as a table, or JSON) or redrive, printing what was done.
+pub async fn execute(command: DlqCommand) -> anyhow::Result<()> {
+    let sqs = aws::sqs(&aws::load(&config::aws_from_env()).await);
+    match command {
+        DlqCommand::List { queues, max, json } => {
+            let entries = list(&sqs, &queues.sqs_dead_letter_queue_url, max).await?;
+            print_entries(&entries, json)
+        }
+        DlqCommand::Redrive {
+            queues,
+            reason,
+            max,
+        } => {
+            let main_url = queues.main_url()?;
+            let dlq_url = &queues.sqs_dead_letter_queue_url;
+            let moved = redrive(&sqs, dlq_url, main_url, reason.as_deref(), max).await?;
+            println!("redrove {moved} message(s)");
+            Ok(())
+        }
+    }
+}
+
+fn print_entries(entries: &[Entry], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(entries)?);
+        return Ok(());
+    }
+    println!("{:<20} {:>8}  {:<36}  key", "reason", "age_s", "message_id");
+    for e in entries {
+        let age = e
+            .age_secs
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<20} {:>8}  {:<36}  {}",
+            e.reason,
+            age,
+            e.message_id,
+            e.key.as_deref().unwrap_or("-")
+        );
+    }
+    println!("{} message(s)", entries.len());
     Ok(())
 }
