@@ -572,6 +572,39 @@ mod tests {
     }
 
     #[test]
+    fn settings_carry_units_and_never_print_the_password() {
+        use clap::Parser as _;
+        let argv = [
+            "datapack-worker",
+            "run",
+            "--database-url",
+            "postgres://app:hunter2@db/app",
+            "--sqs-queue-url",
+            "http://sqs/1/main",
+            "--sqs-dead-letter-queue-url",
+            "http://sqs/1/dead",
+            "--s3-bucket",
+            " uploads , ,archive",
+            "--worker-concurrency",
+            "25",
+            "--database-statement-timeout-secs",
+            "7",
+        ];
+        let crate::cli::Command::Run(args) = crate::cli::Cli::try_parse_from(argv).unwrap().command
+        else {
+            unreachable!()
+        };
+        let settings = args.into_settings().unwrap();
+        assert_eq!(settings.pipeline.buckets, ["uploads", "archive"]);
+        assert_eq!(settings.worker.pollers, 3, "one poller per ten slots");
+        assert_eq!(settings.writer.timeout, Duration::from_secs(12));
+        assert_eq!(settings.queue.visibility_timeout, Duration::from_secs(60));
+        assert_eq!(settings.database.redacted_url, "postgres://app:***@db/app");
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
+    #[test]
     fn requires_a_named_user() {
         assert!(names_user("postgres://root@127.0.0.1:5432/db"));
         assert!(names_user("postgres://u:p@h/db"));
