@@ -65,7 +65,7 @@ async fn main() {
     let args = args();
     let sdk = aws::load(&AwsSettings {
         endpoint_url: std::env::var("AWS_ENDPOINT_URL").ok(),
-        ..Default::default()
+        ..datapack_worker::config::aws_from_env()
     })
     .await;
     let s3 = aws::s3(&sdk);

@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let bucket = std::env::var("S3_BUCKET")
         .map_err(|_| anyhow::anyhow!("S3_BUCKET must name the upload bucket"))?;
-    let settings = datapack_worker::aws::AwsSettings::default();
+    let settings = datapack_worker::config::aws_from_env();
     let s3 = datapack_worker::aws::s3(&datapack_worker::aws::load(&settings).await);
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("upload page on http://{}/", listener.local_addr()?);

@@ -1,22 +1,26 @@
-//! Start-up: turns validated settings into running parts, and runs them until shutdown.
+//! Start-up: builds the running parts from the settings, runs them until shutdown, and stops
+//! them in order.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use aws_config::SdkConfig;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{RunArgs, redact_url};
+use crate::config::{QueueSettings, Settings};
 use crate::disposition::Dependency;
-use crate::intake::pool as worker;
+use crate::intake;
 use crate::intake::pool::WorkerSettings;
 use crate::intake::queue::Queue;
 use crate::ops::health::{Health, Probe, probe};
 use crate::ops::watchdog::Watchdog;
-use crate::ops::{http, metrics};
+use crate::ops::{self, http};
 use crate::process::canary::Canary;
-use crate::process::pipeline::{Pipeline, PipelineSettings};
-use crate::store::writer::{Writer, WriterSettings};
+use crate::process::pipeline::Pipeline;
+use crate::store::writer::Writer;
 use crate::{aws, store};
 
 /// Longest wait between two probes of a down dependency (before jitter). Probes are one cheap
@@ -28,26 +32,20 @@ pub const GIT_COMMIT: &str = match option_env!("DATAPACK_WORKER_GIT_COMMIT") {
     None => "unknown",
 };
 
-/// Runs the worker until `shutdown` fires and in-flight work is drained, with AWS settings
-/// from the standard chain.
-pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    args.validate()?;
-    let sdk = aws::load(&aws::AwsSettings {
-        endpoint_url: args.aws_endpoint_url.clone(),
-        attempt_timeout: Duration::from_secs(args.aws_attempt_timeout_secs),
-        ..Default::default()
-    })
-    .await;
-    run_with(args, sdk, shutdown).await
+/// Runs the worker until `shutdown` fires and in-flight work is drained, with AWS clients built
+/// from the settings.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let sdk = aws::load(&settings.aws).await;
+    run_with(settings, sdk, shutdown).await
 }
 
 /// Runs the worker with AWS settings made by the caller (tests, embedders).
 pub async fn run_with(
-    args: RunArgs,
-    sdk: aws_config::SdkConfig,
+    settings: Settings,
+    sdk: SdkConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    run_supervised(args, sdk, shutdown, Vec::new()).await
+    run_supervised(settings, sdk, shutdown, Vec::new()).await
 }
 
 /// A task an embedder runs beside the worker, supervised like the worker's own.
@@ -60,162 +58,174 @@ pub type ExtraTask = (
 /// before shutdown, what is in hand is released at once and this returns the cause as an error
 /// (the binary then exits non-zero, so the orchestrator restarts it).
 pub async fn run_supervised(
-    args: RunArgs,
-    sdk: aws_config::SdkConfig,
+    settings: Settings,
+    sdk: SdkConfig,
     shutdown: CancellationToken,
     extra: Vec<ExtraTask>,
 ) -> anyhow::Result<()> {
-    args.validate()?;
-    let handle = metrics::install();
-    metrics::build_info(env!("CARGO_PKG_VERSION"), GIT_COMMIT);
-    let db_url = args.database.url()?;
-    tracing::info!(
-        database = %redact_url(db_url.expose()),
-        queue = args.sqs_queue_url.as_deref().unwrap_or_default(),
-        buckets = ?args.buckets(),
-        concurrency = args.worker_concurrency,
-        "starting datapack-worker {}", env!("CARGO_PKG_VERSION")
-    );
+    let application = Application::build(settings, &sdk, &shutdown).await?;
+    application.run_until_stopped(shutdown, extra).await
+}
 
-    let pool = store::pool(
-        args.database.connect_options()?,
-        &args.database.pool_settings(),
-    );
-    if args.migrate_on_start {
-        store::migrate(&pool).await.context("applying migrations")?;
-    }
-    let s3 = aws::s3(&sdk);
-    let queue = Queue::new(
-        aws::sqs(&sdk),
-        args.sqs_queue_url.clone().expect("validated"),
-        args.sqs_dead_letter_queue_url.clone().expect("validated"),
-        Duration::from_secs(args.sqs_wait_time_secs),
-        Duration::from_secs(args.sqs_visibility_timeout_secs),
-    );
+/// The worker's parts, built and wired: the HTTP endpoint is bound and the writers wait for
+/// jobs, but no probe runs and nothing is received until [`Application::run_until_stopped`].
+struct Application {
+    pool: PgPool,
+    queue: Queue,
+    health: Health,
+    watchdog: Watchdog,
+    pipeline: Pipeline,
+    writers: Vec<JoinHandle<()>>,
+    server: JoinHandle<()>,
+    stop_http: CancellationToken,
+    worker: WorkerSettings,
+    sample_every: Duration,
+}
 
-    let health = Health::new();
-    let watchdog = Watchdog::new(health.clone());
-    let canary = Arc::new(Canary::default());
-    let stop_background = CancellationToken::new();
-    let mut background = Vec::new();
-    for (dependency, probe) in probes(&pool, &s3, &queue, &args.buckets(), &health, &canary) {
-        background.push(
-            watchdog.spawn(
-                "prober",
-                health.clone().run_prober(
-                    dependency,
-                    probe,
-                    PROBE_MAX_DELAY,
-                    stop_background.clone(),
-                ),
-            ),
+impl Application {
+    /// Everything that can fail at start fails here: migrations, binding the HTTP port.
+    async fn build(
+        settings: Settings,
+        sdk: &SdkConfig,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let metrics = ops::metrics::install();
+        ops::metrics::build_info(env!("CARGO_PKG_VERSION"), GIT_COMMIT);
+        tracing::info!(
+            database = %settings.database.redacted_url,
+            queue = settings.queue.url.as_str(),
+            buckets = ?settings.pipeline.buckets,
+            concurrency = settings.worker.concurrency,
+            "starting datapack-worker {}", env!("CARGO_PKG_VERSION")
         );
+        let pool = store::pool(settings.database.connect, &settings.database.pool);
+        if settings.migrate_on_start {
+            store::migrate(&pool).await.context("applying migrations")?;
+        }
+        let health = Health::new();
+        let watchdog = Watchdog::new(health.clone());
+        let addr = settings.metrics_addr;
+        let stop_http = CancellationToken::new();
+        let server = http::serve(
+            addr,
+            metrics,
+            health.clone(),
+            shutdown.clone(),
+            stop_http.clone(),
+        )
+        .await
+        .with_context(|| format!("binding METRICS_ADDR {addr}"))?;
+        let server = watchdog.watch("http server", server);
+        let (writer, writers) =
+            Writer::spawn(pool.clone(), settings.writer, health.clone(), &watchdog);
+        let pipeline = Pipeline {
+            s3: aws::s3(sdk),
+            writer,
+            settings: settings.pipeline,
+            health: health.clone(),
+            canary: Arc::new(Canary::default()),
+        };
+        Ok(Self {
+            sample_every: settings.queue.sample_every,
+            pool,
+            queue: queue(sdk, settings.queue),
+            health,
+            watchdog,
+            pipeline,
+            writers,
+            server,
+            stop_http,
+            worker: settings.worker,
+        })
     }
-    background.push(watchdog.spawn(
-        "queue sampler",
-        crate::intake::depth::sample_queues(
-            queue.clone(),
-            Duration::from_secs(args.queue_sample_secs.max(1)),
-            stop_background.clone(),
-        ),
-    ));
-    for (name, task) in extra {
-        background.push(watchdog.spawn(name, task));
-    }
-    let stop_http = CancellationToken::new();
-    let server = http::serve(
-        args.metrics_addr,
-        handle,
-        health.clone(),
-        shutdown.clone(),
-        stop_http.clone(),
-    )
-    .await
-    .with_context(|| format!("binding METRICS_ADDR {}", args.metrics_addr))?;
-    let server = watchdog.watch("http server", server);
 
-    let (writer, writers) = Writer::spawn(
-        pool.clone(),
-        WriterSettings {
-            writers: args.db_writers,
-            max_batch: args.db_max_batch,
-            create_datapacks: args.create_missing_datapacks,
-            timeout: Duration::from_secs(args.database.database_statement_timeout_secs.max(1) + 5),
-        },
-        health.clone(),
-        &watchdog,
-    );
-    let pipeline = Pipeline {
-        s3,
-        writer,
-        settings: PipelineSettings {
-            buckets: args.buckets(),
-            required_uploaded_by: args.required_uploaded_by(),
-            ranged: crate::process::fetch::Ranged::new(
-                args.ranged_get_threshold_bytes,
-                args.ranged_get_part_bytes,
-                args.ranged_get_parallelism,
-            ),
-        },
-        health: health.clone(),
-        canary,
-    };
-    let settings = WorkerSettings {
-        concurrency: args.worker_concurrency,
-        pollers: args
-            .worker_pollers
-            .unwrap_or(args.worker_concurrency.div_ceil(10)),
-        retry_base: Duration::from_secs(args.retry_base_secs),
-        retry_max: Duration::from_secs(args.retry_max_secs),
-        max_extension: Duration::from_secs(args.max_processing_secs),
-        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
-        max_attempts: args.max_attempts,
-    };
-    worker::run(
-        pipeline,
-        queue,
-        health,
-        settings,
-        shutdown.clone(),
-        watchdog.clone(),
-    )
-    .await;
+    /// Starts the probes, the queue sampler and `extra` under the watchdog, runs the worker until
+    /// shutdown (or until a supervised task dies), then stops everything in order.
+    async fn run_until_stopped(
+        self,
+        shutdown: CancellationToken,
+        extra: Vec<ExtraTask>,
+    ) -> anyhow::Result<()> {
+        let stop_background = CancellationToken::new();
+        let background = self.spawn_background(extra, &stop_background);
+        let Self {
+            pool,
+            queue,
+            health,
+            watchdog,
+            pipeline,
+            writers,
+            server,
+            stop_http,
+            worker,
+            ..
+        } = self;
+        intake::pool::run(pipeline, queue, health, worker, shutdown, watchdog.clone()).await;
 
-    // Past this point tasks are meant to end.
-    watchdog.stopping();
-    // The pipeline (and so every writer handle) is gone: writers drain and stop.
-    for writer in writers {
-        let _ = writer.await;
+        // Past this point tasks are meant to end.
+        watchdog.stopping();
+        // The pipeline (and so every writer handle) is gone: writers drain and stop.
+        for writer in writers {
+            let _ = writer.await;
+        }
+        stop_background.cancel();
+        for task in background {
+            let _ = task.await;
+        }
+        stop_http.cancel();
+        let _ = server.await;
+        pool.close().await;
+        match watchdog.cause() {
+            Some(cause) => Err(anyhow::anyhow!("stopped because {cause}")),
+            None => Ok(()),
+        }
     }
-    stop_background.cancel();
-    for task in background {
-        let _ = task.await;
-    }
-    stop_http.cancel();
-    let _ = server.await;
-    pool.close().await;
-    match watchdog.cause() {
-        Some(cause) => Err(anyhow::anyhow!("stopped because {cause}")),
-        None => Ok(()),
+
+    /// The tasks that run beside the worker until `stop`: one prober per dependency, the queue
+    /// sampler, and the embedder's own.
+    fn spawn_background(
+        &self,
+        extra: Vec<ExtraTask>,
+        stop: &CancellationToken,
+    ) -> Vec<JoinHandle<()>> {
+        let watchdog = &self.watchdog;
+        let mut background = Vec::new();
+        for (dependency, probe) in probes(&self.pool, &self.queue, &self.pipeline) {
+            let health = self.health.clone();
+            let prober = health.run_prober(dependency, probe, PROBE_MAX_DELAY, stop.clone());
+            background.push(watchdog.spawn("prober", prober));
+        }
+        let sampler =
+            intake::depth::sample_queues(self.queue.clone(), self.sample_every, stop.clone());
+        background.push(watchdog.spawn("queue sampler", sampler));
+        for (name, task) in extra {
+            background.push(watchdog.spawn(name, task));
+        }
+        background
     }
 }
 
-fn probes(
-    pool: &sqlx::PgPool,
-    s3: &aws_sdk_s3::Client,
-    queue: &Queue,
-    buckets: &[String],
-    health: &Health,
-    canary: &Arc<Canary>,
-) -> Vec<(Dependency, Probe)> {
+fn queue(sdk: &SdkConfig, settings: QueueSettings) -> Queue {
+    Queue::new(
+        aws::sqs(sdk),
+        settings.url,
+        settings.dead_letter_url,
+        settings.wait,
+        settings.visibility_timeout,
+    )
+}
+
+/// One probe per dependency: PostgreSQL, S3 (the served buckets, and in depth the canary object
+/// while the breaker is tripped), SQS (both queues).
+fn probes(pool: &PgPool, queue: &Queue, pipeline: &Pipeline) -> Vec<(Dependency, Probe)> {
     let (pool, s3, q1, q2, buckets) = (
         pool.clone(),
-        s3.clone(),
+        pipeline.s3.clone(),
         queue.clone(),
         queue.clone(),
-        Arc::new(buckets.to_vec()),
+        Arc::new(pipeline.settings.buckets.clone()),
     );
-    let (health, canary) = (health.clone(), canary.clone());
+    let (health, canary) = (pipeline.health.clone(), pipeline.canary.clone());
     vec![
         (
             Dependency::Postgres,

@@ -1,8 +1,8 @@
 //! AWS clients with the timeouts a long-running worker needs, and the mapping of SDK errors.
 //!
 //! Credentials, region and endpoint come from the standard chain (env, profiles, web identity,
-//! container and instance roles). The seed's `FILESYSTEM_S3_*` names are honoured only where the
-//! standard ones are absent.
+//! container and instance roles), unless the settings name them (config puts the seed's
+//! `FILESYSTEM_S3_*` values there when the standard ones are absent).
 
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use aws_smithy_runtime_api::http::Response as HttpResponse;
 
 use crate::disposition::{DeadLetterReason, Dependency, Failure, RetryReason};
+use crate::secret::Secret;
 
 #[derive(Debug, Clone)]
 pub struct AwsSettings {
@@ -22,6 +23,17 @@ pub struct AwsSettings {
     /// hang a worker forever (the SDK has no default).
     pub attempt_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Region to use instead of the chain's.
+    pub region: Option<String>,
+    /// Keys to use instead of the chain's.
+    pub credentials: Option<StaticKeys>,
+}
+
+/// An access key pair given explicitly.
+#[derive(Debug, Clone)]
+pub struct StaticKeys {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
 }
 
 impl Default for AwsSettings {
@@ -30,12 +42,10 @@ impl Default for AwsSettings {
             endpoint_url: None,
             attempt_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(3),
+            region: None,
+            credentials: None,
         }
     }
-}
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 pub async fn load(settings: &AwsSettings) -> SdkConfig {
@@ -47,21 +57,13 @@ pub async fn load(settings: &AwsSettings) -> SdkConfig {
     if let Some(endpoint) = &settings.endpoint_url {
         loader = loader.endpoint_url(endpoint);
     }
-    if env("AWS_REGION").is_none()
-        && env("AWS_DEFAULT_REGION").is_none()
-        && let Some(region) = env("FILESYSTEM_S3_REGION")
-    {
-        loader = loader.region(Region::new(region));
+    if let Some(region) = &settings.region {
+        loader = loader.region(Region::new(region.clone()));
     }
-    if env("AWS_ACCESS_KEY_ID").is_none()
-        && let (Some(id), Some(secret)) = (
-            env("FILESYSTEM_S3_ACCESS_KEY"),
-            env("FILESYSTEM_S3_SECRET_KEY"),
-        )
-    {
+    if let Some(keys) = &settings.credentials {
         loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
-            id,
-            secret,
+            keys.access_key_id.clone(),
+            keys.secret_access_key.expose().to_owned(),
             None,
             None,
             "seed-filesystem-s3",

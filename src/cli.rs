@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{DatabaseArgs, RunArgs};
+use crate::config::{self, ConfigError, DatabaseArgs, RunArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,12 +60,31 @@ pub struct PresignArgs {
     pub sha256: Option<String>,
 }
 
+impl PresignArgs {
+    /// The bucket from `--bucket` or `S3_BUCKET`, else the seed's `FILESYSTEM_S3_BUCKET`.
+    pub fn bucket(&self) -> Result<String, ConfigError> {
+        self.bucket
+            .clone()
+            .or_else(config::seed_bucket)
+            .ok_or(ConfigError::Missing("S3_BUCKET (or --bucket)"))
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct DlqArgs {
     #[arg(long, env = "SQS_QUEUE_URL")]
     pub sqs_queue_url: Option<String>,
     #[arg(long, env = "SQS_DEAD_LETTER_QUEUE_URL")]
     pub sqs_dead_letter_queue_url: String,
+}
+
+impl DlqArgs {
+    /// The main queue, which only a redrive needs.
+    pub fn main_url(&self) -> Result<&str, ConfigError> {
+        self.sqs_queue_url
+            .as_deref()
+            .ok_or(ConfigError::Missing("SQS_QUEUE_URL"))
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,5 +1,5 @@
-//! Settings from environment variables and flags (units in the names), validated at start, with
-//! secrets that never print.
+//! Settings: flags and environment variables (units in the names) checked once and turned into
+//! typed [`Settings`], with secrets that never print.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,28 +9,13 @@ use std::time::Duration;
 use clap::Args;
 use sqlx::postgres::PgConnectOptions;
 
-/// A value that must never reach a log, an error message or a metric label.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
+use crate::aws::{AwsSettings, StaticKeys};
+use crate::intake::pool::WorkerSettings;
+use crate::process::fetch::Ranged;
+use crate::process::pipeline::PipelineSettings;
+pub use crate::secret::Secret;
+use crate::store::PoolSettings;
+use crate::store::writer::WriterSettings;
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +33,89 @@ fn invalid(name: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Everything `run` is built from, checked and in typed units: made once by
+/// [`RunArgs::into_settings`] and passed down; nothing below reads the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    /// Apply pending migrations before starting.
+    pub migrate_on_start: bool,
+    pub queue: QueueSettings,
+    pub aws: AwsSettings,
+    pub worker: WorkerSettings,
+    pub pipeline: PipelineSettings,
+    pub writer: WriterSettings,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_addr: SocketAddr,
+}
+
+/// PostgreSQL: where to connect (the URL checked to name its user) and the pool's limits.
+#[derive(Clone)]
+pub struct DatabaseSettings {
+    pub connect: PgConnectOptions,
+    /// The URL with its password replaced, for logs.
+    pub redacted_url: String,
+    pub pool: PoolSettings,
+}
+
+impl fmt::Debug for DatabaseSettings {
+    // By hand: the connect options hold the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &self.redacted_url)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The main queue and its dead-letter queue, and how the worker talks to them.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub url: String,
+    pub dead_letter_url: String,
+    /// Long-poll wait of one receive.
+    pub wait: Duration,
+    pub visibility_timeout: Duration,
+    /// How often both queues' depth is sampled for the dashboard and alerts.
+    pub sample_every: Duration,
+}
+
+/// An environment variable's value, unless unset or empty. Only the seed's fallback names are
+/// read this way, and only here; clap reads the rest as it parses.
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The seed's `FILESYSTEM_S3_BUCKET`, for when no bucket is given under the standard name.
+pub(crate) fn seed_bucket() -> Option<String> {
+    env_value("FILESYSTEM_S3_BUCKET")
+}
+
+/// AWS settings for the standard chain, with the seed's `FILESYSTEM_S3_REGION`,
+/// `FILESYSTEM_S3_ACCESS_KEY` and `FILESYSTEM_S3_SECRET_KEY` put in only where the standard
+/// variables are absent.
+pub fn aws_from_env() -> AwsSettings {
+    let region = (env_value("AWS_REGION").is_none() && env_value("AWS_DEFAULT_REGION").is_none())
+        .then(|| env_value("FILESYSTEM_S3_REGION"))
+        .flatten();
+    let credentials = match (
+        env_value("AWS_ACCESS_KEY_ID"),
+        env_value("FILESYSTEM_S3_ACCESS_KEY"),
+        env_value("FILESYSTEM_S3_SECRET_KEY"),
+    ) {
+        (None, Some(access_key_id), Some(secret)) => Some(StaticKeys {
+            access_key_id,
+            secret_access_key: Secret(secret),
+        }),
+        _ => None,
+    };
+    AwsSettings {
+        region,
+        credentials,
+        ..AwsSettings::default()
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL with the user named (postgres://USER[:PASSWORD]@HOST/DB). `DB_DSN` is accepted too.
@@ -62,50 +130,52 @@ pub struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
-    pub fn url(&self) -> Result<Secret, ConfigError> {
+    /// The URL from the flag or `DATABASE_URL`, else the seed's `DB_DSN`.
+    fn url(&self) -> Result<Secret, ConfigError> {
         self.database_url
             .clone()
-            .or_else(|| {
-                std::env::var("DB_DSN")
-                    .ok()
-                    .filter(|v| !v.is_empty())
-                    .map(Secret)
-            })
+            .or_else(|| env_value("DB_DSN").map(Secret))
             .ok_or(ConfigError::Missing("DATABASE_URL (or DB_DSN)"))
     }
 
-    pub fn connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
+    /// Checks the URL and turns the flags into what the pool needs. The limits are only raised
+    /// to at least 1 here; `run` refuses values out of range (see [`RunArgs::into_settings`]).
+    pub fn to_settings(&self) -> Result<DatabaseSettings, ConfigError> {
         let url = self.url()?;
-        if !names_user(url.expose()) {
-            return Err(invalid(
-                "DATABASE_URL",
-                scrub(
-                    &format!(
-                        "name the user, as in postgres://USER@HOST/DB (got {})",
-                        redact_url(url.expose())
-                    ),
-                    url.expose(),
-                ),
-            ));
-        }
-        PgConnectOptions::from_str(url.expose()).map_err(|e| {
-            invalid(
-                "DATABASE_URL",
-                scrub(
-                    &format!("{} does not parse: {e}", redact_url(url.expose())),
-                    url.expose(),
-                ),
-            )
+        Ok(DatabaseSettings {
+            connect: connect_options(&url)?,
+            redacted_url: redact_url(url.expose()),
+            pool: PoolSettings {
+                max_connections: self.database_max_connections.max(1),
+                acquire_timeout: Duration::from_secs(self.database_acquire_timeout_secs.max(1)),
+                statement_timeout: Duration::from_secs(self.database_statement_timeout_secs.max(1)),
+            },
         })
     }
+}
 
-    pub fn pool_settings(&self) -> crate::store::PoolSettings {
-        crate::store::PoolSettings {
-            max_connections: self.database_max_connections.max(1),
-            acquire_timeout: Duration::from_secs(self.database_acquire_timeout_secs.max(1)),
-            statement_timeout: Duration::from_secs(self.database_statement_timeout_secs.max(1)),
-        }
+fn connect_options(url: &Secret) -> Result<PgConnectOptions, ConfigError> {
+    if !names_user(url.expose()) {
+        return Err(invalid(
+            "DATABASE_URL",
+            scrub(
+                &format!(
+                    "name the user, as in postgres://USER@HOST/DB (got {})",
+                    redact_url(url.expose())
+                ),
+                url.expose(),
+            ),
+        ));
     }
+    PgConnectOptions::from_str(url.expose()).map_err(|e| {
+        invalid(
+            "DATABASE_URL",
+            scrub(
+                &format!("{} does not parse: {e}", redact_url(url.expose())),
+                url.expose(),
+            ),
+        )
+    })
 }
 
 /// Does a PostgreSQL URL name its user (in the authority or as `?user=`)?
@@ -266,48 +336,95 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    pub fn buckets(&self) -> Vec<String> {
-        let mut buckets: Vec<String> = self
+    /// Checks everything that can be checked without a network, once, and turns the flags and
+    /// the environment into the settings `run` is built from.
+    pub fn into_settings(self) -> Result<Settings, ConfigError> {
+        let database = self.database.to_settings()?;
+        let (url, dead_letter_url) = self.queue_urls()?;
+        let buckets = self.buckets();
+        if buckets.is_empty() {
+            return Err(ConfigError::Missing("S3_BUCKET (or FILESYSTEM_S3_BUCKET)"));
+        }
+        self.check_rules()?;
+        self.check_ranges()?;
+        let secs = Duration::from_secs;
+        Ok(Settings {
+            writer: WriterSettings {
+                writers: self.db_writers,
+                max_batch: self.db_max_batch,
+                create_datapacks: self.create_missing_datapacks,
+                timeout: database.pool.statement_timeout + secs(5),
+            },
+            database,
+            migrate_on_start: self.migrate_on_start,
+            queue: QueueSettings {
+                url,
+                dead_letter_url,
+                wait: secs(self.sqs_wait_time_secs),
+                visibility_timeout: secs(self.sqs_visibility_timeout_secs),
+                sample_every: secs(self.queue_sample_secs.max(1)),
+            },
+            aws: AwsSettings {
+                endpoint_url: self.aws_endpoint_url.clone(),
+                attempt_timeout: secs(self.aws_attempt_timeout_secs),
+                ..aws_from_env()
+            },
+            worker: self.worker_settings(),
+            pipeline: PipelineSettings {
+                buckets,
+                required_uploaded_by: self.required_uploaded_by(),
+                ranged: Ranged::new(
+                    self.ranged_get_threshold_bytes,
+                    self.ranged_get_part_bytes,
+                    self.ranged_get_parallelism,
+                ),
+            },
+            metrics_addr: self.metrics_addr,
+        })
+    }
+
+    /// The buckets from the flag or `S3_BUCKET`, else the seed's `FILESYSTEM_S3_BUCKET`.
+    fn buckets(&self) -> Vec<String> {
+        let buckets: Vec<String> = self
             .s3_bucket
             .iter()
             .map(|b| b.trim().to_owned())
             .filter(|b| !b.is_empty())
             .collect();
-        if buckets.is_empty()
-            && let Ok(seed) = std::env::var("FILESYSTEM_S3_BUCKET")
-            && !seed.is_empty()
-        {
-            buckets.push(seed);
+        if buckets.is_empty() {
+            return seed_bucket().into_iter().collect();
         }
         buckets
     }
 
-    pub fn required_uploaded_by(&self) -> Option<String> {
+    fn required_uploaded_by(&self) -> Option<String> {
         let v = self.require_uploaded_by.trim();
         (!v.is_empty() && !v.eq_ignore_ascii_case("off")).then(|| v.to_owned())
     }
 
-    /// Checks everything that can be checked without a network.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.database.connect_options()?;
-        for (name, url) in [
-            ("SQS_QUEUE_URL", &self.sqs_queue_url),
-            ("SQS_DEAD_LETTER_QUEUE_URL", &self.sqs_dead_letter_queue_url),
-        ] {
-            let url = url.as_deref().ok_or(ConfigError::Missing(name))?;
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(invalid(name, format!("{url:?} is not a queue URL")));
+    /// Both queue URLs, present, shaped like URLs and distinct.
+    fn queue_urls(&self) -> Result<(String, String), ConfigError> {
+        let checked = |name: &'static str, url: &Option<String>| {
+            let url = url.clone().ok_or(ConfigError::Missing(name))?;
+            if url.starts_with("https://") || url.starts_with("http://") {
+                Ok(url)
+            } else {
+                Err(invalid(name, format!("{url:?} is not a queue URL")))
             }
-        }
-        if self.sqs_queue_url == self.sqs_dead_letter_queue_url {
+        };
+        let main = checked("SQS_QUEUE_URL", &self.sqs_queue_url)?;
+        let dead_letter = checked("SQS_DEAD_LETTER_QUEUE_URL", &self.sqs_dead_letter_queue_url)?;
+        if main == dead_letter {
             return Err(invalid(
                 "SQS_DEAD_LETTER_QUEUE_URL",
                 "must differ from SQS_QUEUE_URL",
             ));
         }
-        if self.buckets().is_empty() {
-            return Err(ConfigError::Missing("S3_BUCKET (or FILESYSTEM_S3_BUCKET)"));
-        }
+        Ok((main, dead_letter))
+    }
+
+    /// The rules that tie settings to SQS's limits and to each other.
+    fn check_rules(&self) -> Result<(), ConfigError> {
         if !(1..=4096).contains(&self.worker_concurrency) {
             return Err(invalid("WORKER_CONCURRENCY", "must be between 1 and 4096"));
         }
@@ -335,67 +452,54 @@ impl RunArgs {
                 "need 0 < RETRY_BASE_SECS <= RETRY_MAX_SECS <= 43200",
             ));
         }
-        let within = |name: &'static str, value: u64, min: u64, max: u64| {
-            if (min..=max).contains(&value) {
-                Ok(())
-            } else {
-                Err(invalid(
+        Ok(())
+    }
+
+    /// Every value with a range of its own: name, value, least, most.
+    fn check_ranges(&self) -> Result<(), ConfigError> {
+        let db = &self.database;
+        // A table: one line per value reads better than rustfmt's one line per field.
+        #[rustfmt::skip]
+        let ranges = [
+            ("MAX_PROCESSING_SECS", self.max_processing_secs, self.sqs_visibility_timeout_secs, 43_200),
+            ("MAX_ATTEMPTS", self.max_attempts.into(), 1, 1000),
+            ("SHUTDOWN_GRACE_SECS", self.shutdown_grace_secs, 0, 3600),
+            ("DB_WRITERS", self.db_writers as u64, 1, 64),
+            ("DB_MAX_BATCH", self.db_max_batch as u64, 1, 10_000),
+            ("DATABASE_MAX_CONNECTIONS", db.database_max_connections.into(), 1, 1000),
+            ("DATABASE_ACQUIRE_TIMEOUT_SECS", db.database_acquire_timeout_secs, 1, 3600),
+            ("DATABASE_STATEMENT_TIMEOUT_SECS", db.database_statement_timeout_secs, 1, 3600),
+            ("AWS_ATTEMPT_TIMEOUT_SECS", self.aws_attempt_timeout_secs, 1, 3600),
+            ("QUEUE_SAMPLE_SECS", self.queue_sample_secs, 1, 3600),
+            ("RANGED_GET_PART_BYTES", self.ranged_get_part_bytes, 1 << 20, 5 << 30),
+            ("RANGED_GET_PARALLELISM", self.ranged_get_parallelism as u64, 1, 64),
+        ];
+        let pollers = self
+            .worker_pollers
+            .map(|p| ("WORKER_POLLERS", p as u64, 1, 1024));
+        for (name, value, min, max) in pollers.into_iter().chain(ranges) {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(
                     name,
                     format!("{value} is out of range: must be between {min} and {max}"),
-                ))
+                ));
             }
-        };
-        if let Some(pollers) = self.worker_pollers {
-            within("WORKER_POLLERS", pollers as u64, 1, 1024)?;
         }
-        within(
-            "MAX_PROCESSING_SECS",
-            self.max_processing_secs,
-            self.sqs_visibility_timeout_secs,
-            43_200,
-        )?;
-        within("MAX_ATTEMPTS", self.max_attempts.into(), 1, 1000)?;
-        within("SHUTDOWN_GRACE_SECS", self.shutdown_grace_secs, 0, 3600)?;
-        within("DB_WRITERS", self.db_writers as u64, 1, 64)?;
-        within("DB_MAX_BATCH", self.db_max_batch as u64, 1, 10_000)?;
-        within(
-            "DATABASE_MAX_CONNECTIONS",
-            self.database.database_max_connections.into(),
-            1,
-            1000,
-        )?;
-        within(
-            "DATABASE_ACQUIRE_TIMEOUT_SECS",
-            self.database.database_acquire_timeout_secs,
-            1,
-            3600,
-        )?;
-        within(
-            "DATABASE_STATEMENT_TIMEOUT_SECS",
-            self.database.database_statement_timeout_secs,
-            1,
-            3600,
-        )?;
-        within(
-            "AWS_ATTEMPT_TIMEOUT_SECS",
-            self.aws_attempt_timeout_secs,
-            1,
-            3600,
-        )?;
-        within("QUEUE_SAMPLE_SECS", self.queue_sample_secs, 1, 3600)?;
-        within(
-            "RANGED_GET_PART_BYTES",
-            self.ranged_get_part_bytes,
-            1 << 20,
-            5 << 30,
-        )?;
-        within(
-            "RANGED_GET_PARALLELISM",
-            self.ranged_get_parallelism as u64,
-            1,
-            64,
-        )?;
         Ok(())
+    }
+
+    fn worker_settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            concurrency: self.worker_concurrency,
+            pollers: self
+                .worker_pollers
+                .unwrap_or(self.worker_concurrency.div_ceil(10)),
+            retry_base: Duration::from_secs(self.retry_base_secs),
+            retry_max: Duration::from_secs(self.retry_max_secs),
+            max_extension: Duration::from_secs(self.max_processing_secs),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            max_attempts: self.max_attempts,
+        }
     }
 }
 
@@ -440,9 +544,42 @@ mod tests {
             database_acquire_timeout_secs: 1,
             database_statement_timeout_secs: 1,
         };
-        let message = args.connect_options().unwrap_err().to_string();
+        let message = args.to_settings().unwrap_err().to_string();
         assert!(!message.contains("pa/ss"), "{message}");
         assert!(!message.contains("wo@rd"), "{message}");
+    }
+
+    #[test]
+    fn settings_carry_units_and_never_print_the_password() {
+        use clap::Parser as _;
+        let argv = [
+            "datapack-worker",
+            "run",
+            "--database-url",
+            "postgres://app:hunter2@db/app",
+            "--sqs-queue-url",
+            "http://sqs/1/main",
+            "--sqs-dead-letter-queue-url",
+            "http://sqs/1/dead",
+            "--s3-bucket",
+            " uploads , ,archive",
+            "--worker-concurrency",
+            "25",
+            "--database-statement-timeout-secs",
+            "7",
+        ];
+        let crate::cli::Command::Run(args) = crate::cli::Cli::try_parse_from(argv).unwrap().command
+        else {
+            unreachable!()
+        };
+        let settings = args.into_settings().unwrap();
+        assert_eq!(settings.pipeline.buckets, ["uploads", "archive"]);
+        assert_eq!(settings.worker.pollers, 3, "one poller per ten slots");
+        assert_eq!(settings.writer.timeout, Duration::from_secs(12));
+        assert_eq!(settings.queue.visibility_timeout, Duration::from_secs(60));
+        assert_eq!(settings.database.redacted_url, "postgres://app:***@db/app");
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! At the root: [`app`] wires the layers and [`config`] builds the typed settings from the
 //! command line ([`cli`]) and environment; [`disposition`] is the failure vocabulary every layer
 //! speaks (what a failure means: retry, dead-letter with a reason, skip); [`aws`] builds the SDK
-//! clients; [`shutdown`] is the value every wait races. [`commands`] holds the one-shot commands.
+//! clients; [`shutdown`] is the value every wait races; [`secret`] holds what must never print.
+//! [`commands`] holds the one-shot commands.
 
 pub mod app;
 pub mod aws;
@@ -23,5 +24,6 @@ pub mod disposition;
 pub mod intake;
 pub mod ops;
 pub mod process;
+pub mod secret;
 pub mod shutdown;
 pub mod store;

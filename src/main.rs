@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use datapack_worker::cli::{Cli, Command, DlqCommand};
-use datapack_worker::commands::{dlq, presign};
+use datapack_worker::cli::{Cli, Command};
+use datapack_worker::commands::{self, dlq, presign};
 use datapack_worker::ops::telemetry;
-use datapack_worker::{app, aws, config, shutdown, store};
+use datapack_worker::{app, config, shutdown};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -28,77 +28,12 @@ async fn main() -> ExitCode {
 
 async fn execute(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run(args) => app::run(*args, shutdown::on_signals()).await,
-        Command::Migrate(db) => {
-            let pool = store::pool(db.connect_options()?, &db.pool_settings());
-            store::migrate(&pool).await?;
-            println!("migrations applied");
-            Ok(())
+        Command::Run(args) => {
+            let settings = args.into_settings()?;
+            app::run(settings, shutdown::on_signals()).await
         }
-        Command::Presign(args) => {
-            let bucket = args
-                .bucket
-                .clone()
-                .or_else(|| std::env::var("FILESYSTEM_S3_BUCKET").ok())
-                .ok_or(config::ConfigError::Missing("S3_BUCKET (or --bucket)"))?;
-            let s3 = aws::s3(&aws::load(&aws::AwsSettings::default()).await);
-            let signed = presign::presign(&s3, &bucket, &args).await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&signed)?);
-            } else {
-                println!("{} {}", signed.method, signed.url);
-                for (name, value) in &signed.headers {
-                    println!("{name}: {value}");
-                }
-            }
-            Ok(())
-        }
-        Command::Dlq(command) => {
-            let sqs = aws::sqs(&aws::load(&aws::AwsSettings::default()).await);
-            match command {
-                DlqCommand::List { queues, max, json } => {
-                    let entries = dlq::list(&sqs, &queues.sqs_dead_letter_queue_url, max).await?;
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&entries)?);
-                    } else {
-                        println!("{:<20} {:>8}  {:<36}  key", "reason", "age_s", "message_id");
-                        for e in &entries {
-                            let age = e
-                                .age_secs
-                                .map(|a| a.to_string())
-                                .unwrap_or_else(|| "-".into());
-                            println!(
-                                "{:<20} {:>8}  {:<36}  {}",
-                                e.reason,
-                                age,
-                                e.message_id,
-                                e.key.as_deref().unwrap_or("-")
-                            );
-                        }
-                        println!("{} message(s)", entries.len());
-                    }
-                    Ok(())
-                }
-                DlqCommand::Redrive {
-                    queues,
-                    reason,
-                    max,
-                } => {
-                    let main_url = queues
-                        .sqs_queue_url
-                        .ok_or(config::ConfigError::Missing("SQS_QUEUE_URL"))?;
-                    let moved = dlq::redrive(
-                        &sqs,
-                        &queues.sqs_dead_letter_queue_url,
-                        &main_url,
-                        reason.as_deref(),
-                        max,
-                    )
-                    .await?;
-                    println!("redrove {moved} message(s)");
-                    Ok(())
-                }
-            }
-        }
+        Command::Migrate(database) => commands::migrate(database).await,
+        Command::Presign(args) => presign::execute(args).await,
+        Command::Dlq(command) => dlq::execute(command).await,
     }
 }

@@ -8,8 +8,10 @@ use aws_sdk_sqs::types::{
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::cli::DlqCommand;
 use crate::disposition::{Failure, RetryReason};
 use crate::process::event::{self, Item, Message};
+use crate::{aws, config};
 
 #[derive(Debug, Serialize)]
 pub struct Entry {
@@ -118,6 +120,26 @@ impl<'a> Pager<'a> {
         }
     }
 
+    /// Sends one message's body to `main_url`, then deletes it here: a crash in between
+    /// duplicates it, never loses it.
+    async fn move_to(&self, main_url: &str, body: &str, handle: &str) -> Result<(), Failure> {
+        self.client
+            .send_message()
+            .queue_url(main_url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(sqs_failure)?;
+        self.client
+            .delete_message()
+            .queue_url(self.url)
+            .receipt_handle(handle)
+            .send()
+            .await
+            .map_err(sqs_failure)?;
+        Ok(())
+    }
+
     /// Hands every held message back at once.
     async fn release(self) -> Result<(), Failure> {
         for (n, chunk) in self.held.chunks(10).enumerate() {
@@ -150,6 +172,11 @@ fn attribute(m: &aws_sdk_sqs::types::Message, name: &str) -> Option<String> {
         .as_ref()
         .and_then(|a| a.get(name))
         .and_then(|v| v.string_value.clone())
+}
+
+/// Why the worker dead-lettered a message; one without a reason was moved by SQS's own redrive.
+fn reason_of(m: &aws_sdk_sqs::types::Message) -> String {
+    attribute(m, "error_reason").unwrap_or_else(|| "max_receive_count".into())
 }
 
 /// Lists up to `max` dead-lettered messages without consuming any: each is held while the
@@ -187,7 +214,7 @@ pub async fn list(
             entries.push(Entry {
                 message_id: m.message_id.clone().unwrap_or_default(),
                 source_message_id: attribute(&m, "source_message_id"),
-                reason: attribute(&m, "error_reason").unwrap_or_else(|| "max_receive_count".into()),
+                reason: reason_of(&m),
                 detail: attribute(&m, "error_detail"),
                 key: m.body.as_deref().and_then(first_key),
                 age_secs: sent.map(|s| (Utc::now() - s).num_seconds()),
@@ -210,42 +237,81 @@ pub async fn redrive(
 ) -> Result<usize, Failure> {
     let mut pager = Pager::new(client, dlq_url).await?;
     let mut moved = 0;
-    let result = async {
-        while moved < max {
-            let Some(page) = pager.next(10).await? else {
-                break;
-            };
-            for m in page {
-                let (Some(body), Some(handle)) = (m.body.as_deref(), m.receipt_handle.as_deref())
-                else {
-                    continue;
-                };
-                let this_reason =
-                    attribute(&m, "error_reason").unwrap_or_else(|| "max_receive_count".into());
-                if moved >= max || reason.is_some_and(|r| r != this_reason) {
-                    pager.hold(Some(handle));
-                    continue;
-                }
-                client
-                    .send_message()
-                    .queue_url(main_url)
-                    .message_body(body)
-                    .send()
-                    .await
-                    .map_err(sqs_failure)?;
-                client
-                    .delete_message()
-                    .queue_url(dlq_url)
-                    .receipt_handle(handle)
-                    .send()
-                    .await
-                    .map_err(sqs_failure)?;
-                moved += 1;
-            }
-        }
-        Ok::<(), Failure>(())
-    }
-    .await;
+    let result = redrive_pages(&mut pager, main_url, reason, max, &mut moved).await;
     pager.release().await?;
     result.map(|()| moved)
+}
+
+/// Pages through the dead-letter queue moving what matches, counting into `moved` as it goes so
+/// the count stays true when a page fails half-way.
+async fn redrive_pages(
+    pager: &mut Pager<'_>,
+    main_url: &str,
+    reason: Option<&str>,
+    max: usize,
+    moved: &mut usize,
+) -> Result<(), Failure> {
+    while *moved < max {
+        let Some(page) = pager.next(10).await? else {
+            break;
+        };
+        for m in page {
+            let (Some(body), Some(handle)) = (m.body.as_deref(), m.receipt_handle.as_deref())
+            else {
+                continue;
+            };
+            if *moved >= max || reason.is_some_and(|r| r != reason_of(&m)) {
+                pager.hold(Some(handle));
+                continue;
+            }
+            pager.move_to(main_url, body, handle).await?;
+            *moved += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The `dlq` commands: list (as a table, or JSON) or redrive, printing what was done.
+pub async fn execute(command: DlqCommand) -> anyhow::Result<()> {
+    let sqs = aws::sqs(&aws::load(&config::aws_from_env()).await);
+    match command {
+        DlqCommand::List { queues, max, json } => {
+            let entries = list(&sqs, &queues.sqs_dead_letter_queue_url, max).await?;
+            print_entries(&entries, json)
+        }
+        DlqCommand::Redrive {
+            queues,
+            reason,
+            max,
+        } => {
+            let main_url = queues.main_url()?;
+            let dlq_url = &queues.sqs_dead_letter_queue_url;
+            let moved = redrive(&sqs, dlq_url, main_url, reason.as_deref(), max).await?;
+            println!("redrove {moved} message(s)");
+            Ok(())
+        }
+    }
+}
+
+fn print_entries(entries: &[Entry], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(entries)?);
+        return Ok(());
+    }
+    println!("{:<20} {:>8}  {:<36}  key", "reason", "age_s", "message_id");
+    for e in entries {
+        let age = e
+            .age_secs
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<20} {:>8}  {:<36}  {}",
+            e.reason,
+            age,
+            e.message_id,
+            e.key.as_deref().unwrap_or("-")
+        );
+    }
+    println!("{} message(s)", entries.len());
+    Ok(())
 }

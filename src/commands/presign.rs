@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::cli::PresignArgs;
 use crate::process::metadata;
+use crate::{aws, config};
 
 /// The header that makes S3 verify the body's SHA-256 (base64 of the 32-byte digest).
 pub const CHECKSUM_SHA256: &str = "x-amz-checksum-sha256";
@@ -157,6 +158,23 @@ pub fn guess_content_type(file: &str) -> &'static str {
         "xlsx" => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
         _ => "application/octet-stream",
     }
+}
+
+/// The `presign` command: signs with the AWS chain's credentials and prints the URL and the
+/// headers, as text or, with `--json`, as `{"url", "method", "headers"}`.
+pub async fn execute(args: PresignArgs) -> anyhow::Result<()> {
+    let bucket = args.bucket()?;
+    let s3 = aws::s3(&aws::load(&config::aws_from_env()).await);
+    let signed = presign(&s3, &bucket, &args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&signed)?);
+    } else {
+        println!("{} {}", signed.method, signed.url);
+        for (name, value) in &signed.headers {
+            println!("{name}: {value}");
+        }
+    }
+    Ok(())
 }
 
 /// A URL valid for `args.expires_secs` from now.

@@ -73,18 +73,19 @@ impl Rig {
         let datapack_worker::cli::Command::Run(args) = cli.command else {
             unreachable!()
         };
+        let settings = args.into_settings().expect("valid test settings");
         let sdk = crate::support::stack::sdk_config(endpoint)
             .to_builder()
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(Duration::from_secs(args.aws_attempt_timeout_secs))
+                    .operation_attempt_timeout(settings.aws.attempt_timeout)
                     .build(),
             )
             .build();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(datapack_worker::app::run_supervised(
-            *args,
+            settings,
             sdk,
             shutdown.clone(),
             tasks,

@@ -69,9 +69,14 @@ impl TestWorker {
         let CliCommand::Run(args) = cli.command else {
             unreachable!()
         };
+        let settings = args.into_settings().expect("valid test settings");
         let shutdown = CancellationToken::new();
         let sdk = super::stack::sdk_config(endpoint);
-        let task = tokio::spawn(datapack_worker::app::run_with(*args, sdk, shutdown.clone()));
+        let task = tokio::spawn(datapack_worker::app::run_with(
+            settings,
+            sdk,
+            shutdown.clone(),
+        ));
         TestWorker {
             shutdown,
             task,
