@@ -14,8 +14,25 @@ pub struct Cli {
     /// `text` (default) or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
+    /// Which lines to log, in `tracing`'s filter syntax (default: info, SDK and sqlx at warn).
+    #[arg(long, env = "RUST_LOG", global = true, hide = true)]
+    pub log_filter: Option<String>,
+    /// Any non-empty value turns colour off even on a terminal (no-color.org).
+    #[arg(long, env = "NO_COLOR", global = true, hide = true)]
+    pub no_color: Option<String>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// How to log, from the flags and their environment variables.
+    pub fn log_settings(&self) -> crate::ops::telemetry::LogSettings {
+        crate::ops::telemetry::LogSettings {
+            json: self.log_format.eq_ignore_ascii_case("json"),
+            filter: self.log_filter.clone().filter(|f| !f.is_empty()),
+            no_color: self.no_color.as_deref().is_some_and(|v| !v.is_empty()),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,7 +11,7 @@ use datapack_worker::{app, config, shutdown};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(&cli.log_format);
+    telemetry::init(&cli.log_settings());
     match execute(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -4,18 +4,29 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-pub fn init(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,sqlx=warn")
-    });
+/// How to log: built by the command line from its flags and their environment variables.
+#[derive(Debug, Clone, Default)]
+pub struct LogSettings {
+    pub json: bool,
+    /// `RUST_LOG`'s filter syntax; `None` for the default.
+    pub filter: Option<String>,
+    /// `NO_COLOR` set: no colour even on a terminal.
+    pub no_color: bool,
+}
+
+pub fn init(settings: &LogSettings) {
+    let filter = settings
+        .filter
+        .as_deref()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| {
+            EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,sqlx=warn")
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(colour(
-            std::io::stderr().is_terminal(),
-            std::env::var_os("NO_COLOR"),
-        ));
-    let result = if format.eq_ignore_ascii_case("json") {
+        .with_ansi(colour(std::io::stderr().is_terminal(), settings.no_color));
+    let result = if settings.json {
         builder
             .json()
             .with_current_span(true)
@@ -31,8 +42,8 @@ pub fn init(format: &str) {
 /// Colour escapes only for a person at a terminal: in a file, a pipe or a log collector they
 /// are noise that breaks grep. `NO_COLOR` (any non-empty value, no-color.org) turns them off
 /// on a terminal too.
-fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
-    terminal && no_color.is_none_or(|v| v.is_empty())
+fn colour(terminal: bool, no_color: bool) -> bool {
+    terminal && !no_color
 }
 
 #[cfg(test)]
@@ -41,9 +52,8 @@ mod tests {
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {
-        assert!(colour(true, None));
-        assert!(colour(true, Some("".into())), "empty NO_COLOR is unset");
-        assert!(!colour(true, Some("1".into())));
-        assert!(!colour(false, None));
+        assert!(colour(true, false));
+        assert!(!colour(true, true));
+        assert!(!colour(false, false));
     }
 }

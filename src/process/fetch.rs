@@ -137,7 +137,7 @@ async fn first_get(
     ranged: &Ranged,
 ) -> Result<Result<(GetObjectOutput, Option<u64>), Fetched>, Failure> {
     let mut first_part = ranged
-        .from_the_start(target.size)
+        .splits_from_start(target.size)
         .then_some(ranged.part_size);
     loop {
         let mut request = s3.get_object().bucket(target.bucket).key(target.key);

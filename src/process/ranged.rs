@@ -82,7 +82,7 @@ impl Ranged {
     }
 
     /// Whether the first GET already asks for the first part only.
-    pub(crate) fn from_the_start(&self, size: Option<u64>) -> bool {
+    pub(crate) fn splits_from_start(&self, size: Option<u64>) -> bool {
         self.stream_floor.is_none() && self.applies(size)
     }
 }
@@ -475,8 +475,8 @@ mod tests {
         assert!(!Ranged::new(0, 8, 4).applies(Some(1 << 40)));
         assert!(!Ranged::new(64, 8, 1).applies(Some(1 << 40)));
         assert!(!Ranged::off().applies(Some(1 << 40)));
-        assert!(r.from_the_start(Some(64)));
-        assert!(!Ranged::default().from_the_start(Some(1 << 40)));
+        assert!(r.splits_from_start(Some(64)));
+        assert!(!Ranged::default().splits_from_start(Some(1 << 40)));
         assert!(Ranged::default().applies(Some(1 << 40)));
     }
 
