@@ -32,7 +32,14 @@ pub enum Item {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
     Created,
+    /// The object is gone (unversioned bucket), or the version (or delete marker) the event
+    /// names was permanently deleted: `ObjectRemoved:Delete`, `LifecycleExpiration:Delete`,
+    /// EventBridge `Object Deleted` with `deletion-type: Permanently Deleted`.
     Removed,
+    /// A delete marker now hides the key; every version still exists:
+    /// `ObjectRemoved:DeleteMarkerCreated`, `LifecycleExpiration:DeleteMarkerCreated`,
+    /// EventBridge `Object Deleted` with `deletion-type: Delete Marker Created`.
+    DeleteMarkerCreated,
 }
 
 /// An object event with its key already decoded.
@@ -157,6 +164,10 @@ fn classify_s3_name(name: &str) -> Option<Option<EventKind>> {
     ];
     if name.starts_with("ObjectCreated:") {
         Some(Some(EventKind::Created))
+    } else if name == "ObjectRemoved:DeleteMarkerCreated"
+        || name == "LifecycleExpiration:DeleteMarkerCreated"
+    {
+        Some(Some(EventKind::DeleteMarkerCreated))
     } else if name.starts_with("ObjectRemoved:") || name.starts_with("LifecycleExpiration:") {
         Some(Some(EventKind::Removed))
     } else if IGNORED.iter().any(|p| name.starts_with(p)) {
@@ -216,6 +227,11 @@ fn parse_eventbridge(value: &Value) -> Result<Item, ParseError> {
     check_len("detail-type", detail_type, limits::EVENT_NAME_CHARS)?;
     let kind = match detail_type {
         "Object Created" => EventKind::Created,
+        "Object Deleted"
+            if str_at(value, &["detail", "deletion-type"]) == Some("Delete Marker Created") =>
+        {
+            EventKind::DeleteMarkerCreated
+        }
         "Object Deleted" => EventKind::Removed,
         other if other.starts_with("Object ") => {
             return Ok(Item::Unsupported {

@@ -1,7 +1,8 @@
 //! The process layer: what one message means and what it asks the store to record. The
 //! [`pipeline`] parses the body ([`event`]), splits each key ([`key`]), fetches and hashes the
 //! announced version ([`fetch`], large objects in parallel [`ranged`] parts), filters on the
-//! upload's [`metadata`], and returns a verdict. [`canary`] remembers objects for S3's deep probe.
+//! upload's [`metadata`], and returns a verdict; for a version's deletion it asks S3 what the key
+//! shows now ([`versions`]). [`canary`] remembers objects for S3's deep probe.
 //! Nothing here talks to SQS; the store is reached only through the group-commit writer.
 
 pub mod canary;
@@ -11,6 +12,7 @@ pub mod key;
 pub mod metadata;
 pub mod pipeline;
 pub mod ranged;
+pub mod versions;
 
 #[cfg(test)]
 mod fuzz_regressions;

@@ -15,8 +15,9 @@ use crate::ops::health::Health;
 use crate::process::event::{self, EventKind, Item, Message, ObjectEvent};
 use crate::process::fetch::{self, Fetched, Target};
 use crate::process::key;
+use crate::process::versions;
 use crate::store::writer::Writer;
-use crate::store::{NewResource, Removal, Write, WriteOutcome};
+use crate::store::{NewResource, Write, WriteOutcome};
 
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
@@ -177,12 +178,7 @@ impl Pipeline {
             return Ok(Prepared::Done(Outcome::Skipped(SkipReason::ForeignBucket)));
         }
         match event.kind {
-            EventKind::Removed => Ok(Prepared::Write(Write::Removal(Removal {
-                bucket: event.bucket.clone(),
-                object_key: event.key.clone(),
-                sequencer: event.sequencer.clone(),
-                event_time: event.event_time,
-            }))),
+            EventKind::Removed | EventKind::DeleteMarkerCreated => self.removed(event).await,
             EventKind::Created => self.created(event).await,
         }
     }
@@ -247,6 +243,38 @@ impl Pipeline {
             sequencer: event.sequencer.clone(),
             event_time: event.event_time,
         })))
+    }
+}
+
+impl Pipeline {
+    /// A removal. A plain delete (no version) and a delete marker hide the key as of the event,
+    /// with no request. The permanent deletion of one version (the event names it: an old
+    /// version, a delete marker, a noncurrent version's expiry) leaves whatever version S3 now
+    /// shows, which the event does not say: S3 is asked, and the key converges to its answer.
+    async fn removed(&self, event: &ObjectEvent) -> Result<Prepared, Failure> {
+        let current = match (event.kind, &event.version_id) {
+            (EventKind::Removed, Some(_)) => {
+                let asked = versions::current(&self.s3, &event.bucket, &event.key).await;
+                // Every answer from S3 feeds the breaker, as the fetch's do.
+                match &asked {
+                    Ok(_) => self.health.observe(Dependency::S3, &event.key, true),
+                    Err(failure) if failure.dependency() == Some(Dependency::S3) => {
+                        self.health.observe(Dependency::S3, &event.key, false)
+                    }
+                    Err(_) => {}
+                }
+                asked?
+            }
+            _ => versions::Current::Nothing,
+        };
+        Ok(Prepared::Write(Write::Removal(versions::converge(
+            &event.bucket,
+            &event.key,
+            current,
+            event.version_id.as_deref(),
+            event.sequencer.as_deref(),
+            event.event_time,
+        ))))
     }
 }
 

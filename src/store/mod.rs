@@ -1,5 +1,6 @@
 //! The store layer: PostgreSQL's pool, migrations and probe ([`self`]), the idempotent write of
-//! a batch ([`write`]), and the group commit that batches concurrent jobs into it ([`writer`]).
+//! a batch ([`write`]), the announcement of its changes to listeners ([`notify`]), and the group
+//! commit that batches concurrent jobs into it ([`writer`]).
 
 use std::time::Duration;
 
@@ -8,10 +9,11 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::disposition::{DeadLetterReason, Failure, RetryReason};
 
+pub mod notify;
 pub mod write;
 pub mod writer;
 
-pub use write::{NewResource, Removal, Write, WriteOutcome, apply};
+pub use write::{NewResource, Removal, Survivor, Write, WriteOutcome, apply};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

@@ -3,13 +3,16 @@
 //! One call writes the events of many messages in one transaction with a handful of set-based
 //! statements, whatever the batch size. Keys are locked (transaction advisory locks, taken in a
 //! fixed order so two batches never deadlock) before any ordering decision, which makes "is there
-//! something newer for this key?" race-free across replicas.
+//! something newer for this key?" race-free across replicas. Every row the batch changes is
+//! announced to listeners in the same transaction ([`crate::store::notify`]).
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
+
+use crate::store::notify;
 
 /// A resource row to record: the facts of one fetched and hashed upload.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,13 +34,29 @@ pub struct NewResource {
     pub event_time: DateTime<Utc>,
 }
 
-/// A removal of a key, as announced by `ObjectRemoved:*`.
+/// A removal of a key or of one of its versions, as announced by `ObjectRemoved:*` or
+/// `LifecycleExpiration:*`, ordered by the event's position.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Removal {
     pub bucket: String,
     pub object_key: String,
     pub sequencer: Option<String>,
     pub event_time: DateTime<Utc>,
+    /// The version or delete marker the event named, if any (kept for audit).
+    pub version_id: Option<String>,
+    /// What the key shows once this removal happened: `None` when nothing does (a plain delete,
+    /// a delete marker, no version left), else the version S3 said is current.
+    pub survivor: Option<Survivor>,
+}
+
+/// The version of a key S3 shows after a removal: the rows at or before the removal converge to
+/// it (its row live, every other deleted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Survivor {
+    /// Without quotes. Rows are one per upload identity (bucket, key, etag): the row with these
+    /// bytes is the one that lives.
+    pub etag: String,
+    pub version_id: Option<String>,
 }
 
 // Batches are mostly resources: boxing them would add an allocation per row and save nothing.
@@ -105,13 +124,15 @@ pub async fn apply(
     lock_keys(&mut tx, writes).await?;
     let datapacks = resolve_datapacks(&mut tx, writes, create_datapacks).await?;
     let (resources, removals) = choose(writes, &datapacks, &mut outcomes);
-    for i in insert_resources(&mut tx, &resources, &datapacks).await? {
-        outcomes[i] = WriteOutcome::Recorded;
+    let written = insert_resources(&mut tx, &resources, &datapacks).await?;
+    for row in &written {
+        outcomes[row.index] = WriteOutcome::Recorded;
     }
     for i in upsert_removals(&mut tx, &removals).await? {
         outcomes[i] = WriteOutcome::Removed;
     }
-    settle(&mut tx, writes).await?;
+    let settled = settle(&mut tx, writes).await?;
+    notify::send(&mut tx, &notify::changes(writes, &written, &settled)).await?;
     tx.commit().await?;
     Ok(outcomes)
 }
@@ -220,13 +241,24 @@ async fn resolve_datapacks(
         .collect()
 }
 
+/// A row the insert wrote: a new upload, or an existing one refreshed by a newer event.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Written {
+    /// The write it came from.
+    pub index: usize,
+    pub id: i64,
+    /// Whether the row is new; else whether it was live before this transaction.
+    pub inserted: bool,
+    pub was_live: bool,
+}
+
 /// Inserts new uploads; refreshes an existing upload only from a newer event (the same bytes
-/// uploaded again after a removal). Returns the indexes that changed the table.
+/// uploaded again after a removal). Returns the rows that changed, with what they were before.
 async fn insert_resources(
     tx: &mut Tx<'_>,
     resources: &[(usize, &NewResource)],
     datapacks: &HashMap<String, i64>,
-) -> Result<Vec<usize>, sqlx::Error> {
+) -> Result<Vec<Written>, sqlx::Error> {
     if resources.is_empty() {
         return Ok(Vec::new());
     }
@@ -235,22 +267,34 @@ async fn insert_resources(
             resources.iter().map(|(_, $r)| $e).collect::<Vec<_>>()
         };
     }
+    // `prior` reads the rows as they were before the statement (one snapshot for the whole
+    // statement), so a refreshed row says whether it was live: the difference between a row made
+    // live again and one merely rewritten, for the listeners.
     let rows = sqlx::query(
-        "INSERT INTO datapack_resource AS r (datapack_id, bucket, object_key, path, display, content_type,
-             length, etag, sha256, submitter_name, submitter_email, object_last_modified, version_id,
-             sequencer, event_time)
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-             $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[],
-             $13::text[], $14::text[], $15::timestamptz[])
-         ON CONFLICT ON CONSTRAINT datapack_resource_upload_key DO UPDATE SET
-             datapack_id = EXCLUDED.datapack_id, path = EXCLUDED.path, display = EXCLUDED.display,
-             content_type = EXCLUDED.content_type, length = EXCLUDED.length, sha256 = EXCLUDED.sha256,
-             submitter_name = EXCLUDED.submitter_name, submitter_email = EXCLUDED.submitter_email,
-             object_last_modified = EXCLUDED.object_last_modified, version_id = EXCLUDED.version_id,
-             sequencer = EXCLUDED.sequencer, event_time = EXCLUDED.event_time,
-             ingested_at = now(), deleted_at = NULL
-           WHERE datapack_event_newer(EXCLUDED.sequencer, EXCLUDED.event_time, r.sequencer, r.event_time)
-         RETURNING bucket, object_key, etag",
+        "WITH prior AS (
+             SELECT r.id, r.deleted_at IS NULL AS live
+             FROM unnest($2::text[], $3::text[], $8::text[]) AS k (bucket, object_key, etag)
+             JOIN datapack_resource r
+               ON r.bucket = k.bucket AND r.object_key = k.object_key AND r.etag = k.etag),
+         written AS (
+             INSERT INTO datapack_resource AS r (datapack_id, bucket, object_key, path, display,
+                 content_type, length, etag, sha256, submitter_name, submitter_email,
+                 object_last_modified, version_id, sequencer, event_time)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                 $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[],
+                 $12::timestamptz[], $13::text[], $14::text[], $15::timestamptz[])
+             ON CONFLICT ON CONSTRAINT datapack_resource_upload_key DO UPDATE SET
+                 datapack_id = EXCLUDED.datapack_id, path = EXCLUDED.path, display = EXCLUDED.display,
+                 content_type = EXCLUDED.content_type, length = EXCLUDED.length, sha256 = EXCLUDED.sha256,
+                 submitter_name = EXCLUDED.submitter_name, submitter_email = EXCLUDED.submitter_email,
+                 object_last_modified = EXCLUDED.object_last_modified, version_id = EXCLUDED.version_id,
+                 sequencer = EXCLUDED.sequencer, event_time = EXCLUDED.event_time,
+                 ingested_at = now(), deleted_at = NULL
+               WHERE datapack_event_newer(EXCLUDED.sequencer, EXCLUDED.event_time, r.sequencer, r.event_time)
+             RETURNING id, bucket, object_key, etag)
+         SELECT w.id, w.bucket, w.object_key, w.etag, p.id IS NULL AS inserted,
+                coalesce(p.live, false) AS was_live
+         FROM written w LEFT JOIN prior p ON p.id = w.id",
     )
     .bind(column!(r => datapacks[r.datapack.as_str()]))
     .bind(column!(r => r.bucket.as_str()))
@@ -280,13 +324,23 @@ async fn insert_resources(
         .collect();
     rows.iter()
         .map(|row| {
-            let key: (String, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            Ok(index[&(key.0.as_str(), key.1.as_str(), key.2.as_str())])
+            let key: (String, String, String) = (
+                row.try_get("bucket")?,
+                row.try_get("object_key")?,
+                row.try_get("etag")?,
+            );
+            Ok(Written {
+                index: index[&(key.0.as_str(), key.1.as_str(), key.2.as_str())],
+                id: row.try_get("id")?,
+                inserted: row.try_get("inserted")?,
+                was_live: row.try_get("was_live")?,
+            })
         })
         .collect()
 }
 
-/// Records each key's newest removal. Returns the indexes that were newer than what was known.
+/// Records each key's newest removal, with what survived it. Returns the indexes that were newer
+/// than what was known.
 async fn upsert_removals(
     tx: &mut Tx<'_>,
     removals: &[(usize, &Removal)],
@@ -294,18 +348,30 @@ async fn upsert_removals(
     if removals.is_empty() {
         return Ok(Vec::new());
     }
+    macro_rules! column {
+        ($r:ident => $e:expr) => {
+            removals.iter().map(|(_, $r)| $e).collect::<Vec<_>>()
+        };
+    }
     let rows = sqlx::query(
-        "INSERT INTO datapack_object_removal AS t (bucket, object_key, sequencer, event_time)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+        "INSERT INTO datapack_object_removal AS t (bucket, object_key, sequencer, event_time,
+             version_id, current_etag, current_version_id)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
+             $6::text[], $7::text[])
          ON CONFLICT (bucket, object_key) DO UPDATE SET
-             sequencer = EXCLUDED.sequencer, event_time = EXCLUDED.event_time, recorded_at = now()
+             sequencer = EXCLUDED.sequencer, event_time = EXCLUDED.event_time,
+             version_id = EXCLUDED.version_id, current_etag = EXCLUDED.current_etag,
+             current_version_id = EXCLUDED.current_version_id, recorded_at = now()
            WHERE datapack_event_newer(EXCLUDED.sequencer, EXCLUDED.event_time, t.sequencer, t.event_time)
          RETURNING bucket, object_key",
     )
-    .bind(removals.iter().map(|(_, r)| r.bucket.as_str()).collect::<Vec<_>>())
-    .bind(removals.iter().map(|(_, r)| r.object_key.as_str()).collect::<Vec<_>>())
-    .bind(removals.iter().map(|(_, r)| r.sequencer.as_deref()).collect::<Vec<_>>())
-    .bind(removals.iter().map(|(_, r)| r.event_time).collect::<Vec<_>>())
+    .bind(column!(r => r.bucket.as_str()))
+    .bind(column!(r => r.object_key.as_str()))
+    .bind(column!(r => r.sequencer.as_deref()))
+    .bind(column!(r => r.event_time))
+    .bind(column!(r => r.version_id.as_deref()))
+    .bind(column!(r => r.survivor.as_ref().map(|s| s.etag.as_str())))
+    .bind(column!(r => r.survivor.as_ref().and_then(|s| s.version_id.as_deref())))
     .fetch_all(&mut **tx)
     .await?;
     let index: HashMap<(&str, &str), usize> = removals
@@ -320,37 +386,95 @@ async fn upsert_removals(
         .collect()
 }
 
-/// Marks deleted every live row of the touched keys that something newer has replaced: a newer
-/// upload of the key, or a removal at least as new. The newest upload stays live unless removed.
-async fn settle(tx: &mut Tx<'_>, writes: &[Write]) -> Result<(), sqlx::Error> {
+/// A row whose state settling changed, as it is now.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Settled {
+    pub id: i64,
+    pub was_live: bool,
+    pub live: bool,
+    pub facts: notify::RowFacts,
+}
+
+/// Decides, for every touched key, which of its rows is live, and changes the rows whose state
+/// differs. The key's newest removal splits its rows: those at or before it are live only as the
+/// version S3 said survived it (none for a plain delete or a delete marker) and only while no
+/// upload newer than the removal exists; among those after it, the newest upload is live. Without
+/// a survivor this is the per-key tombstone unversioned buckets have always had.
+async fn settle(tx: &mut Tx<'_>, writes: &[Write]) -> Result<Vec<Settled>, sqlx::Error> {
     let (buckets, keys): (Vec<&str>, Vec<&str>) = writes.iter().map(Write::key).unzip();
     // The touched keys' rows are found first, through the (bucket, object_key, etag) key, and
     // only those are tested: written as one UPDATE with `deleted_at IS NULL` beside the tests,
     // a database without statistics yet (a fresh one: IS NULL is guessed selective) plans a walk
-    // over every live row, running both tests on each, for every batch.
-    sqlx::query(
+    // over every live row, running the tests on each, for every batch. Only live rows can end and
+    // only a survivor can come back (a row made live by a refresh above is live here already),
+    // so the other deleted rows of a key with a long history are never tested.
+    let rows = sqlx::query(
         "WITH candidate AS MATERIALIZED (
-             SELECT r.id, r.bucket, r.object_key, r.sequencer, r.event_time, r.deleted_at
+             SELECT r.id, r.bucket, r.object_key, r.etag, r.version_id, r.sequencer, r.event_time,
+                    r.deleted_at
              FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k (bucket, object_key)
-             JOIN datapack_resource r ON r.bucket = k.bucket AND r.object_key = k.object_key)
-         UPDATE datapack_resource r SET deleted_at = now()
-         FROM candidate c
-         WHERE r.id = c.id AND c.deleted_at IS NULL
-           AND (EXISTS (SELECT 1 FROM datapack_resource n
-                        WHERE n.bucket = c.bucket AND n.object_key = c.object_key AND n.id <> c.id
-                          AND datapack_event_newer(n.sequencer, n.event_time, c.sequencer, c.event_time))
-             OR EXISTS (SELECT 1 FROM datapack_object_removal t
-                        WHERE t.bucket = c.bucket AND t.object_key = c.object_key
-                          AND NOT datapack_event_newer(c.sequencer, c.event_time, t.sequencer, t.event_time)))",
+             JOIN datapack_resource r ON r.bucket = k.bucket AND r.object_key = k.object_key),
+         placed AS (
+             SELECT c.*, t.current_etag, t.current_version_id,
+                    t.object_key IS NOT NULL
+                      AND NOT datapack_event_newer(c.sequencer, c.event_time, t.sequencer, t.event_time)
+                      AS before_removal,
+                    t.sequencer AS t_sequencer, t.event_time AS t_event_time
+             FROM candidate c
+             LEFT JOIN datapack_object_removal t
+               ON t.bucket = c.bucket AND t.object_key = c.object_key
+             WHERE c.deleted_at IS NULL OR c.etag = t.current_etag),
+         decided AS (
+             SELECT p.id, p.deleted_at IS NULL AS was_live, p.current_version_id,
+                    p.before_removal AND p.etag = p.current_etag AS survivor,
+                    CASE WHEN p.before_removal THEN
+                        p.etag IS NOT DISTINCT FROM p.current_etag
+                        AND NOT EXISTS (SELECT 1 FROM datapack_resource n
+                            WHERE n.bucket = p.bucket AND n.object_key = p.object_key
+                              AND datapack_event_newer(n.sequencer, n.event_time, p.t_sequencer, p.t_event_time))
+                    ELSE
+                        NOT EXISTS (SELECT 1 FROM datapack_resource n
+                            WHERE n.bucket = p.bucket AND n.object_key = p.object_key AND n.id <> p.id
+                              AND datapack_event_newer(n.sequencer, n.event_time, p.sequencer, p.event_time))
+                    END AS live
+             FROM placed p)
+         UPDATE datapack_resource r SET
+             deleted_at = CASE WHEN d.live THEN NULL ELSE coalesce(r.deleted_at, now()) END,
+             -- The survivor's row names the version S3 shows: the same bytes may have been
+             -- recorded from a version that is gone now.
+             version_id = CASE WHEN d.live AND d.survivor
+                               THEN coalesce(d.current_version_id, r.version_id)
+                               ELSE r.version_id END
+         FROM decided d
+         WHERE r.id = d.id
+           AND (d.live <> d.was_live
+                OR (d.live AND d.survivor AND d.current_version_id IS DISTINCT FROM r.version_id
+                    AND d.current_version_id IS NOT NULL))
+         RETURNING r.id, d.was_live, r.deleted_at IS NULL AS live, r.object_key, r.etag, r.version_id,
+                   (SELECT identifier FROM datapack WHERE id = r.datapack_id) AS datapack",
     )
     .bind(buckets)
     .bind(keys)
     // Planned at each execution: a cached generic plan made while the table was small (a fresh
     // database) walks every live row for each batch as the table grows, until an ANALYZE.
     .persistent(false)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(())
+    rows.iter()
+        .map(|row| {
+            Ok(Settled {
+                id: row.try_get("id")?,
+                was_live: row.try_get("was_live")?,
+                live: row.try_get("live")?,
+                facts: notify::RowFacts {
+                    datapack: row.try_get("datapack")?,
+                    object_key: row.try_get("object_key")?,
+                    etag: row.try_get("etag")?,
+                    version_id: row.try_get("version_id")?,
+                },
+            })
+        })
+        .collect()
 }
 
 /// AWS's rule for S3 sequencers: pad the shorter with zeros on the right, compare as strings.

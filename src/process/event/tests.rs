@@ -181,3 +181,61 @@ fn fields_out_of_their_limits_are_malformed() {
     );
     assert!(parse(&fine).is_ok());
 }
+
+#[test]
+fn tells_a_delete_marker_from_a_permanent_deletion() {
+    // The names and shapes AWS documents for a versioned bucket.
+    let cases = [
+        ("ObjectRemoved:Delete", EventKind::Removed),
+        (
+            "ObjectRemoved:DeleteMarkerCreated",
+            EventKind::DeleteMarkerCreated,
+        ),
+        ("LifecycleExpiration:Delete", EventKind::Removed),
+        (
+            "LifecycleExpiration:DeleteMarkerCreated",
+            EventKind::DeleteMarkerCreated,
+        ),
+    ];
+    for (name, kind) in cases {
+        let body = s3_body(
+            name,
+            "dp%2Fa",
+            r#","versionId":"3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY""#,
+        );
+        let e = only_event(parse(&body).unwrap());
+        assert_eq!(e.kind, kind, "{name}");
+        assert_eq!(
+            e.version_id.as_deref(),
+            Some("3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY")
+        );
+    }
+    let eventbridge = |deletion_type: &str| {
+        format!(
+            r#"{{"version":"0","detail-type":"Object Deleted","source":"aws.s3",
+              "time":"2024-05-01T10:00:00Z","detail":{{"version":"0","bucket":{{"name":"uploads"}},
+              "object":{{"key":"dp/a","etag":"e1","version-id":"m1","sequencer":"00AB"}},
+              "reason":"DeleteObject","deletion-type":"{deletion_type}"}}}}"#
+        )
+    };
+    let marker = only_event(parse(&eventbridge("Delete Marker Created")).unwrap());
+    assert_eq!(marker.kind, EventKind::DeleteMarkerCreated);
+    assert_eq!(marker.version_id.as_deref(), Some("m1"));
+    let permanent = only_event(parse(&eventbridge("Permanently Deleted")).unwrap());
+    assert_eq!(permanent.kind, EventKind::Removed);
+}
+
+#[test]
+fn restores_are_acknowledged_and_ignored() {
+    for name in [
+        "ObjectRestore:Post",
+        "ObjectRestore:Completed",
+        "ObjectRestore:Delete",
+    ] {
+        let body = s3_body(name, "dp%2Fa", r#","versionId":"v1""#);
+        assert!(
+            matches!(parse(&body).unwrap(), Message::Events(v) if matches!(v[0], Item::Unsupported{..})),
+            "{name}"
+        );
+    }
+}
