@@ -15,6 +15,8 @@
 //! clients; [`shutdown`] is the value every wait races; [`secret`] holds what must never print.
 //! [`commands`] holds the one-shot commands.
 
+#![warn(unreachable_pub)]
+
 pub mod app;
 pub mod aws;
 pub mod cli;

@@ -6,14 +6,14 @@ use crate::disposition::{Failure, RetryReason};
 use crate::intake::queue::Queue;
 
 /// A delete request waiting for its batch.
-pub struct DeleteRequest {
+pub(crate) struct DeleteRequest {
     pub receipt_handle: String,
     pub done: oneshot::Sender<Result<(), Failure>>,
 }
 
 /// Batches deletes: whatever is waiting (up to ten) goes in one call, so deletes batch under
 /// load and add no delay when idle. Ends when every sender is gone and the channel is drained.
-pub async fn run_deleter(queue: Queue, mut requests: mpsc::Receiver<DeleteRequest>) {
+pub(crate) async fn run_deleter(queue: Queue, mut requests: mpsc::Receiver<DeleteRequest>) {
     let mut batch = Vec::with_capacity(10);
     while requests.recv_many(&mut batch, 10).await > 0 {
         let handles: Vec<String> = batch.iter().map(|r| r.receipt_handle.clone()).collect();

@@ -53,7 +53,7 @@ pub(crate) async fn sample_queues(queue: Queue, every: Duration, stop: Cancellat
 /// the head of the queue as far as we can see. Between receives the head can only get older, so
 /// the last head's age keeps growing until the queue is empty.
 #[derive(Debug, Default, Clone)]
-pub struct OldestAge {
+pub(crate) struct OldestAge {
     /// SentTimestamp of the head as last seen (or the time the backlog was first noticed).
     head: Option<DateTime<Utc>>,
 }
@@ -61,7 +61,7 @@ pub struct OldestAge {
 impl OldestAge {
     /// `received`: oldest SentTimestamp received since the last sample; `waiting`: messages in
     /// the queue in any state (visible, in flight, delayed). Returns the age in seconds.
-    pub fn sample(
+    pub(crate) fn sample(
         &mut self,
         received: Option<DateTime<Utc>>,
         waiting: u64,

@@ -5,8 +5,8 @@
 //! [`deleter`] batches the deletes of settled messages; [`depth`] samples the queues' depth and
 //! the oldest message's age.
 
-pub mod deleter;
-pub mod depth;
+pub(crate) mod deleter;
+pub(crate) mod depth;
 mod lease;
 pub mod pool;
 pub mod queue;

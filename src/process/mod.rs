@@ -11,8 +11,8 @@ pub mod fetch;
 pub mod key;
 pub mod metadata;
 pub mod pipeline;
-pub mod ranged;
-pub mod versions;
+pub(crate) mod ranged;
+pub(crate) mod versions;
 
 #[cfg(test)]
 mod fuzz_regressions;

@@ -48,7 +48,7 @@ pub struct Ranged {
 
 /// The default floor: above the ~85–90 MB/s AWS documents for one connection to S3, so real S3
 /// gets parallel parts, and far below what a local emulator streams.
-pub const DEFAULT_STREAM_FLOOR: u64 = 128 << 20;
+pub(crate) const DEFAULT_STREAM_FLOOR: u64 = 128 << 20;
 
 impl Ranged {
     /// Parts from the first byte on for objects of `threshold` bytes and more.
