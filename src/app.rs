@@ -156,6 +156,10 @@ pub async fn run_supervised(
                 args.ranged_get_part_bytes,
                 args.ranged_get_parallelism,
             ),
+            checksums: crate::process::fetch::Checksums {
+                trusted: args.s3_checksums_trusted,
+                audit_ratio: args.checksum_audit_ratio,
+            },
         },
         health: health.clone(),
         canary,

@@ -263,6 +263,14 @@ pub struct RunArgs {
     /// memory stays under RANGED_GET_PARALLELISM × RANGED_GET_PART_BYTES.
     #[arg(long, env = "RANGED_GET_PARALLELISM", default_value_t = 4)]
     pub ranged_get_parallelism: usize,
+    /// Record a single-part upload's SHA-256 from S3's stored checksum (HeadObject) without
+    /// reading the object. Only where the store verifies checksums at upload (AWS S3 does; an
+    /// S3-compatible store or emulator may not). Off: every object is read and hashed.
+    #[arg(long, env = "S3_CHECKSUMS_TRUSTED", default_value_t = false)]
+    pub s3_checksums_trusted: bool,
+    /// Share of trusted objects read and hashed anyway to audit the store (0.0–1.0).
+    #[arg(long, env = "CHECKSUM_AUDIT_RATIO", default_value_t = 0.01)]
+    pub checksum_audit_ratio: f64,
 }
 
 impl RunArgs {
@@ -395,6 +403,15 @@ impl RunArgs {
             1,
             64,
         )?;
+        if !(0.0..=1.0).contains(&self.checksum_audit_ratio) {
+            return Err(invalid(
+                "CHECKSUM_AUDIT_RATIO",
+                format!(
+                    "{} is out of range: must be between 0.0 and 1.0",
+                    self.checksum_audit_ratio
+                ),
+            ));
+        }
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ use crate::disposition::{DeadLetterReason, Failure, RetryReason};
 pub mod write;
 pub mod writer;
 
-pub use write::{NewResource, Removal, Write, WriteOutcome, apply};
+pub use write::{NewResource, Removal, Sha256Source, Write, WriteOutcome, apply};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
