@@ -17,3 +17,4 @@ mod process;
 mod ranged;
 mod roles;
 mod s3_proxy_selftest;
+mod zero_read;
