@@ -152,8 +152,10 @@ class Objects:
         self.bucket = bucket
         self.records: dict[str, list[dict]] = {}
 
-    def upload(self, name: str, count: int, size: int) -> None:
-        """Uploads `count` objects of `size` bytes (random, distinct) with presigned metadata."""
+    def upload(self, name: str, count: int, size: int, checksum: str | None = None) -> None:
+        """Uploads `count` objects of `size` bytes (random, distinct) with presigned metadata;
+        with `checksum` (e.g. "SHA256") boto3 sends the checksum and the algorithm, which makes
+        moto store it (HeadObject then returns it)."""
         records = []
         sequencer = 0x10000 * (len(self.records) + 1)
         block = os.urandom(min(size, 64 * MIB)) if size else b""
@@ -163,6 +165,7 @@ class Objects:
                 body = (block * (size // len(block) + 1))[: size - 16] + os.urandom(16)
             else:
                 body = block[: max(size - 16, 0)] + os.urandom(min(16, size))
+            extra = {"ChecksumAlgorithm": checksum} if checksum else {}
             out = self.s3.put_object(
                 Bucket=self.bucket,
                 Key=key,
@@ -173,6 +176,7 @@ class Objects:
                     "uploader-name": "Bench Uploader",
                     "uploader-email": "bench@example.org",
                 },
+                **extra,
             )
             sequencer += 1
             records.append(
@@ -291,7 +295,10 @@ class Bench:
 
     # -- the worker
 
-    def worker(self, scenario: str, records: list[dict], extra_env: dict, endpoint=None) -> dict:
+    def worker(self, scenario: str, records: list[dict], extra_env: dict, endpoint=None,
+               probe=None) -> dict:
+        """One timed worker run; `probe(port)`, if given, is called before the worker stops and
+        what it returns is added to the result."""
         port = free_port()
         env = dict(self.env)
         env.update(
@@ -347,6 +354,7 @@ class Bench:
             cpu1 = proc_cpu(proc.pid)
             hwm = proc_hwm_mib(proc.pid)
             feeder.join()
+            probed = probe(port) if probe else {}
             if perf:
                 perf.send_signal(signal.SIGINT)
                 perf.wait(60)
@@ -354,7 +362,7 @@ class Bench:
             stop(proc)
             settle()
         self.check_drained()
-        return self.measure(records, t1 - t0, cpu1 - cpu0, hwm)
+        return self.measure(records, t1 - t0, cpu1 - cpu0, hwm) | probed
 
     def tables_exist(self) -> bool:
         return self.psql.scalar("SELECT to_regclass('datapack_resource') IS NOT NULL") == "t"
@@ -481,6 +489,66 @@ class Bench:
             "second_pass_duplicates": second["duplicate"],
         }
 
+    # -- zero-read ingestion: S3's stored SHA-256 instead of a GET
+
+    def check_stored_sha256(self, name: str) -> None:
+        """The objects must carry a SHA-256 that HeadObject returns, or trust on measures a GET."""
+        key = urllib.parse.unquote_plus(self.objects.records[name][0]["s3"]["object"]["key"])
+        head = self.s3.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        if "ChecksumSHA256" not in head:
+            raise RuntimeError(f"moto stored no SHA-256 for {key}: zero-read cannot be measured")
+
+    def counted(self, prefix: str, run, *args) -> dict:
+        """Runs `run(*args)` and adds the HEAD and GET requests per object that moto logged for
+        keys under `prefix` meanwhile (its access log has one line per request; the S3 traffic of
+        the run is exactly those keys). Without the log, no request counts."""
+        log_path = Path(os.environ.get("BENCH_MOTO_LOG", self.state / "moto.log"))
+        start = log_path.stat().st_size if log_path.exists() else None
+        result = run(*args)
+        if start is None:
+            return result
+        time.sleep(0.2)  # the last answer's log line
+        with open(log_path, "rb") as f:
+            f.seek(start)
+            lines = f.read().decode("utf-8", "replace").splitlines()
+        path = "/" + urllib.parse.quote(f"{self.bucket}/{DATAPACK}/{prefix}/")
+        for method in ("HEAD", "GET"):
+            hits = sum(1 for line in lines if f'"{method} {path}' in line)
+            result[f"{method.lower()}_per_object"] = hits / result["objects"]
+        return result
+
+    @staticmethod
+    def scrape(port: int) -> dict:
+        """The worker's own counts: bytes hashed and HeadObject calls."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+
+        def value(series: str) -> float:
+            for line in text.splitlines():
+                if line.startswith(series + " "):
+                    return float(line.rsplit(" ", 1)[1])
+            return 0.0
+
+        return {
+            "hashed_bytes": value("datapack_worker_hashed_bytes_total"),
+            "heads_counted": value('datapack_worker_phase_seconds_count{phase="s3_head"}'),
+        }
+
+    def zeroread(self, name: str, count: int, size: int) -> None:
+        """Checksummed uploads: the seed Lambda, the worker as before (trust off: one GET and the
+        hash), and the worker trusting S3's SHA-256 (one HEAD, nothing read; audit off so the
+        line shows the path itself: an audit ratio r adds r × the GET path)."""
+        self.objects.upload(name, count, size, checksum="SHA256")
+        self.check_stored_sha256(name)
+        records = self.objects.records[name]
+        label = f"zero-read, {fmt_size(size)}"
+        self.repeat(f"{label}: baseline Lambda", self.counted, name, self.baseline, records)
+        self.repeat(f"{label}: worker, trust off (GET path)", self.counted, name, self.worker,
+                    f"{name}-off", records, {"S3_CHECKSUMS_TRUSTED": "false"}, None, self.scrape)
+        self.repeat(f"{label}: worker, trust on", self.counted, name, self.worker,
+                    f"{name}-on", records,
+                    {"S3_CHECKSUMS_TRUSTED": "true", "CHECKSUM_AUDIT_RATIO": "0"}, None, self.scrape)
+
     # -- helpers
 
     @staticmethod
@@ -559,6 +627,10 @@ def report(bench: Bench, started: float) -> str:
             f"| Writer::write → store::apply, fresh database | {runs[0]['resources']} "
             f"| {cell(runs, 'per_s', '.0f')} | {cell(runs, 'duplicate_per_s', '.0f')} |"
         )
+    zeroread = zeroread_table(R)
+    if zeroread:
+        out.append("")
+        out.extend(zeroread)
     out.append("")
     out.append("CPU: the worker's and the bare client's user+sys from /proc/PID/stat; the baseline's is the "
                "handler's own (getrusage around each invocation), without the webhook receiver or the SQS polling. "
@@ -574,6 +646,58 @@ def report(bench: Bench, started: float) -> str:
         out.append("")
         out.extend(f"- {n}" for n in bench.notes)
     return "\n".join(out) + "\n"
+
+
+def zeroread_table(R: dict) -> list[str]:
+    """The zero-read lines side by side, with ratios to the Lambda and to the GET path."""
+    labels = list(dict.fromkeys(n.split(":")[0] for n in R if n.startswith("zero-read, ")))
+    if not labels:
+        return []
+    out = [
+        "| Zero-read (uploads with a SHA-256 checksum) | Objects/s | HEAD/object | GET/object "
+        "| Bytes hashed/object | CPU ms/object | Objects/s vs Lambda | CPU vs Lambda "
+        "| Objects/s vs GET path | CPU vs GET path |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cpu_ms(runs) -> tuple[float, str]:
+        """CPU ms per object; a run that used less than one clock tick shows as below it."""
+        if med(runs, "cpu_s") > 0:
+            return med(runs, "cpu_ms_per_object"), ""
+        return 1000 / CLK_TCK / runs[0]["objects"], "< "
+
+    def ratio(runs, other, key):
+        if not other:
+            return "–"
+        if key == "cpu_ms_per_object":
+            (mine, bound), (theirs, _) = cpu_ms(runs), cpu_ms(other)
+            return f"{bound}×{mine / theirs:.3g}"
+        return f"×{med(runs, key) / med(other, key):.3g}"
+
+    for label in labels:
+        base = R.get(f"{label}: baseline Lambda")
+        get_path = R.get(f"{label}: worker, trust off (GET path)")
+        for name in (f"{label}: baseline Lambda", f"{label}: worker, trust off (GET path)",
+                     f"{label}: worker, trust on"):
+            runs = R.get(name)
+            if not runs:
+                continue
+            if "hashed_bytes" not in runs[0]:  # the Lambda hashes every byte it reads
+                runs = [r | {"hashed_bytes": r["bytes"]} for r in runs]
+            hashed = statistics.median(r["hashed_bytes"] / r["objects"] for r in runs)
+            out.append(
+                f"| {name} ({runs[0]['objects']} objects) | {cell(runs, 'objects_per_s', '.1f')} "
+                f"| {cell(runs, 'head_per_object', '.2f')} | {cell(runs, 'get_per_object', '.2f')} "
+                f"| {fmt_size(int(hashed))} | {cpu_ms(runs)[1]}{cpu_ms(runs)[0]:.3g} "
+                f"| {ratio(runs, base, 'objects_per_s')} | {ratio(runs, base, 'cpu_ms_per_object')} "
+                f"| {ratio(runs, get_path, 'objects_per_s')} | {ratio(runs, get_path, 'cpu_ms_per_object')} |"
+            )
+    out.append("")
+    out.append("Requests per object from moto's access log (HEAD/GET lines for the run's keys); bytes hashed "
+               "from the worker's datapack_worker_hashed_bytes_total (the Lambda hashes every byte). "
+               "Trust on runs with CHECKSUM_AUDIT_RATIO=0: an audit ratio r adds r × the GET path's cost. "
+               "CPU \"< x\": the run used less than one clock tick in all.")
+    return out
 
 
 def fmt_size(n: int) -> str:
@@ -665,6 +789,9 @@ def main() -> int:
             bench.repeat("worker: large, ranged GETs", bench.worker, "large-ranged", large, {})
         if wanted("db"):
             bench.repeat("db_write", bench.db_write)
+        if wanted("zeroread"):
+            bench.zeroread("zeroread-small", args.small_count, args.small_size)
+            bench.zeroread("zeroread-large", args.large_count, args.large_size)
         if wanted("proxy"):
             bench.objects.upload("proxy", 1, args.proxy_size)
             proxied = bench.objects.records["proxy"]

@@ -43,6 +43,7 @@ fn resource(i: usize, at: DateTime<Utc>) -> Write {
         length: 1024,
         etag: format!("{:032x}", i),
         sha256: format!("{:064x}", i),
+        sha256_source: Default::default(),
         submitter_name: Some("Bench Uploader".into()),
         submitter_email: Some("bench@example.org".into()),
         object_last_modified: Some(at),

@@ -333,6 +333,18 @@ pub struct RunArgs {
     /// memory stays under RANGED_GET_PARALLELISM × RANGED_GET_PART_BYTES.
     #[arg(long, env = "RANGED_GET_PARALLELISM", default_value_t = 4)]
     pub ranged_get_parallelism: usize,
+    /// Large objects are first read as one GET; only if that stream is slower than this many MiB/s
+    /// (and a part proves faster) is the rest read in parallel parts. 0: parts from the first byte.
+    #[arg(long, env = "RANGED_GET_STREAM_FLOOR_MIBPS", default_value_t = 128)]
+    pub ranged_get_stream_floor_mibps: u64,
+    /// Record a single-part upload's SHA-256 from S3's stored checksum (HeadObject) without
+    /// reading the object. Only where the store verifies checksums at upload (AWS S3 does; an
+    /// S3-compatible store or emulator may not). Off: every object is read and hashed.
+    #[arg(long, env = "S3_CHECKSUMS_TRUSTED", default_value_t = false)]
+    pub s3_checksums_trusted: bool,
+    /// Share of trusted objects read and hashed anyway to audit the store (0.0–1.0).
+    #[arg(long, env = "CHECKSUM_AUDIT_RATIO", default_value_t = 0.01)]
+    pub checksum_audit_ratio: f64,
 }
 
 impl RunArgs {
@@ -373,11 +385,11 @@ impl RunArgs {
             pipeline: PipelineSettings {
                 buckets,
                 required_uploaded_by: self.required_uploaded_by(),
-                ranged: Ranged::new(
-                    self.ranged_get_threshold_bytes,
-                    self.ranged_get_part_bytes,
-                    self.ranged_get_parallelism,
-                ),
+                ranged: self.ranged(),
+                checksums: crate::process::fetch::Checksums {
+                    trusted: self.s3_checksums_trusted,
+                    audit_ratio: self.checksum_audit_ratio,
+                },
             },
             metrics_addr: self.metrics_addr,
         })
@@ -473,7 +485,17 @@ impl RunArgs {
             ("QUEUE_SAMPLE_SECS", self.queue_sample_secs, 1, 3600),
             ("RANGED_GET_PART_BYTES", self.ranged_get_part_bytes, 1 << 20, 5 << 30),
             ("RANGED_GET_PARALLELISM", self.ranged_get_parallelism as u64, 1, 64),
+            ("RANGED_GET_STREAM_FLOOR_MIBPS", self.ranged_get_stream_floor_mibps, 0, 100_000),
         ];
+        if !(0.0..=1.0).contains(&self.checksum_audit_ratio) {
+            return Err(invalid(
+                "CHECKSUM_AUDIT_RATIO",
+                format!(
+                    "{} is out of range: must be between 0.0 and 1.0",
+                    self.checksum_audit_ratio
+                ),
+            ));
+        }
         let pollers = self
             .worker_pollers
             .map(|p| ("WORKER_POLLERS", p as u64, 1, 1024));
@@ -486,6 +508,20 @@ impl RunArgs {
             }
         }
         Ok(())
+    }
+
+    /// Ranged reads: adaptive unless the floor is 0, which splits large objects from the first
+    /// byte on.
+    fn ranged(&self) -> Ranged {
+        let ranged = Ranged::new(
+            self.ranged_get_threshold_bytes,
+            self.ranged_get_part_bytes,
+            self.ranged_get_parallelism,
+        );
+        match self.ranged_get_stream_floor_mibps {
+            0 => ranged,
+            floor => ranged.adaptive(floor << 20),
+        }
     }
 
     fn worker_settings(&self) -> WorkerSettings {

@@ -1,8 +1,8 @@
 //! Metric names, their help text, and the functions that emit each event's log line and metric
 //! together, so the two can never disagree.
 //!
-//! Labels are low-cardinality by construction: outcomes, reason codes, dependencies, phases.
-//! Never a key, ETag or message id.
+//! Labels are low-cardinality by construction: outcomes, reason codes, dependencies, phases,
+//! audit results. Never a key, ETag or message id.
 
 use std::time::Duration;
 
@@ -40,6 +40,7 @@ pub const PAUSED: &str = "datapack_worker_paused";
 pub const QUEUE_MESSAGES: &str = "datapack_worker_queue_messages";
 pub const QUEUE_OLDEST_AGE: &str = "datapack_worker_queue_oldest_message_age_seconds";
 pub const BUILD_INFO: &str = "datapack_worker_build_info";
+pub const CHECKSUM_AUDITS: &str = "datapack_worker_checksum_audit_total";
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -137,7 +138,8 @@ fn describe() {
     describe_histogram!(
         PHASE,
         Unit::Seconds,
-        "Time spent in each phase (fetch_hash, db_write, sqs_delete)."
+        "Time spent in each phase (fetch_hash, s3_head, db_write, sqs_delete); s3_head is observed \
+         once per HeadObject, so its count is the HEAD requests sent."
     );
     describe_histogram!(
         EVENT_TO_COMMIT,
@@ -199,6 +201,12 @@ fn describe() {
          was received yet); 0 when the queue is empty. SQS has no such attribute; on AWS, \
          CloudWatch ApproximateAgeOfOldestMessage is the exact figure."
     );
+    describe_counter!(
+        CHECKSUM_AUDITS,
+        Unit::Count,
+        "Objects whose trusted S3 checksum was checked by reading and hashing them \
+         (CHECKSUM_AUDIT_RATIO), by result: match, or mismatch (the computed hash was recorded)."
+    );
     describe_gauge!(
         BUILD_INFO,
         Unit::Count,
@@ -224,6 +232,9 @@ fn zero() {
     }
     for name in [IN_FLIGHT, WORKERS_BUSY, POLLERS_IDLE, POLLERS_RECEIVING] {
         gauge!(name).set(0.0);
+    }
+    for result in ["match", "mismatch"] {
+        counter!(CHECKSUM_AUDITS, "result" => result).absolute(0);
     }
     for disposition in ["ack", "retry", "dead_letter", "release", "lost"] {
         counter!(MESSAGES, "disposition" => disposition).absolute(0);
@@ -296,6 +307,26 @@ pub fn dead_lettered(reason: &'static str) {
 
 pub fn hashed_bytes(n: usize) {
     counter!(HASHED_BYTES).increment(n as u64);
+}
+
+/// One audit of a trusted S3 checksum: the SHA-256 S3 stored against the one computed from the
+/// bytes. A mismatch is logged loudly, naming the object: S3 (or the store behind the endpoint)
+/// kept a checksum it did not verify, so rows taken from its checksums alone may be wrong.
+pub fn checksum_audit(object: &str, etag: &str, stored: &str, computed: &str) {
+    if stored == computed {
+        tracing::debug!(object, etag, sha256 = computed, "checksum audit: match");
+        counter!(CHECKSUM_AUDITS, "result" => "match").increment(1);
+    } else {
+        tracing::error!(
+            object,
+            etag,
+            s3_sha256 = stored,
+            computed_sha256 = computed,
+            "checksum audit mismatch: S3's stored SHA-256 is not the bytes' (the computed hash is \
+             recorded); rows with sha256_source = s3_checksum from this store may be wrong"
+        );
+        counter!(CHECKSUM_AUDITS, "result" => "mismatch").increment(1);
+    }
 }
 
 /// One answered ReceiveMessage call that returned `messages` messages.

@@ -5,19 +5,31 @@
 //! in memory: chunks go through SHA-256 as they arrive and are counted against Content-Length.
 //! The metadata filter is applied to the first response, before any body is read. Large objects
 //! may be read as parallel ranged GETs ([`crate::process::ranged`]).
+//!
+//! When the bucket's checksums are trusted, [`read`] first asks HeadObject, pinned the same way,
+//! for S3's stored SHA-256: a full-object one stands for the bytes, and nothing is read
+//! ([`crate::process::checksum`]); a sample is read and hashed anyway, to audit the store.
 
+use std::time::Instant;
+
+use aws_sdk_s3::config::ResponseChecksumValidation;
 use aws_sdk_s3::operation::get_object::{GetObjectError, GetObjectOutput};
+use aws_sdk_s3::operation::head_object::{HeadObjectError, HeadObjectOutput};
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ChecksumMode;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use tokio_util::bytes::Bytes;
 
 use crate::aws;
 use crate::disposition::{Dependency, Failure, RetryReason};
+pub use crate::process::checksum::Checksums;
+use crate::process::checksum::full_object_sha256;
 use crate::process::event::unquote_etag;
 use crate::process::metadata::Uploader;
 pub use crate::process::ranged::Ranged;
 use crate::process::ranged::{Pin, Ranges, parse_content_range};
+use crate::store::Sha256Source;
 
 /// What the event announced and we must fetch.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +47,8 @@ pub struct Target<'a> {
 pub struct Facts {
     pub etag: String,
     pub sha256: String,
+    /// Hashed here, or S3's stored checksum (HeadObject alone).
+    pub sha256_source: Sha256Source,
     pub length: u64,
     pub content_type: Option<String>,
     pub last_modified: Option<DateTime<Utc>>,
@@ -77,6 +91,164 @@ impl From<Failure> for Stop {
     }
 }
 
+/// Reads what the event announced. Trust off: [`fetch`], exactly as without zero-read (no
+/// HeadObject is sent). Trust on: HeadObject first; a trusted SHA-256 makes the row without a GET
+/// (unless the audit draws the object); anything else is fetched and hashed, the HEAD wasted.
+pub async fn read(
+    s3: &aws_sdk_s3::Client,
+    target: Target<'_>,
+    required_uploaded_by: Option<&str>,
+    ranged: &Ranged,
+    checksums: &Checksums,
+) -> Result<Fetched, Failure> {
+    if !checksums.trusted {
+        return fetch(s3, target, required_uploaded_by, ranged).await;
+    }
+    let vouched = match head(s3, &target, required_uploaded_by).await? {
+        Headed::Vouched(facts) => facts,
+        Headed::Answered(fetched) => return Ok(fetched),
+        Headed::Read(why) => {
+            tracing::debug!(
+                why,
+                "no trusted SHA-256 from HeadObject: reading the object"
+            );
+            return fetch(s3, target, required_uploaded_by, ranged).await;
+        }
+    };
+    if !checksums.audit() {
+        return Ok(Fetched::Object(vouched));
+    }
+    audit(s3, target, required_uploaded_by, ranged, &vouched).await
+}
+
+/// What HeadObject told.
+enum Headed {
+    /// A trusted SHA-256 and every other fact of the row: nothing to read.
+    Vouched(Facts),
+    /// An answer that ends the read (refused on its metadata, superseded).
+    Answered(Fetched),
+    /// No trusted SHA-256 (why, for the log): read and hash.
+    Read(&'static str),
+}
+
+/// HeadObject with `ChecksumMode=ENABLED`, pinned like the GET, with the metadata filter applied
+/// to its answer.
+async fn head(
+    s3: &aws_sdk_s3::Client,
+    target: &Target<'_>,
+    required_uploaded_by: Option<&str>,
+) -> Result<Headed, Failure> {
+    let mut request = s3
+        .head_object()
+        .bucket(target.bucket)
+        .key(target.key)
+        .checksum_mode(ChecksumMode::Enabled);
+    if let Some(version) = target.version_id {
+        request = request.version_id(version);
+    } else if let Some(etag) = target.etag {
+        request = request.if_match(format!("\"{etag}\""));
+    }
+    let started = Instant::now();
+    let answer = request.send().await;
+    crate::ops::metrics::phase("s3_head", started.elapsed());
+    let output = match answer {
+        Ok(output) => output,
+        Err(error) => return classify_head(error),
+    };
+    let uploader = Uploader::from_metadata(output.metadata());
+    if let Some(required) = required_uploaded_by
+        && uploader.uploaded_by.as_deref() != Some(required)
+    {
+        return Ok(Headed::Answered(Fetched::NotPresigned));
+    }
+    Ok(match vouched(&output, target, uploader) {
+        Ok(facts) => Headed::Vouched(facts),
+        Err(why) => Headed::Read(why),
+    })
+}
+
+/// The row's facts from a HeadObject answer, when its SHA-256 stands for the bytes.
+fn vouched(
+    output: &HeadObjectOutput,
+    target: &Target<'_>,
+    uploader: Uploader,
+) -> Result<Facts, &'static str> {
+    let etag = output
+        .e_tag()
+        .map(unquote_etag)
+        .or_else(|| target.etag.map(str::to_owned))
+        .ok_or("no ETag")?;
+    let sha256 = full_object_sha256(
+        output.checksum_sha256(),
+        output.checksum_type().map(|t| t.as_str()),
+        Some(&etag),
+    )
+    .map_err(|untrusted| untrusted.as_str())?;
+    let length = output
+        .content_length()
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or("no Content-Length")?;
+    Ok(Facts {
+        etag,
+        sha256,
+        sha256_source: Sha256Source::S3Checksum,
+        length,
+        content_type: output.content_type().map(str::to_owned),
+        last_modified: output
+            .last_modified()
+            .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+        version_id: output
+            .version_id()
+            .filter(|v| *v != "null")
+            .map(str::to_owned)
+            .or_else(|| target.version_id.map(str::to_owned)),
+        uploader,
+    })
+}
+
+/// A HeadObject error. 412: superseded. 404 is left to the GET, whose answer tells a deleted
+/// object from a missing bucket (a HEAD answer has no body, so no error code). The rest fail as
+/// a GET's would.
+fn classify_head(
+    error: aws_sdk_s3::error::SdkError<HeadObjectError, aws_smithy_runtime_api::http::Response>,
+) -> Result<Headed, Failure> {
+    match aws::status(&error) {
+        Some(412) => Ok(Headed::Answered(Fetched::Superseded)),
+        Some(404) => Ok(Headed::Read("HeadObject answered 404")),
+        _ => Err(aws::classify(Dependency::S3, error)),
+    }
+}
+
+/// Reads and hashes an object whose stored SHA-256 was trusted, and compares the two. The bytes
+/// are the truth: on a mismatch the computed hash is recorded, and the mismatch is counted and
+/// logged as a finding about the object and its store, not as a failed read. So this GET skips
+/// the SDK's own response-checksum validation, which would turn the very mismatch looked for
+/// into a body error and a retry.
+async fn audit(
+    s3: &aws_sdk_s3::Client,
+    target: Target<'_>,
+    required_uploaded_by: Option<&str>,
+    ranged: &Ranged,
+    vouched: &Facts,
+) -> Result<Fetched, Failure> {
+    let unvalidated = aws_sdk_s3::Client::from_conf(
+        s3.config()
+            .to_builder()
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .build(),
+    );
+    let fetched = fetch(&unvalidated, target, required_uploaded_by, ranged).await?;
+    if let Fetched::Object(read) = &fetched {
+        crate::ops::metrics::checksum_audit(
+            &format!("s3://{}/{}", target.bucket, target.key),
+            &read.etag,
+            &vouched.sha256,
+            &read.sha256,
+        );
+    }
+    Ok(fetched)
+}
+
 /// GETs the object and, if `required_uploaded_by` allows it, hashes the body.
 pub async fn fetch(
     s3: &aws_sdk_s3::Client,
@@ -104,6 +276,7 @@ pub async fn fetch(
     let facts = Facts {
         etag,
         sha256: String::new(),
+        sha256_source: Sha256Source::Computed,
         length: 0,
         content_type: output.content_type().map(str::to_owned),
         last_modified: output

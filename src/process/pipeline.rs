@@ -17,7 +17,7 @@ use crate::process::fetch::{self, Fetched, Target};
 use crate::process::key;
 use crate::process::versions;
 use crate::store::writer::Writer;
-use crate::store::{NewResource, Write, WriteOutcome};
+use crate::store::{NewResource, Sha256Source, Write, WriteOutcome};
 
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
@@ -27,6 +27,8 @@ pub struct PipelineSettings {
     pub required_uploaded_by: Option<String>,
     /// When and how large objects are read as parallel ranged GETs.
     pub ranged: fetch::Ranged,
+    /// Whether S3's stored SHA-256 may stand for the bytes (zero-read), and the audit sample.
+    pub checksums: fetch::Checksums,
 }
 
 #[derive(Clone)]
@@ -196,11 +198,12 @@ impl Pipeline {
             size: event.size,
         };
         let started = Instant::now();
-        let fetched = fetch::fetch(
+        let fetched = fetch::read(
             &self.s3,
             target,
             self.settings.required_uploaded_by.as_deref(),
             &self.settings.ranged,
+            &self.settings.checksums,
         )
         .await;
         crate::ops::metrics::phase("fetch_hash", started.elapsed());
@@ -225,7 +228,10 @@ impl Pipeline {
             Fetched::Gone => return Ok(Prepared::Done(Outcome::ObjectGone)),
             Fetched::Superseded => return Ok(Prepared::Done(Outcome::Superseded)),
         };
-        crate::ops::metrics::object_size(facts.length);
+        // The size histogram counts hashed objects only, so its sum stays the hashed bytes.
+        if facts.sha256_source == Sha256Source::Computed {
+            crate::ops::metrics::object_size(facts.length);
+        }
         Ok(Prepared::Write(Write::Resource(NewResource {
             bucket: event.bucket.clone(),
             object_key: event.key.clone(),
@@ -236,6 +242,7 @@ impl Pipeline {
             length: i64::try_from(facts.length).unwrap_or(i64::MAX),
             etag: facts.etag,
             sha256: facts.sha256,
+            sha256_source: facts.sha256_source,
             submitter_name: facts.uploader.name,
             submitter_email: facts.uploader.email,
             object_last_modified: facts.last_modified,

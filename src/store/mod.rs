@@ -13,7 +13,7 @@ pub mod notify;
 pub mod write;
 pub mod writer;
 
-pub use write::{NewResource, Removal, Survivor, Write, WriteOutcome, apply};
+pub use write::{NewResource, Removal, Sha256Source, Survivor, Write, WriteOutcome, apply};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

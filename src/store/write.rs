@@ -14,7 +14,7 @@ use sqlx::{PgPool, Row};
 
 use crate::store::notify;
 
-/// A resource row to record: the facts of one fetched and hashed upload.
+/// A resource row to record: the facts of one upload, hashed or vouched for by S3.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewResource {
     pub bucket: String,
@@ -26,12 +26,34 @@ pub struct NewResource {
     pub length: i64,
     pub etag: String,
     pub sha256: String,
+    /// Whether `sha256` was computed from the bytes or taken from S3's stored checksum.
+    pub sha256_source: Sha256Source,
     pub submitter_name: Option<String>,
     pub submitter_email: Option<String>,
     pub object_last_modified: Option<DateTime<Utc>>,
     pub version_id: Option<String>,
     pub sequencer: Option<String>,
     pub event_time: DateTime<Utc>,
+}
+
+/// Where a row's SHA-256 came from: the `sha256_source` column.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sha256Source {
+    /// The worker read the bytes and hashed them.
+    #[default]
+    Computed,
+    /// S3's stored SHA-256 of a single-part upload, read with HeadObject, no byte read: only
+    /// when the bucket's checksums are trusted (S3 verified them at upload).
+    S3Checksum,
+}
+
+impl Sha256Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Computed => "computed",
+            Self::S3Checksum => "s3_checksum",
+        }
+    }
 }
 
 /// A removal of a key or of one of its versions, as announced by `ObjectRemoved:*` or
@@ -279,13 +301,14 @@ async fn insert_resources(
          written AS (
              INSERT INTO datapack_resource AS r (datapack_id, bucket, object_key, path, display,
                  content_type, length, etag, sha256, submitter_name, submitter_email,
-                 object_last_modified, version_id, sequencer, event_time)
+                 object_last_modified, version_id, sequencer, event_time, sha256_source)
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
                  $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[],
-                 $12::timestamptz[], $13::text[], $14::text[], $15::timestamptz[])
+                 $12::timestamptz[], $13::text[], $14::text[], $15::timestamptz[], $16::text[])
              ON CONFLICT ON CONSTRAINT datapack_resource_upload_key DO UPDATE SET
                  datapack_id = EXCLUDED.datapack_id, path = EXCLUDED.path, display = EXCLUDED.display,
                  content_type = EXCLUDED.content_type, length = EXCLUDED.length, sha256 = EXCLUDED.sha256,
+                 sha256_source = EXCLUDED.sha256_source,
                  submitter_name = EXCLUDED.submitter_name, submitter_email = EXCLUDED.submitter_email,
                  object_last_modified = EXCLUDED.object_last_modified, version_id = EXCLUDED.version_id,
                  sequencer = EXCLUDED.sequencer, event_time = EXCLUDED.event_time,
@@ -311,6 +334,7 @@ async fn insert_resources(
     .bind(column!(r => r.version_id.as_deref()))
     .bind(column!(r => r.sequencer.as_deref()))
     .bind(column!(r => r.event_time))
+    .bind(column!(r => r.sha256_source.as_str()))
     .fetch_all(&mut **tx)
     .await?;
     let index: HashMap<(&str, &str, &str), usize> = resources

@@ -436,6 +436,7 @@ async fn a_constraint_violation_fails_only_its_own_message() {
             length: 1,
             etag: sha256_hex(display.as_bytes())[..32].to_owned(),
             sha256: sha256_hex(display.as_bytes()),
+            sha256_source: Default::default(),
             submitter_name: None,
             submitter_email: None,
             object_last_modified: None,

@@ -20,3 +20,4 @@ mod ranged;
 mod roles;
 mod s3_proxy_selftest;
 mod versioned;
+mod zero_read;

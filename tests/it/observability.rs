@@ -425,6 +425,7 @@ async fn exact_counters_for_every_outcome() {
         "version",
         "git_commit",
         "le",
+        "result",
     ]
     .into();
     for sample in samples(&s) {

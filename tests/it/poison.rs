@@ -353,6 +353,7 @@ async fn poison_messages_end_where_documented_and_the_worker_keeps_serving() {
             buckets: vec![stack.bucket.clone()],
             required_uploaded_by: Some("presigned-url".into()),
             ranged: datapack_worker::process::fetch::Ranged::off(),
+            checksums: Default::default(),
         },
         health: health.clone(),
         canary: Default::default(),

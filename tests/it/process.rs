@@ -165,6 +165,9 @@ fn refuses_bad_configuration_without_printing_secrets() {
         ("DATABASE_MAX_CONNECTIONS", "0"),
         ("QUEUE_SAMPLE_SECS", "0"),
         ("SHUTDOWN_GRACE_SECS", "99999999"),
+        ("CHECKSUM_AUDIT_RATIO", "1.5"),
+        ("CHECKSUM_AUDIT_RATIO", "-0.1"),
+        ("CHECKSUM_AUDIT_RATIO", "NaN"),
     ] {
         let (code, err) = run(&[url, queue, dlq, bucket, (name, value)]);
         assert_eq!(code, Some(2), "{name}={value}: {err}");

@@ -729,6 +729,7 @@ fn resource(key: &str, etag: &str, version: &str, sequencer: &str) -> Write {
         version_id: Some(version.into()),
         sequencer: Some(sequencer.into()),
         event_time: chrono::Utc::now(),
+        sha256_source: Default::default(),
     })
 }
 

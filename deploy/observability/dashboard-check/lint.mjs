@@ -46,6 +46,7 @@ const KNOWN = new Set([
   'datapack_worker_queue_messages',
   'datapack_worker_queue_oldest_message_age_seconds',
   'datapack_worker_build_info',
+  'datapack_worker_checksum_audit_total',
 ]);
 const HISTOGRAMS = new Set([
   'datapack_worker_records_per_message',
