@@ -174,8 +174,7 @@ async fn sigkill_at_random_points_loses_nothing() {
         "an empty queue and the poison dead-lettered",
         deadline,
         || async {
-            let settled =
-                stack.depth().await == (0, 0) && stack.dlq_depth().await.0 >= POISON as u64;
+            let settled = stack.is_drained().await && stack.dlq_depth().await.0 >= POISON as u64;
             if !settled {
                 // Depth queries cost moto a scan of the queue: ask at most every half second.
                 tokio::time::sleep(Duration::from_millis(450)).await;

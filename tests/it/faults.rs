@@ -102,7 +102,7 @@ impl Rig {
             &format!("{want} rows and an empty queue"),
             deadline,
             || async {
-                (self.db.count().await >= want && self.stack.depth().await == (0, 0)).then_some(())
+                (self.db.count().await >= want && self.stack.is_drained().await).then_some(())
             },
         )
         .await;

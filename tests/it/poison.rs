@@ -378,7 +378,7 @@ async fn poison_messages_end_where_documented_and_the_worker_keeps_serving() {
         .filter(|c| matches!(c.end, End::DeadLetter(_)))
         .count() as u64;
     wait_until("every poison message settled", DEADLINE, || async {
-        (stack.depth().await == (0, 0) && stack.dlq_depth().await.0 >= want_letters).then_some(())
+        (stack.is_drained().await && stack.dlq_depth().await.0 >= want_letters).then_some(())
     })
     .await;
 

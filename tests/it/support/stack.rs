@@ -218,10 +218,17 @@ impl Stack {
         depth(&self.sqs, &self.queue_url).await
     }
 
-    /// Waits until the main queue holds nothing visible or in flight: every message was settled.
+    /// Whether the main queue holds nothing visible or in flight: every message was settled.
+    /// Asked twice, because moto counts visible and in-flight messages at two instants, so a
+    /// message whose visibility runs out in between is in neither count once.
+    pub async fn is_drained(&self) -> bool {
+        self.depth().await == (0, 0) && self.depth().await == (0, 0)
+    }
+
+    /// Waits until [`Stack::is_drained`].
     pub async fn wait_drained(&self, deadline: Duration) {
         wait_until("an empty main queue", deadline, || async {
-            (self.depth().await == (0, 0)).then_some(())
+            self.is_drained().await.then_some(())
         })
         .await;
     }
