@@ -188,9 +188,12 @@ impl<'a> Launch<'a> {
     }
 }
 
+/// How the endpoint's start-up line begins; the address bound follows.
+const LISTENING: &str = "listening on http://";
+
 /// The address in the endpoint's start-up line, in either log format.
 fn listening(line: &str) -> Option<SocketAddr> {
-    listen::after(line, "listening on http://")
+    listen::after(line, LISTENING)
 }
 
 /// Where the endpoint's address goes; empty once sent.
@@ -246,20 +249,27 @@ struct Reporter {
     report: Report,
 }
 
+/// Whether an event may be the endpoint's start-up line: one with an address and a message (the
+/// message says which, in [`Reporter::event`]).
 fn is_listening(metadata: &tracing::Metadata<'_>) -> bool {
     metadata.is_event()
-        && metadata.target() == "datapack_worker::ops::http"
         && metadata.fields().field("addr").is_some()
+        && metadata.fields().field("message").is_some()
 }
 
-/// The `addr` field of an event.
+/// The start-up line's address, read from an event's fields.
 #[derive(Default)]
-struct Addr(Option<SocketAddr>);
+struct Listening {
+    message: String,
+    addr: Option<SocketAddr>,
+}
 
-impl tracing::field::Visit for Addr {
+impl tracing::field::Visit for Listening {
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "addr" {
-            self.0 = format!("{value:?}").parse().ok();
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "addr" => self.addr = format!("{value:?}").parse().ok(),
+            _ => {}
         }
     }
 }
@@ -295,9 +305,9 @@ impl tracing::Subscriber for Reporter {
 
     fn event(&self, event: &tracing::Event<'_>) {
         if is_listening(event.metadata()) {
-            let mut addr = Addr::default();
-            event.record(&mut addr);
-            if let Some(addr) = addr.0
+            let mut seen = Listening::default();
+            event.record(&mut seen);
+            if let Some(addr) = seen.addr.filter(|_| seen.message.starts_with(LISTENING))
                 && let Some(report) = self.report.lock().unwrap().take()
             {
                 let _ = report.send(addr);
