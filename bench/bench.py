@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The benchmark's orchestrator; run it through bench/run.sh, which prepares the machine.
 
-Expects the environment written by scripts/localstack.py (AWS_ENDPOINT_URL, S3_BUCKET,
+Expects the environment written by `emulated_stack up` (AWS_ENDPOINT_URL, S3_BUCKET,
 SQS_QUEUE_URL, ...) plus BENCH_WORKER, BENCH_CEILING, BENCH_DB_WRITE (binaries), BENCH_PG_ADMIN
 (an admin PostgreSQL URL ending in /postgres) and BENCH_STATE (a scratch directory).
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,10 +48,16 @@ def log(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# The worker's start-up line: with METRICS_ADDR port 0 it names the port the kernel picked.
+LISTENING = re.compile(r"listening on http://([0-9.]+:[0-9]+)")
+
+
+def listening_addr(log_path: Path, offset: int) -> str | None:
+    """The endpoint address in what the worker logged after `offset`, once it has."""
+    with open(log_path, "rb") as f:
+        f.seek(offset)
+        found = LISTENING.search(f.read().decode("utf-8", "replace"))
+    return found.group(1) if found else None
 
 
 # --------------------------------------------------------------------------- process stats
@@ -295,18 +301,14 @@ class Bench:
 
     # -- the worker
 
-    def worker(self, scenario: str, records: list[dict], extra_env: dict, endpoint=None,
-               probe=None) -> dict:
-        """One timed worker run; `probe(port)`, if given, is called before the worker stops and
-        what it returns is added to the result."""
-        port = free_port()
+    def worker(self, scenario: str, records: list[dict], extra_env: dict, endpoint=None) -> dict:
         env = dict(self.env)
         env.update(
             DATABASE_URL=self.db_url,
             WORKER_CONCURRENCY=str(CONCURRENCY),
-            METRICS_ADDR=f"127.0.0.1:{port}",
+            METRICS_ADDR="127.0.0.1:0",
             MIGRATE_ON_START="true",
-            RUST_LOG="warn",
+            RUST_LOG="warn,datapack_worker::ops::http=info",
             REQUIRE_UPLOADED_BY="presigned-url",
             SQS_WAIT_TIME_SECS=str(SETTLE_WAIT_S),
         )
@@ -320,9 +322,10 @@ class Bench:
         )
         log_path = self.state / f"worker-{scenario}.log"
         with open(log_path, "ab") as logf:
+            offset = logf.tell()
             proc = subprocess.Popen([os.environ["BENCH_WORKER"], "run"], env=env, stdout=logf, stderr=logf)
         try:
-            self.wait_ready(port, proc)
+            self.wait_ready(log_path, offset, proc)
             self.psql.scalar(
                 f"INSERT INTO datapack (identifier) VALUES ('{DATAPACK}') ON CONFLICT DO NOTHING"
             )
@@ -354,7 +357,6 @@ class Bench:
             cpu1 = proc_cpu(proc.pid)
             hwm = proc_hwm_mib(proc.pid)
             feeder.join()
-            probed = probe(port) if probe else {}
             if perf:
                 perf.send_signal(signal.SIGINT)
                 perf.wait(60)
@@ -362,20 +364,23 @@ class Bench:
             stop(proc)
             settle()
         self.check_drained()
-        return self.measure(records, t1 - t0, cpu1 - cpu0, hwm) | probed
+        return self.measure(records, t1 - t0, cpu1 - cpu0, hwm)
 
     def tables_exist(self) -> bool:
         return self.psql.scalar("SELECT to_regclass('datapack_resource') IS NOT NULL") == "t"
 
-    def wait_ready(self, port: int, proc: subprocess.Popen) -> None:
+    def wait_ready(self, log_path: Path, offset: int, proc: subprocess.Popen) -> None:
         deadline = time.monotonic() + 60
+        addr = None
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {proc.returncode} during start-up")
+            addr = addr or listening_addr(log_path, offset)
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return
+                if addr:
+                    with urllib.request.urlopen(f"http://{addr}/readyz", timeout=1) as r:
+                        if r.status == 200:
+                            return
             except OSError:
                 pass
             time.sleep(0.1)
@@ -815,7 +820,7 @@ def main() -> int:
     finally:
         text = report(bench, started)
         Path(args.out).write_text(text)
-        (Path(args.out).parent / "latest.json").write_text(json.dumps(bench.results, indent=1))
+        Path(args.out).with_suffix(".json").write_text(json.dumps(bench.results, indent=1))
         print(text)
     return 0
 

@@ -6,10 +6,11 @@
 #   bench/run.sh --only small,large,db,proxy   a subset of the scenario groups
 #   bench/run.sh --perf     also `perf record` each worker run (data kept in the state directory)
 #
-# Sets up PostgreSQL and moto (scripts/ensure-*.sh), builds the release binary and the two
-# benchmark examples, starts a private moto server (scripts/localstack.py) and a fresh database,
-# runs every scenario in this one run, prints a markdown table and writes it to
-# bench/results/latest.md (--quick: bench/results/quick.md), raw numbers next to it as .json.
+# Sets up PostgreSQL and moto (scripts/ensure-*.sh), builds the release binary and the
+# benchmark examples, starts a private moto server with its bucket and queues (the
+# emulated_stack example, the tests' own stack set-up) and a fresh database, runs every
+# scenario in this one run, prints a markdown table and writes it to bench/results/latest.md
+# (--quick: bench/results/quick.md), raw numbers next to it as .json.
 # Run it on a quiet machine: everything shares the CPUs with moto, PostgreSQL and the client.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -27,17 +28,19 @@ export PATH="${DATAPACK_TOOLS_VENV:-$HOME/.cache/datapack-worker/venv}/bin:$PATH
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/datapack-worker/target}"
 
 echo "bench: building (release)" >&2
-cargo build --release --locked --bin datapack-worker --example ceiling --example db_write
+cargo build --release --locked --bin datapack-worker --example ceiling --example db_write \
+    --example emulated_stack
+STACK="$CARGO_TARGET_DIR/release/examples/emulated_stack"
 
 STATE="$(mktemp -d -t datapack-bench.XXXXXX)"
 cleanup() {
     local rc=$?
-    python3 scripts/localstack.py down --state-dir "$STATE" >/dev/null 2>&1 || true
+    "$STACK" down --state-dir "$STATE" >/dev/null 2>&1 || true
     if ((rc == 0 && keep_state == 0)); then rm -rf -- "$STATE"; else echo "bench: logs kept in $STATE" >&2; fi
 }
 trap cleanup EXIT INT TERM
 
-python3 scripts/localstack.py up --state-dir "$STATE" --bucket datapack-bench --queue datapack-bench >&2
+"$STACK" up --state-dir "$STATE" --bucket datapack-bench --queue datapack-bench >&2
 # shellcheck disable=SC1091
 . "$STATE/env"
 

@@ -3,17 +3,17 @@
 #
 #   scripts/demo.sh
 #
-# PostgreSQL (127.0.0.1:5432) + moto server (S3 and SQS) -> build the worker ->
-# fresh database `datapack_demo` -> upload sample files through presigned PUT
-# URLs exactly as a browser would -> wait until the worker has recorded them ->
-# show the rows, the local checksums, the metrics and the dead-letter queue.
+# PostgreSQL (127.0.0.1:5432) + a local emulated S3 and SQS (moto, through
+# examples/emulated_stack.rs) -> build the worker -> fresh database `datapack_demo` -> upload
+# sample files through presigned PUT URLs exactly as a browser would -> wait until the worker has
+# recorded them -> show the rows, the local checksums, the metrics and the dead-letter queue.
 #
 # Environment (all optional):
 #   CARGO_TARGET_DIR      default $HOME/.cache/datapack-worker/target
 #   DEMO_DEADLINE_S       seconds to wait for the rows, default 60
 #   DEMO_KEEP_STATE=1     keep the temporary state directory (logs) on success;
 #                         it is always kept on failure
-#   CORS_ALLOWED_ORIGINS  see scripts/localstack.py
+#   CORS_ALLOWED_ORIGINS  the bucket's CORS origins (see examples/emulated_stack.rs)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,7 +22,6 @@ DEADLINE_S="${DEMO_DEADLINE_S:-60}"
 DB_NAME=datapack_demo
 DATAPACK=dp-1
 UNKNOWN_DATAPACK=dp-unknown
-POLL_INTERVAL_S=0.5
 
 STATE_DIR=""
 WORKER_PID=""
@@ -31,49 +30,40 @@ step() { printf '\n==> %s\n' "$*"; }
 note() { printf '    %s\n' "$*"; }
 die() { echo "demo: ERROR: $*" >&2; exit 1; }
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+# Polls `$2...` (a command) every half second until it succeeds; fails after $1 seconds.
+wait_for() {
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@"; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.5
+    done
 }
+gone() { ! kill -0 "$1" 2>/dev/null; }
 
-worker_log_tail() {
-    if [[ -n "$STATE_DIR" && -s "$STATE_DIR/worker.log" ]]; then
-        echo "---- last 50 lines of $STATE_DIR/worker.log ----" >&2
-        tail -n 50 "$STATE_DIR/worker.log" >&2
-        echo "----" >&2
-    fi
-}
-
-# Sends SIGTERM to the worker and waits up to $1 seconds; SIGKILL after that.
-# Returns the worker's exit status.
+# SIGTERM (SIGKILL if the worker is still there 30 s later); returns the worker's exit status.
 stop_worker() {
-    local timeout_s=$1 pid=$WORKER_PID status=0 i
-    [[ -n "$pid" ]] || return 0
+    local pid=$WORKER_PID
     WORKER_PID=""
     kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < timeout_s * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "demo: worker (pid $pid) still running ${timeout_s}s after SIGTERM; sending SIGKILL" >&2
+    if ! wait_for 30 gone "$pid"; then
+        echo "demo: worker (pid $pid) still running 30s after SIGTERM; sending SIGKILL" >&2
         kill -KILL "$pid" 2>/dev/null || true
     fi
-    wait "$pid" || status=$?
-    return "$status"
+    wait "$pid"
 }
 
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    if [[ -n "$WORKER_PID" ]]; then
-        stop_worker 30
-    fi
-    if ((rc != 0)); then
-        worker_log_tail
-    fi
+    [[ -n "$WORKER_PID" ]] && stop_worker
     if [[ -n "$STATE_DIR" ]]; then
-        python3 scripts/localstack.py down --state-dir "$STATE_DIR" >/dev/null
+        if ((rc != 0)) && [[ -s "$STATE_DIR/worker.log" ]]; then
+            echo "---- last 50 lines of $STATE_DIR/worker.log ----" >&2
+            tail -n 50 "$STATE_DIR/worker.log" >&2
+        fi
+        "$STACK" down --state-dir "$STATE_DIR" >/dev/null
         if ((rc == 0)) && [[ "${DEMO_KEEP_STATE:-0}" != 1 ]]; then
             rm -rf -- "$STATE_DIR"
         else
@@ -86,6 +76,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+
 # --------------------------------------------------------------------------
 step "PostgreSQL"
 scripts/ensure-postgres.sh
@@ -95,8 +86,7 @@ step "moto server (S3 + SQS emulator)"
 export PATH="${DATAPACK_TOOLS_VENV:-$HOME/.cache/datapack-worker/venv}/bin:$PATH"
 scripts/ensure-moto.sh
 hash -r
-
-for tool in curl psql python3; do
+for tool in curl psql; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is required but not installed"
 done
 
@@ -106,16 +96,16 @@ if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
 fi
 command -v cargo >/dev/null 2>&1 || die "cargo not found; install Rust with https://rustup.rs"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/datapack-worker/target}"
-cargo build --release --locked
+cargo build --release --locked --bin datapack-worker --example emulated_stack
 WORKER="$CARGO_TARGET_DIR/release/datapack-worker"
-[[ -x "$WORKER" ]] || die "build succeeded but $WORKER does not exist"
+STACK="$CARGO_TARGET_DIR/release/examples/emulated_stack"
 
 # --------------------------------------------------------------------------
 step "local S3 + SQS"
 STATE_DIR="$(mktemp -d "${TMPDIR:-/tmp}/datapack-demo.XXXXXX")"
 # Do not let the caller's AWS profile or session leak into the demo.
 unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_SESSION_TOKEN
-python3 scripts/localstack.py up --state-dir "$STATE_DIR"
+"$STACK" up --state-dir "$STATE_DIR"
 # shellcheck source=/dev/null
 . "$STATE_DIR/env"
 
@@ -131,13 +121,20 @@ PSQL=(psql -X -q -v ON_ERROR_STOP=1 -P pager=off "$DATABASE_URL")
 note "datapack $DATAPACK created"
 
 step "start the worker"
-METRICS_ADDR="127.0.0.1:$(free_port)"
-export METRICS_ADDR
+# Port 0: the kernel picks a free port, and the worker's start-up line says which.
+export METRICS_ADDR=127.0.0.1:0
 export WORKER_CONCURRENCY=4
-export RUST_LOG="${RUST_LOG:-info}"
+export RUST_LOG="${RUST_LOG:-info},datapack_worker::ops::http=info"
 "$WORKER" run >"$STATE_DIR/worker.log" 2>&1 &
 WORKER_PID=$!
-note "pid $WORKER_PID, metrics on http://$METRICS_ADDR/metrics, log $STATE_DIR/worker.log"
+listening() {
+    kill -0 "$WORKER_PID" 2>/dev/null || die "the worker exited unexpectedly"
+    grep -o -m1 'listening on http://[0-9.:]*' "$STATE_DIR/worker.log"
+}
+wait_for 30 listening >/dev/null || die "the worker did not start listening"
+METRICS="$(listening)"
+METRICS="${METRICS#listening on }/metrics"
+note "pid $WORKER_PID, metrics on $METRICS, log $STATE_DIR/worker.log"
 
 # --------------------------------------------------------------------------
 step "upload sample files through presigned URLs"
@@ -156,37 +153,14 @@ cat >"$SAMPLES/ghi chú 2024.txt" <<'TXT'
 Ghi chú: dữ liệu năm 2024 đã được kiểm tra.
 TXT
 
-# Turns the JSON printed by `presign --json` into curl arguments, NUL-separated:
-# -H "Name: value" for every header (-H "Name;" sends an empty value), --url URL.
-CURL_ARGS_PY='
-import json, sys
-spec = json.load(sys.stdin)
-method = str(spec.get("method", "PUT")).upper()
-if method != "PUT":
-    sys.exit(f"presign returned method {method!r}, expected PUT")
-headers = spec.get("headers") or {}
-if not any(k.lower() == "content-type" for k in headers):
-    sys.exit("presign returned no Content-Type header")
-args = []
-for name, value in headers.items():
-    value = str(value)
-    if any(c in name + value for c in "\r\n\0"):
-        sys.exit(f"invalid header {name!r}")
-    args += ["-H", f"{name}: {value}" if value else f"{name};"]
-args += ["--url", spec["url"]]
-sys.stdout.write("".join(a + "\0" for a in args))
-'
-
+# What the app and the browser do: the app presigns (`presign --json`: URL and headers), the
+# browser PUTs the file to that URL with exactly those headers.
 # upload_presigned DATAPACK PATH FILE_NAME UPLOADER_NAME UPLOADER_EMAIL LOCAL_FILE
 upload_presigned() {
-    local datapack=$1 path=$2 name=$3 uploader=$4 email=$5 file=$6 json code
-    local -a curl_args
-    json="$("$WORKER" presign --datapack "$datapack" --path "$path" --file "$name" \
-        --uploader-name "$uploader" --uploader-email "$email" --json)" || return 1
-    python3 -c "$CURL_ARGS_PY" >"$STATE_DIR/curl-args" <<<"$json" || return 1
-    mapfile -d '' -t curl_args <"$STATE_DIR/curl-args"
-    code="$(curl -sS -f -X PUT --data-binary "@$file" -o /dev/null -w '%{http_code}' "${curl_args[@]}")" \
-        || return 1
+    local datapack=$1 path=$2 name=$3 uploader=$4 email=$5 file=$6 code
+    code="$("$WORKER" presign --datapack "$datapack" --path "$path" --file "$name" \
+        --uploader-name "$uploader" --uploader-email "$email" --json \
+        | "$STACK" put-presigned --file "$file")" || return 1
     note "PUT $datapack:${path%/}/$name by $uploader -> HTTP $code"
 }
 
@@ -201,24 +175,10 @@ upload_presigned "$DATAPACK" "ảnh/tài liệu" "ghi chú 2024.txt" \
     || die "presigned upload of 'ghi chú 2024.txt' failed"
 
 step "uploads the worker must not record"
-python3 - <<'PY'
-import os
-import boto3
-
-s3 = boto3.client(
-    "s3",
-    endpoint_url=os.environ["AWS_ENDPOINT_URL"],
-    region_name=os.environ["AWS_REGION"],
-)
-key = "dp-1/direct upload without metadata.txt"
-s3.put_object(
-    Bucket=os.environ["S3_BUCKET"],
-    Key=key,
-    Body=b"uploaded with put_object, without the presigned-url metadata\n",
-    ContentType="text/plain",
-)
-print(f"    put_object {key!r} without x-amz-meta-uploaded-by -> expected: skipped")
-PY
+DIRECT_KEY="$DATAPACK/direct upload without metadata.txt"
+echo "uploaded with put_object, without the presigned-url metadata" >"$SAMPLES/direct.txt"
+"$STACK" put --key "$DIRECT_KEY" --file "$SAMPLES/direct.txt"
+note "put_object '$DIRECT_KEY' without x-amz-meta-uploaded-by -> expected: skipped"
 if upload_presigned "$UNKNOWN_DATAPACK" "/" "orphan.txt" \
     "Mallory Example" "mallory@example.org" "$SAMPLES/readme.txt"; then
     note "-> expected: dead-lettered (datapack $UNKNOWN_DATAPACK does not exist)"
@@ -229,35 +189,24 @@ fi
 # --------------------------------------------------------------------------
 step "waiting for the worker (deadline ${DEADLINE_S}s)"
 started=$SECONDS
-deadline=$((started + DEADLINE_S))
-rows=0
-while :; do
-    if ! kill -0 "$WORKER_PID" 2>/dev/null; then
-        status=0
-        wait "$WORKER_PID" || status=$?
-        WORKER_PID=""
-        die "the worker exited unexpectedly (status $status)"
-    fi
+rows_recorded() {
+    kill -0 "$WORKER_PID" 2>/dev/null || die "the worker exited unexpectedly"
     rows="$("${PSQL[@]}" -tA -c "SELECT count(*) FROM datapack_resource r
         JOIN datapack d ON d.id = r.datapack_id WHERE d.identifier = '$DATAPACK'" 2>/dev/null || echo 0)"
-    ((rows >= 3)) && break
-    if ((SECONDS >= deadline)); then
-        die "deadline passed: $rows of 3 rows for $DATAPACK in datapack_resource after ${DEADLINE_S}s"
-    fi
-    sleep "$POLL_INTERVAL_S"
-done
+    ((rows >= 3))
+}
+rows=0
+wait_for "$DEADLINE_S" rows_recorded \
+    || die "deadline passed: $rows of 3 rows for $DATAPACK in datapack_resource after ${DEADLINE_S}s"
 note "$rows rows after $((SECONDS - started))s"
 
-# The rows are what the demo waits for; give the dead-letter example a little
-# longer (at most 15 s, within the deadline) to show up in the metrics.
-metrics() { curl -sS -f --max-time 5 "http://$METRICS_ADDR/metrics"; }
-soft_deadline=$((SECONDS + 15 < deadline ? SECONDS + 15 : deadline))
-while ((SECONDS < soft_deadline)); do
-    if metrics 2>/dev/null | awk '/^datapack_worker_dead_letters_total/ && $NF + 0 > 0 { found = 1 } END { exit !found }'; then
-        break
-    fi
-    sleep "$POLL_INTERVAL_S"
-done
+# The rows are what the demo waits for; give the dead-letter example a little longer (at most
+# 15 s) to show up in the metrics.
+metrics() { curl -sS -f --max-time 5 "$METRICS"; }
+dead_lettered() {
+    metrics 2>/dev/null | awk '/^datapack_worker_dead_letters_total/ && $NF + 0 > 0 { found = 1 } END { exit !found }'
+}
+wait_for 15 dead_lettered || true
 
 # --------------------------------------------------------------------------
 step "datapack_resource"
@@ -277,7 +226,7 @@ step "datapack_resource"
 step "sha256sum of the local files"
 (cd "$SAMPLES" && sha256sum -- report.csv readme.txt "ghi chú 2024.txt")
 
-step "metrics (http://$METRICS_ADDR/metrics)"
+step "metrics ($METRICS)"
 if metrics >"$STATE_DIR/metrics.txt"; then
     # Every known series exists from start-up at 0: show the ones that moved.
     grep -E '^datapack_worker_(records_total|dead_letters_total)' "$STATE_DIR/metrics.txt" | awk '$NF + 0 != 0' | grep . \
@@ -292,11 +241,11 @@ step "datapack-worker dlq list"
 # --------------------------------------------------------------------------
 step "stop the worker (SIGTERM)"
 status=0
-stop_worker 30 || status=$?
+stop_worker || status=$?
 ((status == 0)) || die "the worker exited with status $status after SIGTERM"
 note "worker stopped cleanly"
 
 step "stop moto"
-python3 scripts/localstack.py down --state-dir "$STATE_DIR"
+"$STACK" down --state-dir "$STATE_DIR"
 
 step "done"

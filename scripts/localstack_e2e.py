@@ -88,7 +88,8 @@ class LocalStack:
         started = time.monotonic()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "localstack.runtime.main"],
-            # cwd matters for `-m`: scripts/localstack.py (the moto stack) would shadow the package.
+            # cwd matters for `-m`, which puts it first on sys.path: the state directory holds
+            # nothing that could shadow the package.
             cwd=state, env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -119,7 +119,9 @@ pub async fn serve(
             }));
             let _ = done.send(ran.map_err(|panic| panic_message(panic.as_ref())));
         })?;
-    tracing::info!(addr = %local, "serving /metrics, /healthz and /readyz");
+    // The address actually bound: with port 0 in METRICS_ADDR the kernel picks a free port, and
+    // this line is how the operator (or a test, or the demo) learns it.
+    tracing::info!(addr = %local, "listening on http://{local} for /metrics, /healthz and /readyz");
     Ok(tokio::spawn(async move {
         match finished.await {
             Ok(Ok(())) => {}

@@ -7,20 +7,19 @@
 //! through a client crate. Chromium and chromedriver come from `scripts/ensure-chromium.sh`; if
 //! they cannot start, these tests fail and say so.
 
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use aws_sdk_s3::types::{CorsConfiguration, CorsRule};
 use serde_json::{Value, json};
 
 use crate::support::db::sha256_hex;
-use crate::support::moto::free_port;
-use crate::support::{Moto, Stack, TestDb, TestWorker, wait_until};
+use crate::support::listen::{self, Lines};
+use crate::support::{Stack, TestWorker, setup, wait_until};
 
-#[allow(dead_code)]
-#[path = "../../examples/presign_server.rs"]
+#[path = "../../examples/presign_server/router.rs"]
 mod presign_server;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -54,11 +53,10 @@ impl Drop for Scratch {
 impl Browser {
     async fn start() -> Browser {
         let scratch = scratch_dir("browser");
-        let port = free_port();
         let log = std::fs::File::create(scratch.join("chromedriver.log")).unwrap();
-        let driver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
+        let mut driver = Command::new("chromedriver")
+            .arg("--port=0")
+            .stdout(Stdio::piped())
             .stderr(log)
             .process_group(0)
             .spawn()
@@ -68,15 +66,25 @@ impl Browser {
                      and chromium-driver (scripts/ensure-chromium.sh installs them)"
                 )
             });
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let base = format!("http://127.0.0.1:{port}");
+        // It names the port it was given by the kernel: "... started successfully on port N."
+        let announced = |line: &str| {
+            let (_, port) = line.split_once("started successfully on port ")?;
+            let port = port.trim_end_matches('.').parse().ok()?;
+            Some(SocketAddr::from(([127, 0, 0, 1], port)))
+        };
+        let stdout = driver.stdout.take().unwrap();
+        // Owned from here on, so a failure below still ends the process group.
         let mut browser = Browser {
             driver,
-            base,
+            base: String::new(),
             session: String::new(),
-            http,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
             scratch,
         };
+        let (addr, _) = listen::follow(stdout, announced, Lines::Discard)
+            .wait_async("chromedriver")
+            .await;
+        browser.base = format!("http://{addr}");
         let status = format!("{}/status", browser.base);
         let http = browser.http.clone();
         wait_until("chromedriver to answer", Duration::from_secs(30), || {
@@ -261,35 +269,12 @@ async fn serve_page(stack: &Stack) -> String {
     origin
 }
 
-/// The bucket's CORS rule for browser uploads from `origin`. moto echoes `AllowedHeaders` as
-/// configured instead of matching wildcards as S3 does, so the headers are named exactly (which
-/// works on S3 too).
-async fn allow_uploads_from(stack: &Stack, origin: &str) {
-    let rule = CorsRule::builder()
-        .allowed_origins(origin)
-        .allowed_methods("PUT")
-        .allowed_headers("content-type")
-        .allowed_headers("x-amz-checksum-sha256")
-        .allowed_headers("x-amz-meta-uploaded-by")
-        .allowed_headers("x-amz-meta-uploader-name")
-        .allowed_headers("x-amz-meta-uploader-email")
-        .expose_headers("ETag")
-        .max_age_seconds(600)
-        .build()
-        .unwrap();
-    stack
-        .s3
-        .put_bucket_cors()
-        .bucket(&stack.bucket)
-        .cors_configuration(
-            CorsConfiguration::builder()
-                .cors_rules(rule)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+/// Writes [`CSV`] as "báo cáo.csv", then uploads it from the page at `origin`.
+async fn upload_csv(browser: &Browser, origin: &str) -> (String, Value) {
+    let files = Scratch(scratch_dir("upload"));
+    let file = files.0.join("báo cáo.csv");
+    std::fs::write(&file, CSV).unwrap();
+    upload_from_page(browser, origin, &file).await
 }
 
 /// Opens the page, fills the form as a user would, chooses `file` and submits.
@@ -309,18 +294,12 @@ const CSV: &str =
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_upload_becomes_a_row_with_the_browsers_sha256() {
-    let stack = Stack::new(&Moto::shared().endpoint).await;
-    let db = TestDb::new().await;
-    db.add_datapack("dp-1").await;
+    let (stack, db) = setup("dp-1").await;
     let origin = serve_page(&stack).await;
-    allow_uploads_from(&stack, &origin).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
-    let files = Scratch(scratch_dir("upload"));
-    let file = files.0.join("báo cáo.csv");
-    std::fs::write(&file, CSV).unwrap();
-
+    stack.allow_origin(&origin).await;
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
     let browser = Browser::start().await;
-    let (state, outcome) = upload_from_page(&browser, &origin, &file).await;
+    let (state, outcome) = upload_csv(&browser, &origin).await;
     assert_eq!(
         state,
         "done",
@@ -340,10 +319,7 @@ async fn a_browser_upload_becomes_a_row_with_the_browsers_sha256() {
     );
     browser.quit().await;
 
-    wait_until("the browser's upload as a row", DEADLINE, || async {
-        (db.count().await >= 1).then_some(())
-    })
-    .await;
+    db.wait_rows(1, DEADLINE).await;
     let rows = db.rows().await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     let row = &rows[0];
@@ -375,21 +351,15 @@ async fn a_browser_upload_becomes_a_row_with_the_browsers_sha256() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_page_from_an_origin_the_cors_rule_does_not_allow_is_refused() {
-    let stack = Stack::new(&Moto::shared().endpoint).await;
-    let db = TestDb::new().await;
-    db.add_datapack("dp-1").await;
+    let (stack, db) = setup("dp-1").await;
     // The page is served from one origin; the rule allows another (same host, other port).
     let origin = serve_page(&stack).await;
-    let allowed = format!("http://127.0.0.1:{}", free_port());
+    let allowed = "http://127.0.0.1:1";
     assert_ne!(origin, allowed);
-    allow_uploads_from(&stack, &allowed).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
-    let files = Scratch(scratch_dir("upload"));
-    let file = files.0.join("báo cáo.csv");
-    std::fs::write(&file, CSV).unwrap();
-
+    stack.allow_origin(allowed).await;
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
     let browser = Browser::start().await;
-    let (state, outcome) = upload_from_page(&browser, &origin, &file).await;
+    let (state, outcome) = upload_csv(&browser, &origin).await;
     let console = browser.console().await;
     browser.quit().await;
     // The page got a URL, then the browser refused the PUT: a fetch TypeError, no status.

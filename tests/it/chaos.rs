@@ -126,7 +126,7 @@ async fn sigkill_at_random_points_loses_nothing() {
     let rounds = kills + 1;
     let per_round = objects.div_ceil(rounds);
     let mut feeders = JoinSet::new();
-    let mut worker = BinaryWorker::spawn(&stack, &db, &FLAGS);
+    let mut worker = BinaryWorker::spawn(&stack, &db, &FLAGS).await;
     let mut kill_times = Vec::new();
     for round in 0..rounds {
         let range = (round * per_round).min(objects)..((round + 1) * per_round).min(objects);
@@ -141,7 +141,7 @@ async fn sigkill_at_random_points_loses_nothing() {
         let status = worker.wait(Duration::from_secs(10)).await;
         assert!(!status.success(), "SIGKILL ends the worker: {status}");
         kill_times.push(delay);
-        worker = BinaryWorker::spawn(&stack, &db, &FLAGS);
+        worker = BinaryWorker::spawn(&stack, &db, &FLAGS).await;
     }
     let mut expected: HashMap<String, String> = HashMap::new();
     let mut poison_ids: HashSet<String> = HashSet::new();
@@ -174,8 +174,7 @@ async fn sigkill_at_random_points_loses_nothing() {
         "an empty queue and the poison dead-lettered",
         deadline,
         || async {
-            let settled =
-                stack.depth().await == (0, 0) && stack.dlq_depth().await.0 >= POISON as u64;
+            let settled = stack.is_drained().await && stack.dlq_depth().await.0 >= POISON as u64;
             if !settled {
                 // Depth queries cost moto a scan of the queue: ask at most every half second.
                 tokio::time::sleep(Duration::from_millis(450)).await;

@@ -3,26 +3,20 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::worker::moto_env;
-use crate::support::{Moto, Stack, TestDb, TestWorker, wait_until};
+use crate::support::worker::{moto_env, output_ok};
+use crate::support::{Moto, Stack, TestDb, TestWorker};
 
 fn dlq_command(stack: &Stack, args: &[&str]) -> String {
-    let out = moto_env(
-        &mut Command::new(env!("CARGO_BIN_EXE_datapack-worker")),
-        &stack.endpoint,
+    output_ok(
+        moto_env(
+            &mut Command::new(env!("CARGO_BIN_EXE_datapack-worker")),
+            &stack.endpoint,
+        )
+        .arg("dlq")
+        .args(args)
+        .env("SQS_QUEUE_URL", &stack.queue_url)
+        .env("SQS_DEAD_LETTER_QUEUE_URL", &stack.dlq_url),
     )
-    .arg("dlq")
-    .args(args)
-    .env("SQS_QUEUE_URL", &stack.queue_url)
-    .env("SQS_DEAD_LETTER_QUEUE_URL", &stack.dlq_url)
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -32,11 +26,8 @@ async fn list_then_redrive_after_the_cause_is_fixed() {
     stack.put("dp-late/a.txt", b"a").await;
     stack.put("dp-late/b.txt", b"b").await;
     stack.send("this is not json").await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
-    wait_until("three dead letters", Duration::from_secs(60), || async {
-        (stack.dlq_depth().await.0 == 3).then_some(())
-    })
-    .await;
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
+    stack.wait_dead_letters(3, Duration::from_secs(60)).await;
 
     // Listing twice shows the same three messages: nothing is consumed.
     for _ in 0..2 {
@@ -69,14 +60,8 @@ async fn list_then_redrive_after_the_cause_is_fixed() {
     db.add_datapack("dp-late").await;
     let out = dlq_command(&stack, &["redrive", "--reason", "unknown_datapack"]);
     assert!(out.contains("redrove 2"), "{out}");
-    wait_until("two rows", Duration::from_secs(60), || async {
-        (db.count().await == 2).then_some(())
-    })
-    .await;
-    wait_until("an empty main queue", Duration::from_secs(60), || async {
-        (stack.depth().await == (0, 0)).then_some(())
-    })
-    .await;
+    db.wait_rows(2, Duration::from_secs(60)).await;
+    stack.wait_drained(Duration::from_secs(60)).await;
     worker.stop().await;
     let left = stack.take_dead_letters().await;
     assert_eq!(left.len(), 1);

@@ -4,18 +4,12 @@
 //! nothing twice, dead-letter nothing that is not poison.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use aws_smithy_types::timeout::TimeoutConfig;
-use clap::Parser;
-use tokio_util::sync::CancellationToken;
-
 use crate::support::db::sha256_hex;
-use crate::support::moto::free_port;
 use crate::support::proxy::{Proxy, url_addr, url_via};
-use crate::support::worker::args;
-use crate::support::{BinaryWorker, Moto, Stack, TestDb, TestWorker, wait_until};
+use crate::support::scrape::sum;
+use crate::support::{Launch, Moto, Stack, TestDb, TestWorker, setup, wait_until};
 
 /// Time for a backlog to drain once the fault is gone (probes back off up to 30 s, plus jitter).
 const SETTLE: Duration = Duration::from_secs(90);
@@ -32,13 +26,9 @@ pub(crate) struct Rig {
 
 impl Rig {
     pub(crate) async fn new() -> Rig {
-        let moto = Moto::shared();
-        let stack = Stack::new(&moto.endpoint).await;
-        let db = TestDb::new().await;
-        db.add_datapack("dp-1").await;
+        let (stack, db) = setup("dp-1").await;
         let db_proxy = Proxy::start(url_addr(&db.url)).await;
-        let moto_addr: SocketAddr = format!("127.0.0.1:{}", moto.port).parse().unwrap();
-        let moto_proxy = Proxy::start(moto_addr).await;
+        let moto_proxy = Proxy::start(Moto::shared().addr).await;
         Rig {
             stack,
             db,
@@ -48,53 +38,19 @@ impl Rig {
         }
     }
 
-    /// An in-process worker whose database, S3 and SQS traffic all go through the proxies. The
-    /// AWS attempt timeout is honoured here too (the in-process SDK config is built by the test).
-    pub(crate) fn worker(&self, extra: &[&str]) -> TestWorker {
-        self.worker_with(&self.moto_proxy.endpoint(), extra, Vec::new())
+    /// An in-process worker whose database, S3 and SQS traffic all go through the proxies.
+    pub(crate) async fn worker(&self, extra: &[&str]) -> TestWorker {
+        self.launch(&self.moto_proxy.endpoint(), extra)
+            .in_process()
+            .await
     }
 
-    /// The same, with S3 and SQS at `endpoint` and `tasks` supervised beside the worker's own.
-    pub(crate) fn worker_with(
-        &self,
-        endpoint: &str,
-        extra: &[&str],
-        tasks: Vec<datapack_worker::app::ExtraTask>,
-    ) -> TestWorker {
-        let metrics_addr = format!("127.0.0.1:{}", free_port());
+    /// A worker whose database traffic goes through its proxy, and S3 and SQS at `endpoint`.
+    pub(crate) fn launch(&self, endpoint: &str, extra: &[&str]) -> Launch<'_> {
         let db_url = url_via(&self.db.url, self.db_proxy.addr);
         let mut extra = extra.to_vec();
         extra.extend(["--database-url", &db_url]);
-        let argv = ["datapack-worker", "run"]
-            .into_iter()
-            .map(str::to_owned)
-            .chain(args(&self.stack, &self.db, &metrics_addr, &extra));
-        let cli = datapack_worker::cli::Cli::try_parse_from(argv).expect("valid test flags");
-        let datapack_worker::cli::Command::Run(args) = cli.command else {
-            unreachable!()
-        };
-        let settings = args.into_settings().expect("valid test settings");
-        let sdk = crate::support::stack::sdk_config(endpoint)
-            .to_builder()
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(settings.aws.attempt_timeout)
-                    .build(),
-            )
-            .build();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(datapack_worker::app::run_supervised(
-            settings,
-            sdk,
-            shutdown.clone(),
-            tasks,
-        ));
-        TestWorker {
-            shutdown,
-            task,
-            metrics_addr,
-        }
+        Launch::new(&self.stack, &self.db, &extra).via(endpoint)
     }
 
     /// Uploads one small, distinct object straight to moto (the browser is not behind the proxy).
@@ -103,6 +59,13 @@ impl Rig {
         let body = format!("upload {n} of {}", self.stack.bucket);
         self.stack.put(&key, body.as_bytes()).await;
         self.expected.insert(key, sha256_hex(body.as_bytes()));
+    }
+
+    /// Uploads objects `numbers`, one after the other.
+    pub(crate) async fn uploads(&mut self, numbers: std::ops::Range<usize>) {
+        for n in numbers {
+            self.upload(n).await;
+        }
     }
 
     /// Waits until every upload has a row and the queue is empty, then checks the promise.
@@ -139,7 +102,7 @@ impl Rig {
             &format!("{want} rows and an empty queue"),
             deadline,
             || async {
-                (self.db.count().await >= want && self.stack.depth().await == (0, 0)).then_some(())
+                (self.db.count().await >= want && self.stack.is_drained().await).then_some(())
             },
         )
         .await;
@@ -167,11 +130,7 @@ impl Rig {
 
 /// The status of `/readyz`, or `None` if the endpoint does not answer.
 pub(crate) async fn readyz(worker: &TestWorker) -> Option<u16> {
-    let url = format!("http://{}/readyz", worker.metrics_addr);
-    match tokio::time::timeout(Duration::from_secs(2), reqwest::get(url)).await {
-        Ok(Ok(response)) => Some(response.status().as_u16()),
-        _ => None,
-    }
+    worker.http.status("/readyz").await
 }
 
 pub(crate) async fn wait_ready(worker: &TestWorker, status: u16, what: &str, deadline: Duration) {
@@ -193,11 +152,9 @@ fn outage() -> Duration {
 async fn database_outage_loses_nothing_and_flips_readiness() {
     let started = Instant::now();
     let mut rig = Rig::new().await;
-    let worker = rig.worker(&[]);
+    let worker = rig.worker(&[]).await;
     wait_ready(&worker, 200, "ready before the outage", SETTLE).await;
-    for n in 0..5 {
-        rig.upload(n).await;
-    }
+    rig.uploads(0..5).await;
     rig.assert_nothing_lost(SETTLE).await;
 
     let outage = outage();
@@ -243,10 +200,8 @@ async fn slow_links_record_everything_once() {
     let latency = Duration::from_millis(200);
     rig.db_proxy.set_latency(latency);
     rig.moto_proxy.set_latency(latency);
-    let worker = rig.worker(&[]);
-    for n in 0..20 {
-        rig.upload(n).await;
-    }
+    let worker = rig.worker(&[]).await;
+    rig.uploads(0..20).await;
     rig.assert_nothing_lost(SETTLE).await;
     println!(
         "latency {latency:?} per chunk on both links: {} uploads in {:?}",
@@ -262,7 +217,7 @@ async fn connection_resets_mid_stream_lose_nothing() {
     let mut rig = Rig::new().await;
     // Short visibility: a ReceiveMessage answer lost to a reset leaves its messages invisible
     // until this runs out.
-    let worker = rig.worker(&["--sqs-visibility-timeout-secs", "5"]);
+    let worker = rig.worker(&["--sqs-visibility-timeout-secs", "5"]).await;
     wait_ready(&worker, 200, "ready", SETTLE).await;
     let mut resets = 0;
     for n in 0..60 {
@@ -288,32 +243,28 @@ async fn connection_resets_mid_stream_lose_nothing() {
 async fn silent_s3_and_sqs_peer_loses_nothing() {
     let started = Instant::now();
     let mut rig = Rig::new().await;
-    let worker = rig.worker(&[
-        "--aws-attempt-timeout-secs",
-        "5",
-        "--sqs-wait-time-secs",
-        "1",
-        "--sqs-visibility-timeout-secs",
-        "5",
-    ]);
-    for n in 0..10 {
-        rig.upload(n).await;
-    }
+    let worker = rig
+        .worker(&[
+            "--aws-attempt-timeout-secs",
+            "5",
+            "--sqs-wait-time-secs",
+            "1",
+            "--sqs-visibility-timeout-secs",
+            "5",
+        ])
+        .await;
+    rig.uploads(0..10).await;
     rig.assert_nothing_lost(SETTLE).await;
 
     rig.moto_proxy.blackhole();
     let silent_at = Instant::now();
-    for n in 10..20 {
-        rig.upload(n).await;
-    }
+    rig.uploads(10..20).await;
     // Stay silent until the worker has noticed (attempt timeouts, then the pause), so the test
     // covers the pause and the recovery, not only a hiccup the SDK retries away.
     wait_ready(&worker, 503, "not ready while S3/SQS is silent", SETTLE).await;
     let noticed = silent_at.elapsed();
     rig.moto_proxy.restore();
-    for n in 20..25 {
-        rig.upload(n).await;
-    }
+    rig.uploads(20..25).await;
     rig.assert_nothing_lost(SETTLE).await;
     println!(
         "silent S3/SQS for {noticed:?} (noticed then): {} uploads all recorded once, test {:?}",
@@ -340,21 +291,16 @@ async fn slow_large_object_keeps_its_message() {
     // extensions at 10 ms), so a replica that stopped extending would lose the message.
     rig.moto_proxy.set_latency(Duration::from_millis(15));
     // Real processes, so each has its own metrics: received counts are per replica.
-    let proxied = Stack {
-        endpoint: rig.moto_proxy.endpoint(),
-        sdk: rig.stack.sdk.clone(),
-        s3: rig.stack.s3.clone(),
-        sqs: rig.stack.sqs.clone(),
-        bucket: rig.stack.bucket.clone(),
-        queue_url: rig.stack.queue_url.clone(),
-        dlq_url: rig.stack.dlq_url.clone(),
+    let replica = || {
+        Launch::new(&rig.stack, &rig.db, &["--sqs-visibility-timeout-secs", "2"])
+            .via(&rig.moto_proxy.endpoint())
+            .binary()
     };
-    let flags = ["--sqs-visibility-timeout-secs", "2"];
-    let a = BinaryWorker::spawn(&proxied, &rig.db, &flags);
-    let b = BinaryWorker::spawn(&proxied, &rig.db, &flags);
+    let a = replica().await;
+    let b = replica().await;
     rig.assert_nothing_lost(SETTLE).await;
     let took = started.elapsed();
-    let (ma, mb) = (a.metrics().await, b.metrics().await);
+    let (ma, mb) = (a.http.scrape().await, b.http.scrape().await);
     let received = |m: &str| sum(m, "datapack_worker_messages_received_total", "");
     let extensions = |m: &str| sum(m, "datapack_worker_visibility_extensions_total", "");
     let duplicates = |m: &str| sum(m, "datapack_worker_records_total", r#"outcome="duplicate""#);
@@ -384,19 +330,17 @@ async fn silent_database_pauses_and_recovers() {
     let started = Instant::now();
     let mut rig = Rig::new().await;
     // Statement timeout 3 s: the writer gives a transaction 8 s before calling the database down.
-    let worker = rig.worker(&["--database-statement-timeout-secs", "3"]);
+    let worker = rig
+        .worker(&["--database-statement-timeout-secs", "3"])
+        .await;
     wait_ready(&worker, 200, "ready before the silence", SETTLE).await;
-    for n in 0..5 {
-        rig.upload(n).await;
-    }
+    rig.uploads(0..5).await;
     rig.assert_nothing_lost(SETTLE).await;
 
     rig.db_proxy.stall_streams(0);
     rig.db_proxy.blackhole();
     let silent_at = Instant::now();
-    for n in 5..15 {
-        rig.upload(n).await;
-    }
+    rig.uploads(5..15).await;
     wait_ready(
         &worker,
         503,
@@ -407,9 +351,7 @@ async fn silent_database_pauses_and_recovers() {
     let noticed = silent_at.elapsed();
     rig.db_proxy.restore();
     let restored = Instant::now();
-    for n in 15..20 {
-        rig.upload(n).await;
-    }
+    rig.uploads(15..20).await;
     rig.assert_nothing_lost(SETTLE).await;
     println!(
         "silent database: noticed after {noticed:?}, all {} uploads recorded once {:?} after it answered again, test {:?}",
@@ -438,17 +380,8 @@ async fn s3_body_stalled_mid_stream_is_fetched_again() {
     rig.expected.insert(key.to_owned(), sha256_hex(&body));
     // Slow enough that the GET is still streaming when the test looks (about 3 s).
     rig.moto_proxy.set_latency(Duration::from_millis(20));
-    let proxied = Stack {
-        endpoint: rig.moto_proxy.endpoint(),
-        sdk: rig.stack.sdk.clone(),
-        s3: rig.stack.s3.clone(),
-        sqs: rig.stack.sqs.clone(),
-        bucket: rig.stack.bucket.clone(),
-        queue_url: rig.stack.queue_url.clone(),
-        dlq_url: rig.stack.dlq_url.clone(),
-    };
-    let worker = BinaryWorker::spawn(
-        &proxied,
+    let worker = Launch::new(
+        &rig.stack,
         &rig.db,
         &[
             "--aws-attempt-timeout-secs",
@@ -456,11 +389,12 @@ async fn s3_body_stalled_mid_stream_is_fetched_again() {
             "--sqs-visibility-timeout-secs",
             "5",
         ],
-    );
-    // The endpoint comes up with the process: until then there is nothing to read.
+    )
+    .via(&rig.moto_proxy.endpoint())
+    .binary()
+    .await;
     let hashed = || async {
-        let url = format!("http://{}/metrics", worker.metrics_addr);
-        let scrape = reqwest::get(url).await.ok()?.text().await.ok()?;
+        let scrape = worker.http.try_scrape().await?;
         Some(sum(&scrape, "datapack_worker_hashed_bytes_total", ""))
     };
     let at_stall = wait_until("the GET streaming", SETTLE, || async {
@@ -481,21 +415,4 @@ async fn s3_body_stalled_mid_stream_is_fetched_again() {
         stalled_at.elapsed(),
         started.elapsed()
     );
-}
-
-/// The sum of every sample of `name` whose labels contain `having` (whatever other labels the
-/// series carries), from a Prometheus scrape.
-pub(crate) fn sum(scrape: &str, name: &str, having: &str) -> f64 {
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let labels = series.strip_prefix(name)?;
-            (labels.is_empty() || labels.starts_with('{'))
-                .then_some(())
-                .filter(|_| labels.contains(having))?;
-            value.parse::<f64>().ok()
-        })
-        .sum()
 }

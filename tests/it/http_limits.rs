@@ -13,8 +13,9 @@ use datapack_worker::ops::http::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS, MAX_HEADE
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::support::db::sha256_hex;
-use crate::support::worker::metric;
-use crate::support::{BinaryWorker, Moto, Stack, TestDb, wait_until};
+use crate::support::scrape::{metric, sum};
+use crate::support::worker::status_kib;
+use crate::support::{Launch, Stack, TestDb, setup, wait_until};
 
 /// The worker's open-file limit: a common default, and the one the idle clients exhaust.
 const NOFILE: u64 = 1024;
@@ -31,13 +32,13 @@ const HEAD_START: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: worker\r\nX-Padding: 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_and_slow_clients_cannot_exhaust_descriptors_or_memory_nor_stop_ingestion() {
     raise_own_open_file_limit(IDLE_CLIENTS as u64 + SLOW_CLIENTS as u64 + 1024);
-    let stack = Stack::new(&Moto::shared().endpoint).await;
-    let db = TestDb::new().await;
-    db.add_datapack("dp-1").await;
-    let worker = BinaryWorker::spawn_with_nofile(&stack, &db, &[], NOFILE);
+    let (stack, db) = setup("dp-1").await;
+    let mut worker = Launch::new(&stack, &db, &[])
+        .binary_with_nofile(NOFILE)
+        .await;
     let pid = worker.child.id();
-    let addr: SocketAddr = worker.metrics_addr.parse().unwrap();
-    let probe = Probe::new(&worker.metrics_addr);
+    let addr = worker.http.addr;
+    let probe = Probe::new(addr);
     wait_until("the worker ready", DEADLINE, || async {
         (probe.status("/readyz").await == Some(200)).then_some(())
     })
@@ -72,7 +73,7 @@ async fn idle_and_slow_clients_cannot_exhaust_descriptors_or_memory_nor_stop_ing
     let waves = slow.stop().await;
 
     let sampled = sampler.stop().await;
-    let hwm_kib = peak_rss_kib(pid);
+    let hwm_kib = worker.peak_rss_kib();
     println!(
         "uploads recorded in: {quiet:?} quiet, {under_idle:?} under 1,100 idle connections, \
          {under_slow:?} under {SLOW_CLIENTS} slow clients"
@@ -176,7 +177,7 @@ struct Probe {
 }
 
 impl Probe {
-    fn new(addr: &str) -> Probe {
+    fn new(addr: SocketAddr) -> Probe {
         Probe {
             base: format!("http://{addr}"),
             client: reqwest::Client::builder()
@@ -245,11 +246,7 @@ impl Probe {
 
 /// The sum over dependencies of `datapack_worker_paused_seconds_total`.
 fn paused_seconds(scrape: &str) -> f64 {
-    scrape
-        .lines()
-        .filter(|l| l.starts_with("datapack_worker_paused_seconds_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    sum(scrape, "datapack_worker_paused_seconds_total", "")
 }
 
 /// Raises this test process's soft (and if need be hard) open-file limit: it holds the idle
@@ -276,21 +273,6 @@ fn raise_own_open_file_limit(want: u64) {
         .status()
         .unwrap();
     assert!(status.success(), "raising the test's open-file limit");
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmHWM:")
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// The worker's descriptors, and how many of them are connections on its metrics port: socket

@@ -2,38 +2,35 @@
 
 use std::time::Duration;
 
-use crate::support::db::sha256_hex;
+use crate::support::db::{ResourceRow, sha256_hex};
 use crate::support::stack::s3_event;
-use crate::support::{Moto, Stack, TestDb, TestWorker, wait_until};
+use crate::support::{Stack, TestDb, TestWorker, setup};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-async fn setup() -> (Stack, TestDb) {
-    let stack = Stack::new(&Moto::shared().endpoint).await;
-    let db = TestDb::new().await;
-    db.add_datapack("dp-1").await;
-    (stack, db)
+/// Runs a worker over what is queued until there are `rows` rows and the queue is empty, then
+/// stops it; returns the rows.
+async fn record_backlog(stack: &Stack, db: &TestDb, rows: i64) -> Vec<ResourceRow> {
+    let worker = TestWorker::spawn(stack, db, &[]).await;
+    db.wait_rows(rows, DEADLINE).await;
+    stack.wait_drained(DEADLINE).await;
+    worker.stop().await;
+    db.rows().await
 }
 
-async fn wait_rows(db: &TestDb, n: i64) {
-    wait_until(&format!("{n} rows"), DEADLINE, || async {
-        (db.count().await >= n).then_some(())
-    })
-    .await;
-}
-
-/// Waits until the queue holds nothing visible or in flight: every message was settled.
-async fn wait_drained(stack: &Stack) {
-    wait_until("an empty queue", DEADLINE, || async {
-        (stack.depth().await == (0, 0)).then_some(())
-    })
-    .await;
+/// Runs a worker over what is queued until `letters` dead letters are visible and the queue is
+/// empty, then stops it.
+async fn dead_letter_backlog(stack: &Stack, db: &TestDb, letters: u64) {
+    let worker = TestWorker::spawn(stack, db, &[]).await;
+    stack.wait_dead_letters(letters, DEADLINE).await;
+    stack.wait_drained(DEADLINE).await;
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn records_presigned_uploads_with_awkward_keys() {
-    let (stack, db) = setup().await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
+    let (stack, db) = setup("dp-1").await;
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
     let files: [(&str, &str, &[u8]); 6] = [
         ("raw data/2024", "file.csv", b"a,b\n1,2\n"),
         ("/", "a+b=c.txt", b"plus"),
@@ -47,7 +44,7 @@ async fn records_presigned_uploads_with_awkward_keys() {
             .put_presigned("dp-1", path, file, "Nguyễn Văn A", "a@example.com", body)
             .await;
     }
-    wait_rows(&db, files.len() as i64).await;
+    db.wait_rows(files.len() as i64, DEADLINE).await;
     let rows = db.rows().await;
     for (path, file, body) in files {
         let want_path = format!("/{}", path.trim_matches('/'));
@@ -64,31 +61,28 @@ async fn records_presigned_uploads_with_awkward_keys() {
         assert!(!row.etag.starts_with('"'));
         assert!(!row.deleted);
     }
-    wait_drained(&stack).await;
+    stack.wait_drained(DEADLINE).await;
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn duplicate_delivery_is_one_row() {
-    let (stack, db) = setup().await;
+    let (stack, db) = setup("dp-1").await;
     stack.put("dp-1/dup.txt", b"same bytes").await;
     let event = stack.take().await.pop().expect("the upload's event");
     // The same event three times: redelivery, or a replay by hand.
     for _ in 0..3 {
         stack.send(&event).await;
     }
-    let worker = TestWorker::spawn(&stack, &db, &[]);
-    wait_rows(&db, 1).await;
-    wait_drained(&stack).await;
-    worker.stop().await;
-    assert_eq!(db.count().await, 1);
+    let rows = record_backlog(&stack, &db, 1).await;
+    assert_eq!(rows.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_workers_share_a_queue_without_duplicates() {
-    let (stack, db) = setup().await;
-    let a = TestWorker::spawn(&stack, &db, &["--worker-concurrency", "4"]);
-    let b = TestWorker::spawn(&stack, &db, &["--worker-concurrency", "4"]);
+    let (stack, db) = setup("dp-1").await;
+    let a = TestWorker::spawn(&stack, &db, &["--worker-concurrency", "4"]).await;
+    let b = TestWorker::spawn(&stack, &db, &["--worker-concurrency", "4"]).await;
     let mut expected = Vec::new();
     for i in 0..60 {
         let body = format!("object {i}");
@@ -98,8 +92,8 @@ async fn two_workers_share_a_queue_without_duplicates() {
         expected.push(sha256_hex(body.as_bytes()));
     }
     // Every event once more, as if delivered twice to the two replicas.
-    wait_rows(&db, 60).await;
-    wait_drained(&stack).await;
+    db.wait_rows(60, DEADLINE).await;
+    stack.wait_drained(DEADLINE).await;
     a.stop().await;
     b.stop().await;
     let mut got: Vec<String> = db.rows().await.into_iter().map(|r| r.sha256).collect();
@@ -110,17 +104,13 @@ async fn two_workers_share_a_queue_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn multipart_upload_is_one_row_with_the_right_hash() {
-    let (stack, db) = setup().await;
+    let (stack, db) = setup("dp-1").await;
     let part = vec![7u8; 5 * 1024 * 1024];
     let tail = b"the end".to_vec();
     stack
         .put_multipart("dp-1/big/multipart.bin", [part.clone(), tail.clone()])
         .await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
-    wait_rows(&db, 1).await;
-    wait_drained(&stack).await;
-    worker.stop().await;
-    let rows = db.rows().await;
+    let rows = record_backlog(&stack, &db, 1).await;
     assert_eq!(
         rows.len(),
         1,
@@ -137,10 +127,10 @@ async fn multipart_upload_is_one_row_with_the_right_hash() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn zero_byte_object() {
-    let (stack, db) = setup().await;
+    let (stack, db) = setup("dp-1").await;
     stack.put("dp-1/empty.txt", b"").await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
-    wait_rows(&db, 1).await;
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
+    db.wait_rows(1, DEADLINE).await;
     worker.stop().await;
     let row = &db.rows().await[0];
     assert_eq!(row.length, 0);
@@ -149,16 +139,10 @@ async fn zero_byte_object() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sns_and_eventbridge_envelopes() {
-    let (stack, db) = setup().await;
+    let (stack, db) = setup("dp-1").await;
     let etag_a = stack.put("dp-1/via sns.txt", b"sns").await;
     let etag_b = stack.put("dp-1/via eventbridge.txt", b"eventbridge").await;
-    stack
-        .sqs
-        .purge_queue()
-        .queue_url(&stack.queue_url)
-        .send()
-        .await
-        .unwrap();
+    stack.purge().await;
     let inner = s3_event(
         "ObjectCreated:Put",
         &stack.bucket,
@@ -175,11 +159,7 @@ async fn sns_and_eventbridge_envelopes() {
     });
     stack.send(&eventbridge.to_string()).await;
     stack.send(r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Time":"2024-05-01T10:00:00.000Z","Bucket":"x"}"#).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
-    wait_rows(&db, 2).await;
-    wait_drained(&stack).await;
-    worker.stop().await;
-    let rows = db.rows().await;
+    let rows = record_backlog(&stack, &db, 2).await;
     assert_eq!(
         rows.iter()
             .find(|r| r.display == "via sns.txt")
@@ -203,11 +183,11 @@ async fn sns_and_eventbridge_envelopes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleted_before_processing_leaves_no_live_row() {
-    let (stack, db) = setup().await;
+    let (stack, db) = setup("dp-1").await;
     stack.put("dp-1/gone.txt", b"short-lived").await;
     stack.delete("dp-1/gone.txt").await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
-    wait_drained(&stack).await;
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
+    stack.wait_drained(DEADLINE).await;
     worker.stop().await;
     assert!(
         db.rows().await.iter().all(|r| r.deleted),
@@ -218,14 +198,10 @@ async fn deleted_before_processing_leaves_no_live_row() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn overwritten_before_processing_records_only_the_newest() {
-    let (stack, db) = setup().await;
+    let (stack, db) = setup("dp-1").await;
     stack.put("dp-1/doc.txt", b"first version").await;
     stack.put("dp-1/doc.txt", b"second version").await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
-    wait_rows(&db, 1).await;
-    wait_drained(&stack).await;
-    worker.stop().await;
-    let rows = db.rows().await;
+    let rows = record_backlog(&stack, &db, 1).await;
     assert_eq!(
         rows.len(),
         1,
@@ -236,17 +212,11 @@ async fn overwritten_before_processing_records_only_the_newest() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_datapack_is_dead_lettered_with_its_reason() {
-    let (stack, db) = setup().await;
+    let (stack, db) = setup("dp-1").await;
     stack.put("dp-missing/x.txt", b"orphan").await;
     let original = stack.take().await.pop().unwrap();
     stack.send(&original).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
-    wait_until("a dead letter", DEADLINE, || async {
-        (stack.dlq_depth().await.0 == 1).then_some(())
-    })
-    .await;
-    wait_drained(&stack).await;
-    worker.stop().await;
+    dead_letter_backlog(&stack, &db, 1).await;
     let letters = stack.take_dead_letters().await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].0, original, "the body is unchanged");
@@ -257,48 +227,39 @@ async fn unknown_datapack_is_dead_lettered_with_its_reason() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_datapack_can_be_created_instead() {
-    let (stack, db) = setup().await;
+    let (stack, db) = setup("dp-1").await;
     stack.put("dp-new/x.txt", b"welcome").await;
-    let worker = TestWorker::spawn(&stack, &db, &["--create-missing-datapacks"]);
-    wait_rows(&db, 1).await;
+    let worker = TestWorker::spawn(&stack, &db, &["--create-missing-datapacks"]).await;
+    db.wait_rows(1, DEADLINE).await;
     worker.stop().await;
     assert_eq!(db.rows().await[0].datapack, "dp-new");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn uploads_without_presigned_metadata_are_skipped_unless_the_filter_is_off() {
-    let (stack, db) = setup().await;
+    let (stack, db) = setup("dp-1").await;
     stack.put_with("dp-1/direct.txt", b"direct", None).await;
     stack.put("dp-1/marker.txt", b"marker").await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
-    wait_rows(&db, 1).await;
-    wait_drained(&stack).await;
-    worker.stop().await;
-    let rows = db.rows().await;
+    let rows = record_backlog(&stack, &db, 1).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].display, "marker.txt");
 
-    let (stack, db) = setup().await;
+    let (stack, db) = setup("dp-1").await;
     stack.put_with("dp-1/direct.txt", b"direct", None).await;
-    let worker = TestWorker::spawn(&stack, &db, &["--require-uploaded-by", "off"]);
-    wait_rows(&db, 1).await;
+    let worker = TestWorker::spawn(&stack, &db, &["--require-uploaded-by", "off"]).await;
+    db.wait_rows(1, DEADLINE).await;
     worker.stop().await;
     assert_eq!(db.rows().await[0].submitter_name, None);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn folder_placeholders_and_rootless_keys() {
-    let (stack, db) = setup().await;
+    let (stack, db) = setup("dp-1").await;
     stack.put("dp-1/folder/", b"").await;
     stack.put("rootless.txt", b"no datapack").await;
     stack.put("dp-1/ok.txt", b"ok").await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
-    wait_until("the rootless key dead-lettered", DEADLINE, || async {
-        (stack.dlq_depth().await.0 == 1).then_some(())
-    })
-    .await;
-    wait_drained(&stack).await;
-    worker.stop().await;
+    // The rootless key.
+    dead_letter_backlog(&stack, &db, 1).await;
     let rows = db.rows().await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].display, "ok.txt");
@@ -310,18 +271,11 @@ async fn folder_placeholders_and_rootless_keys() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn removal_marks_rows_deleted() {
-    let (stack, db) = setup().await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
+    let (stack, db) = setup("dp-1").await;
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
     stack.put("dp-1/bye.txt", b"bye").await;
-    wait_rows(&db, 1).await;
+    db.wait_rows(1, DEADLINE).await;
     stack.delete("dp-1/bye.txt").await;
-    wait_until("the row deleted", DEADLINE, || async {
-        db.rows()
-            .await
-            .first()
-            .is_some_and(|r| r.deleted)
-            .then_some(())
-    })
-    .await;
+    db.wait_removed(DEADLINE).await;
     worker.stop().await;
 }

@@ -6,10 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::faults::{Rig, readyz, sum, wait_ready};
+use crate::faults::{Rig, readyz, wait_ready};
 use crate::support::db::sha256_hex;
 use crate::support::s3_proxy::{Action, Match, Rule, S3Proxy};
-use crate::support::wait_until;
+use crate::support::scrape::sum;
+use crate::support::worker::Endpoint;
+use crate::support::{TestDb, TestWorker, wait_until};
 
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -33,26 +35,21 @@ fn notification(bucket: &str, key: &str, sequencer: &str) -> String {
 async fn a_message_built_to_crash_the_writers_is_dead_lettered_and_the_rest_flows() {
     let started = Instant::now();
     let mut rig = Rig::new().await;
-    let worker = rig.worker(&[]);
+    let worker = rig.worker(&[]).await;
     wait_ready(&worker, 200, "ready", SETTLE).await;
     let poison = notification(&rig.stack.bucket, "dp-1/poison.txt", &"F".repeat(70_000));
     for _ in 0..3 {
         rig.stack.send(&poison).await;
     }
-    for n in 0..10 {
-        rig.upload(n).await;
-    }
-    wait_until("three dead letters", SETTLE, || async {
-        let (visible, _) = rig.stack.dlq_depth().await;
-        (visible == 3).then_some(())
-    })
-    .await;
+    rig.uploads(0..10).await;
+    rig.stack.wait_dead_letters(3, SETTLE).await;
     rig.assert_nothing_lost_but_dead_letters(SETTLE, 3, "malformed_message")
         .await;
-    let health = reqwest::get(format!("http://{}/healthz", worker.metrics_addr))
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200, "healthy after the poison");
+    assert_eq!(
+        worker.http.status("/healthz").await,
+        Some(200),
+        "healthy after the poison"
+    );
     assert_eq!(readyz(&worker).await, Some(200));
     println!(
         "three 70,000-character sequencers: dead-lettered as malformed_message, {} uploads recorded, test {:?}",
@@ -82,10 +79,12 @@ async fn a_dying_supervised_task_releases_what_is_held_and_ends_the_run() {
             panic!("injected by the test");
         }),
     );
-    let worker = rig.worker_with(&rig.moto_proxy.endpoint(), &[], vec![task]);
-    let metrics = format!("http://{}/metrics", worker.metrics_addr);
+    let worker = rig
+        .launch(&rig.moto_proxy.endpoint(), &[])
+        .supervised(vec![task])
+        .await;
     wait_until("the object being hashed", SETTLE, || async {
-        let scrape = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+        let scrape = worker.http.try_scrape().await?;
         (sum(&scrape, "datapack_worker_hashed_bytes_total", "") > 0.0).then_some(())
     })
     .await;
@@ -122,8 +121,7 @@ struct ReadinessWatch {
 }
 
 impl ReadinessWatch {
-    fn start(metrics_addr: &str) -> Self {
-        let url = format!("http://{metrics_addr}/readyz");
+    fn start(http: Endpoint) -> Self {
         let stop = tokio_util::sync::CancellationToken::new();
         let token = stop.clone();
         let task = tokio::spawn(async move {
@@ -131,12 +129,7 @@ impl ReadinessWatch {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             while !token.is_cancelled() {
                 tick.tick().await;
-                let status = tokio::time::timeout(Duration::from_secs(2), reqwest::get(&url))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .map(|r| r.status().as_u16());
-                seen.push(status);
+                seen.push(http.status("/readyz").await);
             }
             seen
         });
@@ -150,20 +143,18 @@ impl ReadinessWatch {
     }
 }
 
-/// The scrape of an in-process worker.
-async fn scrape(metrics_addr: &str) -> String {
-    reqwest::get(format!("http://{metrics_addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+/// Records that failed for `reason`, from the worker's scrape. In-process workers share one
+/// metrics registry (other tests fail reads too), so this counts at least this worker's.
+async fn records_failed(worker: &TestWorker, reason: &str) -> f64 {
+    let scrape = worker.http.scrape().await;
+    let having = format!("reason=\"{reason}\"");
+    sum(&scrape, "datapack_worker_records_total", &having)
 }
 
 /// The S3 sabotage proxy in front of moto, and a worker whose S3 and SQS go through it.
-async fn sabotaged(rig: &Rig, extra: &[&str]) -> (S3Proxy, crate::support::TestWorker) {
+async fn sabotaged(rig: &Rig, extra: &[&str]) -> (S3Proxy, TestWorker) {
     let proxy = S3Proxy::start(rig.moto_proxy.target()).await;
-    let worker = rig.worker_with(&proxy.endpoint(), extra, Vec::new());
+    let worker = rig.launch(&proxy.endpoint(), extra).in_process().await;
     (proxy, worker)
 }
 
@@ -186,16 +177,12 @@ async fn an_object_denied_alone_is_retried_then_dead_lettered_with_its_reason() 
         times: None,
     });
     wait_ready(&worker, 200, "ready", SETTLE).await;
-    let watch = ReadinessWatch::start(&worker.metrics_addr);
+    let watch = ReadinessWatch::start(worker.http);
     let uploaded = Instant::now();
     rig.stack.put(denied, b"a KMS key we may not use").await;
-    for n in 0..20 {
-        rig.upload(n).await;
-    }
-    wait_until("the denied object dead-lettered", SETTLE, || async {
-        (rig.stack.dlq_depth().await.0 == 1).then_some(())
-    })
-    .await;
+    rig.uploads(0..20).await;
+    // The denied object.
+    rig.stack.wait_dead_letters(1, SETTLE).await;
     let lived = uploaded.elapsed();
     let letters = rig
         .assert_nothing_lost_but_dead_letters(SETTLE, 1, "object_access_denied")
@@ -231,14 +218,7 @@ async fn an_object_denied_alone_is_retried_then_dead_lettered_with_its_reason() 
         "attempts spaced by the backoff (RETRY_BASE_SECS 1): {gaps:?}"
     );
     // In-process workers share one metrics registry (other tests deny reads too): at least.
-    let scrape = scrape(&worker.metrics_addr).await;
-    assert!(
-        sum(
-            &scrape,
-            "datapack_worker_records_total",
-            r#"reason="s3_access_denied""#
-        ) >= 4.0
-    );
+    assert!(records_failed(&worker, "s3_access_denied").await >= 4.0);
     println!(
         "one object denied: dead-lettered as object_access_denied after {} receives in {lived:?} (gaps {gaps:?}); {} other uploads recorded, readiness 200 throughout ({} samples)",
         gets.len(),
@@ -276,23 +256,16 @@ async fn a_body_reset_or_stalled_mid_stream_is_fetched_again_without_a_pause() {
         rig.expected.insert(key.to_owned(), sha256_hex(&body));
     }
     wait_ready(&worker, 200, "ready", SETTLE).await;
-    let watch = ReadinessWatch::start(&worker.metrics_addr);
+    let watch = ReadinessWatch::start(worker.http);
     let started = Instant::now();
-    for n in 0..10 {
-        rig.upload(n).await;
-    }
+    rig.uploads(0..10).await;
     rig.assert_nothing_lost(SETTLE).await;
     let readiness = watch.finish().await;
     assert!(
         readiness.iter().all(|s| *s == Some(200)),
         "never paused: {readiness:?}"
     );
-    let scrape = scrape(&worker.metrics_addr).await;
-    let read_failures = sum(
-        &scrape,
-        "datapack_worker_records_total",
-        r#"reason="s3_read_failed""#,
-    );
+    let read_failures = records_failed(&worker, "s3_read_failed").await;
     assert!(
         read_failures >= 3.0,
         "{read_failures} read failures retried"
@@ -319,21 +292,14 @@ async fn a_corrupted_body_is_never_recorded_and_is_dead_lettered_as_unreadable()
     });
     rig.stack.put(corrupted, &[7u8; 4096]).await;
     wait_ready(&worker, 200, "ready", SETTLE).await;
-    let watch = ReadinessWatch::start(&worker.metrics_addr);
-    for n in 0..10 {
-        rig.upload(n).await;
-    }
+    let watch = ReadinessWatch::start(worker.http);
+    rig.uploads(0..10).await;
     let started = Instant::now();
     rig.assert_nothing_lost_but_dead_letters(SETTLE, 1, "object_unreadable")
         .await;
     let readiness = watch.finish().await;
     assert!(readiness.iter().all(|s| *s == Some(200)), "{readiness:?}");
-    let scrape = scrape(&worker.metrics_addr).await;
-    let mismatches = sum(
-        &scrape,
-        "datapack_worker_records_total",
-        r#"reason="s3_checksum_mismatch""#,
-    );
+    let mismatches = records_failed(&worker, "s3_checksum_mismatch").await;
     // In-process workers share one metrics registry: at least this worker's four.
     assert!(
         mismatches >= 4.0,
@@ -357,9 +323,7 @@ async fn a_read_only_brownout_pauses_and_dead_letters_nothing() {
     let mut rig = Rig::new().await;
     let (proxy, worker) = sabotaged(&rig, &[]).await;
     wait_ready(&worker, 200, "ready", SETTLE).await;
-    for n in 0..3 {
-        rig.upload(n).await;
-    }
+    rig.uploads(0..3).await;
     rig.assert_nothing_lost(SETTLE).await;
 
     let deny = proxy.add(Rule {
@@ -368,9 +332,7 @@ async fn a_read_only_brownout_pauses_and_dead_letters_nothing() {
         times: None,
     });
     let browned_out = Instant::now();
-    for n in 3..43 {
-        rig.upload(n).await;
-    }
+    rig.uploads(3..43).await;
     wait_ready(&worker, 503, "paused by the breaker's deep probe", SETTLE).await;
     let paused_after = browned_out.elapsed();
     // The brownout goes on for ten seconds more (the scenario's length, not a synchronisation):
@@ -399,11 +361,11 @@ async fn a_read_only_brownout_pauses_and_dead_letters_nothing() {
 /// offending one fails, with `database_constraint`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_constraint_violation_fails_only_its_own_message() {
+    use crate::support::db::writer;
     use datapack_worker::disposition::{Failure, RetryReason};
-    use datapack_worker::store::writer::{Writer, WriterSettings};
     use datapack_worker::store::{NewResource, Write, WriteOutcome};
 
-    let db = crate::support::TestDb::new().await;
+    let db = TestDb::new().await;
     db.add_datapack("dp-1").await;
     sqlx::query(
         "ALTER TABLE datapack_resource ADD CONSTRAINT no_evil CHECK (display <> 'evil.txt')",
@@ -411,19 +373,7 @@ async fn a_constraint_violation_fails_only_its_own_message() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let health = datapack_worker::ops::health::Health::new();
-    let watchdog = datapack_worker::ops::watchdog::Watchdog::new(health.clone());
-    let (writer, _writers) = Writer::spawn(
-        db.pool.clone(),
-        WriterSettings {
-            writers: 1,
-            max_batch: 64,
-            create_datapacks: false,
-            timeout: Duration::from_secs(30),
-        },
-        health,
-        &watchdog,
-    );
+    let (writer, _, watchdog) = writer(&db, 64);
     let at = chrono::Utc::now();
     let write = |display: String| {
         Write::Resource(NewResource {
@@ -488,21 +438,18 @@ async fn work_past_the_processing_cap_is_abandoned_then_dead_lettered() {
     // About 60 chunks of 64 KiB at 50 ms each: every attempt needs ~3 s, the cap allows 2.
     rig.moto_proxy.set_latency(Duration::from_millis(50));
     let started = Instant::now();
-    let worker = rig.worker(&[
-        "--sqs-visibility-timeout-secs",
-        "2",
-        "--max-processing-secs",
-        "2",
-    ]);
+    let worker = rig
+        .worker(&[
+            "--sqs-visibility-timeout-secs",
+            "2",
+            "--max-processing-secs",
+            "2",
+        ])
+        .await;
     let letters = rig
         .assert_nothing_lost_but_dead_letters(SETTLE, 1, "processing_failed")
         .await;
-    let scrape = scrape(&worker.metrics_addr).await;
-    let timeouts = sum(
-        &scrape,
-        "datapack_worker_records_total",
-        r#"reason="processing_timeout""#,
-    );
+    let timeouts = records_failed(&worker, "processing_timeout").await;
     // In-process workers share one metrics registry: at least this worker's four.
     assert!(
         timeouts >= 4.0,

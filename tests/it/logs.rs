@@ -9,48 +9,49 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::moto::free_port;
 use crate::support::proxy::Proxy;
-use crate::support::worker::{args, metric, moto_env};
-use crate::support::{Moto, Stack, TestDb, wait_until};
+use crate::support::scrape::metric;
+use crate::support::worker::{Launch, listening, moto_env};
+use crate::support::{Moto, Stack, TestDb, setup, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-async fn setup() -> (Stack, TestDb) {
-    let stack = Stack::new(&Moto::shared().endpoint).await;
-    let db = TestDb::new().await;
-    db.add_datapack("dp-1").await;
-    (stack, db)
-}
 
 /// The real binary with its stderr on a pipe, read line by line as it comes.
 struct Logged {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
-    metrics_addr: String,
+    metrics_addr: SocketAddr,
 }
 
 impl Logged {
     /// Runs the worker against `endpoint` (moto, or a proxy in front of it) with `env` on top
-    /// of the test flags and `extra` flags.
-    fn spawn(
+    /// of the test flags and `extra` flags; returns once it has said where it listens.
+    async fn spawn(
         stack: &Stack,
         db: &TestDb,
         endpoint: &str,
         env: &[(&str, &str)],
         extra: &[&str],
     ) -> Logged {
-        let metrics_addr = format!("127.0.0.1:{}", free_port());
         let mut command = Command::new(env!("CARGO_BIN_EXE_datapack-worker"));
         moto_env(&mut command, endpoint)
-            .arg("run")
-            .args(args(stack, db, &metrics_addr, extra))
+            .args(Launch::new(stack, db, extra).via(endpoint).argv())
             // Whatever the caller's shell says, the defaults first; then the test's own.
             .env_remove("NO_COLOR")
             .env_remove("LOG_FORMAT")
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
+            // The start-up line (the address bound) is logged at info, whatever the filter.
+            .env(
+                "RUST_LOG",
+                format!(
+                    "{},datapack_worker::ops::http=info",
+                    env.iter()
+                        .find(|(name, _)| *name == "RUST_LOG")
+                        .map_or("info", |(_, value)| value)
+                ),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn datapack-worker");
@@ -66,6 +67,12 @@ impl Logged {
                 line.clear();
             }
         });
+        let said = lines.clone();
+        let metrics_addr = wait_until("the worker's address", DEADLINE, || {
+            let addr = said.lock().unwrap().iter().find_map(|l| listening(l));
+            async move { addr }
+        })
+        .await;
         Logged {
             child,
             lines,
@@ -123,8 +130,8 @@ fn looks_like_uuid(v: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn text_logs_on_a_pipe_have_no_colour_and_name_the_object() {
-    let (stack, db) = setup().await;
-    let worker = Logged::spawn(&stack, &db, &stack.endpoint, &[], &[]);
+    let (stack, db) = setup("dp-1").await;
+    let worker = Logged::spawn(&stack, &db, &stack.endpoint, &[], &[]).await;
     let key = "dp-1/logs/plain.txt";
     let etag = stack.put(key, b"plain text logs").await;
     let done = wait_until("a `record done` line", DEADLINE, || {
@@ -207,7 +214,7 @@ fn message(line: &Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_lines_about_an_object_carry_its_record_and_message_spans() {
-    let (stack, db) = setup().await;
+    let (stack, db) = setup("dp-1").await;
     // Warnings only, except the outcome lines: the spans are kept at any level a line is kept.
     let worker = Logged::spawn(
         &stack,
@@ -218,7 +225,8 @@ async fn json_lines_about_an_object_carry_its_record_and_message_spans() {
             ("RUST_LOG", "warn,datapack_worker::ops::metrics=info"),
         ],
         &[],
-    );
+    )
+    .await;
     let recorded = (
         "dp-1/logs/recorded.txt",
         stack.put("dp-1/logs/recorded.txt", b"recorded").await,
@@ -303,11 +311,9 @@ async fn json_lines_about_an_object_carry_its_record_and_message_spans() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pool_gauges_during_and_after_work() {
-    let (stack, db) = setup().await;
+    let (stack, db) = setup("dp-1").await;
     // S3 and SQS through a proxy the test can silence, to hold a delete on its way to SQS.
-    let moto: SocketAddr = format!("127.0.0.1:{}", Moto::shared().port)
-        .parse()
-        .unwrap();
+    let moto: SocketAddr = Moto::shared().addr;
     let proxy = Proxy::start(moto).await;
     // One slot: the default is then one poller (concurrency / 10, rounded up).
     let worker = Logged::spawn(
@@ -316,7 +322,8 @@ async fn pool_gauges_during_and_after_work() {
         &proxy.endpoint(),
         &[("RUST_LOG", "warn")],
         &["--worker-concurrency", "1"],
-    );
+    )
+    .await;
     let gauges = |s: &str| {
         [
             "datapack_worker_worker_concurrency",

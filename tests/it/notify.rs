@@ -16,9 +16,7 @@ use crate::support::{Moto, Stack, TestDb, TestWorker, wait_until};
 const DEADLINE: Duration = Duration::from_secs(60);
 
 async fn setup() -> (Stack, TestDb, PgListener) {
-    let stack = Stack::new(&Moto::shared().endpoint).await;
-    let db = TestDb::new().await;
-    db.add_datapack("dp").await;
+    let (stack, db) = crate::support::setup("dp").await;
     let mut listener = PgListener::connect(&db.url).await.unwrap();
     listener.listen(CHANNEL).await.unwrap();
     (stack, db, listener)
@@ -86,7 +84,7 @@ async fn each_change_is_announced_once_in_commit_order_and_a_duplicate_not_at_al
     let e1 = stack.put(key, b"first").await;
     let e2 = stack.put(key, b"second").await;
     purge(&stack).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
     let b = stack.bucket.clone();
     let create1 = s3_event(
         "ObjectCreated:Put",
@@ -175,7 +173,7 @@ async fn nothing_is_announced_while_the_transaction_is_open() {
     let key = "dp/held.txt";
     let etag = stack.put(key, b"held").await;
     purge(&stack).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
 
     // Hold the table so the worker's write transaction opens and waits inside.
     let mut hold = db.pool.begin().await.unwrap();
@@ -244,12 +242,14 @@ async fn a_burst_of_group_committed_changes_announces_each_once() {
         .await
         .unwrap();
     let proxy = S3Proxy::start(crate::support::proxy::url_addr(&moto.endpoint)).await;
-    let worker = TestWorker::spawn_at(
+    let worker = crate::support::worker::Launch::new(
         &stack,
-        &proxy.endpoint(),
         &db,
         &["--worker-concurrency", "256", "--db-writers", "1"],
-    );
+    )
+    .via(&proxy.endpoint())
+    .in_process()
+    .await;
     let gets = Match {
         method: Some("GET"),
         ..Match::key("dp/burst/")

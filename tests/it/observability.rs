@@ -4,25 +4,20 @@
 //! Exact values need a process of their own: in-process workers share one global recorder
 //! with every other test of this binary, so these tests run the real binary.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::moto::free_port;
+use crate::support::listen::{self, Lines};
+use crate::support::scrape::{metric, samples, sum};
 use crate::support::stack::s3_event;
-use crate::support::worker::{base_args, metric, moto_env};
-use crate::support::{BinaryWorker, Moto, Stack, TestDb, wait_until};
+use crate::support::worker::get;
+use crate::support::{BinaryWorker, Launch, setup, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const TEST_EVENT: &str = r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Time":"2024-05-01T10:00:00.000Z","Bucket":"x"}"#;
-
-async fn setup() -> (Stack, TestDb) {
-    let stack = Stack::new(&Moto::shared().endpoint).await;
-    let db = TestDb::new().await;
-    db.add_datapack("dp-1").await;
-    (stack, db)
-}
 
 /// A temporary directory removed on drop (no tempfile crate in the dev-dependencies).
 struct TempDir(PathBuf);
@@ -79,66 +74,8 @@ fn tool(name: &str) -> Option<PathBuf> {
     found
 }
 
-async fn get(url: &str) -> Option<(u16, String)> {
-    let response = reqwest::get(url).await.ok()?;
-    let status = response.status().as_u16();
-    Some((status, response.text().await.ok()?))
-}
-
-/// A scrape, or `None` while the endpoint is not up yet (polls must not panic on that).
-async fn try_scrape(worker: &BinaryWorker) -> Option<String> {
-    get(&format!("http://{}/metrics", worker.metrics_addr))
-        .await
-        .filter(|r| r.0 == 200)
-        .map(|r| r.1)
-}
-
-async fn scrape(worker: &BinaryWorker) -> String {
-    try_scrape(worker).await.expect("a scrape")
-}
-
-/// One sample of a scrape: name, labels, value.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// Parses the text exposition format (enough of it for our own output: no escapes in values).
-fn samples(scrape: &str) -> Vec<Sample> {
-    scrape
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').expect("sample line");
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let labels = labels
-                .split("\",")
-                .filter(|p| !p.is_empty())
-                .map(|pair| {
-                    let (k, v) = pair.split_once('=').expect("label pair");
-                    (k.to_owned(), v.trim_matches('"').to_owned())
-                })
-                .collect();
-            Sample {
-                name: name.to_owned(),
-                labels,
-                value: value.parse().expect("numeric value"),
-            }
-        })
-        .collect()
-}
-
 fn sum_of(scrape: &str, name: &str) -> f64 {
-    samples(scrape)
-        .iter()
-        .filter(|s| s.name == name)
-        .map(|s| s.value)
-        .sum()
+    sum(scrape, name, "")
 }
 
 fn looks_like_uuid(v: &str) -> bool {
@@ -173,7 +110,7 @@ fn promtool_check(scrape: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exact_counters_for_every_outcome() {
-    let (stack, db) = setup().await;
+    let (stack, db) = setup("dp-1").await;
     let mut keys = vec![];
     let mut etags = vec![];
 
@@ -244,9 +181,9 @@ async fn exact_counters_for_every_outcome() {
     stack.send("this is not json").await;
 
     let phase_one = 16.0;
-    let worker = BinaryWorker::spawn(&stack, &db, &[]);
+    let worker = BinaryWorker::spawn(&stack, &db, &[]).await;
     wait_until("16 settled messages", DEADLINE, || async {
-        let s = try_scrape(&worker).await?;
+        let s = worker.http.try_scrape().await?;
         (sum_of(&s, "datapack_worker_messages_total") >= phase_one).then_some(())
     })
     .await;
@@ -254,17 +191,14 @@ async fn exact_counters_for_every_outcome() {
     // removed, the live way: a recorded object deleted while the worker runs.
     stack.delete("dp-1/a.txt").await;
     wait_until("17 settled messages", DEADLINE, || async {
-        let s = scrape(&worker).await;
+        let s = worker.http.scrape().await;
         (sum_of(&s, "datapack_worker_messages_total") >= phase_one + 1.0).then_some(())
     })
     .await;
-    wait_until("an empty main queue", DEADLINE, || async {
-        (stack.depth().await == (0, 0)).then_some(())
-    })
-    .await;
+    stack.wait_drained(DEADLINE).await;
     // The sampler runs every second; once it has seen the empty queue the age is 0.
     let s = wait_until("the oldest-age gauge back to 0", DEADLINE, || async {
-        let s = scrape(&worker).await;
+        let s = worker.http.scrape().await;
         let sampled =
             s.contains("datapack_worker_queue_oldest_message_age_seconds{queue=\"main\"}");
         (sampled
@@ -459,13 +393,13 @@ async fn exact_counters_for_every_outcome() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_follows_dependencies_and_shutdown() {
-    let (stack, db) = setup().await;
+    let (stack, db) = setup("dp-1").await;
     // A second bucket the worker must serve, not created yet: the S3 probe fails until it is.
     let late = format!("late-{:x}", fastrand::u64(..));
     // The flag replaces base_args' bucket list, so name both.
     let buckets = format!("{},{late}", stack.bucket);
-    let worker = BinaryWorker::spawn(&stack, &db, &["--s3-bucket", &buckets]);
-    let base = format!("http://{}", worker.metrics_addr);
+    let mut worker = BinaryWorker::spawn(&stack, &db, &["--s3-bucket", &buckets]).await;
+    let base = worker.http.url("");
 
     let healthz = || async { get(&format!("{base}/healthz")).await.map(|r| r.0) };
     wait_until("/healthz to answer", DEADLINE, || async {
@@ -475,7 +409,7 @@ async fn readyz_follows_dependencies_and_shutdown() {
     let (status, body) = get(&format!("{base}/readyz")).await.unwrap();
     assert_eq!(status, 503, "not ready before S3 is proven: {body}");
     assert!(body.contains("s3"), "{body}");
-    let s = scrape(&worker).await;
+    let s = worker.http.scrape().await;
     assert_eq!(
         metric(&s, "datapack_worker_dependency_up{dependency=\"s3\"}"),
         0.0
@@ -487,7 +421,7 @@ async fn readyz_follows_dependencies_and_shutdown() {
     wait_until(
         "paused seconds to grow while S3 is down",
         DEADLINE,
-        || async { (paused(&scrape(&worker).await) > before).then_some(()) },
+        || async { (paused(&worker.http.scrape().await) > before).then_some(()) },
     )
     .await;
 
@@ -497,7 +431,7 @@ async fn readyz_follows_dependencies_and_shutdown() {
     })
     .await;
     assert_eq!(healthz().await, Some(200));
-    let s = scrape(&worker).await;
+    let s = worker.http.scrape().await;
     assert_eq!(metric(&s, "datapack_worker_paused"), 0.0);
     assert_eq!(
         metric(&s, "datapack_worker_dependency_up{dependency=\"s3\"}"),
@@ -523,7 +457,12 @@ async fn readyz_follows_dependencies_and_shutdown() {
         (waiting > 0).then_some(())
     })
     .await;
-    assert!(metric(&scrape(&worker).await, "datapack_worker_in_flight_messages") >= 1.0);
+    assert!(
+        metric(
+            &worker.http.scrape().await,
+            "datapack_worker_in_flight_messages"
+        ) >= 1.0
+    );
     worker.signal("TERM");
     let (_, body) = wait_until("/readyz 503 after SIGTERM", DEADLINE, || async {
         get(&format!("{base}/readyz")).await.filter(|r| r.0 == 503)
@@ -539,24 +478,10 @@ async fn readyz_follows_dependencies_and_shutdown() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_logs_carry_the_message_id_and_log_each_failure_once() {
-    let (stack, db) = setup().await;
-    let dir = TempDir::new("json-logs");
-    let log = dir.0.join("stderr.log");
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let child = moto_env(
-        &mut Command::new(env!("CARGO_BIN_EXE_datapack-worker")),
-        &stack.endpoint,
-    )
-    .arg("run")
-    .args(base_args(&stack, &db, &metrics_addr))
-    .env("LOG_FORMAT", "json")
-    .env("RUST_LOG", "info")
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(&log).unwrap())
-    .spawn()
-    .unwrap();
-    // Shared with the polling closure below, which may only borrow.
-    let child = std::sync::Mutex::new(Killed(child));
+    let (stack, db) = setup("dp-1").await;
+    let mut worker = Launch::new(&stack, &db, &[])
+        .binary_keeping_log(&[("LOG_FORMAT", "json"), ("RUST_LOG", "info")])
+        .await;
 
     stack.put("dp-1/logged.txt", b"logged").await;
     stack.put("dp-missing/refused.txt", b"refused").await;
@@ -564,22 +489,12 @@ async fn json_logs_carry_the_message_id_and_log_each_failure_once() {
         (db.count().await == 1 && stack.dlq_depth().await.0 == 1).then_some(())
     })
     .await;
-    wait_until("an empty main queue", DEADLINE, || async {
-        (stack.depth().await == (0, 0)).then_some(())
-    })
-    .await;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.lock().unwrap().0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exited = wait_until("the worker to exit", DEADLINE, || async {
-        child.lock().unwrap().0.try_wait().unwrap()
-    })
-    .await;
+    stack.wait_drained(DEADLINE).await;
+    worker.signal("TERM");
+    let exited = worker.wait(DEADLINE).await;
     assert!(exited.success());
 
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = worker.log();
     let lines: Vec<serde_json::Value> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -614,7 +529,6 @@ async fn json_logs_carry_the_message_id_and_log_each_failure_once() {
             .as_str()
             .is_some_and(|e| !e.is_empty())
     );
-    drop(dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -622,8 +536,8 @@ async fn prometheus_scrapes_the_worker() {
     let Some(prometheus) = tool("prometheus") else {
         return;
     };
-    let (stack, db) = setup().await;
-    let worker = BinaryWorker::spawn(&stack, &db, &[]);
+    let (stack, db) = setup("dp-1").await;
+    let worker = BinaryWorker::spawn(&stack, &db, &[]).await;
     let dir = TempDir::new("prometheus");
     let config = dir.0.join("prometheus.yml");
     std::fs::write(
@@ -632,13 +546,12 @@ async fn prometheus_scrapes_the_worker() {
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              scrape_configs:\n  - job_name: datapack-worker\n    scrape_interval: 1s\n    \
              scrape_timeout: 1s\n    static_configs:\n      - targets: [\"{}\"]\n",
-            worker.metrics_addr
+            worker.http.addr
         ),
     )
     .unwrap();
-    let port = free_port();
-    let api = format!("http://127.0.0.1:{port}/api/v1");
-    let server = start_prometheus(&prometheus, &config, &dir.0, port);
+    let (server, addr) = start_prometheus(&prometheus, &config, &dir.0).await;
+    let api = format!("http://{addr}/api/v1");
 
     let targets = wait_until("the worker target up in Prometheus", DEADLINE, || async {
         let (_, body) = get(&format!("{api}/targets")).await?;
@@ -694,18 +607,30 @@ async fn prom_query(api: &str, query: &str) -> Option<f64> {
         .ok()
 }
 
-fn start_prometheus(binary: &Path, config: &Path, dir: &Path, port: u16) -> Killed {
-    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-    let child = Command::new(binary)
+/// Prometheus on a port it picks, and the address it says it listens on.
+async fn start_prometheus(binary: &Path, config: &Path, dir: &Path) -> (Killed, SocketAddr) {
+    let mut child = Command::new(binary)
         .arg(format!("--config.file={}", config.display()))
         .arg(format!(
             "--storage.tsdb.path={}",
             dir.join("data").display()
         ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--web.listen-address=127.0.0.1:0")
         .stdout(Stdio::null())
-        .stderr(log)
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start prometheus");
-    Killed(child)
+    let stderr = child.stderr.take().unwrap();
+    let server = Killed(child);
+    // Its start-up line names the bound address (`msg="Listening on" address=127.0.0.1:PORT`);
+    // an earlier line names the configured one.
+    let listening = |line: &str| {
+        line.contains("msg=\"Listening on\"")
+            .then(|| listen::after(line, "address="))
+            .flatten()
+    };
+    let (addr, _) = listen::follow(stderr, listening, Lines::Discard)
+        .wait_async("prometheus")
+        .await;
+    (server, addr)
 }

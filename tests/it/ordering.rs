@@ -4,27 +4,58 @@
 use std::time::Duration;
 
 use crate::support::stack::s3_event;
-use crate::support::{Moto, Stack, TestDb, TestWorker, wait_until};
+use crate::support::{Stack, TestDb, TestWorker, setup};
 
+const KEY: &str = "dp/k.txt";
 const T1: &str = "2024-05-01T10:00:01.000Z";
 const T2: &str = "2024-05-01T10:00:02.000Z";
 const T3: &str = "2024-05-01T10:00:03.000Z";
 
-async fn setup() -> (Stack, TestDb, TestWorker) {
-    let stack = Stack::new(&Moto::shared().endpoint).await;
-    let db = TestDb::new().await;
-    db.add_datapack("dp").await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
-    (stack, db, worker)
+/// A worker on a fresh stack, and the ETag of `body` uploaded as [`KEY`].
+async fn start(body: &[u8]) -> (Stack, TestDb, TestWorker, String) {
+    let (stack, db) = setup("dp").await;
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
+    let etag = upload(&stack, body).await;
+    (stack, db, worker, etag)
+}
+
+/// Uploads `body` as [`KEY`] without its event (each test sends its own) and returns the ETag.
+async fn upload(stack: &Stack, body: &[u8]) -> String {
+    let etag = stack.put(KEY, body).await;
+    stack.purge().await;
+    etag
+}
+
+/// Delivers the creation of [`KEY`] with `etag`, as S3 would announce it.
+async fn created(stack: &Stack, etag: &str, sequencer: Option<&str>, time: &str) {
+    let event = s3_event(
+        "ObjectCreated:Put",
+        &stack.bucket,
+        KEY,
+        Some(etag),
+        sequencer,
+        time,
+    );
+    deliver(stack, event).await;
+}
+
+/// Delivers the removal of [`KEY`].
+async fn removed(stack: &Stack, sequencer: Option<&str>, time: &str) {
+    let event = s3_event(
+        "ObjectRemoved:Delete",
+        &stack.bucket,
+        KEY,
+        None,
+        sequencer,
+        time,
+    );
+    deliver(stack, event).await;
 }
 
 /// Sends one event and waits until the queue has settled it.
 async fn deliver(stack: &Stack, body: String) {
     stack.send(&body).await;
-    wait_until("the event settled", Duration::from_secs(60), || async {
-        (stack.depth().await == (0, 0)).then_some(())
-    })
-    .await;
+    stack.wait_drained(Duration::from_secs(60)).await;
 }
 
 /// (etag, deleted) per row of the key, oldest first.
@@ -38,40 +69,9 @@ async fn state(db: &TestDb) -> Vec<(String, bool)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn removal_then_late_create_stays_deleted() {
-    let (stack, db, worker) = setup().await;
-    let etag = stack.put("dp/k.txt", b"v1").await;
-    stack
-        .sqs
-        .purge_queue()
-        .queue_url(&stack.queue_url)
-        .send()
-        .await
-        .unwrap();
-    let b = &stack.bucket;
-    deliver(
-        &stack,
-        s3_event(
-            "ObjectRemoved:Delete",
-            b,
-            "dp/k.txt",
-            None,
-            Some("0000000000000020"),
-            T2,
-        ),
-    )
-    .await;
-    deliver(
-        &stack,
-        s3_event(
-            "ObjectCreated:Put",
-            b,
-            "dp/k.txt",
-            Some(&etag),
-            Some("0000000000000010"),
-            T1,
-        ),
-    )
-    .await;
+    let (stack, db, worker, etag) = start(b"v1").await;
+    removed(&stack, Some("0000000000000020"), T2).await;
+    created(&stack, &etag, Some("0000000000000010"), T1).await;
     assert_eq!(
         state(&db).await,
         vec![(etag, true)],
@@ -82,147 +82,45 @@ async fn removal_then_late_create_stays_deleted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_removal_create_in_order_leaves_the_last_live() {
-    let (stack, db, worker) = setup().await;
-    let b = stack.bucket.clone();
-    let e1 = stack.put("dp/k.txt", b"v1").await;
-    stack
-        .sqs
-        .purge_queue()
-        .queue_url(&stack.queue_url)
-        .send()
-        .await
-        .unwrap();
-    deliver(
-        &stack,
-        s3_event(
-            "ObjectCreated:Put",
-            &b,
-            "dp/k.txt",
-            Some(&e1),
-            Some("10"),
-            T1,
-        ),
-    )
-    .await;
-    deliver(
-        &stack,
-        s3_event("ObjectRemoved:Delete", &b, "dp/k.txt", None, Some("20"), T2),
-    )
-    .await;
-    let e2 = stack.put("dp/k.txt", b"v2").await;
-    stack
-        .sqs
-        .purge_queue()
-        .queue_url(&stack.queue_url)
-        .send()
-        .await
-        .unwrap();
-    deliver(
-        &stack,
-        s3_event(
-            "ObjectCreated:Put",
-            &b,
-            "dp/k.txt",
-            Some(&e2),
-            Some("30"),
-            T3,
-        ),
-    )
-    .await;
+    let (stack, db, worker, e1) = start(b"v1").await;
+    created(&stack, &e1, Some("10"), T1).await;
+    removed(&stack, Some("20"), T2).await;
+    let e2 = upload(&stack, b"v2").await;
+    created(&stack, &e2, Some("30"), T3).await;
     assert_eq!(
         state(&db).await,
         vec![(e1.clone(), true), (e2.clone(), false)]
     );
     // A stale removal (between the two creates) delivered again changes nothing.
-    deliver(
-        &stack,
-        s3_event("ObjectRemoved:Delete", &b, "dp/k.txt", None, Some("20"), T2),
-    )
-    .await;
+    removed(&stack, Some("20"), T2).await;
     assert_eq!(state(&db).await, vec![(e1, true), (e2, false)]);
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn same_bytes_uploaded_again_after_removal_is_live_again() {
-    let (stack, db, worker) = setup().await;
-    let b = stack.bucket.clone();
-    let etag = stack.put("dp/k.txt", b"same").await;
-    stack
-        .sqs
-        .purge_queue()
-        .queue_url(&stack.queue_url)
-        .send()
-        .await
-        .unwrap();
-    deliver(
-        &stack,
-        s3_event("ObjectCreated:Put", &b, "dp/k.txt", Some(&etag), None, T1),
-    )
-    .await;
-    deliver(
-        &stack,
-        s3_event("ObjectRemoved:Delete", &b, "dp/k.txt", None, None, T2),
-    )
-    .await;
+    let (stack, db, worker, etag) = start(b"same").await;
+    created(&stack, &etag, None, T1).await;
+    removed(&stack, None, T2).await;
     assert_eq!(state(&db).await, vec![(etag.clone(), true)]);
-    deliver(
-        &stack,
-        s3_event("ObjectCreated:Put", &b, "dp/k.txt", Some(&etag), None, T3),
-    )
-    .await;
+    created(&stack, &etag, None, T3).await;
     assert_eq!(
         state(&db).await,
         vec![(etag.clone(), false)],
         "one row per upload identity, live again"
     );
     // The first create, redelivered late, is older than everything: nothing changes.
-    deliver(
-        &stack,
-        s3_event("ObjectCreated:Put", &b, "dp/k.txt", Some(&etag), None, T1),
-    )
-    .await;
+    created(&stack, &etag, None, T1).await;
     assert_eq!(state(&db).await, vec![(etag, false)]);
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sequencers_of_different_lengths_compare_padded_right() {
-    let (stack, db, worker) = setup().await;
-    let b = stack.bucket.clone();
-    let etag = stack.put("dp/k.txt", b"v").await;
-    stack
-        .sqs
-        .purge_queue()
-        .queue_url(&stack.queue_url)
-        .send()
-        .await
-        .unwrap();
+    let (stack, db, worker, etag) = start(b"v").await;
     // "0056" pads to "005600…" and is newer than "0055FFFFFFFF" although it is shorter.
-    deliver(
-        &stack,
-        s3_event(
-            "ObjectCreated:Put",
-            &b,
-            "dp/k.txt",
-            Some(&etag),
-            Some("0055FFFFFFFF"),
-            T3,
-        ),
-    )
-    .await;
-    deliver(
-        &stack,
-        s3_event(
-            "ObjectRemoved:Delete",
-            &b,
-            "dp/k.txt",
-            None,
-            Some("0056"),
-            T1,
-        ),
-    )
-    .await;
+    created(&stack, &etag, Some("0055FFFFFFFF"), T3).await;
+    removed(&stack, Some("0056"), T1).await;
     assert_eq!(
         state(&db).await,
         vec![(etag, true)],

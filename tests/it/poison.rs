@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::db::sha256_hex;
+use crate::support::db::{sha256_hex, writer};
 use crate::support::stack::s3_event;
-use crate::support::{Moto, Stack, TestDb, TestWorker, wait_until};
+use crate::support::{TestWorker, setup, wait_until};
 use datapack_worker::process::pipeline::{Pipeline, PipelineSettings, Verdict};
-use datapack_worker::store::writer::{Writer, WriterSettings};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 const TIME: &str = "2024-05-01T10:00:00.000Z";
@@ -321,9 +320,7 @@ fn verdict_end(verdict: Verdict) -> End {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn poison_messages_end_where_documented_and_the_worker_keeps_serving() {
-    let stack = Stack::new(&Moto::shared().endpoint).await;
-    let db = TestDb::new().await;
-    db.add_datapack("dp-1").await;
+    let (stack, db) = setup("dp-1").await;
     // Objects some cases refer to; their own notifications are taken off the queue so only the
     // poison reaches the worker.
     stack.put("dp-1/poison/etag.txt", b"real bytes").await;
@@ -334,18 +331,7 @@ async fn poison_messages_end_where_documented_and_the_worker_keeps_serving() {
     assert!(cases.len() >= 25, "{} cases", cases.len());
 
     // The pipeline alone, per body: the exact outcome, without the queue in the way.
-    let health = datapack_worker::ops::health::Health::new();
-    let (writer, _writers) = Writer::spawn(
-        db.pool.clone(),
-        WriterSettings {
-            writers: 1,
-            max_batch: 8,
-            create_datapacks: false,
-            timeout: Duration::from_secs(30),
-        },
-        health.clone(),
-        &datapack_worker::ops::watchdog::Watchdog::new(health.clone()),
-    );
+    let (writer, health, _watchdog) = writer(&db, 8);
     let pipeline = Pipeline {
         s3: datapack_worker::aws::s3(&stack.sdk),
         writer,
@@ -364,7 +350,7 @@ async fn poison_messages_end_where_documented_and_the_worker_keeps_serving() {
     }
 
     // The running worker: every case through the queue.
-    let worker = TestWorker::spawn(&stack, &db, &[]);
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
     let mut ids: HashMap<String, &Case> = HashMap::new();
     for c in &cases {
         let id = stack
@@ -384,7 +370,7 @@ async fn poison_messages_end_where_documented_and_the_worker_keeps_serving() {
         .filter(|c| matches!(c.end, End::DeadLetter(_)))
         .count() as u64;
     wait_until("every poison message settled", DEADLINE, || async {
-        (stack.depth().await == (0, 0) && stack.dlq_depth().await.0 >= want_letters).then_some(())
+        (stack.is_drained().await && stack.dlq_depth().await.0 >= want_letters).then_some(())
     })
     .await;
 

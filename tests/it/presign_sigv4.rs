@@ -15,7 +15,7 @@ use aws_sdk_s3::types::ChecksumMode;
 use base64::Engine;
 
 use crate::support::db::sha256_hex;
-use crate::support::moto::free_port;
+use crate::support::listen::{self, Lines};
 use crate::support::wait_until;
 
 const ACCESS_KEY: &str = "AKIAS3SFSTESTKEY0001";
@@ -49,17 +49,25 @@ impl S3sFs {
     async fn start() -> S3sFs {
         let root = std::env::temp_dir().join(format!("dpw-s3s-{:x}", fastrand::u64(..)));
         std::fs::create_dir_all(&root).unwrap();
-        let port = free_port();
-        let child = Command::new(s3s_fs_path())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        let mut child = Command::new(s3s_fs_path())
+            .args(["--host", "127.0.0.1", "--port", "0"])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
             .arg(&root)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            // At info it says where it listens (on stdout), and little else.
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start s3s-fs");
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let stdout = child.stdout.take().unwrap();
+        let (addr, _) = listen::follow(
+            stdout,
+            |line| listen::after(line, "running at http://"),
+            Lines::Discard,
+        )
+        .wait_async("s3s-fs")
+        .await;
+        let endpoint = format!("http://{addr}");
         let config = aws_sdk_s3::config::Builder::new()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(aws_sdk_s3::config::Region::new("us-east-1"))
@@ -75,12 +83,6 @@ impl S3sFs {
             root,
             s3: aws_sdk_s3::Client::from_conf(config),
         };
-        wait_until("s3s-fs to listen", Duration::from_secs(30), || async {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .is_ok()
-                .then_some(())
-        })
-        .await;
         server
             .s3
             .create_bucket()

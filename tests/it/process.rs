@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::support::worker::metric;
-use crate::support::{BinaryWorker, Moto, Stack, TestDb, wait_until};
+use crate::support::scrape::metric;
+use crate::support::worker::output_ok;
+use crate::support::{BinaryWorker, Stack, setup, wait_until};
 
 const MIB: usize = 1024 * 1024;
 
@@ -29,12 +30,7 @@ async fn upload_large(stack: &Stack, key: &str, parts: usize, part_mib: usize) -
 /// Waits until the worker reports a message in flight (it is hashing the object).
 async fn wait_in_flight(worker: &BinaryWorker) {
     wait_until("a message in flight", Duration::from_secs(60), || async {
-        let scrape = reqwest::get(format!("http://{}/metrics", worker.metrics_addr))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let scrape = worker.http.try_scrape().await?;
         (metric(&scrape, "datapack_worker_in_flight_messages") >= 1.0).then_some(())
     })
     .await;
@@ -43,18 +39,17 @@ async fn wait_in_flight(worker: &BinaryWorker) {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_releases_or_finishes_in_flight_work_and_a_256_mib_object_hashes_in_bounded_memory()
 {
-    let stack = Stack::new(&Moto::shared().endpoint).await;
-    let db = TestDb::new().await;
-    db.add_datapack("dp").await;
+    let (stack, db) = setup("dp").await;
     let want = upload_large(&stack, "dp/large/256mib.bin", 8, 32).await;
     // moto sends two events for a multipart upload; both name the same bytes.
 
     // No grace: SIGTERM while hashing hands the message back at once and exits 0.
-    let impatient = BinaryWorker::spawn(
+    let mut impatient = BinaryWorker::spawn(
         &stack,
         &db,
         &["--shutdown-grace-secs", "0", "--worker-concurrency", "16"],
-    );
+    )
+    .await;
     wait_in_flight(&impatient).await;
     impatient.signal("TERM");
     let status = impatient.wait(Duration::from_secs(15)).await;
@@ -72,7 +67,8 @@ async fn sigterm_releases_or_finishes_in_flight_work_and_a_256_mib_object_hashes
         &stack,
         &db,
         &["--shutdown-grace-secs", "60", "--worker-concurrency", "16"],
-    );
+    )
+    .await;
     wait_in_flight(&patient).await;
     patient.signal("TERM");
     let mut peak_kib = 0;
@@ -191,37 +187,31 @@ fn refuses_bad_configuration_without_printing_secrets() {
 
 #[test]
 fn presign_prints_the_url_and_the_headers_the_browser_must_send() {
-    let out = Command::new(env!("CARGO_BIN_EXE_datapack-worker"))
-        .args([
-            "presign",
-            "--bucket",
-            "uploads",
-            "--datapack",
-            "dp-1",
-            "--path",
-            "raw data/2024",
-        ])
-        .args([
-            "--file",
-            "ghi chú.csv",
-            "--uploader-name",
-            "Nguyễn Văn A",
-            "--uploader-email",
-            "a@example.com",
-        ])
-        .args(["--expires-secs", "600", "--json"])
-        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-        .env("AWS_SECRET_ACCESS_KEY", "do-not-print-me")
-        .env("AWS_REGION", "us-east-1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = output_ok(
+        Command::new(env!("CARGO_BIN_EXE_datapack-worker"))
+            .args([
+                "presign",
+                "--bucket",
+                "uploads",
+                "--datapack",
+                "dp-1",
+                "--path",
+                "raw data/2024",
+            ])
+            .args([
+                "--file",
+                "ghi chú.csv",
+                "--uploader-name",
+                "Nguyễn Văn A",
+                "--uploader-email",
+                "a@example.com",
+            ])
+            .args(["--expires-secs", "600", "--json"])
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+            .env("AWS_SECRET_ACCESS_KEY", "do-not-print-me")
+            .env("AWS_REGION", "us-east-1"),
     );
-    let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(!stdout.contains("do-not-print-me"), "secret key printed");
     let signed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(signed["method"], "PUT");

@@ -6,7 +6,7 @@ use std::time::Duration;
 use datapack_worker::process::fetch::{self, Fetched, Ranged, Target};
 
 use crate::support::db::sha256_hex;
-use crate::support::{Moto, Stack, TestDb, TestWorker, wait_until};
+use crate::support::{Moto, Stack, TestWorker, setup};
 
 const MIB: usize = 1 << 20;
 
@@ -18,11 +18,17 @@ fn body(seed: u64) -> Vec<u8> {
     bytes
 }
 
+/// A stack of its own holding [`body`]`(seed)` as `key`: the stack, the bytes and their ETag.
+async fn uploaded(seed: u64, key: &str) -> (Stack, Vec<u8>, String) {
+    let stack = Stack::new(&Moto::shared().endpoint).await;
+    let bytes = body(seed);
+    let etag = stack.put(key, &bytes).await;
+    (stack, bytes, etag)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_records_a_large_object_read_in_parts() {
-    let stack = Stack::new(&Moto::shared().endpoint).await;
-    let db = TestDb::new().await;
-    db.add_datapack("dp-1").await;
+    let (stack, db) = setup("dp-1").await;
     let bytes = body(1);
     stack.put("dp-1/big/ranged.bin", &bytes).await;
     let worker = TestWorker::spawn(
@@ -36,11 +42,9 @@ async fn worker_records_a_large_object_read_in_parts() {
             "--ranged-get-parallelism",
             "3",
         ],
-    );
-    wait_until("the row", Duration::from_secs(120), || async {
-        (db.count().await >= 1).then_some(())
-    })
+    )
     .await;
+    db.wait_rows(1, Duration::from_secs(120)).await;
     worker.stop().await;
     let rows = db.rows().await;
     assert_eq!(rows.len(), 1);
@@ -50,10 +54,8 @@ async fn worker_records_a_large_object_read_in_parts() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ranged_fetch_hashes_the_same_bytes_as_one_get() {
-    let stack = Stack::new(&Moto::shared().endpoint).await;
-    let bytes = body(2);
     let key = "dp-1/big/direct.bin";
-    let etag = stack.put(key, &bytes).await;
+    let (stack, bytes, etag) = uploaded(2, key).await;
     let target = Target {
         bucket: &stack.bucket,
         key,
@@ -97,10 +99,8 @@ async fn ranged_fetch_hashes_the_same_bytes_as_one_get() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn overwrite_between_parts_is_superseded() {
-    let stack = Stack::new(&Moto::shared().endpoint).await;
-    let bytes = body(3);
     let key = "dp-1/big/overwritten.bin";
-    let etag = stack.put(key, &bytes).await;
+    let (stack, bytes, etag) = uploaded(3, key).await;
     let (bucket, size) = (stack.bucket.clone(), bytes.len() as u64);
     let s3 = stack.s3.clone();
     let fetch = tokio::spawn(async move {

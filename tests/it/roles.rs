@@ -44,6 +44,16 @@ fn migrate(url: &str) -> (bool, String) {
     (output.status.success(), said)
 }
 
+/// Runs a shipped SQL file twice: the second run proves it can be applied again.
+async fn apply_twice(pool: &PgPool, sql: &'static str, file: &str) {
+    for run in ["", " again"] {
+        sqlx::raw_sql(sql)
+            .execute(pool)
+            .await
+            .unwrap_or_else(|e| panic!("{file}{run}: {e}"));
+    }
+}
+
 /// The SQLSTATE of a statement that must fail.
 async fn refused(pool: &PgPool, sql: &str) -> String {
     match sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
@@ -66,14 +76,7 @@ async fn worker_runs_as_the_restricted_role_and_cannot_change_the_schema() {
         .await
         .unwrap();
     let superuser = connect(&url_as("postgres", &name)).await;
-    sqlx::raw_sql(ROLES_SQL)
-        .execute(&superuser)
-        .await
-        .expect("roles.sql");
-    sqlx::raw_sql(ROLES_SQL)
-        .execute(&superuser)
-        .await
-        .expect("roles.sql again");
+    apply_twice(&superuser, ROLES_SQL, "roles.sql").await;
     let owner_url = url_as("datapack_owner", &name);
     let worker_url = url_as("datapack_worker", &name);
 
@@ -86,14 +89,7 @@ async fn worker_runs_as_the_restricted_role_and_cannot_change_the_schema() {
     let (migrated, said) = migrate(&owner_url);
     assert!(migrated, "migrate as datapack_owner: {said}");
     let owner = connect(&owner_url).await;
-    sqlx::raw_sql(GRANTS_SQL)
-        .execute(&owner)
-        .await
-        .expect("grants.sql");
-    sqlx::raw_sql(GRANTS_SQL)
-        .execute(&owner)
-        .await
-        .expect("grants.sql again");
+    apply_twice(&owner, GRANTS_SQL, "grants.sql").await;
     let tables_owned: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = 'datapack_owner'",
     )
@@ -115,9 +111,8 @@ async fn worker_runs_as_the_restricted_role_and_cannot_change_the_schema() {
     let db = TestDb {
         url: worker_url.clone(),
         pool: superuser.clone(),
-        name: name.clone(),
     };
-    let worker = BinaryWorker::spawn(&stack, &db, &[]);
+    let worker = BinaryWorker::spawn(&stack, &db, &[]).await;
     let body = "bytes the restricted role records".as_bytes();
     stack
         .put_presigned(
@@ -138,14 +133,7 @@ async fn worker_runs_as_the_restricted_role_and_cannot_change_the_schema() {
     assert_eq!(rows[0].sha256, sha256_hex(body));
     assert!(!rows[0].deleted);
     stack.delete("dp-roles/in/file.txt").await;
-    wait_until("the removal settled", DEADLINE, || async {
-        db.rows()
-            .await
-            .first()
-            .is_some_and(|r| r.deleted)
-            .then_some(())
-    })
-    .await;
+    db.wait_removed(DEADLINE).await;
     assert_eq!(
         stack.dlq_depth().await,
         (0, 0),

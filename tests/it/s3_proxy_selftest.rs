@@ -3,7 +3,6 @@
 //! has to classify: a service error with a code, a dispatch failure, or a failed body read.
 
 use std::io::ErrorKind;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::StalledStreamProtectionConfig;
@@ -14,8 +13,8 @@ use aws_smithy_types::byte_stream::error::Error as BodyError;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
+use crate::support::emulator::sdk_config;
 use crate::support::s3_proxy::{Action, Match, Rule, S3Proxy};
-use crate::support::stack::sdk_config;
 use crate::support::{Moto, Stack};
 
 /// Large enough that a cut after `CUT` bytes lands mid-body.
@@ -54,8 +53,7 @@ impl Rig {
         let big: Vec<u8> = (0..BIG).map(|i| (i % 251) as u8).collect();
         stack.put("dp/good.txt", b"good bytes").await;
         stack.put("dp/bad.bin", &big).await;
-        let target: SocketAddr = format!("127.0.0.1:{}", moto.port).parse().unwrap();
-        let proxy = S3Proxy::start(target).await;
+        let proxy = S3Proxy::start(moto.addr).await;
         let s3 = datapack_worker::aws::s3(&client_config(&proxy.endpoint(), 1));
         Rig {
             stack,

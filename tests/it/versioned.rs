@@ -23,10 +23,8 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A bucket with versioning on, its queue, a database with the datapack `dp`.
 async fn setup() -> (Stack, TestDb) {
-    let stack = Stack::new(&Moto::shared().endpoint).await;
+    let (stack, db) = crate::support::setup("dp").await;
     enable_versioning(&stack).await;
-    let db = TestDb::new().await;
-    db.add_datapack("dp").await;
     (stack, db)
 }
 
@@ -274,7 +272,7 @@ async fn deleting_an_old_version_leaves_the_current_one_live() {
     let v1 = put(&stack, key, b"first draft").await;
     let v2 = put(&stack, key, b"final").await;
     purge(&stack).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
     let b = &stack.bucket;
     deliver(&stack, &created(b, key, &v1, 1)).await;
     deliver(&stack, &created(b, key, &v2, 2)).await;
@@ -304,7 +302,7 @@ async fn deleting_the_current_version_brings_the_previous_one_back() {
     let v1 = put(&stack, key, b"one").await;
     let v2 = put(&stack, key, b"two").await;
     purge(&stack).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
     let b = &stack.bucket;
     deliver(&stack, &created(b, key, &v1, 1)).await;
     deliver(&stack, &created(b, key, &v2, 2)).await;
@@ -321,7 +319,7 @@ async fn a_delete_marker_hides_the_key_and_removing_it_brings_the_newest_version
     let v1 = put(&stack, key, b"one").await;
     let v2 = put(&stack, key, b"two").await;
     purge(&stack).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
     let b = &stack.bucket;
     deliver(&stack, &created(b, key, &v1, 1)).await;
     deliver(&stack, &created(b, key, &v2, 2)).await;
@@ -352,7 +350,7 @@ async fn a_noncurrent_version_s_expiry_touches_only_its_row() {
     let v1 = put(&stack, key, b"old").await;
     let v2 = put(&stack, key, b"new").await;
     purge(&stack).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
     let b = &stack.bucket;
     deliver(&stack, &created(b, key, &v1, 1)).await;
     deliver(&stack, &created(b, key, &v2, 2)).await;
@@ -377,7 +375,7 @@ async fn an_old_version_with_the_same_bytes_takes_over_the_row() {
     let v2 = put(&stack, key, b"same bytes").await;
     assert_eq!(v1.etag, v2.etag);
     purge(&stack).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
     let b = &stack.bucket;
     deliver(&stack, &created(b, key, &v1, 1)).await;
     deliver(&stack, &created(b, key, &v2, 2)).await;
@@ -403,7 +401,7 @@ async fn restores_change_nothing() {
     let v1 = put(&stack, key, b"one").await;
     let v2 = put(&stack, key, b"two").await;
     purge(&stack).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
     let b = &stack.bucket;
     // A restore announced before the upload it restores is ignored too.
     deliver(&stack, &restore("ObjectRestore:Post", b, key, &v1, 5)).await;
@@ -430,7 +428,7 @@ async fn eventbridge_delete_markers_hide_and_their_removal_restores() {
     let key = "dp/bridge.txt";
     let v1 = put(&stack, key, b"one").await;
     purge(&stack).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
     let b = &stack.bucket;
     deliver(&stack, &eb_created(b, key, &v1, 1)).await;
     assert_eq!(live(&db, key).await, vec![row_of(&v1)]);
@@ -461,7 +459,10 @@ async fn only_a_version_s_deletion_asks_s3_and_unversioned_removals_cost_nothing
     let plain = stack.put("dp/plain.txt", b"plain").await;
     purge(&stack).await;
     let proxy = S3Proxy::start(crate::support::proxy::url_addr(&moto.endpoint)).await;
-    let worker = TestWorker::spawn_at(&stack, &proxy.endpoint(), &db, &[]);
+    let worker = crate::support::worker::Launch::new(&stack, &db, &[])
+        .via(&proxy.endpoint())
+        .in_process()
+        .await;
     let b = stack.bucket.clone();
     let (s1, t1) = at(1);
     let (s2, t2) = at(2);
@@ -648,7 +649,7 @@ async fn every_order_converges(case: Case) {
     }
     let together = history(&stack, case, format!("dp/{case:?}/together.txt")).await;
     purge(&stack).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]);
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
     for (order, h) in orders.iter().zip(&histories) {
         for &i in order {
             deliver(&stack, &h.events[i]).await;

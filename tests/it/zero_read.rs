@@ -16,7 +16,7 @@ use sqlx::Row as _;
 
 use crate::support::db::sha256_hex;
 use crate::support::s3_proxy::{Match, S3Proxy};
-use crate::support::worker::metric;
+use crate::support::scrape::metric;
 use crate::support::{Moto, Stack, TestDb, TestWorker, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -34,14 +34,17 @@ impl Rig {
         let stack = Stack::new(&moto.endpoint).await;
         let db = TestDb::new().await;
         db.add_datapack("dp-1").await;
-        let target: SocketAddr = format!("127.0.0.1:{}", moto.port).parse().unwrap();
+        let target: SocketAddr = moto.addr;
         let proxy = S3Proxy::start(target).await;
         Rig { stack, db, proxy }
     }
 
     /// A worker whose S3 and SQS calls go through the proxy.
-    fn worker(&self, extra: &[&str]) -> TestWorker {
-        TestWorker::spawn_at(&self.stack, &self.proxy.endpoint(), &self.db, extra)
+    async fn worker(&self, extra: &[&str]) -> TestWorker {
+        crate::support::worker::Launch::new(&self.stack, &self.db, extra)
+            .via(&self.proxy.endpoint())
+            .in_process()
+            .await
     }
 
     /// A single-part upload with the presigned metadata that declares `checksum` (base64) as its
@@ -178,7 +181,7 @@ async fn zero_read_a_trusted_single_part_sha256_is_recorded_from_the_head_alone(
         .await
         .unwrap();
 
-    let worker = rig.worker(TRUSTED);
+    let worker = rig.worker(TRUSTED).await;
     let row = rig.row(key).await;
     rig.wait_drained().await;
     worker.stop().await;
@@ -203,7 +206,7 @@ async fn zero_read_trust_off_reads_and_hashes_without_a_head() {
     let body = b"the same checksummed upload";
     rig.put_declaring(key, body, &base64_sha256(body)).await;
 
-    let worker = rig.worker(&[]);
+    let worker = rig.worker(&[]).await;
     let row = rig.row(key).await;
     rig.wait_drained().await;
     worker.stop().await;
@@ -281,7 +284,7 @@ async fn zero_read_a_multipart_sha256_is_composite_and_read() {
     assert_ne!(sha256.as_deref(), Some(base64_sha256(&whole).as_str()));
     assert!(etag.trim_matches('"').ends_with("-2"), "{etag}");
 
-    let worker = rig.worker(TRUSTED);
+    let worker = rig.worker(TRUSTED).await;
     let row = rig.row(key).await;
     rig.wait_drained().await;
     worker.stop().await;
@@ -309,7 +312,7 @@ async fn zero_read_another_algorithm_is_never_taken_for_sha256() {
     assert_eq!(sha256, None);
     assert!(crc32.is_some(), "moto stored the CRC32");
 
-    let worker = rig.worker(TRUSTED);
+    let worker = rig.worker(TRUSTED).await;
     let row = rig.row(key).await;
     rig.wait_drained().await;
     worker.stop().await;
@@ -338,15 +341,10 @@ async fn zero_read_the_audit_records_the_computed_hash_when_the_stored_checksum_
         "moto kept the wrong checksum"
     );
 
-    let worker = rig.worker(&["--s3-checksums-trusted", "--checksum-audit-ratio", "1"]);
-    let scrape = || async {
-        reqwest::get(format!("http://{}/metrics", worker.metrics_addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let worker = rig
+        .worker(&["--s3-checksums-trusted", "--checksum-audit-ratio", "1"])
+        .await;
+    let scrape = || async { worker.http.scrape().await };
     let lying_row = rig.row(lying).await;
     let honest_row = rig.row(honest).await;
     rig.wait_drained().await;

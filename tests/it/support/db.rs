@@ -1,12 +1,18 @@
 //! A fresh, migrated PostgreSQL database per test.
 
+use std::time::Duration;
+
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
+
+use super::wait_until;
+use datapack_worker::ops::health::Health;
+use datapack_worker::ops::watchdog::Watchdog;
+use datapack_worker::store::writer::{Writer, WriterSettings};
 
 pub struct TestDb {
     pub url: String,
     pub pool: PgPool,
-    pub name: String,
 }
 
 /// The server to create test databases on; `TEST_DATABASE_ADMIN_URL` overrides it.
@@ -55,7 +61,7 @@ impl TestDb {
             .await
             .unwrap();
         datapack_worker::store::migrate(&pool).await.unwrap();
-        TestDb { url, pool, name }
+        TestDb { url, pool }
     }
 
     pub async fn add_datapack(&self, identifier: &str) {
@@ -98,6 +104,45 @@ impl TestDb {
             .await
             .unwrap()
     }
+
+    /// Waits until there are at least `n` rows.
+    pub async fn wait_rows(&self, n: i64, deadline: Duration) {
+        wait_until(&format!("{n} rows"), deadline, || async {
+            (self.count().await >= n).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until the first row (a test's one key) is marked deleted.
+    pub async fn wait_removed(&self, deadline: Duration) {
+        wait_until("the row marked deleted", deadline, || async {
+            self.rows()
+                .await
+                .first()
+                .is_some_and(|r| r.deleted)
+                .then_some(())
+        })
+        .await;
+    }
+}
+
+/// The worker's group-commit writer on this database alone (one writer task, batches of at most
+/// `max_batch`), with the health and the watchdog it reports to.
+pub fn writer(db: &TestDb, max_batch: usize) -> (Writer, Health, Watchdog) {
+    let health = Health::new();
+    let watchdog = Watchdog::new(health.clone());
+    let (writer, _tasks) = Writer::spawn(
+        db.pool.clone(),
+        WriterSettings {
+            writers: 1,
+            max_batch,
+            create_datapacks: false,
+            timeout: Duration::from_secs(30),
+        },
+        health.clone(),
+        &watchdog,
+    );
+    (writer, health, watchdog)
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

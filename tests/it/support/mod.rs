@@ -1,12 +1,13 @@
 //! Test support: a moto server, a database per test, a bucket and queues per test, workers
-//! (in-process or the real binary), and waiting on conditions with a deadline.
-
-#![allow(dead_code)]
+//! (in-process or the real binary), reading scrapes, and waiting on conditions with a deadline.
 
 pub mod db;
+pub mod emulator;
+pub mod listen;
 pub mod moto;
 pub mod proxy;
 pub mod s3_proxy;
+pub mod scrape;
 pub mod stack;
 pub mod wait;
 pub mod worker;
@@ -15,4 +16,12 @@ pub use db::TestDb;
 pub use moto::Moto;
 pub use stack::Stack;
 pub use wait::wait_until;
-pub use worker::{BinaryWorker, TestWorker};
+pub use worker::{BinaryWorker, Launch, TestWorker};
+
+/// A stack of its own on the shared moto, and a fresh database holding datapack `datapack`.
+pub async fn setup(datapack: &str) -> (Stack, TestDb) {
+    let stack = Stack::new(&Moto::shared().endpoint).await;
+    let db = TestDb::new().await;
+    db.add_datapack(datapack).await;
+    (stack, db)
+}

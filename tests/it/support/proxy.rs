@@ -5,7 +5,6 @@
 //! protocols, so the same proxy stands in front of PostgreSQL and of moto (S3 + SQS).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -40,7 +39,6 @@ pub struct Proxy {
     pub addr: SocketAddr,
     target: SocketAddr,
     control: watch::Sender<Control>,
-    accepted: Arc<AtomicU64>,
     stop: CancellationToken,
 }
 
@@ -57,19 +55,11 @@ impl Proxy {
             stall_min_bytes: 0,
         });
         let stop = CancellationToken::new();
-        let accepted = Arc::new(AtomicU64::new(0));
-        tokio::spawn(accept_loop(
-            listener,
-            target,
-            control.clone(),
-            accepted.clone(),
-            stop.clone(),
-        ));
+        tokio::spawn(accept_loop(listener, target, control.clone(), stop.clone()));
         Proxy {
             addr,
             target,
             control,
-            accepted,
             stop,
         }
     }
@@ -81,11 +71,6 @@ impl Proxy {
 
     pub fn target(&self) -> SocketAddr {
         self.target
-    }
-
-    /// Connections accepted so far (whatever became of them).
-    pub fn accepted(&self) -> u64 {
-        self.accepted.load(Ordering::Relaxed)
     }
 
     /// Drops every live connection (with a reset) and resets new ones until [`Proxy::restore`].
@@ -136,8 +121,8 @@ impl Drop for Proxy {
 }
 
 /// Closes a socket with a TCP reset rather than a graceful FIN, as a crashed peer or a dropped
-/// route does.
-fn reset(stream: &TcpStream) {
+/// route does (at close, which the caller's drop brings).
+pub fn reset(stream: &TcpStream) {
     // Linger zero only matters at close, which follows at once; the deprecation is about
     // non-zero lingers blocking the runtime.
     #[allow(deprecated)]
@@ -148,7 +133,6 @@ async fn accept_loop(
     listener: TcpListener,
     target: SocketAddr,
     control: watch::Sender<Control>,
-    accepted: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
     loop {
@@ -159,7 +143,6 @@ async fn accept_loop(
             },
             _ = stop.cancelled() => return,
         };
-        accepted.fetch_add(1, Ordering::Relaxed);
         let _ = client.set_nodelay(true);
         let rx = control.subscribe();
         let stop = stop.clone();

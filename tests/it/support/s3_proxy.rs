@@ -20,6 +20,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::proxy::reset;
+
 /// What a rule applies to; every condition set must hold (the default matches every request).
 #[derive(Debug, Clone, Default)]
 pub struct Match {
@@ -140,8 +142,6 @@ pub struct Seen {
     pub bucket: Option<String>,
     /// The rest of the path, decoded.
     pub key: Option<String>,
-    /// The raw query string (`versionId=...`, `x-id=GetObject`).
-    pub query: String,
     /// `X-Amz-Target` without the `AmazonSQS.` prefix.
     pub sqs_target: Option<String>,
     /// `None` when passed through untouched.
@@ -261,13 +261,6 @@ impl Drop for S3Proxy {
     fn drop(&mut self) {
         self.stop.cancel();
     }
-}
-
-/// Closes with a TCP reset (as a crashed peer does) once the stream is dropped.
-fn reset(stream: &TcpStream) {
-    // Linger zero blocks nothing; the deprecation is about non-zero lingers.
-    #[allow(deprecated)]
-    let _ = stream.set_linger(Some(Duration::ZERO));
 }
 
 /// Serves one client connection, request after request, until it closes or a rule ends it.
@@ -404,7 +397,7 @@ fn error_answer(status: u16, code: &str, sqs: bool, head_only: bool) -> (Vec<u8>
 
 /// What a request is about: path-style S3 (`/bucket/key`) or SQS (`X-Amz-Target`).
 fn describe(method: &str, target: &str, head: &Head) -> Seen {
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
     let path = path.strip_prefix('/').unwrap_or(path);
     let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
     let mut parts = path.splitn(2, '/').filter(|p| !p.is_empty()).map(decode);
@@ -417,7 +410,6 @@ fn describe(method: &str, target: &str, head: &Head) -> Seen {
         method: method.to_owned(),
         bucket,
         key,
-        query: query.to_owned(),
         sqs_target,
         action: None,
         at: Instant::now(),

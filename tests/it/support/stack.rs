@@ -1,11 +1,16 @@
-//! A bucket, a queue and its dead-letter queue per test, wired like production: S3 notifications
-//! to the queue, a redrive policy to the dead-letter queue.
+//! A bucket, a queue and its dead-letter queue per test, set up by [`super::emulator`] as the
+//! demo's and production's are (S3 notifications to the queue, a redrive policy to the
+//! dead-letter queue), and what the tests do with them: upload, send, inspect, wait.
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+
+use super::emulator::{self, queue_arn};
+use super::wait_until;
 
 pub struct Stack {
     pub endpoint: String,
@@ -17,87 +22,50 @@ pub struct Stack {
     pub dlq_url: String,
 }
 
-/// SDK settings for moto (or a proxy in front of it), with test credentials.
-pub fn sdk_config(endpoint: &str) -> SdkConfig {
-    SdkConfig::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
-            aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "tests"),
-        ))
-        .timeout_config(
-            aws_smithy_types::timeout::TimeoutConfig::builder()
-                .connect_timeout(std::time::Duration::from_secs(3))
-                .operation_attempt_timeout(std::time::Duration::from_secs(30))
-                .build(),
-        )
-        .sleep_impl(aws_smithy_async::rt::sleep::default_async_sleep().unwrap())
-        .time_source(aws_smithy_async::time::SystemTimeSource::new())
-        .build()
-}
-
 impl Stack {
+    /// A bucket and queues of its own on the emulator at `endpoint`, set up as the demo's and
+    /// production's are, starting from an empty queue.
     pub async fn new(endpoint: &str) -> Stack {
         let suffix = format!("{:x}", fastrand::u64(..));
-        let sdk = sdk_config(endpoint);
-        let s3 = datapack_worker::aws::s3(&sdk);
-        let sqs = datapack_worker::aws::sqs(&sdk);
+        let sdk = emulator::sdk_config(endpoint);
         let bucket = format!("uploads-{suffix}");
-        s3.create_bucket().bucket(&bucket).send().await.unwrap();
-        let dlq_url = sqs
-            .create_queue()
-            .queue_name(format!("dlq-{suffix}"))
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
-        let dlq_arn = queue_arn(&sqs, &dlq_url).await;
-        let redrive =
-            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5}).to_string();
-        let queue_url = sqs
-            .create_queue()
-            .queue_name(format!("q-{suffix}"))
-            .attributes(QueueAttributeName::RedrivePolicy, redrive)
-            .attributes(QueueAttributeName::VisibilityTimeout, "60")
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
-        let arn = queue_arn(&sqs, &queue_url).await;
-        let config = NotificationConfiguration::builder()
-            .queue_configurations(
-                QueueConfiguration::builder()
-                    .queue_arn(arn)
-                    .events(Event::from("s3:ObjectCreated:*"))
-                    .events(Event::from("s3:ObjectRemoved:*"))
-                    .build()
-                    .unwrap(),
-            )
-            .build();
-        s3.put_bucket_notification_configuration()
-            .bucket(&bucket)
-            .notification_configuration(config)
-            .send()
+        let origins = emulator::cors_origins().unwrap();
+        let made = emulator::create(&sdk, &bucket, &format!("q-{suffix}"), &origins)
             .await
             .unwrap();
-        // Start every test from an empty queue (the notification set-up sends an s3:TestEvent).
-        sqs.purge_queue()
-            .queue_url(&queue_url)
-            .send()
-            .await
-            .unwrap();
-        Stack {
+        let stack = Stack {
             endpoint: endpoint.to_owned(),
+            s3: datapack_worker::aws::s3(&sdk),
+            sqs: datapack_worker::aws::sqs(&sdk),
             sdk,
-            s3,
-            sqs,
             bucket,
-            queue_url,
-            dlq_url,
-        }
+            queue_url: made.queue_url,
+            dlq_url: made.dlq_url,
+        };
+        // The notification set-up sent an s3:TestEvent.
+        stack.purge().await;
+        stack
+    }
+
+    /// Empties the main queue.
+    pub async fn purge(&self) {
+        self.sqs
+            .purge_queue()
+            .queue_url(&self.queue_url)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Replaces the bucket's CORS rule with the stack's rule for `origin` alone.
+    pub async fn allow_origin(&self, origin: &str) {
+        self.s3
+            .put_bucket_cors()
+            .bucket(&self.bucket)
+            .cors_configuration(emulator::cors_rule(&[origin.to_owned()]))
+            .send()
+            .await
+            .unwrap();
     }
 
     /// Uploads as the browser does after `presign`: with the presigned metadata.
@@ -250,9 +218,25 @@ impl Stack {
         depth(&self.sqs, &self.queue_url).await
     }
 
-    /// Sets the main queue's redrive `maxReceiveCount` (the stack starts with 5).
+    /// Whether the main queue holds nothing visible or in flight: every message was settled.
+    /// Asked twice, because moto counts visible and in-flight messages at two instants, so a
+    /// message whose visibility runs out in between is in neither count once.
+    pub async fn is_drained(&self) -> bool {
+        self.depth().await == (0, 0) && self.depth().await == (0, 0)
+    }
+
+    /// Waits until [`Stack::is_drained`].
+    pub async fn wait_drained(&self, deadline: Duration) {
+        wait_until("an empty main queue", deadline, || async {
+            self.is_drained().await.then_some(())
+        })
+        .await;
+    }
+
+    /// Sets the main queue's redrive `maxReceiveCount` (the stack starts with
+    /// [`emulator::MAX_RECEIVE_COUNT`]).
     pub async fn set_max_receive_count(&self, count: u32) {
-        let dlq_arn = queue_arn(&self.sqs, &self.dlq_url).await;
+        let dlq_arn = queue_arn(&self.sqs, &self.dlq_url).await.unwrap();
         let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": count})
             .to_string();
         self.sqs
@@ -266,6 +250,14 @@ impl Stack {
 
     pub async fn dlq_depth(&self) -> (u64, u64) {
         depth(&self.sqs, &self.dlq_url).await
+    }
+
+    /// Waits until `n` dead letters are visible.
+    pub async fn wait_dead_letters(&self, n: u64, deadline: Duration) {
+        wait_until(&format!("{n} dead letters"), deadline, || async {
+            (self.dlq_depth().await.0 == n).then_some(())
+        })
+        .await;
     }
 
     /// Takes every dead-lettered message: (body, attributes).
@@ -328,19 +320,6 @@ impl Stack {
         }
         bodies
     }
-}
-
-async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
-    sqs.get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()
-        .remove(&QueueAttributeName::QueueArn)
-        .unwrap()
 }
 
 async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> (u64, u64) {
