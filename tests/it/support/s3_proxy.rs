@@ -33,6 +33,8 @@ pub struct Match {
     pub bucket_only: bool,
     /// The SQS operation, without the `AmazonSQS.` prefix (`ReceiveMessage`).
     pub sqs_target: Option<&'static str>,
+    /// `Some(true)`: only requests with a `Range` header; `Some(false)`: only those without.
+    pub ranged: Option<bool>,
 }
 
 impl Match {
@@ -79,6 +81,7 @@ impl Match {
             && self
                 .sqs_target
                 .is_none_or(|t| r.sqs_target.as_deref() == Some(t))
+            && self.ranged.is_none_or(|ranged| r.ranged == ranged)
     }
 }
 
@@ -102,6 +105,9 @@ pub enum Action {
     CorruptBodyByte(u64),
     /// Forwards at once, and holds moto's answer back for this long.
     Delay(Duration),
+    /// Forwards, and passes the answer on at no more than this many bytes per second (a server
+    /// that caps each connection, as S3 does).
+    Throttle(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +150,8 @@ pub struct Seen {
     pub key: Option<String>,
     /// `X-Amz-Target` without the `AmazonSQS.` prefix.
     pub sqs_target: Option<String>,
+    /// Whether the request asked for a byte range.
+    pub ranged: bool,
     /// `None` when passed through untouched.
     pub action: Option<Action>,
     pub at: Instant,
@@ -320,7 +328,11 @@ async fn serve(client: TcpStream, target: SocketAddr, state: Arc<Mutex<State>>) 
         }
         let mut out = head;
         out.extend_from_slice(&answer[..sent]);
-        if client.io.write_all(&out).await.is_err() {
+        let written = match action {
+            Some(Action::Throttle(rate)) => paced(&mut client.io, &out, rate).await,
+            _ => client.io.write_all(&out).await,
+        };
+        if written.is_err() {
             return;
         }
         match action {
@@ -333,6 +345,21 @@ async fn serve(client: TcpStream, target: SocketAddr, state: Arc<Mutex<State>>) 
             return;
         }
     }
+}
+
+/// Writes `bytes` at no more than `rate` bytes per second, in 64 KiB steps.
+async fn paced(io: &mut TcpStream, bytes: &[u8], rate: u64) -> std::io::Result<()> {
+    let started = Instant::now();
+    let mut written = 0usize;
+    for chunk in bytes.chunks(64 << 10) {
+        io.write_all(chunk).await?;
+        written += chunk.len();
+        let due = Duration::from_secs_f64(written as f64 / rate.max(1) as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    Ok(())
 }
 
 /// Sends one request to moto on a fresh connection; returns the head for the client (HTTP/1.1,
@@ -411,6 +438,7 @@ fn describe(method: &str, target: &str, head: &Head) -> Seen {
         bucket,
         key,
         sqs_target,
+        ranged: head.get("range").is_some(),
         action: None,
         at: Instant::now(),
     }
