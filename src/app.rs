@@ -148,33 +148,30 @@ impl Application {
     ) -> anyhow::Result<()> {
         let stop_background = CancellationToken::new();
         let background = self.spawn_background(extra, &stop_background);
-        let Self {
-            pool,
-            queue,
-            health,
-            watchdog,
-            pipeline,
-            writers,
-            server,
-            stop_http,
-            worker,
-            ..
-        } = self;
-        intake::pool::run(pipeline, queue, health, worker, shutdown, watchdog.clone()).await;
+        let watchdog = self.watchdog.clone();
+        intake::pool::run(
+            self.pipeline,
+            self.queue,
+            self.health,
+            self.worker,
+            shutdown,
+            watchdog.clone(),
+        )
+        .await;
 
         // Past this point tasks are meant to end.
         watchdog.stopping();
         // The pipeline (and so every writer handle) is gone: writers drain and stop.
-        for writer in writers {
+        for writer in self.writers {
             let _ = writer.await;
         }
         stop_background.cancel();
         for task in background {
             let _ = task.await;
         }
-        stop_http.cancel();
-        let _ = server.await;
-        pool.close().await;
+        self.stop_http.cancel();
+        let _ = self.server.await;
+        self.pool.close().await;
         match watchdog.cause() {
             Some(cause) => Err(anyhow::anyhow!("stopped because {cause}")),
             None => Ok(()),

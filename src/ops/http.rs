@@ -440,23 +440,12 @@ impl CutOff {
     /// by the header timeout every scrape, and a fast scraper reaches the lifetime.
     fn log(&self) {
         let take = |c: &AtomicU64| c.swap(0, Ordering::Relaxed);
-        let (
-            evicted,
-            refused,
-            header_timeout,
-            header_too_large,
-            malformed,
-            lifetime,
-            accept_errors,
-        ) = (
-            take(&self.evicted),
-            take(&self.refused),
-            take(&self.header_timeout),
-            take(&self.header_too_large),
-            take(&self.malformed),
-            take(&self.lifetime),
-            take(&self.accept_errors),
-        );
+        #[rustfmt::skip]
+        let [evicted, refused, header_timeout, header_too_large, malformed, lifetime, accept_errors] = [
+            &self.evicted, &self.refused, &self.header_timeout, &self.header_too_large,
+            &self.malformed, &self.lifetime, &self.accept_errors,
+        ]
+        .map(take);
         macro_rules! summary {
             ($level:ident) => {
                 tracing::$level!(

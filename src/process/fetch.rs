@@ -194,14 +194,8 @@ fn vouched(
         sha256_source: Sha256Source::S3Checksum,
         length,
         content_type: output.content_type().map(str::to_owned),
-        last_modified: output
-            .last_modified()
-            .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
-        version_id: output
-            .version_id()
-            .filter(|v| *v != "null")
-            .map(str::to_owned)
-            .or_else(|| target.version_id.map(str::to_owned)),
+        last_modified: timestamp(output.last_modified()),
+        version_id: version_of(output.version_id(), target),
         uploader,
     })
 }
@@ -279,14 +273,8 @@ pub async fn fetch(
         sha256_source: Sha256Source::Computed,
         length: 0,
         content_type: output.content_type().map(str::to_owned),
-        last_modified: output
-            .last_modified()
-            .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
-        version_id: output
-            .version_id()
-            .filter(|v| *v != "null")
-            .map(str::to_owned)
-            .or_else(|| target.version_id.map(str::to_owned)),
+        last_modified: timestamp(output.last_modified()),
+        version_id: version_of(output.version_id(), &target),
         uploader,
     };
     match hash_body(s3, &target, output, first_part, &facts.etag, ranged).await {
@@ -377,6 +365,19 @@ async fn hash_body(
         },
     };
     Ok((hex(&hasher.finalize()), length))
+}
+
+/// S3's Last-Modified as a timestamp.
+fn timestamp(t: Option<&aws_smithy_types::DateTime>) -> Option<DateTime<Utc>> {
+    t.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+}
+
+/// The version S3 answered with (`null` is an unversioned object's), else the one announced.
+fn version_of(answered: Option<&str>, target: &Target<'_>) -> Option<String> {
+    answered
+        .filter(|v| *v != "null")
+        .map(str::to_owned)
+        .or_else(|| target.version_id.map(str::to_owned))
 }
 
 /// One stream into the hash; its length must be Content-Length's, when given.
