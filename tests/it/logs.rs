@@ -120,14 +120,6 @@ impl Drop for Logged {
     }
 }
 
-fn looks_like_uuid(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('-').collect();
-    parts.len() == 5
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn text_logs_on_a_pipe_have_no_colour_and_name_the_object() {
     let (stack, db) = setup("dp-1").await;
@@ -273,7 +265,7 @@ async fn json_lines_about_an_object_carry_its_record_and_message_spans() {
         let id = span(line, "message")
             .and_then(|s| s["message_id"].as_str())
             .unwrap_or_else(|| panic!("no message span on {line}"));
-        assert!(looks_like_uuid(id), "{id}");
+        assert!(crate::support::looks_like_uuid(id), "{id}");
         id.to_owned()
     };
 
@@ -344,22 +336,9 @@ async fn pool_gauges_during_and_after_work() {
 
     // Working: the write waits on a table lock. The slot is busy, the message in flight, and the
     // poller waits for a free slot instead of receiving more.
-    let mut lock = db.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE datapack_resource IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let lock = db.lock_resources().await;
     stack.put("dp-1/gauges/held.txt", b"held").await;
-    wait_until("the worker's write waiting on the lock", DEADLINE, || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'datapack_resource'::regclass",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .ok()?;
-        (waiting > 0).then_some(())
-    })
-    .await;
+    db.wait_for_blocked_write(DEADLINE).await;
     let s = wait_until(
         "busy slot, message in flight, idle poller",
         DEADLINE,

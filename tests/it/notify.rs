@@ -22,6 +22,23 @@ async fn setup() -> (Stack, TestDb, PgListener) {
     (stack, db, listener)
 }
 
+/// Uploads `body` as `key` and announces it with the event S3 would send, at `(sequencer,
+/// time)`, once the queue holds nothing else; returns the ETag.
+async fn upload_announced(stack: &Stack, key: &str, body: &[u8], at: (&str, &str)) -> String {
+    let etag = stack.put(key, body).await;
+    stack.purge().await;
+    let event = s3_event(
+        "ObjectCreated:Put",
+        &stack.bucket,
+        key,
+        Some(&etag),
+        Some(at.0),
+        at.1,
+    );
+    deliver(stack, &event).await;
+    etag
+}
+
 /// The next notification's payload, within the deadline.
 async fn next(listener: &mut PgListener) -> Value {
     let n = tokio::time::timeout(DEADLINE, listener.recv())
@@ -67,23 +84,13 @@ async fn deliver(stack: &Stack, body: &str) {
     .await;
 }
 
-async fn purge(stack: &Stack) {
-    stack
-        .sqs
-        .purge_queue()
-        .queue_url(&stack.queue_url)
-        .send()
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn each_change_is_announced_once_in_commit_order_and_a_duplicate_not_at_all() {
     let (stack, db, mut listener) = setup().await;
     let key = "dp/raw data/notes.txt";
     let e1 = stack.put(key, b"first").await;
     let e2 = stack.put(key, b"second").await;
-    purge(&stack).await;
+    stack.purge().await;
     let worker = TestWorker::spawn(&stack, &db, &[]).await;
     let b = stack.bucket.clone();
     let create1 = s3_event(
@@ -126,40 +133,14 @@ async fn each_change_is_announced_once_in_commit_order_and_a_duplicate_not_at_al
     assert_eq!(deleted["id"], created["id"]);
 
     // The same bytes uploaded again after the removal: the row comes back.
-    let again = stack.put(key, b"second").await;
+    let again = upload_announced(&stack, key, b"second", ("40", "2024-05-01T10:00:04Z")).await;
     assert_eq!(again, e2);
-    purge(&stack).await;
-    deliver(
-        &stack,
-        &s3_event(
-            "ObjectCreated:Put",
-            &b,
-            key,
-            Some(&e2),
-            Some("40"),
-            "2024-05-01T10:00:04Z",
-        ),
-    )
-    .await;
     let restored = next(&mut listener).await;
     expect(&db, &restored, "restored", key, &e2, true).await;
     assert_eq!(restored["id"], created["id"]);
 
     // An overwrite: the old row ends and the new one starts, in one transaction, in row order.
-    let e3 = stack.put(key, b"third").await;
-    purge(&stack).await;
-    deliver(
-        &stack,
-        &s3_event(
-            "ObjectCreated:Put",
-            &b,
-            key,
-            Some(&e3),
-            Some("50"),
-            "2024-05-01T10:00:05Z",
-        ),
-    )
-    .await;
+    let e3 = upload_announced(&stack, key, b"third", ("50", "2024-05-01T10:00:05Z")).await;
     let ended = next(&mut listener).await;
     expect(&db, &ended, "deleted", key, &e2, false).await;
     let started = next(&mut listener).await;
@@ -172,7 +153,7 @@ async fn nothing_is_announced_while_the_transaction_is_open() {
     let (stack, db, mut listener) = setup().await;
     let key = "dp/held.txt";
     let etag = stack.put(key, b"held").await;
-    purge(&stack).await;
+    stack.purge().await;
     let worker = TestWorker::spawn(&stack, &db, &[]).await;
 
     // Hold the table so the worker's write transaction opens and waits inside.

@@ -78,14 +78,6 @@ fn sum_of(scrape: &str, name: &str) -> f64 {
     sum(scrape, name, "")
 }
 
-fn looks_like_uuid(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('-').collect();
-    parts.len() == 5
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
 /// `promtool check metrics` on a scrape (its lint: names, units, suffixes, help text).
 fn promtool_check(scrape: &str) {
     let Some(promtool) = tool("promtool") else {
@@ -375,7 +367,7 @@ async fn exact_counters_for_every_outcome() {
                     .any(|e| value.contains(e.as_str()))
                 || message_ids.iter().any(|m| value.contains(m.as_str()))
                 || value.contains(&stack.bucket)
-                || looks_like_uuid(value);
+                || crate::support::looks_like_uuid(value);
             assert!(!leaks, "label {name}={value:?} leaks an identifier");
         }
     }
@@ -440,23 +432,9 @@ async fn readyz_follows_dependencies_and_shutdown() {
 
     // Hold one message in flight (its write waits on a table lock) so the process outlives
     // SIGTERM long enough to be asked.
-    let mut lock = db.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE datapack_resource IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let lock = db.lock_resources().await;
     stack.put("dp-1/held.txt", b"held").await;
-    // Precisely: the worker's write is queued behind our lock (not merely "something in flight").
-    wait_until("the worker's write waiting on the lock", DEADLINE, || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'datapack_resource'::regclass",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .ok()?;
-        (waiting > 0).then_some(())
-    })
-    .await;
+    db.wait_for_blocked_write(DEADLINE).await;
     assert!(
         metric(
             &worker.http.scrape().await,
@@ -515,7 +493,7 @@ async fn json_logs_carry_the_message_id_and_log_each_failure_once() {
                 .find_map(|s| s["message_id"].as_str())
         })
         .unwrap_or_else(|| panic!("no message_id on {done}"));
-    assert!(looks_like_uuid(message_id), "{message_id}");
+    assert!(crate::support::looks_like_uuid(message_id), "{message_id}");
     // The refused upload: one warning with the cause, from the deciding place, nowhere else.
     let refusals: Vec<_> = lines
         .iter()

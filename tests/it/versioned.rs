@@ -96,16 +96,6 @@ async fn delete_marker(stack: &Stack, key: &str) -> String {
     out.version_id().unwrap().to_owned()
 }
 
-async fn purge(stack: &Stack) {
-    stack
-        .sqs
-        .purge_queue()
-        .queue_url(&stack.queue_url)
-        .send()
-        .await
-        .unwrap();
-}
-
 /// The n-th position in a key's history: S3's sequencer and event time grow together.
 fn at(n: u32) -> (String, String) {
     (
@@ -142,6 +132,24 @@ fn s3_record(name: &str, bucket: &str, object: serde_json::Value, time: &str) ->
 }
 
 /// `ObjectCreated:Put` of one version.
+/// A versioned bucket whose `key` has two versions, both announced and recorded, and a worker
+/// running on it.
+async fn two_versions(
+    key: &str,
+    one: &[u8],
+    two: &[u8],
+) -> (Stack, TestDb, TestWorker, Version, Version) {
+    let (stack, db) = setup().await;
+    let v1 = put(&stack, key, one).await;
+    let v2 = put(&stack, key, two).await;
+    stack.purge().await;
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
+    let b = &stack.bucket;
+    deliver(&stack, &created(b, key, &v1, 1)).await;
+    deliver(&stack, &created(b, key, &v2, 2)).await;
+    (stack, db, worker, v1, v2)
+}
+
 fn created(bucket: &str, key: &str, v: &Version, n: u32) -> String {
     let (sequencer, time) = at(n);
     s3_record(
@@ -267,15 +275,9 @@ fn row_of(v: &Version) -> (String, Option<String>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_an_old_version_leaves_the_current_one_live() {
-    let (stack, db) = setup().await;
     let key = "dp/report.csv";
-    let v1 = put(&stack, key, b"first draft").await;
-    let v2 = put(&stack, key, b"final").await;
-    purge(&stack).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]).await;
+    let (stack, db, worker, v1, v2) = two_versions(key, b"first draft", b"final").await;
     let b = &stack.bucket;
-    deliver(&stack, &created(b, key, &v1, 1)).await;
-    deliver(&stack, &created(b, key, &v2, 2)).await;
     assert_eq!(live(&db, key).await, vec![row_of(&v2)]);
 
     delete_version(&stack, key, &v1.id).await;
@@ -297,15 +299,9 @@ async fn deleting_an_old_version_leaves_the_current_one_live() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_the_current_version_brings_the_previous_one_back() {
-    let (stack, db) = setup().await;
     let key = "dp/current.txt";
-    let v1 = put(&stack, key, b"one").await;
-    let v2 = put(&stack, key, b"two").await;
-    purge(&stack).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]).await;
+    let (stack, db, worker, v1, v2) = two_versions(key, b"one", b"two").await;
     let b = &stack.bucket;
-    deliver(&stack, &created(b, key, &v1, 1)).await;
-    deliver(&stack, &created(b, key, &v2, 2)).await;
     delete_version(&stack, key, &v2.id).await;
     deliver(&stack, &removed("ObjectRemoved:Delete", b, key, &v2.id, 3)).await;
     assert_eq!(live(&db, key).await, vec![row_of(&v1)]);
@@ -314,15 +310,9 @@ async fn deleting_the_current_version_brings_the_previous_one_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delete_marker_hides_the_key_and_removing_it_brings_the_newest_version_back() {
-    let (stack, db) = setup().await;
     let key = "dp/raw data/hidden file.txt";
-    let v1 = put(&stack, key, b"one").await;
-    let v2 = put(&stack, key, b"two").await;
-    purge(&stack).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]).await;
+    let (stack, db, worker, _v1, v2) = two_versions(key, b"one", b"two").await;
     let b = &stack.bucket;
-    deliver(&stack, &created(b, key, &v1, 1)).await;
-    deliver(&stack, &created(b, key, &v2, 2)).await;
 
     let marker = delete_marker(&stack, key).await;
     deliver(
@@ -345,15 +335,9 @@ async fn a_delete_marker_hides_the_key_and_removing_it_brings_the_newest_version
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_noncurrent_version_s_expiry_touches_only_its_row() {
-    let (stack, db) = setup().await;
     let key = "dp/expiring.txt";
-    let v1 = put(&stack, key, b"old").await;
-    let v2 = put(&stack, key, b"new").await;
-    purge(&stack).await;
-    let worker = TestWorker::spawn(&stack, &db, &[]).await;
+    let (stack, db, worker, v1, v2) = two_versions(key, b"old", b"new").await;
     let b = &stack.bucket;
-    deliver(&stack, &created(b, key, &v1, 1)).await;
-    deliver(&stack, &created(b, key, &v2, 2)).await;
     let before = rows(&db, key).await;
     // moto has no lifecycle: the expiry is made by hand, and its event is the one S3 sends.
     delete_version(&stack, key, &v1.id).await;
@@ -374,7 +358,7 @@ async fn an_old_version_with_the_same_bytes_takes_over_the_row() {
     let v1 = put(&stack, key, b"same bytes").await;
     let v2 = put(&stack, key, b"same bytes").await;
     assert_eq!(v1.etag, v2.etag);
-    purge(&stack).await;
+    stack.purge().await;
     let worker = TestWorker::spawn(&stack, &db, &[]).await;
     let b = &stack.bucket;
     deliver(&stack, &created(b, key, &v1, 1)).await;
@@ -400,7 +384,7 @@ async fn restores_change_nothing() {
     let key = "dp/archived.txt";
     let v1 = put(&stack, key, b"one").await;
     let v2 = put(&stack, key, b"two").await;
-    purge(&stack).await;
+    stack.purge().await;
     let worker = TestWorker::spawn(&stack, &db, &[]).await;
     let b = &stack.bucket;
     // A restore announced before the upload it restores is ignored too.
@@ -427,7 +411,7 @@ async fn eventbridge_delete_markers_hide_and_their_removal_restores() {
     let (stack, db) = setup().await;
     let key = "dp/bridge.txt";
     let v1 = put(&stack, key, b"one").await;
-    purge(&stack).await;
+    stack.purge().await;
     let worker = TestWorker::spawn(&stack, &db, &[]).await;
     let b = &stack.bucket;
     deliver(&stack, &eb_created(b, key, &v1, 1)).await;
@@ -457,7 +441,7 @@ async fn only_a_version_s_deletion_asks_s3_and_unversioned_removals_cost_nothing
     db.add_datapack("dp").await;
     // First unversioned: a plain upload and its removal, as S3 sends them (no version id).
     let plain = stack.put("dp/plain.txt", b"plain").await;
-    purge(&stack).await;
+    stack.purge().await;
     let proxy = S3Proxy::start(crate::support::proxy::url_addr(&moto.endpoint)).await;
     let worker = crate::support::worker::Launch::new(&stack, &db, &[])
         .via(&proxy.endpoint())
@@ -503,7 +487,7 @@ async fn only_a_version_s_deletion_asks_s3_and_unversioned_removals_cost_nothing
     let key = "dp/versioned.txt";
     let v1 = put(&stack, key, b"one").await;
     let marker = delete_marker(&stack, key).await;
-    purge(&stack).await;
+    stack.purge().await;
     deliver(&stack, &created(&b, key, &v1, 1)).await;
     deliver(
         &stack,
@@ -648,7 +632,7 @@ async fn every_order_converges(case: Case) {
         histories.push(history(&stack, case, format!("dp/{case:?}/order {i}.txt")).await);
     }
     let together = history(&stack, case, format!("dp/{case:?}/together.txt")).await;
-    purge(&stack).await;
+    stack.purge().await;
     let worker = TestWorker::spawn(&stack, &db, &[]).await;
     for (order, h) in orders.iter().zip(&histories) {
         for &i in order {
@@ -675,39 +659,24 @@ async fn every_order_converges(case: Case) {
     worker.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn old_version_deleted_in_every_order() {
-    every_order_converges(Case::OldVersionDeleted).await;
+/// One test per case: each converges whatever order its events arrive in.
+macro_rules! every_order {
+    ($($name:ident => $case:ident),+ $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $name() {
+            every_order_converges(Case::$case).await;
+        }
+    )+};
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn current_version_deleted_in_every_order() {
-    every_order_converges(Case::CurrentVersionDeleted).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn delete_marker_in_every_order() {
-    every_order_converges(Case::Marker).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn delete_marker_removed_in_every_order() {
-    every_order_converges(Case::MarkerRemoved).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn upload_after_a_delete_marker_in_every_order() {
-    every_order_converges(Case::MarkerThenUpload).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn noncurrent_expiry_in_every_order() {
-    every_order_converges(Case::NoncurrentExpired).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn restore_in_every_order() {
-    every_order_converges(Case::Restored).await;
+every_order! {
+    old_version_deleted_in_every_order => OldVersionDeleted,
+    current_version_deleted_in_every_order => CurrentVersionDeleted,
+    delete_marker_in_every_order => Marker,
+    delete_marker_removed_in_every_order => MarkerRemoved,
+    upload_after_a_delete_marker_in_every_order => MarkerThenUpload,
+    noncurrent_expiry_in_every_order => NoncurrentExpired,
+    restore_in_every_order => Restored,
 }
 
 // ------------------------------------------------------------------ one batch

@@ -38,6 +38,32 @@ pub struct ResourceRow {
 }
 
 impl TestDb {
+    /// Locks `datapack_resource` until the returned transaction ends, so the worker's next write
+    /// waits; `wait_for_blocked_write` tells when one does.
+    pub async fn lock_resources(&self) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut lock = self.pool.begin().await.unwrap();
+        sqlx::query("LOCK TABLE datapack_resource IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *lock)
+            .await
+            .unwrap();
+        lock
+    }
+
+    /// Waits until a write is queued behind [`TestDb::lock_resources`]'s lock (not merely
+    /// "something in flight").
+    pub async fn wait_for_blocked_write(&self, deadline: std::time::Duration) {
+        super::wait_until("the worker's write waiting on the lock", deadline, || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'datapack_resource'::regclass",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .ok()?;
+            (waiting > 0).then_some(())
+        })
+        .await;
+    }
+
     pub async fn new() -> TestDb {
         let name = format!("dpw_test_{}_{}", std::process::id(), fastrand::u64(..));
         let admin = PgPoolOptions::new()

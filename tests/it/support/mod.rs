@@ -25,3 +25,12 @@ pub async fn setup(datapack: &str) -> (Stack, TestDb) {
     db.add_datapack(datapack).await;
     (stack, db)
 }
+
+/// Whether `v` has a UUID's shape (five groups of hex digits), as SQS message ids do.
+pub fn looks_like_uuid(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_hexdigit()))
+}

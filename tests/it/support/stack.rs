@@ -23,6 +23,29 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// Completes a multipart upload of `parts`. moto's answer has a root element the SDK does
+    /// not parse; the upload completes anyway, so the answer is not read.
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<aws_sdk_s3::types::CompletedPart>,
+    ) {
+        let _ = self
+            .s3
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+    }
+
     /// A bucket and queues of its own on the emulator at `endpoint`, set up as the demo's and
     /// production's are, starting from an empty queue.
     pub async fn new(endpoint: &str) -> Stack {
@@ -103,7 +126,6 @@ impl Stack {
     /// events for it, and answers CompleteMultipartUpload with a root element the Rust SDK does
     /// not parse although the upload completes, so the object is checked instead of the answer.
     pub async fn put_multipart(&self, key: &str, parts: impl IntoIterator<Item = Vec<u8>>) {
-        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
         let id = self
             .s3
             .create_multipart_upload()
@@ -130,21 +152,14 @@ impl Stack {
                 .unwrap()
                 .e_tag
                 .unwrap();
-            done.push(CompletedPart::builder().part_number(n).e_tag(etag).build());
-        }
-        let _ = self
-            .s3
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(&id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(done))
+            done.push(
+                aws_sdk_s3::types::CompletedPart::builder()
+                    .part_number(n)
+                    .e_tag(etag)
                     .build(),
-            )
-            .send()
-            .await;
+            );
+        }
+        self.complete_multipart(key, &id, done).await;
         self.s3
             .head_object()
             .bucket(&self.bucket)
