@@ -746,6 +746,16 @@ def targets(R: dict) -> list[tuple[str, str, bool]]:
         r = med(R["throttled 50 MB/s per connection: worker, ranged GETs"], "mb_per_s")
         rows.append(("Ranged GETs beat one stream behind a per-connection cap",
                      f"{r:.0f} vs {s:.0f} MB/s (×{r / s:.1f})", r > s))
+    # The defaults are never slower than one GET, and keep the gain behind a per-connection cap.
+    for where, single, default in (
+        ("on the emulator", "worker: large, single GET", "worker: large, defaults (adaptive)"),
+        ("behind a per-connection cap", "throttled 50 MB/s per connection: worker, single GET",
+         "throttled 50 MB/s per connection: worker, defaults (adaptive)"),
+    ):
+        if have(single, default):
+            s1, d = med(R[single], "mb_per_s"), med(R[default], "mb_per_s")
+            rows.append((f"Defaults at least as fast as one GET {where} (within 10%)",
+                         f"{d:.0f} vs {s1:.0f} MB/s (×{d / s1:.2f})", d >= 0.9 * s1))
     return rows
 
 
@@ -791,7 +801,9 @@ def main() -> int:
             bench.repeat("ceiling: raw GET, large, ranged", bench.ceiling, large, (8 * MIB, 4))
             bench.repeat("worker: large, single GET", bench.worker, "large-single", large,
                          {"RANGED_GET_THRESHOLD_BYTES": "0"})
-            bench.repeat("worker: large, ranged GETs", bench.worker, "large-ranged", large, {})
+            bench.repeat("worker: large, defaults (adaptive)", bench.worker, "large-default", large, {})
+            bench.repeat("worker: large, ranged GETs", bench.worker, "large-ranged", large,
+                         {"RANGED_GET_STREAM_FLOOR_MIBPS": "0"})
         if wanted("db"):
             bench.repeat("db_write", bench.db_write)
         if wanted("zeroread"):
@@ -814,7 +826,9 @@ def main() -> int:
                 bench.repeat("throttled 50 MB/s per connection: worker, single GET", bench.worker,
                              "proxy-single", proxied, {"RANGED_GET_THRESHOLD_BYTES": "0"}, endpoint)
                 bench.repeat("throttled 50 MB/s per connection: worker, ranged GETs", bench.worker,
-                             "proxy-ranged", proxied, {}, endpoint)
+                             "proxy-ranged", proxied, {"RANGED_GET_STREAM_FLOOR_MIBPS": "0"}, endpoint)
+                bench.repeat("throttled 50 MB/s per connection: worker, defaults (adaptive)",
+                             bench.worker, "proxy-default", proxied, {}, endpoint)
             finally:
                 stop(proxy)
     finally:
