@@ -92,26 +92,13 @@ impl Pipeline {
             }
         };
         crate::ops::metrics::records_per_message(items.len());
-
-        let mut outcomes = Vec::with_capacity(items.len());
-        let mut writes = Vec::new();
-        // The item and span of each write, in the same order.
-        let mut origins = Vec::new();
-        let mut permanent: Option<Failure> = None;
+        let mut tally = Tally::default();
         for item in &items {
             let span = record_span(item);
             match self.prepare(item).instrument(span.clone()).await {
-                Ok(Prepared::Done(outcome)) => outcomes.push(Done { outcome, span }),
-                Ok(Prepared::Write(write)) => {
-                    writes.push(write);
-                    origins.push((item, span));
-                }
-                Err(failure @ Failure::Permanent { .. }) => {
-                    if permanent.is_none() {
-                        blame(item);
-                    }
-                    permanent.get_or_insert(failure);
-                }
+                Ok(Prepared::Done(outcome)) => tally.outcomes.push(Done { outcome, span }),
+                Ok(Prepared::Write(write)) => tally.writes.push((write, item, span)),
+                Err(failure @ Failure::Permanent { .. }) => tally.refuse(item, failure),
                 // Nothing later in this message can change a retry: stop here.
                 Err(failure) => {
                     blame(item);
@@ -119,45 +106,53 @@ impl Pipeline {
                 }
             }
         }
+        match self.commit(&mut tally).await {
+            Ok(()) => tally.verdict(),
+            Err(failure @ Failure::Permanent { .. }) => Verdict::DeadLetter {
+                outcomes: tally.outcomes,
+                failure,
+            },
+            Err(failure) => Verdict::Retry(failure),
+        }
+    }
 
-        if !writes.is_empty() {
-            let event_times: Vec<_> = writes.iter().map(event_time).collect();
-            let written = match self.writer.write(writes).await {
-                Ok(written) => written,
-                Err(failure @ Failure::Permanent { .. }) => {
-                    return Verdict::DeadLetter { outcomes, failure };
-                }
-                Err(failure) => return Verdict::Retry(failure),
-            };
-            let now = Utc::now();
-            for ((result, at), (item, span)) in written.into_iter().zip(event_times).zip(origins) {
-                let outcome = match result {
-                    WriteOutcome::Recorded => Outcome::Recorded,
-                    WriteOutcome::Duplicate => Outcome::Duplicate,
-                    WriteOutcome::Removed => Outcome::Removed,
-                    WriteOutcome::Stale => Outcome::Stale,
-                    WriteOutcome::UnknownDatapack => {
-                        if permanent.is_none() {
-                            blame(item);
-                        }
-                        permanent.get_or_insert(Failure::permanent(
+    /// Writes the message's writes in one group commit and adds what became of each.
+    async fn commit(&self, tally: &mut Tally<'_>) -> Result<(), Failure> {
+        if tally.writes.is_empty() {
+            return Ok(());
+        }
+        let (writes, origins): (Vec<_>, Vec<_>) = std::mem::take(&mut tally.writes)
+            .into_iter()
+            .map(|(write, item, span)| {
+                let at = event_time(&write);
+                (write, (at, item, span))
+            })
+            .unzip();
+        let written = self.writer.write(writes).await?;
+        let now = Utc::now();
+        for (result, (at, item, span)) in written.into_iter().zip(origins) {
+            let outcome = match result {
+                WriteOutcome::Recorded => Outcome::Recorded,
+                WriteOutcome::Duplicate => Outcome::Duplicate,
+                WriteOutcome::Removed => Outcome::Removed,
+                WriteOutcome::Stale => Outcome::Stale,
+                WriteOutcome::UnknownDatapack => {
+                    tally.refuse(
+                        item,
+                        Failure::permanent(
                             DeadLetterReason::UnknownDatapack,
                             "no datapack row has this identifier (create it, then redrive)",
-                        ));
-                        continue;
-                    }
-                };
-                if matches!(outcome, Outcome::Recorded | Outcome::Removed) {
-                    let lag = (now - at).to_std().unwrap_or_default();
-                    crate::ops::metrics::event_to_commit(lag);
+                        ),
+                    );
+                    continue;
                 }
-                outcomes.push(Done { outcome, span });
+            };
+            if matches!(outcome, Outcome::Recorded | Outcome::Removed) {
+                crate::ops::metrics::event_to_commit((now - at).to_std().unwrap_or_default());
             }
+            tally.outcomes.push(Done { outcome, span });
         }
-        match permanent {
-            Some(failure) => Verdict::DeadLetter { outcomes, failure },
-            None => Verdict::Ack(outcomes),
-        }
+        Ok(())
     }
 
     async fn prepare(&self, item: &Item) -> Result<Prepared, Failure> {
@@ -185,6 +180,35 @@ impl Pipeline {
         }
     }
 
+    /// Reads the announced version (or S3's trusted checksum of it), and tells the S3 breaker
+    /// and the canary how it went.
+    async fn fetch(&self, target: &Target<'_>) -> Result<Fetched, Failure> {
+        let started = Instant::now();
+        let fetched = fetch::read(
+            &self.s3,
+            *target,
+            self.settings.required_uploaded_by.as_deref(),
+            &self.settings.ranged,
+            &self.settings.checksums,
+        )
+        .await;
+        crate::ops::metrics::phase("fetch_hash", started.elapsed());
+        // Every answer from S3 feeds the breaker: a 404 or 412 shows reads work as well as the
+        // bytes do. Refusals built from the message itself say nothing about S3.
+        match &fetched {
+            Ok(_) => {
+                self.canary.read_ok(target);
+                self.health.observe(Dependency::S3, target.key, true);
+            }
+            Err(failure) if failure.dependency() == Some(Dependency::S3) => {
+                self.canary.read_failed(target);
+                self.health.observe(Dependency::S3, target.key, false);
+            }
+            Err(_) => {}
+        }
+        fetched
+    }
+
     async fn created(&self, event: &ObjectEvent) -> Result<Prepared, Failure> {
         let place = match key::split(&event.key) {
             Ok(place) => place,
@@ -197,29 +221,7 @@ impl Pipeline {
             version_id: event.version_id.as_deref(),
             size: event.size,
         };
-        let started = Instant::now();
-        let fetched = fetch::read(
-            &self.s3,
-            target,
-            self.settings.required_uploaded_by.as_deref(),
-            &self.settings.ranged,
-            &self.settings.checksums,
-        )
-        .await;
-        crate::ops::metrics::phase("fetch_hash", started.elapsed());
-        // Every answer from S3 feeds the breaker: a 404 or 412 shows reads work as well as the
-        // bytes do. Refusals built from the message itself say nothing about S3.
-        match &fetched {
-            Ok(_) => {
-                self.canary.read_ok(&target);
-                self.health.observe(Dependency::S3, &event.key, true);
-            }
-            Err(failure) if failure.dependency() == Some(Dependency::S3) => {
-                self.canary.read_failed(&target);
-                self.health.observe(Dependency::S3, &event.key, false);
-            }
-            Err(_) => {}
-        }
+        let fetched = self.fetch(&target).await;
         let facts = match fetched? {
             Fetched::Object(facts) => facts,
             Fetched::NotPresigned => {
@@ -289,6 +291,36 @@ impl Pipeline {
 enum Prepared {
     Done(Outcome),
     Write(Write),
+}
+
+/// What a message's records came to so far: settled outcomes, writes still to commit (with the
+/// item and span each came from), and the first refusal, which dead-letters the message.
+#[derive(Default)]
+struct Tally<'a> {
+    outcomes: Vec<Done>,
+    writes: Vec<(Write, &'a Item, Span)>,
+    refused: Option<Failure>,
+}
+
+impl Tally<'_> {
+    /// A record that can never succeed: the message is dead-lettered for the first one, named
+    /// in the message span, once the rest is done.
+    fn refuse(&mut self, item: &Item, failure: Failure) {
+        if self.refused.is_none() {
+            blame(item);
+            self.refused = Some(failure);
+        }
+    }
+
+    fn verdict(self) -> Verdict {
+        match self.refused {
+            Some(failure) => Verdict::DeadLetter {
+                outcomes: self.outcomes,
+                failure,
+            },
+            None => Verdict::Ack(self.outcomes),
+        }
+    }
 }
 
 /// The `record` span of one item. ERROR level, like the `message` span, so that a filter that
