@@ -197,18 +197,7 @@ pub async fn presign_at(
     if !(1..=604_800).contains(&args.expires_secs) {
         return invalid("--expires-secs must be between 1 and 604800 (7 days)");
     }
-    let key = object_key(&args.datapack, &args.path, &args.file)?;
-    let content_type = args
-        .content_type
-        .clone()
-        .unwrap_or_else(|| guess_content_type(&args.file).to_owned());
-    if content_type.is_empty() || !content_type.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return invalid("--content-type must be non-empty printable ASCII");
-    }
-    let checksum = args.sha256.as_deref().map(checksum_sha256).transpose()?;
-    let user_metadata = user_metadata(&args.uploader_name, &args.uploader_email);
-    check_metadata_size(&user_metadata)?;
-
+    let upload = Upload::of(args)?;
     let config = PresigningConfig::builder()
         .start_time(start)
         .expires_in(Duration::from_secs(args.expires_secs))
@@ -217,13 +206,13 @@ pub async fn presign_at(
     let mut request = s3
         .put_object()
         .bucket(bucket)
-        .key(&key)
-        .content_type(&content_type);
-    for (name, value) in user_metadata {
+        .key(&upload.key)
+        .content_type(&upload.content_type);
+    for (name, value) in upload.metadata {
         request = request.metadata(name, value);
     }
     let mut request = request.customize();
-    if let Some(checksum) = checksum.clone() {
+    if let Some(checksum) = upload.checksum.clone() {
         // The SDK's presigner has dropped a `checksum_sha256` set on the builder
         // (awslabs/aws-sdk-rust#1103). Put on the request just before signing, the header is
         // signed like every other one, whatever the SDK does with the builder field; the check
@@ -236,36 +225,75 @@ pub async fn presign_at(
         .presigned(config)
         .await
         .map_err(|e| PresignError::Sdk(crate::disposition::chain(&e)))?;
-    let headers: BTreeMap<String, String> = request
-        .headers()
-        .filter(|(name, _)| !name.eq_ignore_ascii_case("host"))
-        .map(|(name, value)| (canonical(name), value.to_owned()))
-        .collect();
-    let url = request.uri().to_owned();
-    if let Some(checksum) = &checksum
-        && headers.get(CHECKSUM_SHA256) != Some(checksum)
-    {
-        return Err(PresignError::Sdk(format!(
-            "the presigned request lost its {CHECKSUM_SHA256} header"
-        )));
-    }
-    // The whole point of the URL: a browser that sends other headers is refused. Never hand out
-    // one whose signature does not cover every header it tells the browser to send.
-    let signed = signed_headers(&url)
-        .ok_or_else(|| PresignError::Sdk("the presigned URL has no X-Amz-SignedHeaders".into()))?;
-    if let Some(unsigned) = headers
-        .keys()
-        .find(|name| !signed.contains(&name.to_ascii_lowercase()))
-    {
-        return Err(PresignError::Sdk(format!(
-            "the signature does not cover the header {unsigned}"
-        )));
-    }
-    Ok(Presigned {
-        url,
+    let presigned = Presigned {
+        url: request.uri().to_owned(),
         method: request.method().to_owned(),
-        headers,
-    })
+        headers: request
+            .headers()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case("host"))
+            .map(|(name, value)| (canonical(name), value.to_owned()))
+            .collect(),
+    };
+    presigned.check_signed(upload.checksum.as_deref())?;
+    Ok(presigned)
+}
+
+/// What the browser will upload, checked as S3 would check it.
+struct Upload {
+    key: String,
+    content_type: String,
+    /// `x-amz-checksum-sha256`: base64 of the digest.
+    checksum: Option<String>,
+    metadata: Vec<(&'static str, String)>,
+}
+
+impl Upload {
+    fn of(args: &PresignArgs) -> Result<Self, PresignError> {
+        let key = object_key(&args.datapack, &args.path, &args.file)?;
+        let content_type = args
+            .content_type
+            .clone()
+            .unwrap_or_else(|| guess_content_type(&args.file).to_owned());
+        if content_type.is_empty() || !content_type.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return invalid("--content-type must be non-empty printable ASCII");
+        }
+        let checksum = args.sha256.as_deref().map(checksum_sha256).transpose()?;
+        let metadata = user_metadata(&args.uploader_name, &args.uploader_email);
+        check_metadata_size(&metadata)?;
+        Ok(Self {
+            key,
+            content_type,
+            checksum,
+            metadata,
+        })
+    }
+}
+
+impl Presigned {
+    /// The whole point of the URL: a browser that sends other headers is refused. Never hand
+    /// out one whose signature does not cover every header it tells the browser to send.
+    fn check_signed(&self, checksum: Option<&str>) -> Result<(), PresignError> {
+        if let Some(checksum) = checksum
+            && self.headers.get(CHECKSUM_SHA256).map(String::as_str) != Some(checksum)
+        {
+            return Err(PresignError::Sdk(format!(
+                "the presigned request lost its {CHECKSUM_SHA256} header"
+            )));
+        }
+        let signed = signed_headers(&self.url).ok_or_else(|| {
+            PresignError::Sdk("the presigned URL has no X-Amz-SignedHeaders".into())
+        })?;
+        match self
+            .headers
+            .keys()
+            .find(|name| !signed.contains(&name.to_ascii_lowercase()))
+        {
+            Some(unsigned) => Err(PresignError::Sdk(format!(
+                "the signature does not cover the header {unsigned}"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The header names a presigned URL's signature covers (`X-Amz-SignedHeaders`, lower case).
