@@ -274,26 +274,8 @@ pub(crate) struct Written {
     pub was_live: bool,
 }
 
-/// Inserts new uploads; refreshes an existing upload only from a newer event (the same bytes
-/// uploaded again after a removal). Returns the rows that changed, with what they were before.
-async fn insert_resources(
-    tx: &mut Tx<'_>,
-    resources: &[(usize, &NewResource)],
-    datapacks: &HashMap<String, i64>,
-) -> Result<Vec<Written>, sqlx::Error> {
-    if resources.is_empty() {
-        return Ok(Vec::new());
-    }
-    macro_rules! column {
-        ($r:ident => $e:expr) => {
-            resources.iter().map(|(_, $r)| $e).collect::<Vec<_>>()
-        };
-    }
-    // `prior` reads the rows as they were before the statement (one snapshot for the whole
-    // statement), so a refreshed row says whether it was live: the difference between a row made
-    // live again and one merely rewritten, for the listeners.
-    let rows = sqlx::query(
-        "WITH prior AS (
+/// Inserts (or refreshes, when newer) one row per upload, saying which were new and which live.
+const INSERT_RESOURCES: &str = "WITH prior AS (
              SELECT r.id, r.deleted_at IS NULL AS live
              FROM unnest($2::text[], $3::text[], $8::text[]) AS k (bucket, object_key, etag)
              JOIN datapack_resource r
@@ -317,26 +299,45 @@ async fn insert_resources(
              RETURNING id, bucket, object_key, etag)
          SELECT w.id, w.bucket, w.object_key, w.etag, p.id IS NULL AS inserted,
                 coalesce(p.live, false) AS was_live
-         FROM written w LEFT JOIN prior p ON p.id = w.id",
-    )
-    .bind(column!(r => datapacks[r.datapack.as_str()]))
-    .bind(column!(r => r.bucket.as_str()))
-    .bind(column!(r => r.object_key.as_str()))
-    .bind(column!(r => r.path.as_str()))
-    .bind(column!(r => r.display.as_str()))
-    .bind(column!(r => r.content_type.as_deref()))
-    .bind(column!(r => r.length))
-    .bind(column!(r => r.etag.as_str()))
-    .bind(column!(r => r.sha256.as_str()))
-    .bind(column!(r => r.submitter_name.as_deref()))
-    .bind(column!(r => r.submitter_email.as_deref()))
-    .bind(column!(r => r.object_last_modified))
-    .bind(column!(r => r.version_id.as_deref()))
-    .bind(column!(r => r.sequencer.as_deref()))
-    .bind(column!(r => r.event_time))
-    .bind(column!(r => r.sha256_source.as_str()))
-    .fetch_all(&mut **tx)
-    .await?;
+         FROM written w LEFT JOIN prior p ON p.id = w.id";
+
+/// Inserts new uploads; refreshes an existing upload only from a newer event (the same bytes
+/// uploaded again after a removal). Returns the rows that changed, with what they were before.
+async fn insert_resources(
+    tx: &mut Tx<'_>,
+    resources: &[(usize, &NewResource)],
+    datapacks: &HashMap<String, i64>,
+) -> Result<Vec<Written>, sqlx::Error> {
+    if resources.is_empty() {
+        return Ok(Vec::new());
+    }
+    macro_rules! column {
+        ($r:ident => $e:expr) => {
+            resources.iter().map(|(_, $r)| $e).collect::<Vec<_>>()
+        };
+    }
+    // `prior` reads the rows as they were before the statement (one snapshot for the whole
+    // statement), so a refreshed row says whether it was live: the difference between a row made
+    // live again and one merely rewritten, for the listeners.
+    let rows = sqlx::query(INSERT_RESOURCES)
+        .bind(column!(r => datapacks[r.datapack.as_str()]))
+        .bind(column!(r => r.bucket.as_str()))
+        .bind(column!(r => r.object_key.as_str()))
+        .bind(column!(r => r.path.as_str()))
+        .bind(column!(r => r.display.as_str()))
+        .bind(column!(r => r.content_type.as_deref()))
+        .bind(column!(r => r.length))
+        .bind(column!(r => r.etag.as_str()))
+        .bind(column!(r => r.sha256.as_str()))
+        .bind(column!(r => r.submitter_name.as_deref()))
+        .bind(column!(r => r.submitter_email.as_deref()))
+        .bind(column!(r => r.object_last_modified))
+        .bind(column!(r => r.version_id.as_deref()))
+        .bind(column!(r => r.sequencer.as_deref()))
+        .bind(column!(r => r.event_time))
+        .bind(column!(r => r.sha256_source.as_str()))
+        .fetch_all(&mut **tx)
+        .await?;
     let index: HashMap<(&str, &str, &str), usize> = resources
         .iter()
         .map(|(i, r)| {
@@ -419,21 +420,8 @@ pub(crate) struct Settled {
     pub facts: notify::RowFacts,
 }
 
-/// Decides, for every touched key, which of its rows is live, and changes the rows whose state
-/// differs. The key's newest removal splits its rows: those at or before it are live only as the
-/// version S3 said survived it (none for a plain delete or a delete marker) and only while no
-/// upload newer than the removal exists; among those after it, the newest upload is live. Without
-/// a survivor this is the per-key tombstone unversioned buckets have always had.
-async fn settle(tx: &mut Tx<'_>, writes: &[Write]) -> Result<Vec<Settled>, sqlx::Error> {
-    let (buckets, keys): (Vec<&str>, Vec<&str>) = writes.iter().map(Write::key).unzip();
-    // The touched keys' rows are found first, through the (bucket, object_key, etag) key, and
-    // only those are tested: written as one UPDATE with `deleted_at IS NULL` beside the tests,
-    // a database without statistics yet (a fresh one: IS NULL is guessed selective) plans a walk
-    // over every live row, running the tests on each, for every batch. Only live rows can end and
-    // only a survivor can come back (a row made live by a refresh above is live here already),
-    // so the other deleted rows of a key with a long history are never tested.
-    let rows = sqlx::query(
-        "WITH candidate AS MATERIALIZED (
+/// Settles every touched key: which of its rows are live after this batch (see `settle`).
+const SETTLE_KEYS: &str = "WITH candidate AS MATERIALIZED (
              SELECT r.id, r.bucket, r.object_key, r.etag, r.version_id, r.sequencer, r.event_time,
                     r.deleted_at
              FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k (bucket, object_key)
@@ -475,15 +463,29 @@ async fn settle(tx: &mut Tx<'_>, writes: &[Write]) -> Result<Vec<Settled>, sqlx:
                 OR (d.live AND d.survivor AND d.current_version_id IS DISTINCT FROM r.version_id
                     AND d.current_version_id IS NOT NULL))
          RETURNING r.id, d.was_live, r.deleted_at IS NULL AS live, r.object_key, r.etag, r.version_id,
-                   (SELECT identifier FROM datapack WHERE id = r.datapack_id) AS datapack",
-    )
-    .bind(buckets)
-    .bind(keys)
-    // Planned at each execution: a cached generic plan made while the table was small (a fresh
-    // database) walks every live row for each batch as the table grows, until an ANALYZE.
-    .persistent(false)
-    .fetch_all(&mut **tx)
-    .await?;
+                   (SELECT identifier FROM datapack WHERE id = r.datapack_id) AS datapack";
+
+/// Decides, for every touched key, which of its rows is live, and changes the rows whose state
+/// differs. The key's newest removal splits its rows: those at or before it are live only as the
+/// version S3 said survived it (none for a plain delete or a delete marker) and only while no
+/// upload newer than the removal exists; among those after it, the newest upload is live. Without
+/// a survivor this is the per-key tombstone unversioned buckets have always had.
+async fn settle(tx: &mut Tx<'_>, writes: &[Write]) -> Result<Vec<Settled>, sqlx::Error> {
+    let (buckets, keys): (Vec<&str>, Vec<&str>) = writes.iter().map(Write::key).unzip();
+    // The touched keys' rows are found first, through the (bucket, object_key, etag) key, and
+    // only those are tested: written as one UPDATE with `deleted_at IS NULL` beside the tests,
+    // a database without statistics yet (a fresh one: IS NULL is guessed selective) plans a walk
+    // over every live row, running the tests on each, for every batch. Only live rows can end and
+    // only a survivor can come back (a row made live by a refresh above is live here already),
+    // so the other deleted rows of a key with a long history are never tested.
+    let rows = sqlx::query(SETTLE_KEYS)
+        .bind(buckets)
+        .bind(keys)
+        // Planned at each execution: a cached generic plan made while the table was small (a fresh
+        // database) walks every live row for each batch as the table grows, until an ANALYZE.
+        .persistent(false)
+        .fetch_all(&mut **tx)
+        .await?;
     rows.iter()
         .map(|row| {
             Ok(Settled {
