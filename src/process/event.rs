@@ -262,14 +262,7 @@ fn parse_eventbridge(value: &Value) -> Result<Item, ParseError> {
 }
 
 /// Reads the fields both S3-event shapes share once the caller located them.
-fn object_event(
-    kind: EventKind,
-    event_name: &str,
-    s3: &Value,
-    etag_at: &[&str],
-    version_at: &[&str],
-    time: &str,
-) -> Result<Item, ParseError> {
+fn bucket_of(s3: &Value) -> Result<&str, ParseError> {
     let bucket = str_at(s3, &["bucket", "name"]).ok_or_else(|| malformed("no bucket name"))?;
     check_len("bucket name", bucket, limits::BUCKET_CHARS)?;
     if !bucket
@@ -280,19 +273,53 @@ fn object_event(
             "bucket name {bucket:?} is not a bucket name"
         )));
     }
+    Ok(bucket)
+}
+
+fn key_of(s3: &Value) -> Result<String, ParseError> {
     let raw_key = str_at(s3, &["object", "key"]).ok_or_else(|| malformed("no object key"))?;
     // Percent-encoding at most triples a key: anything longer cannot decode to a valid one.
     check_len("object key", raw_key, limits::KEY_BYTES * 3)?;
     let key = decode_key(raw_key)?;
     check_len("decoded object key", &key, limits::KEY_BYTES)?;
-    let size = match s3.get("object").and_then(|o| o.get("size")) {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .filter(|n| *n <= limits::OBJECT_BYTES)
-                .ok_or_else(|| malformed(format!("object size {v} is not a size S3 can have")))?,
-        ),
+    Ok(key)
+}
+
+fn size_of(s3: &Value) -> Result<Option<u64>, ParseError> {
+    match s3.get("object").and_then(|o| o.get("size")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n <= limits::OBJECT_BYTES)
+            .map(Some)
+            .ok_or_else(|| malformed(format!("object size {v} is not a size S3 can have"))),
+    }
+}
+
+fn sequencer_of(s3: &Value) -> Result<Option<String>, ParseError> {
+    let Some(sequencer) = str_at(s3, &["object", "sequencer"]).filter(|s| !s.is_empty()) else {
+        return Ok(None);
     };
+    check_len("sequencer", sequencer, limits::SEQUENCER_CHARS)?;
+    if !sequencer.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(malformed(format!(
+            "sequencer {sequencer:?} is not hexadecimal"
+        )));
+    }
+    Ok(Some(sequencer.to_owned()))
+}
+
+fn object_event(
+    kind: EventKind,
+    event_name: &str,
+    s3: &Value,
+    etag_at: &[&str],
+    version_at: &[&str],
+    time: &str,
+) -> Result<Item, ParseError> {
+    let bucket = bucket_of(s3)?;
+    let key = key_of(s3)?;
+    let size = size_of(s3)?;
     let etag = str_at(s3, etag_at)
         .map(unquote_etag)
         .filter(|e| !e.is_empty());
@@ -305,17 +332,7 @@ fn object_event(
     if let Some(version) = &version_id {
         check_token("versionId", version, limits::VERSION_ID_CHARS)?;
     }
-    let sequencer = str_at(s3, &["object", "sequencer"])
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned);
-    if let Some(sequencer) = &sequencer {
-        check_len("sequencer", sequencer, limits::SEQUENCER_CHARS)?;
-        if !sequencer.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(malformed(format!(
-                "sequencer {sequencer:?} is not hexadecimal"
-            )));
-        }
-    }
+    let sequencer = sequencer_of(s3)?;
     Ok(Item::Object(ObjectEvent {
         kind,
         event_name: event_name.to_owned(),

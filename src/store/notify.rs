@@ -111,22 +111,27 @@ pub(crate) fn changes(
         }
     }
     rows.into_iter()
-        .filter_map(|(id, t)| {
-            let change = match (t.was_live, t.live) {
-                (None, _) => Change::Created,
-                (Some(true), false) => Change::Deleted,
-                (Some(false), true) => Change::Restored,
-                (Some(_), _) if t.rewritten => Change::Updated,
-                (Some(_), _) => return None,
-            };
-            Some(RowChange {
-                id,
-                change,
-                live: t.live,
-                facts: t.facts,
-            })
-        })
+        .filter_map(|(id, track)| track.change(id))
         .collect()
+}
+
+impl Track {
+    /// What happened to the row, if anything an app should hear of.
+    fn change(self, id: i64) -> Option<RowChange> {
+        let change = match (self.was_live, self.live) {
+            (None, _) => Change::Created,
+            (Some(true), false) => Change::Deleted,
+            (Some(false), true) => Change::Restored,
+            (Some(_), _) if self.rewritten => Change::Updated,
+            (Some(_), _) => return None,
+        };
+        Some(RowChange {
+            id,
+            change,
+            live: self.live,
+            facts: self.facts,
+        })
+    }
 }
 
 #[derive(Serialize)]
