@@ -276,16 +276,14 @@ async fn a_burst_of_group_committed_changes_announces_each_once() {
     // Group commit: one transaction announced several rows, and each transaction's
     // announcements arrived together (the row's xmin is the transaction that created it; the
     // sentinel's row is rewritten since, so it is left out).
-    let xmins: HashMap<i64, String> = sqlx::query(
-        "SELECT id, xmin::text FROM datapack_resource WHERE object_key LIKE 'dp/burst/%' AND object_key <> $1",
-    )
-    .bind(key)
-    .fetch_all(&db.pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect();
+    let xmins: HashMap<i64, String> = db
+        .pairs(
+            "SELECT id, xmin::text FROM datapack_resource WHERE object_key LIKE 'dp/burst/%' AND object_key <> $1",
+            key,
+        )
+        .await
+        .into_iter()
+        .collect();
     let order: Vec<&String> = seen.iter().filter_map(|id| xmins.get(id)).collect();
     let mut runs: Vec<(&String, usize)> = Vec::new();
     for x in order {

@@ -239,17 +239,12 @@ async fn settled(stack: &Stack) {
 
 /// The live rows of a key: (etag, version id).
 async fn live(db: &TestDb, key: &str) -> Vec<(String, Option<String>)> {
-    sqlx::query(
+    db.pairs(
         "SELECT etag, version_id FROM datapack_resource
          WHERE object_key = $1 AND deleted_at IS NULL ORDER BY id",
+        key,
     )
-    .bind(key)
-    .fetch_all(&db.pool)
     .await
-    .unwrap()
-    .into_iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect()
 }
 
 /// Every row of a key: (etag, version id, live).

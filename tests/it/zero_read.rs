@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode};
 use base64::Engine as _;
 use sha2::Digest;
 use sqlx::Row as _;
@@ -225,45 +225,9 @@ async fn zero_read_a_multipart_sha256_is_composite_and_read() {
     let rig = Rig::new().await;
     let key = "dp-1/big/multipart.bin";
     let parts = [vec![7u8; 5 * 1024 * 1024], b"the end".to_vec()];
-    let s3 = &rig.stack.s3;
-    let bucket = &rig.stack.bucket;
-    let id = s3
-        .create_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .metadata("uploaded-by", "presigned-url")
-        .checksum_algorithm(ChecksumAlgorithm::Sha256)
-        .send()
-        .await
-        .unwrap()
-        .upload_id
-        .unwrap();
-    let mut done = Vec::new();
-    for (n, part) in (1..).zip(&parts) {
-        let checksum = base64_sha256(part);
-        let etag = s3
-            .upload_part()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(&id)
-            .part_number(n)
-            .body(ByteStream::from(part.clone()))
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
-            .checksum_sha256(&checksum)
-            .send()
-            .await
-            .unwrap()
-            .e_tag
-            .unwrap();
-        done.push(
-            CompletedPart::builder()
-                .part_number(n)
-                .e_tag(etag)
-                .checksum_sha256(checksum)
-                .build(),
-        );
-    }
-    rig.stack.complete_multipart(key, &id, done).await;
+    rig.stack
+        .put_multipart_checked(key, parts.iter().cloned(), true)
+        .await;
     let (sha256, _, etag) = rig.stored(key).await;
     // moto: the composite value, without the `-N` a real S3 would append; only the ETag says
     // multipart. It is not the SHA-256 of the object.

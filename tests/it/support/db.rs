@@ -38,6 +38,18 @@ pub struct ResourceRow {
 }
 
 impl TestDb {
+    /// The two columns of every row `sql` returns for its one text parameter.
+    pub async fn pairs<A, B>(&self, sql: &'static str, param: &str) -> Vec<(A, B)>
+    where
+        (A, B): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        sqlx::query_as(sql)
+            .bind(param)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
     /// Locks `datapack_resource` until the returned transaction ends, so the worker's next write
     /// waits; `wait_for_blocked_write` tells when one does.
     pub async fn lock_resources(&self) -> sqlx::Transaction<'static, sqlx::Postgres> {

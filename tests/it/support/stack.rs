@@ -126,12 +126,26 @@ impl Stack {
     /// events for it, and answers CompleteMultipartUpload with a root element the Rust SDK does
     /// not parse although the upload completes, so the object is checked instead of the answer.
     pub async fn put_multipart(&self, key: &str, parts: impl IntoIterator<Item = Vec<u8>>) {
+        self.put_multipart_checked(key, parts, false).await;
+    }
+
+    /// [`Stack::put_multipart`], each part with its SHA-256 checksum when `sha256` (so S3 keeps
+    /// the upload's composite checksum).
+    pub async fn put_multipart_checked(
+        &self,
+        key: &str,
+        parts: impl IntoIterator<Item = Vec<u8>>,
+        sha256: bool,
+    ) {
+        use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedPart};
+        let algorithm = sha256.then_some(ChecksumAlgorithm::Sha256);
         let id = self
             .s3
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .metadata("uploaded-by", "presigned-url")
+            .set_checksum_algorithm(algorithm.clone())
             .send()
             .await
             .unwrap()
@@ -139,6 +153,11 @@ impl Stack {
             .unwrap();
         let mut done = Vec::new();
         for (n, body) in (1..).zip(parts) {
+            let checksum = sha256.then(|| {
+                use base64::Engine as _;
+                use sha2::Digest as _;
+                base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&body))
+            });
             let etag = self
                 .s3
                 .upload_part()
@@ -147,17 +166,15 @@ impl Stack {
                 .upload_id(&id)
                 .part_number(n)
                 .body(body.into())
+                .set_checksum_algorithm(algorithm.clone())
+                .set_checksum_sha256(checksum.clone())
                 .send()
                 .await
                 .unwrap()
                 .e_tag
                 .unwrap();
-            done.push(
-                aws_sdk_s3::types::CompletedPart::builder()
-                    .part_number(n)
-                    .e_tag(etag)
-                    .build(),
-            );
+            let part = CompletedPart::builder().part_number(n).e_tag(etag);
+            done.push(part.set_checksum_sha256(checksum).build());
         }
         self.complete_multipart(key, &id, done).await;
         self.s3
