@@ -301,7 +301,10 @@ class Bench:
 
     # -- the worker
 
-    def worker(self, scenario: str, records: list[dict], extra_env: dict, endpoint=None) -> dict:
+    def worker(self, scenario: str, records: list[dict], extra_env: dict, endpoint=None,
+               probe=None) -> dict:
+        """One timed worker run; `probe(addr)`, if given, is called before the worker stops and
+        what it returns is added to the result."""
         env = dict(self.env)
         env.update(
             DATABASE_URL=self.db_url,
@@ -325,7 +328,7 @@ class Bench:
             offset = logf.tell()
             proc = subprocess.Popen([os.environ["BENCH_WORKER"], "run"], env=env, stdout=logf, stderr=logf)
         try:
-            self.wait_ready(log_path, offset, proc)
+            addr = self.wait_ready(log_path, offset, proc)
             self.psql.scalar(
                 f"INSERT INTO datapack (identifier) VALUES ('{DATAPACK}') ON CONFLICT DO NOTHING"
             )
@@ -357,6 +360,7 @@ class Bench:
             cpu1 = proc_cpu(proc.pid)
             hwm = proc_hwm_mib(proc.pid)
             feeder.join()
+            probed = probe(addr) if probe else {}
             if perf:
                 perf.send_signal(signal.SIGINT)
                 perf.wait(60)
@@ -364,12 +368,12 @@ class Bench:
             stop(proc)
             settle()
         self.check_drained()
-        return self.measure(records, t1 - t0, cpu1 - cpu0, hwm)
+        return self.measure(records, t1 - t0, cpu1 - cpu0, hwm) | probed
 
     def tables_exist(self) -> bool:
         return self.psql.scalar("SELECT to_regclass('datapack_resource') IS NOT NULL") == "t"
 
-    def wait_ready(self, log_path: Path, offset: int, proc: subprocess.Popen) -> None:
+    def wait_ready(self, log_path: Path, offset: int, proc: subprocess.Popen) -> str:
         deadline = time.monotonic() + 60
         addr = None
         while time.monotonic() < deadline:
@@ -380,7 +384,7 @@ class Bench:
                 if addr:
                     with urllib.request.urlopen(f"http://{addr}/readyz", timeout=1) as r:
                         if r.status == 200:
-                            return
+                            return addr
             except OSError:
                 pass
             time.sleep(0.1)
@@ -523,9 +527,9 @@ class Bench:
         return result
 
     @staticmethod
-    def scrape(port: int) -> dict:
+    def scrape(addr: str) -> dict:
         """The worker's own counts: bytes hashed and HeadObject calls."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
             text = r.read().decode()
 
         def value(series: str) -> float:
