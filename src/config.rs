@@ -335,7 +335,7 @@ pub struct RunArgs {
     pub ranged_get_parallelism: usize,
     /// Large objects are first read as one GET; only if that stream is slower than this many MiB/s
     /// (and a part proves faster) is the rest read in parallel parts. 0: parts from the first byte.
-    #[arg(long, env = "RANGED_GET_STREAM_FLOOR_MIBPS", default_value_t = 128)]
+    #[arg(long, env = "RANGED_GET_STREAM_FLOOR_MIBPS", default_value_t = 64)]
     pub ranged_get_stream_floor_mibps: u64,
     /// Record a single-part upload's SHA-256 from S3's stored checksum (HeadObject) without
     /// reading the object. Only where the store verifies checksums at upload (AWS S3 does; an

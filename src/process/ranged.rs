@@ -234,7 +234,9 @@ impl<'a> Ranges<'a> {
         // Too slow: parts for what lies beyond two more parts' worth of the stream.
         let handover = (self.length + 2 * self.ranged.part_size).min(total);
         self.parts.next = handover;
-        self.fetch_ahead();
+        // One part as the probe: a server that re-reads the whole object for every range pays
+        // for one such read, not `parallelism - 1`.
+        self.fetch_ahead_up_to(1);
         let carry = self.stream_until(&mut body, handover).await?;
         let proved = self
             .pending
@@ -331,7 +333,12 @@ impl<'a> Ranges<'a> {
     /// Starts part GETs while this process has buffers to spare; the part being hashed counts
     /// as one.
     fn fetch_ahead(&mut self) {
-        while self.pending.len() + 1 < self.ranged.parallelism {
+        self.fetch_ahead_up_to(self.ranged.parallelism - 1);
+    }
+
+    /// [`Ranges::fetch_ahead`], with at most `ahead` parts waiting.
+    fn fetch_ahead_up_to(&mut self, ahead: usize) {
+        while self.pending.len() < ahead.min(self.ranged.parallelism - 1) {
             let Ok(buffer) = self.ranged.buffers.clone().try_acquire_owned() else {
                 return;
             };
