@@ -49,6 +49,15 @@ pub struct Settings {
     pub metrics_addr: SocketAddr,
 }
 
+/// What ingesting an object needs, queue aside: built by [`RunArgs::ingest_settings`].
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub database: DatabaseSettings,
+    pub aws: AwsSettings,
+    pub pipeline: PipelineSettings,
+    pub writer: WriterSettings,
+}
+
 /// PostgreSQL: where to connect (the URL checked to name its user) and the pool's limits.
 #[derive(Clone)]
 pub struct DatabaseSettings {
@@ -351,22 +360,16 @@ impl RunArgs {
     /// Checks everything that can be checked without a network, once, and turns the flags and
     /// the environment into the settings `run` is built from.
     pub fn into_settings(self) -> Result<Settings, ConfigError> {
-        let database = self.database.to_settings()?;
         let (url, dead_letter_url) = self.queue_urls()?;
-        let buckets = self.buckets();
-        if buckets.is_empty() {
-            return Err(ConfigError::Missing("S3_BUCKET (or FILESYSTEM_S3_BUCKET)"));
-        }
         self.check_rules()?;
-        self.check_ranges()?;
+        let IngestSettings {
+            database,
+            aws,
+            pipeline,
+            writer,
+        } = self.ingest_settings()?;
         let secs = Duration::from_secs;
         Ok(Settings {
-            writer: WriterSettings {
-                writers: self.db_writers,
-                max_batch: self.db_max_batch,
-                create_datapacks: self.create_missing_datapacks,
-                timeout: database.pool.statement_timeout + secs(5),
-            },
             database,
             migrate_on_start: self.migrate_on_start,
             queue: QueueSettings {
@@ -376,12 +379,37 @@ impl RunArgs {
                 visibility_timeout: secs(self.sqs_visibility_timeout_secs),
                 sample_every: secs(self.queue_sample_secs.max(1)),
             },
+            aws,
+            worker: self.worker_settings(),
+            pipeline,
+            writer,
+            metrics_addr: self.metrics_addr,
+        })
+    }
+
+    /// What ingesting an object needs, without a queue: the database, S3, the pipeline's rules
+    /// and the writer. `reconcile` is built from this, with the same checks as `run`.
+    pub fn ingest_settings(&self) -> Result<IngestSettings, ConfigError> {
+        let database = self.database.to_settings()?;
+        let buckets = self.buckets();
+        if buckets.is_empty() {
+            return Err(ConfigError::Missing("S3_BUCKET (or FILESYSTEM_S3_BUCKET)"));
+        }
+        self.check_ranges()?;
+        let secs = Duration::from_secs;
+        Ok(IngestSettings {
+            writer: WriterSettings {
+                writers: self.db_writers,
+                max_batch: self.db_max_batch,
+                create_datapacks: self.create_missing_datapacks,
+                timeout: database.pool.statement_timeout + secs(5),
+            },
+            database,
             aws: AwsSettings {
                 endpoint_url: self.aws_endpoint_url.clone(),
                 attempt_timeout: secs(self.aws_attempt_timeout_secs),
                 ..aws_from_env()
             },
-            worker: self.worker_settings(),
             pipeline: PipelineSettings {
                 buckets,
                 required_uploaded_by: self.required_uploaded_by(),
@@ -391,7 +419,6 @@ impl RunArgs {
                     audit_ratio: self.checksum_audit_ratio,
                 },
             },
-            metrics_addr: self.metrics_addr,
         })
     }
 

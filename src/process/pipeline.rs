@@ -92,8 +92,14 @@ impl Pipeline {
             }
         };
         crate::ops::metrics::records_per_message(items.len());
+        self.process_items(&items).await
+    }
+
+    /// Records already parsed → the verdict: what a message's body comes to, and what `reconcile`
+    /// hands over for each difference it finds, so both take the same fetch, filters and write.
+    pub async fn process_items(&self, items: &[Item]) -> Verdict {
         let mut tally = Tally::default();
-        for item in &items {
+        for item in items {
             let span = record_span(item);
             match self.prepare(item).instrument(span.clone()).await {
                 Ok(Prepared::Done(outcome)) => tally.outcomes.push(Done { outcome, span }),
