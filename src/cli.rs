@@ -1,4 +1,4 @@
-//! The command line: `run`, `migrate`, `presign`, `dlq list`, `dlq redrive`.
+//! The command line: `run`, `migrate`, `presign`, `dlq list`, `dlq redrive`, `reconcile`.
 
 use clap::{Args, Parser, Subcommand};
 
@@ -46,6 +46,9 @@ pub enum Command {
     /// Inspect or redrive the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Compare the bucket with the database and repair the difference (lost notifications,
+    /// objects from before the worker, rows of objects deleted behind its back).
+    Reconcile(Box<crate::commands::reconcile::ReconcileArgs>),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use datapack_worker::cli::{Cli, Command};
-use datapack_worker::commands::{self, dlq, presign};
+use datapack_worker::commands::{self, dlq, presign, reconcile};
 use datapack_worker::ops::telemetry;
 use datapack_worker::{app, config, shutdown};
 
@@ -35,5 +35,6 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Migrate(database) => commands::migrate(database).await,
         Command::Presign(args) => presign::execute(args).await,
         Command::Dlq(command) => dlq::execute(command).await,
+        Command::Reconcile(args) => reconcile::execute(*args).await,
     }
 }

@@ -10,13 +10,16 @@
 --   datapack_object_removal  the same upsert, per key
 --   sequences                nextval for the rows it inserts
 --   datapack_event_newer     the ordering function both upserts call
+--   datapack_reconcile       `datapack-worker reconcile`: its checkpoint and lease, one row per scope
 -- plus transaction-scoped advisory locks (pg_advisory_xact_lock: open to every role). No DELETE,
 -- no TRUNCATE, no REFERENCES, no TRIGGER, no DDL.
 
-REVOKE ALL ON datapack, datapack_resource, datapack_object_removal FROM PUBLIC, datapack_worker;
+REVOKE ALL ON datapack, datapack_resource, datapack_object_removal, datapack_reconcile
+    FROM PUBLIC, datapack_worker;
 GRANT SELECT ON datapack TO datapack_worker;
 GRANT SELECT, INSERT, UPDATE ON datapack_resource TO datapack_worker;
 GRANT SELECT, INSERT, UPDATE ON datapack_object_removal TO datapack_worker;
+GRANT SELECT, INSERT, UPDATE ON datapack_reconcile TO datapack_worker;
 
 REVOKE ALL ON SEQUENCE datapack_id_seq, datapack_resource_id_seq FROM PUBLIC, datapack_worker;
 GRANT USAGE ON SEQUENCE datapack_resource_id_seq TO datapack_worker;

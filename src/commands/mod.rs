@@ -1,11 +1,13 @@
-//! One-shot commands beside `run`: [`migrate`], [`dlq`] (list and redrive dead letters) and
-//! [`presign`] (presigned PUT URLs for browser uploads).
+//! One-shot commands beside `run`: [`migrate`], [`dlq`] (list and redrive dead letters),
+//! [`presign`] (presigned PUT URLs for browser uploads) and [`reconcile`] (compare a bucket with
+//! the database and repair the difference).
 
 use crate::config::DatabaseArgs;
 use crate::store;
 
 pub mod dlq;
 pub mod presign;
+pub mod reconcile;
 
 /// The `migrate` command: applies the pending migrations and says so.
 pub async fn migrate(database: DatabaseArgs) -> anyhow::Result<()> {

@@ -41,6 +41,9 @@ pub const QUEUE_MESSAGES: &str = "datapack_worker_queue_messages";
 pub const QUEUE_OLDEST_AGE: &str = "datapack_worker_queue_oldest_message_age_seconds";
 pub const BUILD_INFO: &str = "datapack_worker_build_info";
 pub const CHECKSUM_AUDITS: &str = "datapack_worker_checksum_audit_total";
+pub const RECONCILE_KEYS: &str = "datapack_worker_reconcile_keys_listed_total";
+pub const RECONCILE_PAGES: &str = "datapack_worker_reconcile_pages_total";
+pub const RECONCILE_DIFFERENCES: &str = "datapack_worker_reconcile_differences_total";
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -94,6 +97,21 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
+    describe_counter!(
+        RECONCILE_KEYS,
+        Unit::Count,
+        "Keys a reconcile listed (and compared with the database)."
+    );
+    describe_counter!(
+        RECONCILE_PAGES,
+        Unit::Count,
+        "Listing pages a reconcile compared, repaired and checkpointed."
+    );
+    describe_counter!(
+        RECONCILE_DIFFERENCES,
+        Unit::Count,
+        "Differences a reconcile found between the bucket and the database, by kind (missing, changed, gone)."
+    );
     describe_counter!(MESSAGES_RECEIVED, Unit::Count, "SQS messages received.");
     describe_counter!(
         MESSAGES,
@@ -267,6 +285,17 @@ fn zero() {
         let (label, reason) = outcome.label();
         counter!(RECORDS, "outcome" => label, "reason" => reason).absolute(0);
     }
+}
+
+/// A reconcile finished a page of `keys` keys (compared, repaired, checkpointed).
+pub fn reconcile_page(keys: usize) {
+    counter!(RECONCILE_PAGES).increment(1);
+    counter!(RECONCILE_KEYS).increment(keys as u64);
+}
+
+/// A reconcile found a difference of this kind; the repair's outcome is counted as a record's.
+pub fn reconcile_difference(kind: &'static str) {
+    counter!(RECONCILE_DIFFERENCES, "kind" => kind).increment(1);
 }
 
 pub fn build_info(version: &'static str, git_commit: &'static str) {

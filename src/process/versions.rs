@@ -30,9 +30,6 @@ impl Current {
     /// only entries of exactly `key` count (the prefix also lists `key.bak`). The current entry
     /// is the one S3 flags `IsLatest`; a listing without the flag (some stores omit it) falls
     /// back to the entry with the newest LastModified, S3's own rule.
-    // Reads the listing a bucket reconcile works from; until that command exists only its tests
-    // call it.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn from_listing(
         key: &str,
         versions: &[ObjectVersion],

@@ -17,6 +17,7 @@ mod poison;
 mod presign_sigv4;
 mod process;
 mod ranged;
+mod reconcile;
 mod roles;
 mod s3_proxy_selftest;
 mod versioned;

@@ -1,0 +1,348 @@
+//! The bucket, one page at a time, in S3's key order: what each key shows now.
+//!
+//! A page holds complete keys only and covers a key range, `(after, upto]` (`upto: None` for the
+//! rest of the scope), so the comparison can read the database's rows of exactly that range. A
+//! key absent from a page's range has nothing live in S3. Sources: ListObjectsV2 (unversioned
+//! buckets), ListObjectVersions (versioned ones: the current version of each key, a delete marker
+//! on top meaning nothing), or an S3 Inventory report ([`super::inventory`]).
+
+use aws_sdk_s3::types::{DeleteMarkerEntry, ObjectVersion};
+
+use crate::aws;
+use crate::disposition::{Dependency, Failure};
+use crate::process::event::unquote_etag;
+use crate::process::versions::Current;
+
+use super::inventory::Inventory;
+
+/// One key and the version S3 shows for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Listed {
+    pub key: String,
+    /// Without quotes.
+    pub etag: String,
+    /// `None` for an unversioned bucket (or the `null` version).
+    pub version_id: Option<String>,
+    pub size: Option<u64>,
+}
+
+/// Complete keys in S3's order, covering `(previous page's upto, upto]`.
+#[derive(Debug, Default)]
+pub(crate) struct Page {
+    pub entries: Vec<Listed>,
+    /// The last key the page covers; `None`: everything to the end of the scope.
+    pub upto: Option<String>,
+}
+
+/// Where the listing comes from.
+pub(crate) enum Source {
+    Objects(Objects),
+    Versions(Versions),
+    Inventory(Box<Inventory>),
+}
+
+impl Source {
+    /// The next page, or `None` once the scope is exhausted.
+    pub(crate) async fn next_page(&mut self) -> Result<Option<Page>, Failure> {
+        match self {
+            Self::Objects(o) => o.next_page().await,
+            Self::Versions(v) => v.next_page().await,
+            Self::Inventory(i) => i.next_page().await,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::Objects(_) => "objects",
+            Self::Versions(_) => "versions",
+            Self::Inventory(_) => "inventory",
+        }
+    }
+}
+
+/// Where a listing starts: the scope's prefix, after the checkpoint's key.
+#[derive(Debug, Clone)]
+pub(crate) struct Start {
+    pub bucket: String,
+    pub prefix: String,
+    pub after: Option<String>,
+    pub page_keys: i32,
+}
+
+/// ListObjectsV2: each key once, with its current ETag.
+pub(crate) struct Objects {
+    s3: aws_sdk_s3::Client,
+    start: Start,
+    token: Option<String>,
+    done: bool,
+}
+
+impl Objects {
+    pub(crate) fn new(s3: aws_sdk_s3::Client, start: Start) -> Self {
+        Self {
+            s3,
+            start,
+            token: None,
+            done: false,
+        }
+    }
+
+    async fn next_page(&mut self) -> Result<Option<Page>, Failure> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let mut request = self
+                .s3
+                .list_objects_v2()
+                .bucket(&self.start.bucket)
+                .prefix(&self.start.prefix)
+                .max_keys(self.start.page_keys);
+            request = match (&self.token, &self.start.after) {
+                (Some(token), _) => request.continuation_token(token),
+                (None, Some(after)) => request.start_after(after),
+                (None, None) => request,
+            };
+            let answer = request
+                .send()
+                .await
+                .map_err(|e| aws::classify(Dependency::S3, e))?;
+            let entries: Vec<Listed> = answer
+                .contents()
+                .iter()
+                .filter_map(|o| {
+                    Some(Listed {
+                        key: o.key()?.to_owned(),
+                        etag: o.e_tag().map(unquote_etag).filter(|e| !e.is_empty())?,
+                        version_id: None,
+                        size: o.size().and_then(|s| u64::try_from(s).ok()),
+                    })
+                })
+                .collect();
+            let truncated = answer.is_truncated() == Some(true);
+            self.token = answer.next_continuation_token().map(str::to_owned);
+            if !truncated || self.token.is_none() {
+                self.done = true;
+                return Ok(Some(Page {
+                    entries,
+                    upto: None,
+                }));
+            }
+            // A truncated page without keys covers nothing yet: ask for the next one.
+            if let Some(last) = entries.last() {
+                let upto = Some(last.key.clone());
+                return Ok(Some(Page { entries, upto }));
+            }
+        }
+    }
+}
+
+/// ListObjectVersions: every version and delete marker, grouped per key; the current entry of
+/// each key decides. A key's entries may span two answers: its entries are held back until the
+/// next answer shows the key is complete.
+pub(crate) struct Versions {
+    s3: aws_sdk_s3::Client,
+    start: Start,
+    markers: Option<(String, Option<String>)>,
+    held: Held,
+    done: bool,
+}
+
+/// The entries of the last key of an answer, which the next answer may continue.
+#[derive(Default)]
+struct Held {
+    versions: Vec<ObjectVersion>,
+    markers: Vec<DeleteMarkerEntry>,
+}
+
+impl Versions {
+    pub(crate) fn new(s3: aws_sdk_s3::Client, start: Start) -> Self {
+        Self {
+            s3,
+            start,
+            markers: None,
+            held: Held::default(),
+            done: false,
+        }
+    }
+
+    async fn next_page(&mut self) -> Result<Option<Page>, Failure> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let mut request = self
+                .s3
+                .list_object_versions()
+                .bucket(&self.start.bucket)
+                .prefix(&self.start.prefix)
+                .max_keys(self.start.page_keys);
+            request = match (&self.markers, &self.start.after) {
+                (Some((key, version)), _) => request
+                    .key_marker(key)
+                    .set_version_id_marker(version.clone()),
+                (None, Some(after)) => request.key_marker(after),
+                (None, None) => request,
+            };
+            let answer = request
+                .send()
+                .await
+                .map_err(|e| aws::classify(Dependency::S3, e))?;
+            let mut held = std::mem::take(&mut self.held);
+            held.versions.extend(answer.versions().iter().cloned());
+            held.markers.extend(answer.delete_markers().iter().cloned());
+            let truncated = answer.is_truncated() == Some(true);
+            let next_key = answer.next_key_marker().map(str::to_owned);
+            if truncated && next_key.is_some() {
+                self.markers =
+                    next_key.map(|k| (k, answer.next_version_id_marker().map(str::to_owned)));
+            } else {
+                self.done = true;
+            }
+            let last_key = if self.done {
+                None
+            } else {
+                last_key(&held).map(str::to_owned)
+            };
+            let page = group(held, last_key.as_deref(), &mut self.held);
+            if self.done || !page.entries.is_empty() || page.upto.is_some() {
+                return Ok(Some(page));
+            }
+        }
+    }
+}
+
+/// The greatest key among the entries: the one the next answer may continue.
+fn last_key(held: &Held) -> Option<&str> {
+    held.versions
+        .iter()
+        .filter_map(ObjectVersion::key)
+        .chain(held.markers.iter().filter_map(DeleteMarkerEntry::key))
+        .max()
+}
+
+/// Groups entries per key and decides each key's current version; the entries of `hold_back`
+/// (the last key, when more may follow) go back into `held` instead.
+fn group(entries: Held, hold_back: Option<&str>, held: &mut Held) -> Page {
+    let mut keys: Vec<&str> = entries
+        .versions
+        .iter()
+        .filter_map(ObjectVersion::key)
+        .chain(entries.markers.iter().filter_map(DeleteMarkerEntry::key))
+        .filter(|k| Some(*k) != hold_back)
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut listed = Vec::with_capacity(keys.len());
+    for key in &keys {
+        if let Current::Version(survivor) =
+            Current::from_listing(key, &entries.versions, &entries.markers)
+        {
+            let size = entries
+                .versions
+                .iter()
+                .find(|v| {
+                    v.key() == Some(key)
+                        && v.e_tag().map(unquote_etag).as_deref() == Some(survivor.etag.as_str())
+                })
+                .and_then(|v| v.size())
+                .and_then(|s| u64::try_from(s).ok());
+            listed.push(Listed {
+                key: (*key).to_owned(),
+                etag: survivor.etag,
+                version_id: survivor.version_id,
+                size,
+            });
+        }
+    }
+    let upto = if hold_back.is_some() {
+        keys.last().map(|k| (*k).to_owned())
+    } else {
+        None
+    };
+    if let Some(back) = hold_back {
+        held.versions.extend(
+            entries
+                .versions
+                .iter()
+                .filter(|v| v.key() == Some(back))
+                .cloned(),
+        );
+        held.markers.extend(
+            entries
+                .markers
+                .iter()
+                .filter(|m| m.key() == Some(back))
+                .cloned(),
+        );
+    }
+    Page {
+        entries: listed,
+        upto,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(key: &str, id: &str, etag: &str, latest: bool) -> ObjectVersion {
+        ObjectVersion::builder()
+            .key(key)
+            .version_id(id)
+            .e_tag(format!("\"{etag}\""))
+            .is_latest(latest)
+            .size(5)
+            .build()
+    }
+
+    fn marker(key: &str, id: &str, latest: bool) -> DeleteMarkerEntry {
+        DeleteMarkerEntry::builder()
+            .key(key)
+            .version_id(id)
+            .is_latest(latest)
+            .build()
+    }
+
+    #[test]
+    fn a_key_split_across_answers_is_held_back_whole() {
+        let answer = Held {
+            versions: vec![
+                version("dp/a", "a2", "ea2", true),
+                version("dp/a", "a1", "ea1", false),
+                version("dp/b", "b2", "eb2", false),
+            ],
+            markers: vec![marker("dp/b", "m1", true)],
+        };
+        let mut held = Held::default();
+        let page = group(answer, Some("dp/c"), &mut held);
+        assert_eq!(page.upto.as_deref(), Some("dp/b"));
+        assert_eq!(page.entries.len(), 1, "dp/b is hidden by its marker");
+        assert_eq!(page.entries[0].key, "dp/a");
+        assert_eq!(page.entries[0].etag, "ea2");
+        assert_eq!(page.entries[0].version_id.as_deref(), Some("a2"));
+        assert_eq!(page.entries[0].size, Some(5));
+        assert!(held.versions.is_empty(), "dp/c had no entries yet");
+    }
+
+    #[test]
+    fn held_entries_join_the_next_answer() {
+        let mut held = Held::default();
+        let first = Held {
+            versions: vec![
+                version("dp/a", "a1", "ea1", true),
+                version("dp/b", "b1", "eb1", false),
+            ],
+            markers: vec![],
+        };
+        let page = group(first, Some("dp/b"), &mut held);
+        assert_eq!(page.entries.len(), 1);
+        assert_eq!(held.versions.len(), 1, "dp/b is held back");
+        let mut next = std::mem::take(&mut held);
+        next.versions.push(version("dp/b", "b2", "eb2", true));
+        let page = group(next, None, &mut held);
+        assert_eq!(page.upto, None);
+        assert_eq!(page.entries[0].key, "dp/b");
+        assert_eq!(page.entries[0].etag, "eb2");
+    }
+}
