@@ -4,6 +4,7 @@
 #   bench/run.sh            full run: 3 runs per scenario, 2,000 × 1 KiB, 4 × 256 MiB, 50,000 DB rows
 #   bench/run.sh --quick    smoke test: 1 run, 200 × 1 KiB, 2 × 64 MiB, 5,000 DB rows
 #   bench/run.sh --only small,large,db,proxy   a subset of the scenario groups
+#   bench/run.sh --only reconcile --out bench/results/reconcile.md   100,000 keys reconciled (alone)
 #   bench/run.sh --perf     also `perf record` each worker run (data kept in the state directory)
 #
 # Sets up PostgreSQL and moto (scripts/ensure-*.sh), builds the release binary and the
