@@ -42,6 +42,9 @@ FEED_MAX_VISIBLE = 200
 SETTLE_WAIT_S = 1
 DATAPACK = "dp-bench"
 CONCURRENCY = 16
+# The scale-out group: worker processes per run, and the database each run gets afresh.
+SCALEOUT_WORKERS = (1, 2, 3)
+SCALEOUT_DB = "datapack_bench_scaleout"
 
 
 def log(msg: str) -> None:
@@ -58,6 +61,23 @@ def listening_addr(log_path: Path, offset: int) -> str | None:
         f.seek(offset)
         found = LISTENING.search(f.read().decode("utf-8", "replace"))
     return found.group(1) if found else None
+
+
+def prometheus_sum(text: str):
+    """A reader over a Prometheus text exposition: series(name, **labels) is the sum of the
+    samples of `name` whose labels include `labels`."""
+    samples = []
+    for line in text.splitlines():
+        found = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$", line)
+        if found:
+            labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', found.group(2) or ""))
+            samples.append((found.group(1), labels, float(found.group(3))))
+
+    def series(name: str, **want: str) -> float:
+        return sum(v for n, labels, v in samples
+                   if n == name and all(labels.get(k) == w for k, w in want.items()))
+
+    return series
 
 
 # --------------------------------------------------------------------------- process stats
@@ -80,6 +100,20 @@ def proc_hwm_mib(pid: int) -> float:
 def settle() -> None:
     """Waits out the long poll a just-stopped consumer may have left open in moto."""
     time.sleep(SETTLE_WAIT_S + 0.5)
+
+
+def stop_all(procs: list[subprocess.Popen], timeout: float = 30) -> None:
+    """Asks every process to stop at once (they drain side by side), then waits for each."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
@@ -285,7 +319,9 @@ class Bench:
 
     # -- set-up
 
-    def prepare(self) -> None:
+    def prepare(self, large: bool) -> None:
+        """Uploads the small set, and the large one if a wanted group reads it (the emulator
+        keeps every object in memory)."""
         # Uploads must not enqueue notifications: runs feed the events themselves.
         self.s3.put_bucket_notification_configuration(
             Bucket=self.bucket, NotificationConfiguration={}
@@ -294,20 +330,20 @@ class Bench:
         a = self.args
         log(f"uploading {a.small_count} x {a.small_size} B")
         self.objects.upload("small", a.small_count, a.small_size)
-        log(f"uploading {a.large_count} x {a.large_size // MIB} MiB")
-        self.objects.upload("large", a.large_count, a.large_size)
+        if large:
+            log(f"uploading {a.large_count} x {a.large_size // MIB} MiB")
+            self.objects.upload("large", a.large_count, a.large_size)
         self.db_url = fresh_database(self.admin, "datapack_bench")
         self.psql = Psql(self.db_url)
 
     # -- the worker
 
-    def worker(self, scenario: str, records: list[dict], extra_env: dict, endpoint=None,
-               probe=None) -> dict:
-        """One timed worker run; `probe(addr)`, if given, is called before the worker stops and
-        what it returns is added to the result."""
+    def worker_env(self, extra_env: dict, endpoint=None, db_url=None) -> dict:
+        """A benchmark worker's environment: concurrency 16, metrics on a port the kernel picks,
+        the short long-poll wait (see SETTLE_WAIT_S), defaults otherwise."""
         env = dict(self.env)
         env.update(
-            DATABASE_URL=self.db_url,
+            DATABASE_URL=db_url or self.db_url,
             WORKER_CONCURRENCY=str(CONCURRENCY),
             METRICS_ADDR="127.0.0.1:0",
             MIGRATE_ON_START="true",
@@ -318,15 +354,28 @@ class Bench:
         if endpoint:
             env["AWS_ENDPOINT_URL"] = endpoint
         env.update(extra_env)
+        return env
+
+    def start_worker(self, log_name: str, env: dict) -> tuple[subprocess.Popen, Path, int]:
+        """Starts the release binary, logging to the state directory; returns the process, its
+        log and where this start's lines begin in it."""
+        log_path = self.state / f"worker-{log_name}.log"
+        with open(log_path, "ab") as logf:
+            offset = logf.tell()
+            proc = subprocess.Popen([os.environ["BENCH_WORKER"], "run"], env=env, stdout=logf, stderr=logf)
+        return proc, log_path, offset
+
+    def worker(self, scenario: str, records: list[dict], extra_env: dict, endpoint=None,
+               probe=None) -> dict:
+        """One timed worker run; `probe(addr)`, if given, is called before the worker stops and
+        what it returns is added to the result."""
+        env = self.worker_env(extra_env, endpoint)
         self.psql.scalar(
             "TRUNCATE datapack_resource, datapack_object_removal"
             if self.tables_exist()
             else "SELECT 1"
         )
-        log_path = self.state / f"worker-{scenario}.log"
-        with open(log_path, "ab") as logf:
-            offset = logf.tell()
-            proc = subprocess.Popen([os.environ["BENCH_WORKER"], "run"], env=env, stdout=logf, stderr=logf)
+        proc, log_path, offset = self.start_worker(scenario, env)
         try:
             addr = self.wait_ready(log_path, offset, proc)
             self.psql.scalar(
@@ -343,19 +392,7 @@ class Bench:
             t0 = time.time()
             feeder = Feeder(self.sqs, self.queue_url, records)
             feeder.start()
-            n = len(records)
-            deadline = time.monotonic() + self.args.timeout
-            while True:
-                done = int(self.psql.scalar("SELECT count(*) FROM datapack_resource") or 0)
-                if done >= n:
-                    break
-                if proc.poll() is not None:
-                    raise RuntimeError(f"worker exited with {proc.returncode}; see {log_path}")
-                if feeder.error:
-                    raise feeder.error
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{done}/{n} rows after {self.args.timeout}s; see {log_path}")
-                time.sleep(0.02)
+            self.wait_rows(self.psql, len(records), [(proc, log_path)], feeder)
             t1 = time.time()
             cpu1 = proc_cpu(proc.pid)
             hwm = proc_hwm_mib(proc.pid)
@@ -369,6 +406,24 @@ class Bench:
             settle()
         self.check_drained()
         return self.measure(records, t1 - t0, cpu1 - cpu0, hwm) | probed
+
+    def wait_rows(self, psql: Psql, n: int, workers: list[tuple[subprocess.Popen, Path]],
+                  feeder: Feeder) -> None:
+        """Polls the row count until `n` rows are committed; fails fast if a worker or the
+        feeder does."""
+        deadline = time.monotonic() + self.args.timeout
+        while True:
+            done = int(psql.scalar("SELECT count(*) FROM datapack_resource") or 0)
+            if done >= n:
+                return
+            for proc, log_path in workers:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker exited with {proc.returncode}; see {log_path}")
+            if feeder.error:
+                raise feeder.error
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{done}/{n} rows after {self.args.timeout}s; see the worker logs in {self.state}")
+            time.sleep(0.02)
 
     def tables_exist(self) -> bool:
         return self.psql.scalar("SELECT to_regclass('datapack_resource') IS NOT NULL") == "t"
@@ -558,6 +613,134 @@ class Bench:
                     f"{name}-on", records,
                     {"S3_CHECKSUMS_TRUSTED": "true", "CHECKSUM_AUDIT_RATIO": "0"}, None, self.scrape)
 
+    # -- scale-out: N worker processes on one queue, one database
+
+    def scaleout_group(self, records: list[dict]) -> None:
+        """N = SCALEOUT_WORKERS worker processes each, on the same fed set; the Ns interleave run
+        by run (1, 2, 3, 1, 2, 3, ...) so a change in the machine's load falls on all of them."""
+        for i in range(self.args.runs):
+            for n in SCALEOUT_WORKERS:
+                name = f"scale-out: {process_count(n)}, small"
+                log(f"{name}: run {i + 1}/{self.args.runs}")
+                result = self.counted("small", self.scaleout, records, n)
+                log(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float)))
+                self.results.setdefault(name, []).append(result)
+
+    def scaleout(self, records: list[dict], n_workers: int) -> dict:
+        """One timed run of `n_workers` worker processes (defaults, each its own process) on the
+        one queue and one fresh database. Measures every process's CPU over the timed window
+        (workers, moto, the PostgreSQL backends serving the run's database, this harness) and
+        the workers' own counts; fails unless each object has exactly one row and was recorded
+        exactly once."""
+        n = len(records)
+        db_url = fresh_database(self.admin, SCALEOUT_DB)
+        env = self.worker_env({}, db_url=db_url)
+        procs: list[subprocess.Popen] = []
+        workers: list[tuple[subprocess.Popen, Path, str]] = []  # with each one's metrics address
+        psql = Psql(db_url)
+        try:
+            # One at a time: the first applies the migrations, the others find them applied.
+            for i in range(n_workers):
+                proc, log_path, offset = self.start_worker(f"scaleout-{n_workers}-{i + 1}", env)
+                procs.append(proc)
+                workers.append((proc, log_path, self.wait_ready(log_path, offset, proc)))
+            psql.scalar(f"INSERT INTO datapack (identifier) VALUES ('{DATAPACK}')")
+            before = [self.worker_counts(addr) for _, _, addr in workers]
+            cpu0 = self.cpu_snapshot(workers, psql)
+            t0 = time.time()
+            feeder = Feeder(self.sqs, self.queue_url, records)
+            feeder.start()
+            self.wait_rows(psql, n, [(p, l) for p, l, _ in workers], feeder)
+            t1 = time.time()
+            cpu1 = self.cpu_snapshot(workers, psql)
+            hwm = max(proc_hwm_mib(p.pid) for p, _, _ in workers)
+            feeder.join()
+            self.check_drained()  # the last delete batches, before the counts are read
+            after = [self.worker_counts(addr) for _, _, addr in workers]
+            stop_all(procs)
+            settle()
+            self.check_drained()
+            rows, keys, repeated = (int(v) for v in psql.scalar(
+                "SELECT count(*) || ',' || count(DISTINCT (bucket, object_key, etag)) || ',' || "
+                "(SELECT count(*) FROM (SELECT 1 FROM datapack_resource "
+                "GROUP BY bucket, object_key, etag HAVING count(*) > 1) d) FROM datapack_resource"
+            ).split(","))
+        finally:
+            stop_all(procs)
+            psql.close()
+        counts = {k: sum(a[k] - b[k] for a, b in zip(after, before)) for k in after[0]}
+        if rows != n or keys != n or repeated or counts["recorded"] != n:
+            raise RuntimeError(
+                f"{n_workers} workers: {rows} rows, {keys} distinct uploads, {repeated} uploads with "
+                f"more than one row, {counts['recorded']:.0f} recorded, for {n} objects")
+        wall = t1 - t0
+        cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}  # a backend born mid-run counts whole
+        result = self.measure(records, wall, sum(v for k, v in cpu.items() if k[0] == "worker"), hwm)
+        per_worker = [cpu.get(("worker", p.pid), 0.0) for p, _, _ in workers]
+        moto = cpu.get(("moto", 0))
+        postgres = sum(v for k, v in cpu.items() if k[0] == "postgres")
+        harness = sum(v for k, v in cpu.items() if k[0] == "harness")
+        result.update(
+            workers=n_workers,
+            worker_cpu_share=[c / wall for c in per_worker],
+            workers_cpu_share=sum(per_worker) / wall,
+            postgres_cpu_s=postgres,
+            postgres_cpu_share=postgres / wall,
+            postgres_ms_per_object=postgres * 1000 / n,
+            harness_cpu_s=harness,
+            harness_cpu_share=harness / wall,
+            rows=rows,
+            rows_repeated=repeated,
+            recorded=counts["recorded"],
+            duplicate_outcomes=counts["duplicate"],
+            receives_per_object=counts["receives"] / n,
+            empty_receives_per_object=counts["empty_receives"] / n,
+            messages_received_per_object=counts["messages_received"] / n,
+            delete_batches_per_object=counts["delete_batches"] / n,
+        )
+        if moto is not None:
+            result.update(moto_cpu_s=moto, moto_cpu_share=moto / wall,
+                          moto_ms_per_object=moto * 1000 / n)
+        result["all_cpu_share"] = sum(
+            result.get(k, 0.0) for k in ("workers_cpu_share", "moto_cpu_share",
+                                         "postgres_cpu_share", "harness_cpu_share"))
+        return result
+
+    def cpu_snapshot(self, workers, psql: Psql) -> dict[tuple[str, int], float]:
+        """CPU seconds so far of every process in the run, keyed (role, pid): the workers, moto
+        (its pid file; 0 stands for it), the PostgreSQL backends serving the run's database but
+        the row poller's, and the harness (this process: the feeder; the poller's psql)."""
+        out = {("worker", p.pid): proc_cpu(p.pid) for p, _, _ in workers}
+        moto_pid = self.state / "moto.pid"
+        if moto_pid.exists():
+            out[("moto", 0)] = proc_cpu(int(moto_pid.read_text()))
+        backends = psql.scalar(
+            "SELECT string_agg(pid::text, ',') FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        for pid in filter(None, backends.split(",")):
+            try:
+                out[("postgres", int(pid))] = proc_cpu(int(pid))
+            except OSError:  # ended meanwhile
+                pass
+        out[("harness", os.getpid())] = proc_cpu(os.getpid())
+        out[("harness", psql.proc.pid)] = proc_cpu(psql.proc.pid)
+        return out
+
+    @staticmethod
+    def worker_counts(addr: str) -> dict[str, float]:
+        """A worker's own counts: records recorded and found duplicate, and its SQS calls."""
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        series = prometheus_sum(text)
+        return {
+            "recorded": series("datapack_worker_records_total", outcome="recorded"),
+            "duplicate": series("datapack_worker_records_total", outcome="duplicate"),
+            "receives": series("datapack_worker_receives_total"),
+            "empty_receives": series("datapack_worker_empty_receives_total"),
+            "messages_received": series("datapack_worker_messages_received_total"),
+            "delete_batches": series("datapack_worker_phase_seconds_count", phase="sqs_delete"),
+        }
+
     # -- helpers
 
     @staticmethod
@@ -593,7 +776,11 @@ def med(runs: list[dict], key: str) -> float:
 
 
 def cell(runs: list[dict], key: str, fmt: str) -> str:
-    values = [r[key] for r in runs if key in r]
+    return cell_of([r[key] for r in runs if key in r], fmt)
+
+
+def cell_of(values: list[float], fmt: str) -> str:
+    """Median (min–max) of the values; the value alone for one run, – for none."""
     if not values:
         return "–"
     m = statistics.median(values)
@@ -640,6 +827,10 @@ def report(bench: Bench, started: float) -> str:
     if zeroread:
         out.append("")
         out.extend(zeroread)
+    scaleout = scaleout_table(R)
+    if scaleout:
+        out.append("")
+        out.extend(scaleout)
     out.append("")
     out.append("CPU: the worker's and the bare client's user+sys from /proc/PID/stat; the baseline's is the "
                "handler's own (getrusage around each invocation), without the webhook receiver or the SQS polling. "
@@ -707,6 +898,73 @@ def zeroread_table(R: dict) -> list[str]:
                "Trust on runs with CHECKSUM_AUDIT_RATIO=0: an audit ratio r adds r × the GET path's cost. "
                "CPU \"< x\": the run used less than one clock tick in all.")
     return out
+
+
+def scaleout_table(R: dict) -> list[str]:
+    """The scale-out lines: throughput and CPU per object by number of worker processes, the
+    duplicate checks and SQS calls, then where the CPU went."""
+    names = [n for n in R if n.startswith("scale-out: ")]
+    if not names:
+        return []
+    one = R[names[0]] if R[names[0]][0]["workers"] == 1 else None
+    out = [
+        f"| Scale-out: worker processes on one queue and one database ({R[names[0]][0]['objects']} × "
+        f"{fmt_size(R[names[0]][0]['bytes'] // R[names[0]][0]['objects'])}) | Wall s | Objects/s "
+        "| vs 1 process | Worker CPU ms/object (all processes) | moto CPU ms/object "
+        "| PostgreSQL CPU ms/object | Rows / objects | Uploads with > 1 row | Recorded (metrics) "
+        "| Duplicate outcomes | Receives/object | Empty receives/object | Delete batches/object "
+        "| GET/object |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        runs = R[name]
+        speedup = (cell_of([r["objects_per_s"] / med(one, "objects_per_s") for r in runs], ".2f")
+                   if one else "–")
+        out.append(
+            f"| {process_count(runs[0]['workers'])} | {cell(runs, 'wall_s', '.2f')} | {cell(runs, 'objects_per_s', '.1f')} "
+            f"| ×{speedup} | {cell(runs, 'cpu_ms_per_object', '.3g')} "
+            f"| {cell(runs, 'moto_ms_per_object', '.3g')} | {cell(runs, 'postgres_ms_per_object', '.3g')} "
+            f"| {max(r['rows'] for r in runs)} / {runs[0]['objects']} "
+            f"| {max(r['rows_repeated'] for r in runs)} | {max(r['recorded'] for r in runs):.0f} "
+            f"| {cell(runs, 'duplicate_outcomes', '.0f')} "
+            f"| {cell(runs, 'receives_per_object', '.2f')} | {cell(runs, 'empty_receives_per_object', '.2f')} "
+            f"| {cell(runs, 'delete_batches_per_object', '.2f')} | {cell(runs, 'get_per_object', '.2f')} |"
+        )
+    out.append("")
+    out.append("| CPU in use over the timed window, % of one core (the machine has "
+               f"{os.cpu_count()} cores: {100 * (os.cpu_count() or 1)} %) | Each worker (median run) "
+               "| Workers | moto | PostgreSQL backends | Harness (feeder, row poller) | All |")
+    out.append("|---|---|---|---|---|---|---|")
+    for name in names:
+        runs = R[name]
+        mid = sorted(runs, key=lambda r: r["objects_per_s"])[len(runs) // 2]
+
+        def pct(key):
+            return cell_of([100 * r[key] for r in runs if key in r], ".0f")
+
+        out.append(
+            f"| {process_count(runs[0]['workers'])} "
+            f"| {' + '.join(f'{100 * c:.0f}' for c in mid['worker_cpu_share'])} "
+            f"| {pct('workers_cpu_share')} | {pct('moto_cpu_share')} | {pct('postgres_cpu_share')} "
+            f"| {pct('harness_cpu_share')} | {pct('all_cpu_share')} |"
+        )
+    out.append("")
+    out.append(
+        "Each run starts N release binaries (defaults: concurrency 16; each its own process and metrics "
+        "port) on the same queue and a fresh database, and feeds the same objects; the Ns take turns run "
+        "by run. Wall time: first message fed to the last row committed. Worker CPU: the sum over the "
+        "processes (/proc/PID/stat); moto: the emulator's process; PostgreSQL: the backends serving the "
+        "run's database (the row poller's excluded; the server's shared WAL writer and checkpointer are "
+        "not counted); harness: the feeder and the row poller. Every run is checked: one row per object, "
+        "no upload with two rows, and the workers' recorded counts (datapack_worker_records_total"
+        "{outcome=\"recorded\"}) summing to the object count; duplicate outcomes are messages a worker "
+        "found already recorded. Receives, empty receives and delete batches from the workers' own "
+        "counters (1 s long polls in the benchmark; 20 s by default); GET/object from moto's access log.")
+    return out
+
+
+def process_count(n: int) -> str:
+    return f"{n} worker process{'es' if n > 1 else ''}"
 
 
 def fmt_size(n: int) -> str:
@@ -800,9 +1058,9 @@ def main() -> int:
         print(text)
         return 0
     bench = Bench(args)
-    bench.prepare()
+    bench.prepare(large=wanted("large"))
     small = bench.objects.records["small"]
-    large = bench.objects.records["large"]
+    large = bench.objects.records.get("large", [])
     try:
         if wanted("small"):
             bench.repeat("baseline: seed Lambda, small", bench.baseline, small)
@@ -819,6 +1077,8 @@ def main() -> int:
                          {"RANGED_GET_STREAM_FLOOR_MIBPS": "0"})
         if wanted("db"):
             bench.repeat("db_write", bench.db_write)
+        if wanted("scaleout"):
+            bench.scaleout_group(small)
         if wanted("zeroread"):
             bench.zeroread("zeroread-small", args.small_count, args.small_size)
             bench.zeroread("zeroread-large", args.large_count, args.large_size)
