@@ -808,6 +808,7 @@ def scenario_outage(run: Run, outage_s: float) -> str:
     key = "dp-e2e/outage/during.txt"
     body = b"uploaded while PostgreSQL was unreachable"
     dead, releases = run.metric("dead_letters_total"), run.metric("messages_total", disposition="release")
+    receives = run.metric("messages_received_total")
     expect(run.readyz() == 200, "ready before the outage")
     run.proxy.cut()
     cut_at = time.monotonic()
@@ -830,12 +831,14 @@ def scenario_outage(run: Run, outage_s: float) -> str:
     rows = wait("the row after the outage", SETTLE, lambda: [r for r in run.rows(key) if r["live"]])
     row_after = time.monotonic() - restored
     expect(rows[0]["sha256"] == sha256(body), f"row {rows[0]}")
+    received = run.metric("messages_received_total") - receives
     run.wait_handled(0, 0, "the queue drained")
     expect(run.depth(run.dlq) == (0, 0) and run.metric("dead_letters_total") == dead,
            f"nothing dead-lettered: {run.depth(run.dlq)}")
     return (f"cut {outage_s:.0f} s: /readyz 503 after {not_ready_after:.1f} s, paused={paused:.0f}, "
             f"message waiting (visible, in flight) {waiting}, released {released:.0f} time(s); "
-            f"restored: /readyz 200 after {ready_after:.1f} s, row after {row_after:.1f} s; 0 dead letters")
+            f"restored: /readyz 200 after {ready_after:.1f} s, row after {row_after:.1f} s; "
+            f"received {received:.0f} time(s) in all; 0 dead letters")
 
 
 def scenario_dlq(run: Run) -> str:
