@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Applies deploy/aws/stack.yaml on LocalStack (run on the host, no Docker) and runs the worker
-# end to end against what it created: presigned upload -> row, removal -> deleted row, clean
-# SIGTERM. LocalStack runs from a Python 3.13 virtualenv under ~/.cache/datapack-worker/ (the
-# interpreter from pyenv, or PYTHON313=path); the pins keep its runtime extras importable.
-#   scripts/localstack-e2e.sh [--keep]
+# end to end against what it created, scenario by scenario (events, presigned, keys, envelopes,
+# overwrite, delete, outage, dlq, shutdown: see scripts/localstack_e2e.py), printing every
+# difference from moto it observes. LocalStack runs from a Python 3.13 virtualenv under
+# ~/.cache/datapack-worker/ (the interpreter from pyenv, or PYTHON313=path); the pins keep its
+# runtime extras importable.
+#   scripts/localstack-e2e.sh [--keep] [--outage-secs N]
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
