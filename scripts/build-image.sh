@@ -96,7 +96,7 @@ run() { bh run --isolation chroot "$container" -- /usr/local/bin/datapack-worker
 run --version
 run --help >"$rootfs/help.txt"
 grep -q 'migrate' "$rootfs/help.txt" || { echo "--help does not list the commands" >&2; exit 1; }
-echo "    --help lists: $(grep -o -E '^\s+(run|migrate|presign|dlq)\b' "$rootfs/help.txt" | xargs)"
+echo "    --help lists: $(grep -o -E '^\s+(run|migrate|presign|dlq|reconcile)\b' "$rootfs/help.txt" | xargs)"
 user="$(bh inspect --format '{{.OCIv1.Config.User}}' "$image")"
 [ "$user" = "65532:65532" ] || { echo "image user is '$user', not 65532:65532" >&2; exit 1; }
 if bh run --isolation chroot "$container" -- /bin/sh -c true >/dev/null 2>&1; then
