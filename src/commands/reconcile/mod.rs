@@ -795,7 +795,7 @@ fn failed_key(key: &str, failure: &Failure) -> String {
         key,
         reason = failure.reason(),
         error = %crate::disposition::chain(failure),
-        "reconcile repair failed"
+        "reconcile repair not made"
     );
     failure.reason().to_owned()
 }

@@ -114,18 +114,18 @@ impl Report {
             },
         );
         if let Some(after) = &self.resumed_after {
-            println!("  resumed after    {after}");
+            println!("  resumed after     {after}");
         }
-        println!("  keys listed      {}", c.keys_listed);
+        println!("  keys listed       {}", c.keys_listed);
         println!(
-            "  missing rows     {}  (objects with no live row)",
+            "  missing rows      {}  (objects with no live row)",
             n("missing")
         );
         println!(
-            "  changed objects  {}  (the live row is another upload)",
+            "  changed objects   {}  (the live row is another upload)",
             n("changed")
         );
-        println!("  gone objects     {}  (live rows, no object)", n("gone"));
+        println!("  gone objects      {}  (live rows, no object)", n("gone"));
         println!(
             "  present after all {}  (rows newer than the listing)",
             c.confirmed_present
@@ -133,7 +133,7 @@ impl Report {
         if !c.outcomes.is_empty() {
             let outcomes: Vec<String> =
                 c.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            println!("  repairs          {}", outcomes.join(", "));
+            println!("  repairs           {}", outcomes.join(", "));
         }
         for (kind, keys) in &c.first_keys {
             if !keys.is_empty() {
@@ -141,7 +141,7 @@ impl Report {
             }
         }
         for (key, reason) in &c.failures {
-            println!("  failed: {key} ({reason})");
+            println!("  not repaired: {key} ({reason})");
         }
         println!("  took {:.1} s", self.elapsed_secs);
     }
