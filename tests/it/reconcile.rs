@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use async_compression::tokio::write::GzipEncoder;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
 use serde_json::Value;
 use sqlx::Row;
 use tokio::io::AsyncWriteExt;
@@ -19,6 +18,7 @@ use crate::support::db::sha256_hex;
 use crate::support::s3_proxy::{Action, Match, Rule, S3Proxy};
 use crate::support::worker::moto_env;
 use crate::support::{Launch, Stack, TestDb, wait_until};
+use crate::versioned::{enable_versioning, put};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -322,51 +322,23 @@ async fn beside_a_running_worker_nothing_is_recorded_twice_and_nothing_deleted_c
     worker.stop().await;
 }
 
-async fn versioned_put(stack: &Stack, key: &str, body: &[u8]) -> (String, String) {
-    let out = stack
-        .s3
-        .put_object()
-        .bucket(&stack.bucket)
-        .key(key)
-        .body(ByteStream::from(body.to_vec()))
-        .metadata("uploaded-by", "presigned-url")
-        .send()
-        .await
-        .unwrap();
-    (
-        datapack_worker::process::event::unquote_etag(out.e_tag().unwrap()),
-        out.version_id().unwrap().to_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_versioned_bucket_converges_to_its_current_versions() {
     let (stack, db) = lost_notifications().await;
-    stack
-        .s3
-        .put_bucket_versioning()
-        .bucket(&stack.bucket)
-        .versioning_configuration(
-            VersioningConfiguration::builder()
-                .status(BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    versioned_put(&stack, "dp/a.txt", b"a one").await;
-    let (a2, a2_version) = versioned_put(&stack, "dp/a.txt", b"a two").await;
-    versioned_put(&stack, "dp/b.txt", b"b one").await;
+    enable_versioning(&stack).await;
+    put(&stack, "dp/a.txt", b"a one").await;
+    let a2 = put(&stack, "dp/a.txt", b"a two").await;
+    put(&stack, "dp/b.txt", b"b one").await;
     stack.delete("dp/b.txt").await; // a delete marker on top
-    let (c1, c1_version) = versioned_put(&stack, "dp/c.txt", b"c one").await;
-    let (_, c2_version) = versioned_put(&stack, "dp/c.txt", b"c two").await;
+    let c1 = put(&stack, "dp/c.txt", b"c one").await;
+    let c2 = put(&stack, "dp/c.txt", b"c two").await;
     // The current version of c deleted for good: the older one is current again.
     stack
         .s3
         .delete_object()
         .bucket(&stack.bucket)
         .key("dp/c.txt")
-        .version_id(&c2_version)
+        .version_id(&c2.id)
         .send()
         .await
         .unwrap();
@@ -378,7 +350,7 @@ async fn a_versioned_bucket_converges_to_its_current_versions() {
     assert_eq!(n(&report, &["outcomes", "recorded"]), 2, "{report}");
     assert_eq!(
         live_keys(&db).await,
-        vec![("dp/a.txt".into(), a2), ("dp/c.txt".into(), c1)]
+        vec![("dp/a.txt".into(), a2.etag), ("dp/c.txt".into(), c1.etag)]
     );
     let versions: Vec<String> = sqlx::query_scalar(
         "SELECT version_id FROM datapack_resource WHERE deleted_at IS NULL ORDER BY object_key",
@@ -386,7 +358,7 @@ async fn a_versioned_bucket_converges_to_its_current_versions() {
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert_eq!(versions, [a2_version, c1_version]);
+    assert_eq!(versions, [a2.id, c1.id]);
 
     // The marker removed: b's version is current again, and the next run ingests it.
     let markers = stack

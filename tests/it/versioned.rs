@@ -28,7 +28,7 @@ async fn setup() -> (Stack, TestDb) {
     (stack, db)
 }
 
-async fn enable_versioning(stack: &Stack) {
+pub(crate) async fn enable_versioning(stack: &Stack) {
     stack
         .s3
         .put_bucket_versioning()
@@ -45,13 +45,13 @@ async fn enable_versioning(stack: &Stack) {
 
 /// One upload as the browser makes it; its ETag (bare) and version id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Version {
-    etag: String,
-    id: String,
+pub(crate) struct Version {
+    pub(crate) etag: String,
+    pub(crate) id: String,
     size: usize,
 }
 
-async fn put(stack: &Stack, key: &str, body: &[u8]) -> Version {
+pub(crate) async fn put(stack: &Stack, key: &str, body: &[u8]) -> Version {
     let out = stack
         .s3
         .put_object()

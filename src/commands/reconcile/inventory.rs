@@ -11,6 +11,7 @@
 use std::pin::Pin;
 
 use async_compression::tokio::bufread::GzipDecoder;
+use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
@@ -251,7 +252,8 @@ fn current(rows: Vec<Row>) -> Option<Listed> {
     })
 }
 
-async fn read_all(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec<u8>, Failure> {
+/// The body of one object of the report.
+async fn get(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<ByteStream, Failure> {
     let answer = s3
         .get_object()
         .bucket(bucket)
@@ -259,8 +261,12 @@ async fn read_all(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Ve
         .send()
         .await
         .map_err(|e| aws::classify(Dependency::S3, e))?;
-    let body = answer
-        .body
+    Ok(answer.body)
+}
+
+async fn read_all(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec<u8>, Failure> {
+    let body = get(s3, bucket, key)
+        .await?
         .collect()
         .await
         .map_err(|e| refuse(format!("reading s3://{bucket}/{key}: {e}")))?;
@@ -269,14 +275,8 @@ async fn read_all(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Ve
 
 /// A data file's lines, decompressed as they are read.
 async fn open_lines(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<RowLines, Failure> {
-    let answer = s3
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| aws::classify(Dependency::S3, e))?;
-    let mut gunzip = GzipDecoder::new(BufReader::new(answer.body.into_async_read()));
+    let body = get(s3, bucket, key).await?;
+    let mut gunzip = GzipDecoder::new(BufReader::new(body.into_async_read()));
     gunzip.multiple_members(true);
     let reader: Pin<Box<dyn AsyncBufRead + Send>> = Box::pin(BufReader::new(gunzip));
     Ok(reader.lines())
