@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Validates every deployment artefact in deploy/: the Helm chart (helm lint --strict, helm
-# template, kubernetes-validate --strict, the KEDA objects against KEDA's CRD schemas, checkov),
-# the CloudFormation stack (cfn-lint -I, checkov), the systemd unit (systemd-analyze verify and
-# security) and the Dockerfile (hadolint, checkov). Every finding is fixed or waived in the file
+# template, kubernetes-validate --strict, the KEDA objects against KEDA's CRD schemas, checkov,
+# the guards that refuse a fleet that cannot run), the CloudFormation stack (cfn-lint -I,
+# checkov, the IAM policies against the SDK calls, queue settings), the alerts' runbook links,
+# the systemd unit (systemd-analyze verify and security) and the Dockerfile (hadolint, checkov). Every finding is fixed or waived in the file
 # it concerns, with a reason; this script fails on anything else.
 #
 # Tools are installed idempotently into virtualenvs under $HOME/.cache/datapack-worker/ (checkov
@@ -68,40 +69,103 @@ checkov() { BC_SKIP_MAPPING=TRUE "$cache/checkov-venv/bin/checkov" --skip-downlo
 values_all="$chart/ci/everything-values.yaml"
 run_check "the chart's alert rules are deploy/observability/alerts.yml, unchanged" \
   cmp deploy/observability/alerts.yml "$chart/files/alerts.yml"
+run_check "the chart's grants are deploy/sql/grants.sql, unchanged" \
+  cmp deploy/sql/grants.sql "$chart/files/grants.sql"
 run_check "helm lint --strict (default values)" "$py" deploy/tools/helm_chart.py lint "$chart"
 run_check "helm lint --strict (everything on)" "$py" deploy/tools/helm_chart.py lint "$chart" -f "$values_all"
 run_check "values.schema.json refuses image.tag latest" \
   "$py" deploy/tools/helm_chart.py reject "$chart" --set-json 'image.tag="latest"'
 run_check "values.schema.json refuses an unknown key" \
   "$py" deploy/tools/helm_chart.py reject "$chart" --set-json 'keda.maxReplica=3'
-run_check "values.schema.json refuses a secret in worker.extraEnv" \
-  "$py" deploy/tools/helm_chart.py reject "$chart" --set-json 'worker.extraEnv={"DATABASE_URL": "postgres://u@h/d"}'
-for set in default everything; do
+for secret in DATABASE_URL DB_DSN AWS_SECRET_ACCESS_KEY FILESYSTEM_S3_SECRET_KEY PGPASSWORD DATABASE_MAX_CONNECTIONS; do
+  run_check "values.schema.json refuses $secret in worker.extraEnv" \
+    "$py" deploy/tools/helm_chart.py reject "$chart" --set-json "worker.extraEnv={\"$secret\": \"x\"}"
+done
+# What a schema cannot say (two fields compared, arithmetic) the templates refuse with `fail`.
+run_check "the chart refuses keda.minReplicas > keda.maxReplicas" \
+  "$py" deploy/tools/helm_chart.py refuse "$chart" --set-json keda.enabled=true \
+  --set-json keda.minReplicas=5 --set-json keda.maxReplicas=3 --expect "keda.minReplicas (5) is greater than keda.maxReplicas (3)"
+run_check "the chart refuses the README's 20 replicas at 8 connections over the default budget (80)" \
+  "$py" deploy/tools/helm_chart.py refuse "$chart" --set-json keda.enabled=true --set-json keda.maxReplicas=20 \
+  --expect "the worst case is 201 = (20 replicas + 5 surge) x 8 (database.maxConnections) + 0 (reconcile) + 1 (migration), above database.connectionBudget 80"
+run_check "the chart counts the reconcile CronJob and a fixed surge in the budget" \
+  "$py" deploy/tools/helm_chart.py refuse "$chart" --set-json keda.enabled=true --set-json reconcile.enabled=true \
+  --set-json rollingUpdate.maxSurge=4 --expect "the worst case is 85 = (6 replicas + 4 surge) x 8 (database.maxConnections) + 4 (reconcile) + 1 (migration)"
+run_check "the chart refuses the grants step with IAM authentication (psql cannot sign in)" \
+  "$py" deploy/tools/helm_chart.py refuse "$chart" --set-json database.iamAuth=true --expect "migration.grants"
+# default: the values as shipped; keda: the same with KEDA on (its defaults); everything: ci/.
+for set in default keda everything; do
   files=()
   [ "$set" = everything ] && files=(-f "$values_all")
+  [ "$set" = keda ] && files=(--set-json keda.enabled=true)
   run_check "helm template ($set)" \
     "$py" deploy/tools/helm_chart.py template "$chart" "${files[@]}" --namespace datapack \
     --out "$out/$set.yaml" --split
-  run_check "kubernetes-validate --strict, Kubernetes 1.25 and 1.37 ($set: core kinds)" \
-    "$tools/kubernetes-validate" --strict --quiet -k 1.25.0 -k 1.37.0 "$out/$set.core.yaml"
+  run_check "kubernetes-validate --strict, Kubernetes 1.27 and 1.37 ($set: core kinds)" \
+    "$tools/kubernetes-validate" --strict --quiet -k 1.27.0 -k 1.37.0 "$out/$set.core.yaml"
   run_check "checkov ($set)" checkov --framework kubernetes -f "$out/$set.yaml"
 done
-# The couplings the chart computes: drain < termination grace; KEDA's target = one replica's slots.
+# The couplings the chart computes, read back from what it rendered (values from the values files).
 render_invariants() {
-  "$py" - "$out/everything.yaml" <<'PY'
-import sys, yaml
-docs = {d["kind"]: d for d in yaml.safe_load_all(open(sys.argv[1])) if d}
-pod = docs["Deployment"]["spec"]["template"]["spec"]
-env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-grace, drain = pod["terminationGracePeriodSeconds"], int(env["SHUTDOWN_GRACE_SECS"])
-per_replica = docs["ScaledObject"]["spec"]["triggers"][0]["metadata"]["queueLength"]
-assert grace > drain, f"terminationGracePeriodSeconds {grace} <= SHUTDOWN_GRACE_SECS {drain}"
-assert per_replica == env["WORKER_CONCURRENCY"], f"queueLength {per_replica} != WORKER_CONCURRENCY"
-assert "replicas" not in docs["Deployment"]["spec"], "KEDA owns the replica count"
-print(f"  grace {grace} s > drain {drain} s; queueLength {per_replica} = WORKER_CONCURRENCY")
+  "$py" - "$out" "$chart/values.yaml" "$values_all" <<'PY'
+import math, sys, yaml
+out, defaults, everything = sys.argv[1:4]
+def merged(*files):
+    def merge(a, b):
+        for k, v in b.items():
+            a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return a
+    values = {}
+    for f in files:
+        merge(values, yaml.safe_load(open(f)))
+    return values
+def objects(name):
+    return {d["kind"]: d for d in yaml.safe_load_all(open(f"{out}/{name}.yaml")) if d}
+def env_of(container):
+    return {e["name"]: e.get("value") for e in container["env"]}
+for name, values in (("keda", merged(defaults)), ("everything", merged(defaults, everything))):
+    docs = objects(name)
+    deploy = docs["Deployment"]["spec"]
+    pod = deploy["template"]["spec"]
+    env = env_of(pod["containers"][0])
+    # A stopping worker drains, and lets its long poll finish: Kubernetes must not kill it first.
+    grace = pod["terminationGracePeriodSeconds"]
+    drain, wait = int(env["SHUTDOWN_GRACE_SECS"]), int(env["SQS_WAIT_TIME_SECS"])
+    assert grace >= drain + wait + 5, f"{name}: grace {grace} < drain {drain} + wait {wait} + 5"
+    assert "replicas" not in deploy, "KEDA owns the replica count"
+    # KEDA aims at what one replica clears in the drain target.
+    scaled = docs["ScaledObject"]["spec"]
+    keda = values["keda"]
+    per_replica = int(scaled["triggers"][0]["metadata"]["queueLength"])
+    expected = math.ceil(keda["messagesPerSecondPerReplica"] * keda["drainSeconds"])
+    assert per_replica == expected, f"{name}: queueLength {per_replica} != ceil(rate x drain) {expected}"
+    # The connection worst case, from the rendered objects, within the budget.
+    ceiling = scaled["maxReplicaCount"]
+    surge = str(deploy["strategy"]["rollingUpdate"]["maxSurge"])
+    surge = math.ceil(ceiling * int(surge[:-1]) / 100) if surge.endswith("%") else int(surge)
+    per = int(env["DATABASE_MAX_CONNECTIONS"])
+    cron = docs.get("CronJob")
+    reconcile = int(env_of(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0])["DATABASE_MAX_CONNECTIONS"]) if cron else 0
+    migration = 1 if "Job" in docs else 0
+    worst, budget = (ceiling + surge) * per + reconcile + migration, values["database"]["connectionBudget"]
+    assert worst <= budget, f"{name}: worst case {worst} > budget {budget}"
+    print(f"  {name}: grace {grace} s >= drain {drain} + wait {wait} + 5; queueLength {per_replica} = "
+          f"ceil({keda['messagesPerSecondPerReplica']} x {keda['drainSeconds']}); connections "
+          f"({ceiling} + {surge}) x {per} + {reconcile} + {migration} = {worst} <= {budget}")
+# The issue's case: 2,000 small messages waiting, KEDA's defaults: at most 4 replicas.
+per_replica = int(objects("keda")["ScaledObject"]["spec"]["triggers"][0]["metadata"]["queueLength"])
+replicas = math.ceil(2000 / per_replica)
+assert replicas <= 4, f"a backlog of 2,000 asks for {replicas} replicas at queueLength {per_replica}"
+print(f"  defaults: a backlog of 2,000 asks for ceil(2000 / {per_replica}) = {replicas} replica(s) (at most 4)")
+# Node drains: pods that are not ready never block them; the Pod Identity agent is reachable.
+docs = objects("default")
+assert docs["PodDisruptionBudget"]["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow"
+cidrs = {peer["ipBlock"]["cidr"] for rule in docs["NetworkPolicy"]["spec"]["egress"] for peer in rule.get("to", []) if "ipBlock" in peer}
+assert {"169.254.170.23/32", "fd00:ec2::23/128"} <= cidrs, f"Pod Identity agent not in the egress: {cidrs}"
+print("  PDB unhealthyPodEvictionPolicy AlwaysAllow; egress to the Pod Identity agent (IPv4 and IPv6)")
 PY
 }
-run_check "rendered couplings (grace > drain, queueLength = concurrency, no fixed replicas under KEDA)" \
+run_check "rendered couplings (grace >= drain + long poll, KEDA's drain-time target, 2,000 waiting -> <= 4 replicas, connection budget, PDB, Pod Identity egress)" \
   render_invariants
 # A release bumps the crate; the chart's appVersion and default image tag must follow it.
 versions_agree() {
@@ -117,8 +181,10 @@ run_check "Cargo.toml version = Chart.yaml appVersion = values.yaml image.tag" v
   say "    KEDA CRDs not found under $shared/schemas/keda (set SHARED_DIR): the next checks fail"
 keda_crds=(--crd "$shared/schemas/keda/keda.sh_scaledobjects.yaml"
   --crd "$shared/schemas/keda/keda.sh_triggerauthentications.yaml")
-run_check "KEDA ScaledObject + TriggerAuthentication against KEDA's CRD schemas" \
+run_check "KEDA ScaledObject + TriggerAuthentication against KEDA's CRD schemas (everything)" \
   "$py" deploy/tools/crd_validate.py "${keda_crds[@]}" "$out/everything.custom.yaml"
+run_check "KEDA ScaledObject + TriggerAuthentication against KEDA's CRD schemas (KEDA's defaults)" \
+  "$py" deploy/tools/crd_validate.py "${keda_crds[@]}" "$out/keda.custom.yaml"
 sed 's/^  minReplicaCount:/  minReplicas:/' "$out/everything.custom.yaml" >"$out/broken-keda.yaml"
 run_check "the CRD check refuses a misspelt ScaledObject field" \
   expect_failure "$py" deploy/tools/crd_validate.py "${keda_crds[@]}" "$out/broken-keda.yaml"
@@ -130,6 +196,68 @@ run_check "cfn-lint (with informational and experimental rules) deploy/aws/stack
 run_check "checkov deploy/aws/stack.yaml" checkov --framework cloudformation -f deploy/aws/stack.yaml
 run_check "WorkerPolicy = what the worker's SDK calls need = deploy/aws/iam-policy.json" \
   "$py" deploy/tools/policy_match.py deploy/aws/stack.yaml deploy/aws/iam-policy.json --src src
+run_check "ReconcilePolicy = what reconcile's SDK calls need = deploy/aws/reconcile-policy.json" \
+  "$py" deploy/tools/policy_match.py deploy/aws/stack.yaml deploy/aws/reconcile-policy.json --src src --reconcile
+# Queue settings that decide whether a dead letter carries its reason and outlives its source.
+queue_settings() {
+  "$py" - deploy/aws/stack.yaml src/config.rs <<'PY'
+import re, sys, yaml
+sys.path.insert(0, "deploy/tools")
+from policy_match import CloudFormationLoader
+stack = yaml.load(open(sys.argv[1]), Loader=CloudFormationLoader)
+params, res = stack["Parameters"], stack["Resources"]
+attempts = int(re.search(r'env = "MAX_ATTEMPTS", default_value_t = (\d+)', open(sys.argv[2]).read()).group(1))
+receives = params["MaxReceiveCount"]["Default"]
+# Releases at shutdown and during outages count as receives too: SQS must not dead-letter a
+# message (without the worker's reason) before the worker's own attempts run out.
+assert receives >= attempts + 5, f"MaxReceiveCount default {receives} < MAX_ATTEMPTS default {attempts} + 5"
+# SQS keeps a message's first enqueue time when it moves it: the dead-letter queue must keep
+# messages longer than the source can, or a dead letter expires as it arrives.
+dlq = res["DeadLetterQueue"]["Properties"]["MessageRetentionPeriod"]
+source = params["QueueRetentionSecs"]
+assert res["Queue"]["Properties"]["MessageRetentionPeriod"] == "QueueRetentionSecs"
+assert dlq >= source["MaxValue"] + 2 * 86400, f"DLQ retention {dlq} < source maximum {source['MaxValue']} + 2 days"
+print(f"  MaxReceiveCount default {receives} >= MAX_ATTEMPTS default {attempts} + 5; DLQ keeps {dlq // 86400} days, "
+      f"the source at most {source['MaxValue'] // 86400} (default {source['Default'] // 86400})")
+PY
+}
+run_check "stack: MaxReceiveCount >= MAX_ATTEMPTS + 5; the DLQ outlives the source queue" queue_settings
+
+# ---------------------------------------------------------------- alerts and runbook
+# Every alert (Prometheus rules, CloudWatch alarms) links a section of docs/runbook.md that exists.
+runbook_links() {
+  "$py" - deploy/observability/alerts.yml deploy/aws/stack.yaml docs/runbook.md <<'PY'
+import re, sys, yaml
+sys.path.insert(0, "deploy/tools")
+from policy_match import CloudFormationLoader
+def anchor(heading):
+    # GitHub's slugs: lower case, punctuation dropped, spaces to hyphens.
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+anchors = {anchor(h) for h in re.findall(r"^#+ (.+)$", open(sys.argv[3]).read(), re.M)}
+base = "https://github.com/datapack/datapack-worker/blob/main/docs/runbook.md#"
+bad = []
+rules = [r for g in yaml.safe_load(open(sys.argv[1]))["groups"] for r in g["rules"] if "alert" in r]
+for rule in rules:
+    url = rule.get("annotations", {}).get("runbook_url", "")
+    if not url.startswith(base) or url[len(base):] not in anchors:
+        bad.append(f"alert {rule['alert']}: runbook_url {url!r}")
+    scoped = re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", rule["expr"])
+    for labels in scoped:
+        if labels.strip() and not {"namespace", "job"} <= {l.strip() for l in labels.split(",")}:
+            bad.append(f"alert {rule['alert']}: grouping ({labels}) without namespace and job")
+alarms = {k: v for k, v in yaml.load(open(sys.argv[2]), Loader=CloudFormationLoader)["Resources"].items()
+          if v["Type"] == "AWS::CloudWatch::Alarm"}
+for name, alarm in alarms.items():
+    found = re.search(r"runbook\.md#([\w-]+)", str(alarm["Properties"].get("AlarmDescription")))
+    if not found or found.group(1) not in anchors:
+        bad.append(f"alarm {name}: no runbook.md#anchor that exists in its AlarmDescription")
+for line in bad:
+    print(f"  {line}")
+print(f"  {len(rules)} alerts and {len(alarms)} alarms checked against {len(anchors)} runbook headings")
+sys.exit(1 if bad else 0)
+PY
+}
+run_check "every alert and alarm links an existing docs/runbook.md section; rules grouped by namespace and job" runbook_links
 
 # ---------------------------------------------------------------- systemd
 if ! command -v systemd-analyze >/dev/null 2>&1; then

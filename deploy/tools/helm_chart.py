@@ -2,15 +2,19 @@
 """Lints and renders a Helm chart through helm-python-sdk (Helm's Go SDK over a C ABI; no helm binary).
 
     helm_chart.py lint     CHART [-f VALUES]... [--namespace NS]
-    helm_chart.py template CHART [-f VALUES]... [--namespace NS] [--name RELEASE] --out FILE [--split]
+    helm_chart.py template CHART [-f VALUES]... [--set-json KEY=JSON]... [--namespace NS] [--name RELEASE]
+                           --out FILE [--split]
     helm_chart.py reject   CHART -f VALUES --set-json KEY=JSON   (expects the schema to refuse)
+    helm_chart.py refuse   CHART [-f VALUES]... [--set-json KEY=JSON]... --expect TEXT
+                           (expects the render itself to fail, its message containing TEXT)
 
 `lint` is `helm lint --strict`: any warning or error fails. `template` is `helm template`:
 values are checked against values.schema.json, then every manifest is written into FILE as one
 multi-document YAML stream (hooks included; NOTES.txt left out); `--split` also writes the
 built-in kinds to FILE.core.yaml and the custom resources to FILE.custom.yaml (FILE minus its
 .yaml suffix), for validators that know only one of the two. `reject` proves the schema is
-not vacuous: the override must be refused.
+not vacuous: the override must be refused. `refuse` proves a template's `fail` guard: values the
+schema accepts (it cannot compare two fields or do arithmetic) must still not render.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ def write(path: str, documents: list[dict]) -> None:
 def template(args: argparse.Namespace) -> int:
     chart = helm.Chart.load(args.chart)
     values = load_values(args.values)
+    apply_set_json(values, args.set_json)
     chart.validate_schema(values)
     manifests = chart.render(values, name=args.name, namespace=args.namespace, is_install=True)
     documents = []
@@ -93,15 +98,21 @@ def template(args: argparse.Namespace) -> int:
     return 0
 
 
+def apply_set_json(values: dict, assignments: list[str]) -> None:
+    """`--set-json a.b=JSON`, in order: creates the parents, replaces the leaf."""
+    for assignment in assignments:
+        key, _, raw = assignment.partition("=")
+        node = values
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = json.loads(raw)
+
+
 def reject(args: argparse.Namespace) -> int:
     chart = helm.Chart.load(args.chart)
     values = load_values(args.values)
-    key, _, raw = args.set_json.partition("=")
-    node = values
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = json.loads(raw)
+    apply_set_json(values, args.set_json)
     try:
         chart.validate_schema(values)
     except helm.HelmValuesError as refused:
@@ -111,19 +122,39 @@ def reject(args: argparse.Namespace) -> int:
     return 1
 
 
+def refuse(args: argparse.Namespace) -> int:
+    chart = helm.Chart.load(args.chart)
+    values = load_values(args.values)
+    apply_set_json(values, args.set_json)
+    chart.validate_schema(values)  # the schema must accept them: the template is under test
+    try:
+        chart.render(values, name=args.name, namespace=args.namespace, is_install=True)
+    except helm.HelmError as refused:
+        message = " ".join(str(refused).split())
+        if args.expect not in message:
+            print(f"  refused, but not with {args.expect!r}: {message[:400]}")
+            return 1
+        print(f"  refused as expected: {message[message.find(args.expect):][:300]}")
+        return 0
+    print(f"  the chart rendered {args.set_json}")
+    return 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["lint", "template", "reject"])
+    parser.add_argument("command", choices=["lint", "template", "reject", "refuse"])
     parser.add_argument("chart")
     parser.add_argument("-f", "--values", action="append", default=[])
     parser.add_argument("--namespace", default="datapack")
     parser.add_argument("--name", default="datapack-worker")
     parser.add_argument("--out")
-    parser.add_argument("--set-json")
+    parser.add_argument("--set-json", action="append", default=[])
+    parser.add_argument("--expect", default="")
     parser.add_argument("--split", action="store_true")
     args = parser.parse_args()
     try:
-        return {"lint": lint, "template": template, "reject": reject}[args.command](args)
+        commands = {"lint": lint, "template": template, "reject": reject, "refuse": refuse}
+        return commands[args.command](args)
     except helm.HelmError as error:
         print(f"  helm: {error}", file=sys.stderr)
         return 1

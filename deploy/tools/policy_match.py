@@ -2,12 +2,17 @@
 """Checks that deploy/aws/iam-policy.json grants what the stack's WorkerPolicy grants: same
 statements (by Sid), same actions, same effect; only the resource ARNs are examples there.
 With --src, also that WorkerPolicy's actions are exactly those the worker's AWS SDK calls need
-(every `.operation()` call under the source tree, the operator commands dlq and presign left
-out); an operation this script does not know fails, so a new call cannot go unnoticed. A call
-is recognised as the SDK's builder: `.operation()` followed by its first parameter setter
-(`.bucket(`, `.key(`, `.queue_url(`, `.entries(`, `.receipt_handle(`).
+(every `.operation()` call under the source tree, the operator commands dlq, presign and
+reconcile left out); an operation this script does not know fails, so a new call cannot go
+unnoticed. A call is recognised as the SDK's builder: `.operation()` followed by its first
+parameter setter (`.bucket(`, `.key(`, `.queue_url(`, `.entries(`, `.receipt_handle(`).
 
-    policy_match.py STACK.yaml POLICY.json [--src DIR]
+With --reconcile the same for the stack's ReconcilePolicy and reconcile-policy.json against
+what `datapack-worker reconcile` calls: its own calls (src/commands/reconcile/) and the S3
+calls of the pipeline it repairs through (the shared code; it uses no queue). A statement under
+a condition (`!If [cond, statement, !Ref AWS::NoValue]`) counts as present.
+
+    policy_match.py STACK.yaml POLICY.json [--src DIR] [--reconcile]
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ ACTIONS = {
     "get_object": {"s3:GetObject", "s3:GetObjectVersion"},
     "head_object": {"s3:GetObject", "s3:GetObjectVersion"},
     "head_bucket": {"s3:ListBucket"},
+    "list_objects_v2": {"s3:ListBucket"},
+    "list_object_versions": {"s3:ListBucketVersions"},
+    "get_bucket_versioning": {"s3:GetBucketVersioning"},
     "receive_message": {"sqs:ReceiveMessage"},
     "delete_message": {"sqs:DeleteMessage"},
     "delete_message_batch": {"sqs:DeleteMessage"},
@@ -53,24 +61,34 @@ ACTIONS = {
 SDK_CALL = re.compile(r"\.(\w+)\(\)\s*(?://[^\n]*)?\s*\.(?:bucket|key|queue_url|entries|receipt_handle)\(")
 
 
-def needed_by_worker(src: Path) -> tuple[set[str], list[str]]:
-    """The IAM actions the worker's SDK calls need, and the operations this script cannot map."""
+def needed(src: Path, reconcile: bool = False) -> tuple[set[str], list[str]]:
+    """The IAM actions the SDK calls need, and the operations this script cannot map: the
+    worker's (the shared code), or reconcile's (its command's calls and the shared S3 calls)."""
     actions: set[str] = set()
     unknown = []
     for path in sorted(src.rglob("*.rs")):
-        if {"commands", "tests.rs"} & set(path.parts):
+        parts = path.relative_to(src).parts
+        if "tests.rs" in parts:
+            continue
+        own = parts[:2] == ("commands", "reconcile")
+        if "commands" in parts and not (reconcile and own):
             continue
         for operation in SDK_CALL.findall(path.read_text()):
-            if operation in ACTIONS:
-                actions |= ACTIONS[operation]
-            else:
+            if operation not in ACTIONS:
                 unknown.append(f"{path}: {operation}")
+                continue
+            wanted = ACTIONS[operation]
+            if reconcile and not own:
+                wanted = {a for a in wanted if a.startswith("s3:")}
+            actions |= wanted
     return actions, unknown
 
 
-def grants(statements: list[dict]) -> dict[str, tuple[str, frozenset[str]]]:
+def grants(statements: list) -> dict[str, tuple[str, frozenset[str]]]:
     out = {}
     for statement in statements:
+        if isinstance(statement, list):  # !If [condition, statement, !Ref AWS::NoValue]
+            statement = next(s for s in statement[1:] if isinstance(s, dict))
         actions = statement["Action"]
         actions = [actions] if isinstance(actions, str) else actions
         out[statement["Sid"]] = (statement["Effect"], frozenset(actions))
@@ -78,10 +96,14 @@ def grants(statements: list[dict]) -> dict[str, tuple[str, frozenset[str]]]:
 
 
 def main() -> int:
-    stack_path, policy_path = sys.argv[1:3]
-    src = Path(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[3] == "--src" else None
+    args = sys.argv[1:]
+    reconcile = "--reconcile" in args
+    args = [a for a in args if a != "--reconcile"]
+    stack_path, policy_path = args[:2]
+    src = Path(args[3]) if len(args) > 3 and args[2] == "--src" else None
     stack = yaml.load(open(stack_path), Loader=CloudFormationLoader)
-    in_stack = grants(stack["Resources"]["WorkerPolicy"]["Properties"]["PolicyDocument"]["Statement"])
+    policy = "ReconcilePolicy" if reconcile else "WorkerPolicy"
+    in_stack = grants(stack["Resources"][policy]["Properties"]["PolicyDocument"]["Statement"])
     in_json = grants(json.load(open(policy_path))["Statement"])
     if in_stack != in_json:
         for sid in sorted(set(in_stack) | set(in_json)):
@@ -89,16 +111,17 @@ def main() -> int:
                 print(f"  {sid}: stack {in_stack.get(sid)} != json {in_json.get(sid)}")
         return 1
     granted = set().union(*(a for _, a in in_stack.values()))
-    print(f"  {len(in_stack)} statements, actions: {' '.join(sorted(granted))}")
+    print(f"  {policy}: {len(in_stack)} statements, actions: {' '.join(sorted(granted))}")
     if src is not None:
-        needed, unknown = needed_by_worker(src)
+        who = "reconcile's" if reconcile else "the worker's"
+        wanted, unknown = needed(src, reconcile)
         for call in unknown:
             print(f"  an SDK call this check cannot map to IAM actions: {call}")
-        if unknown or needed != granted:
-            print(f"  the worker's calls need {sorted(needed)}; missing {sorted(needed - granted)}, "
-                  f"unused {sorted(granted - needed)}")
+        if unknown or wanted != granted:
+            print(f"  {who} calls need {sorted(wanted)}; missing {sorted(wanted - granted)}, "
+                  f"unused {sorted(granted - wanted)}")
             return 1
-        print("  = exactly what the worker's SDK calls need")
+        print(f"  = exactly what {who} SDK calls need")
     return 0
 
 
