@@ -2,6 +2,7 @@
 # End-to-end demo of datapack-worker on a fresh machine, in one command:
 #
 #   scripts/demo.sh
+#   scripts/demo.sh --setup-only    only install what is missing (the steps before the build)
 #
 # PostgreSQL (127.0.0.1:5432) + a local emulated S3 and SQS (moto, through
 # examples/emulated_stack.rs) -> build the worker -> fresh database `datapack_demo` -> upload
@@ -124,6 +125,11 @@ for tool in curl kill psql; do
     # type -P: the program, not bash's builtin kill.
     type -P "$tool" >/dev/null 2>&1 || die "$tool is required but not installed"
 done
+
+if [[ "${1:-}" == --setup-only ]]; then
+    step "set-up done (--setup-only)"
+    exit 0
+fi
 
 step "build datapack-worker"
 if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
