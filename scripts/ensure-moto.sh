@@ -50,16 +50,30 @@ if ready; then
     exit 0
 fi
 
-command -v python3 >/dev/null 2>&1 || apt_ensure python3 \
+# The Python to install with: the system's, never the virtualenv's own (callers put the
+# virtualenv first on PATH, and it may be the broken thing to replace).
+base_python() {
+    local dir
+    local IFS=:
+    for dir in $PATH; do
+        [[ "$dir" == "$VENV/bin" ]] && continue
+        if [[ -x "$dir/python3" ]]; then
+            echo "$dir/python3"
+            return 0
+        fi
+    done
+    return 1
+}
+python="$(base_python)" || { apt_ensure python3 && python="$(base_python)"; } \
     || die "python3 is not installed (Python >= 3.11 is required)"
-python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-    || die "python3 is $(python3 -V 2>&1); Python >= 3.11 is required"
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "$python is $("$python" -V 2>&1); Python >= 3.11 is required"
 
 spec="moto[server]==$MOTO_VERSION"
 
-log "moto_server not found; installing '$spec' with $(command -v python3)"
-if python3 -m pip --version >/dev/null 2>&1 \
-    && python3 -m pip install --disable-pip-version-check --quiet "$spec"; then
+log "moto_server not found; installing '$spec' with $python"
+if "$python" -m pip --version >/dev/null 2>&1 \
+    && "$python" -m pip install --disable-pip-version-check --quiet "$spec"; then
     hash -r
     if ready; then
         report
@@ -97,7 +111,7 @@ fi
 
 if [[ ! -e "$VENV" ]]; then
     log "creating the virtualenv $VENV"
-    if ! python3 -m venv "$VENV"; then
+    if ! "$python" -m venv "$VENV"; then
         # Never leave a virtualenv without pip behind for the next run to trip over.
         rm -rf -- "$VENV"
         die "cannot create a virtualenv at $VENV (on Debian/Ubuntu it needs the package python3-venv)"

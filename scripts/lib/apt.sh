@@ -7,11 +7,11 @@
 #   apt_missing gcc libc6-dev            # prints the ones not installed (nothing when all are)
 #   as_root CMD...                       # runs CMD as root, or fails saying why it cannot
 #
-# `apt-get update` runs at most once per run of the set-up: the first install exports
-# DATAPACK_APT_UPDATED=1, which the scripts started later by the same command inherit. Installs
-# are non-interactive, without recommended packages, and wait for another apt run's lock instead
-# of failing on it. Callers define nothing; messages go to stderr, prefixed with APT_LOG_PREFIX
-# (default: the calling script's name).
+# `apt-get update` runs once per run of the set-up, not once per script: a successful update
+# touches a stamp (~/.cache/datapack-worker/apt-updated), and an install within the hour after
+# it goes without one (and updates and retries should it fail). Installs are non-interactive,
+# without recommended packages, and wait for another apt run's lock instead of failing on it.
+# Messages go to stderr, prefixed with APT_LOG_PREFIX (default: the calling script's name).
 
 APT_LOG_PREFIX="${APT_LOG_PREFIX:-$(basename "${0:-setup}" .sh)}"
 
@@ -48,6 +48,17 @@ apt_missing() {
     done
 }
 
+# For apt_ensure (bash's dynamic scope: they see its locals apt, missing, log and stamp).
+_apt_update() {
+    apt_log "apt-get update"
+    "${apt[@]}" update >"$log" 2>&1 || return 1
+    mkdir -p "$(dirname "$stamp")" && touch "$stamp"
+}
+_apt_install() {
+    apt_log "installing ${missing[*]} (apt-get)"
+    "${apt[@]}" install --no-install-recommends "${missing[@]}" >"$log" 2>&1
+}
+
 # apt_ensure PKG...: installs those of PKG not installed yet; fails with a message naming them.
 apt_ensure() {
     local missing
@@ -66,25 +77,19 @@ apt_ensure() {
     # shellcheck disable=SC2206 # the prefix is empty or two words
     local apt=($prefix env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y -q)
     # apt's chatter goes to a log, shown only when it fails.
-    local log
+    local log stamp="${DATAPACK_APT_STAMP:-$HOME/.cache/datapack-worker/apt-updated}"
     log="$(mktemp "${TMPDIR:-/tmp}/apt.XXXXXX")"
-    if [[ "${DATAPACK_APT_UPDATED:-0}" != 1 ]]; then
-        apt_log "apt-get update"
-        if ! "${apt[@]}" update >"$log" 2>&1; then
-            tail -n 20 "$log" >&2
-            rm -f "$log"
-            apt_log "ERROR: apt-get update failed (network access to the Debian mirror?); needed: ${missing[*]}"
-            return 1
-        fi
-        export DATAPACK_APT_UPDATED=1
+    local rc=0
+    if [[ -n "$(find "$stamp" -mmin -60 2>/dev/null)" ]]; then
+        _apt_install || { _apt_update && _apt_install; } || rc=1
+    else
+        { _apt_update && _apt_install; } || rc=1
     fi
-    apt_log "installing ${missing[*]} (apt-get)"
-    if ! "${apt[@]}" install --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
+    if ((rc)); then
         tail -n 30 "$log" >&2
-        rm -f "$log"
-        apt_log "ERROR: apt-get install ${missing[*]} failed"
-        return 1
+        apt_log "ERROR: apt-get update/install ${missing[*]} failed (network access to the Debian mirror?)"
     fi
     rm -f "$log"
     hash -r
+    return "$rc"
 }
