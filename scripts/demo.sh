@@ -2,11 +2,16 @@
 # End-to-end demo of datapack-worker on a fresh machine, in one command:
 #
 #   scripts/demo.sh
+#   scripts/demo.sh --setup-only    only install what is missing (the steps before the build)
 #
 # PostgreSQL (127.0.0.1:5432) + a local emulated S3 and SQS (moto, through
 # examples/emulated_stack.rs) -> build the worker -> fresh database `datapack_demo` -> upload
 # sample files through presigned PUT URLs exactly as a browser would -> wait until the worker has
 # recorded them -> show the rows, the local checksums, the metrics and the dead-letter queue.
+#
+# On Debian/Ubuntu it first installs what is missing (PostgreSQL or only its client, moto in a
+# virtualenv, a C compiler for the Rust build, curl, procps), as root or with password-less sudo.
+# Everything it starts (the worker, moto) is stopped when it exits, whether it succeeded or not.
 #
 # Environment (all optional):
 #   CARGO_TARGET_DIR      default $HOME/.cache/datapack-worker/target
@@ -17,6 +22,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=SCRIPTDIR/lib/apt.sh
+. scripts/lib/apt.sh
 
 DEADLINE_S="${DEMO_DEADLINE_S:-60}"
 DB_NAME=datapack_demo
@@ -24,6 +31,7 @@ DATAPACK=dp-1
 UNKNOWN_DATAPACK=dp-unknown
 
 STATE_DIR=""
+STACK=""
 WORKER_PID=""
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -53,6 +61,26 @@ stop_worker() {
     wait "$pid"
 }
 
+# Whether process group $1 still has a moto_server in it (its leader's command line names moto).
+moto_group_alive() {
+    kill -0 -- "-$1" 2>/dev/null && grep -qa moto "/proc/$1/cmdline" 2>/dev/null
+}
+moto_group_gone() { ! moto_group_alive "$1"; }
+
+# Stops the moto server `emulated_stack up` started. `down` does it; should `down` fail to (it
+# signals through the `kill` program), the process group named in the pid file it read is ended
+# here with the shell's own kill, so no moto_server outlives the demo.
+stop_stack() {
+    [[ -n "$STATE_DIR" && -n "$STACK" ]] || return 0
+    local pid
+    pid="$(cat "$STATE_DIR/moto.pid" 2>/dev/null || true)"
+    "$STACK" down --state-dir "$STATE_DIR" || true
+    [[ "$pid" =~ ^[0-9]+$ ]] && moto_group_alive "$pid" || return 0
+    echo "demo: moto (process group $pid) still running after 'down'; stopping it" >&2
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    wait_for 10 moto_group_gone "$pid" || kill -KILL -- "-$pid" 2>/dev/null || true
+}
+
 cleanup() {
     local rc=$?
     set +e
@@ -63,7 +91,7 @@ cleanup() {
             echo "---- last 50 lines of $STATE_DIR/worker.log ----" >&2
             tail -n 50 "$STATE_DIR/worker.log" >&2
         fi
-        "$STACK" down --state-dir "$STATE_DIR" >/dev/null
+        stop_stack >/dev/null
         if ((rc == 0)) && [[ "${DEMO_KEEP_STATE:-0}" != 1 ]]; then
             rm -rf -- "$STATE_DIR"
         else
@@ -85,10 +113,23 @@ step "moto server (S3 + SQS emulator)"
 # ensure-moto.sh may fall back to installing into this virtualenv.
 export PATH="${DATAPACK_TOOLS_VENV:-$HOME/.cache/datapack-worker/venv}/bin:$PATH"
 scripts/ensure-moto.sh
+
+step "tools: C compiler for the Rust build, curl, procps"
+scripts/ensure-build-tools.sh
+# curl reads the metrics; procps brings `kill`, with which emulated_stack stops moto.
+if [[ -r /etc/debian_version ]]; then
+    apt_ensure curl procps || die "cannot install curl and procps"
+fi
 hash -r
-for tool in curl psql; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool is required but not installed"
+for tool in curl kill psql; do
+    # type -P: the program, not bash's builtin kill.
+    type -P "$tool" >/dev/null 2>&1 || die "$tool is required but not installed"
 done
+
+if [[ "${1:-}" == --setup-only ]]; then
+    step "set-up done (--setup-only)"
+    exit 0
+fi
 
 step "build datapack-worker"
 if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
@@ -252,6 +293,6 @@ stop_worker || status=$?
 note "worker stopped cleanly"
 
 step "stop moto"
-"$STACK" down --state-dir "$STATE_DIR"
+stop_stack
 
 step "done"

@@ -3,7 +3,11 @@
 #
 # Idempotent; does nothing when that already works. Otherwise (Debian/Ubuntu
 # packaging, needs root or password-less sudo):
-#   1. installs the `postgresql` package if no server is installed,
+#   0. when a server already answers on the port (in a container, say) but psql
+#      is missing, installs the client only (`postgresql-client`), never a
+#      second server whose cluster would land on another port,
+#   1. installs the `postgresql` package if nothing answers on the port and no
+#      server is installed,
 #   2. creates a cluster on the port if none exists, starts it if it is down
 #      (pg_ctlcluster --skip-systemctl-redirect: works without systemd),
 #   3. if the server runs but refuses the login, adds `trust` entries for
@@ -20,6 +24,9 @@ MARK="# added by datapack-worker scripts/ensure-postgres.sh"
 
 log() { echo "ensure-postgres: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+
+# shellcheck source=SCRIPTDIR/lib/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 
 connect_error=""
 can_connect() {
@@ -60,19 +67,34 @@ if can_connect; then
 fi
 log "cannot connect to $HOST:$PORT as postgres (${connect_error:-no details}); trying to fix"
 
-# --- 1. install -----------------------------------------------------------
+# Whether anything accepts TCP connections on the port (bash's /dev/tcp: no client needed).
+port_answers() {
+    # shellcheck disable=SC2016 # expanded by the inner bash, from its arguments
+    timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$HOST" "$PORT" 2>/dev/null
+}
 server_installed() {
     command -v pg_lsclusters >/dev/null 2>&1 \
         && compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null
 }
+
+# --- 0. a server answers: the client is all that is missing ------------------
+if port_answers; then
+    if ! command -v psql >/dev/null 2>&1; then
+        log "a server answers on $HOST:$PORT; installing the PostgreSQL client only"
+        apt_ensure postgresql-client || die "cannot install postgresql-client (psql)"
+        if can_connect; then
+            log "ok: PostgreSQL on $HOST:$PORT accepts user postgres"
+            exit 0
+        fi
+    fi
+    server_installed || die "the server on $HOST:$PORT refuses user postgres (${connect_error:-no details}), and it is not one this machine's packages manage (a container?): allow user postgres to log in from $HOST without a password (trust) there"
+fi
+
+# --- 1. install -----------------------------------------------------------
 if ! server_installed; then
-    command -v apt-get >/dev/null 2>&1 \
-        || die "PostgreSQL server is not installed and apt-get is unavailable; install PostgreSQL >= 13 listening on $HOST:$PORT with trust auth for user postgres"
-    log "installing PostgreSQL with apt-get"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 \
-        || die "apt-get update failed"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >&2 \
-        || die "apt-get install postgresql failed"
+    log "nothing answers on $HOST:$PORT; installing the PostgreSQL server"
+    apt_ensure postgresql \
+        || die "PostgreSQL is not running and cannot be installed; install PostgreSQL >= 13 listening on $HOST:$PORT with trust auth for user postgres"
     server_installed || die "postgresql installed but no server binaries found under /usr/lib/postgresql"
 fi
 

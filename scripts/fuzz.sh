@@ -30,10 +30,9 @@ corpora="${FUZZ_CORPUS_DIR:-$cache/fuzz-corpus}"
 export CARGO_TERM_COLOR=never
 
 install_tools() {
-    if ! command -v c++ >/dev/null; then
-        # libFuzzer itself is C++, compiled by libfuzzer-sys's build script.
-        apt-get update -qq && apt-get install -y -qq g++
-    fi
+    # libFuzzer itself is C++, compiled by libfuzzer-sys's build script: g++ (as root or with
+    # password-less sudo), besides the C toolchain every build needs.
+    scripts/ensure-build-tools.sh --fuzz
     if ! "$tools/bin/cargo-fuzz" --version 2>/dev/null | grep -qF "$cargo_fuzz_version"; then
         env -u CARGO_TARGET_DIR cargo install --locked --quiet --root "$tools" \
             --version "$cargo_fuzz_version" cargo-fuzz

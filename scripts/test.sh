@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: sets up what the tests need on a fresh machine (PostgreSQL, moto, promtool,
-# the dashboard type-checker), then runs every test against the real parts.
+# The test command: sets up what the tests need on a fresh machine (a C compiler, PostgreSQL,
+# moto, Chromium, s3s-fs, promtool, the dashboard type-checker, cargo-fuzz), then runs every
+# test against the real parts.
 #
 #   scripts/test.sh            all tests (unit, integration, observability checks, fuzz smoke)
 #   scripts/test.sh -- NAME    only the cargo tests whose name contains NAME
@@ -9,9 +10,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Set-up: installs what is missing on Debian/Ubuntu, as root or with password-less sudo.
+scripts/ensure-build-tools.sh
 scripts/ensure-postgres.sh
 scripts/ensure-moto.sh
 scripts/ensure-chromium.sh
+# procps: `kill` (the tests stop real processes); prometheus (promtool), nodejs and npm: the
+# observability checks below.
+# shellcheck source=SCRIPTDIR/lib/apt.sh
+. scripts/lib/apt.sh
+if [[ -r /etc/debian_version ]]; then
+    apt_ensure procps prometheus nodejs npm
+fi
 # s3s-fs: a second S3 server, one that verifies SigV4, for the presigned-URL tests.
 S3S_FS="$(scripts/ensure-s3s.sh)"
 export S3S_FS
