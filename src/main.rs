@@ -30,7 +30,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => {
             let settings = args.into_settings()?;
-            app::run(settings, shutdown::on_signals()).await
+            app::run(settings, shutdown::signals()).await
         }
         Command::Migrate(database) => commands::migrate(database).await,
         Command::Presign(args) => presign::execute(args).await,
