@@ -19,6 +19,8 @@ async fn main() -> ExitCode {
             eprintln!("datapack-worker: {error:#}");
             if error.downcast_ref::<config::ConfigError>().is_some() {
                 ExitCode::from(2)
+            } else if error.downcast_ref::<dlq::Interrupted>().is_some() {
+                ExitCode::from(dlq::INTERRUPTED_EXIT_CODE)
             } else {
                 ExitCode::FAILURE
             }
