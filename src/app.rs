@@ -100,6 +100,17 @@ impl Application {
             concurrency = settings.worker.concurrency,
             "starting datapack-worker {}", env!("CARGO_PKG_VERSION")
         );
+        let drain_poll = settings.queue.wait + intake::pool::POLL_SLACK;
+        if settings.worker.shutdown_grace < drain_poll {
+            tracing::warn!(
+                shutdown_grace_secs = settings.worker.shutdown_grace.as_secs(),
+                sqs_wait_time_secs = settings.queue.wait.as_secs(),
+                "SHUTDOWN_GRACE_SECS is shorter than SQS_WAIT_TIME_SECS + {}s: a long poll in \
+                 flight at shutdown may be dropped before it answers, and what SQS hands it stays \
+                 invisible for a visibility timeout",
+                intake::pool::POLL_SLACK.as_secs()
+            );
+        }
         let pool = store::pool(settings.database.connect, &settings.database.pool);
         if settings.migrate_on_start {
             store::migrate(&pool).await.context("applying migrations")?;

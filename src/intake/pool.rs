@@ -246,10 +246,10 @@ async fn hand_back_poll(
             return;
         }
     };
+    metrics::received(messages.len());
     if messages.is_empty() {
         return;
     }
-    metrics::received(messages.len());
     let handles: Vec<String> = messages.into_iter().map(|m| m.receipt_handle).collect();
     let released = context.queue.release_batch(&handles).await;
     if let Some(first) = handles.first() {
