@@ -14,12 +14,13 @@ use crate::config::{QueueSettings, Settings};
 use crate::disposition::Dependency;
 use crate::intake;
 use crate::intake::pool::WorkerSettings;
-use crate::intake::queue::Queue;
-use crate::ops::health::{Health, Probe, probe};
+use crate::intake::queue::{self as sqs_queue, Queue, QueueAttributes};
+use crate::ops::health::{Health, PROBE_TIMEOUT, Probe, probe};
 use crate::ops::watchdog::Watchdog;
 use crate::ops::{self, http};
 use crate::process::canary::Canary;
 use crate::process::pipeline::Pipeline;
+use crate::shutdown::Signals;
 use crate::store::writer::Writer;
 use crate::{aws, store};
 
@@ -32,11 +33,12 @@ pub const GIT_COMMIT: &str = match option_env!("DATAPACK_WORKER_GIT_COMMIT") {
     None => "unknown",
 };
 
-/// Runs the worker until `shutdown` fires and in-flight work is drained, with AWS clients built
-/// from the settings.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs the worker until `signals.stop` fires and in-flight work is drained (or `signals.now`
+/// asks to stop at once), with AWS clients built from the settings.
+pub async fn run(settings: Settings, signals: Signals) -> anyhow::Result<()> {
     let sdk = aws::load(&settings.aws).await;
-    run_with(settings, sdk, shutdown).await
+    let application = Application::build(settings, &sdk, &signals.stop).await?;
+    application.run_until_stopped(signals, Vec::new()).await
 }
 
 /// Runs the worker with AWS settings made by the caller (tests, embedders).
@@ -64,7 +66,7 @@ pub async fn run_supervised(
     extra: Vec<ExtraTask>,
 ) -> anyhow::Result<()> {
     let application = Application::build(settings, &sdk, &shutdown).await?;
-    application.run_until_stopped(shutdown, extra).await
+    application.run_until_stopped(shutdown.into(), extra).await
 }
 
 /// The worker's parts, built and wired: the HTTP endpoint is bound and the writers wait for
@@ -98,6 +100,17 @@ impl Application {
             concurrency = settings.worker.concurrency,
             "starting datapack-worker {}", env!("CARGO_PKG_VERSION")
         );
+        let drain_poll = settings.queue.wait + intake::pool::POLL_SLACK;
+        if settings.worker.shutdown_grace < drain_poll {
+            tracing::warn!(
+                shutdown_grace_secs = settings.worker.shutdown_grace.as_secs(),
+                sqs_wait_time_secs = settings.queue.wait.as_secs(),
+                "SHUTDOWN_GRACE_SECS is shorter than SQS_WAIT_TIME_SECS + {}s: a long poll in \
+                 flight at shutdown may be dropped before it answers, and what SQS hands it stays \
+                 invisible for a visibility timeout",
+                intake::pool::POLL_SLACK.as_secs()
+            );
+        }
         let pool = store::pool(settings.database.connect, &settings.database.pool);
         if settings.migrate_on_start {
             store::migrate(&pool).await.context("applying migrations")?;
@@ -143,9 +156,13 @@ impl Application {
     /// shutdown (or until a supervised task dies), then stops everything in order.
     async fn run_until_stopped(
         self,
-        shutdown: CancellationToken,
+        signals: Signals,
         extra: Vec<ExtraTask>,
     ) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = read_queue_settings(&self.queue, self.worker.max_attempts) => {}
+            _ = signals.stop.cancelled() => {}
+        }
         let stop_background = CancellationToken::new();
         let background = self.spawn_background(extra, &stop_background);
         let watchdog = self.watchdog.clone();
@@ -154,7 +171,7 @@ impl Application {
             self.queue,
             self.health,
             self.worker,
-            shutdown,
+            signals,
             watchdog.clone(),
         )
         .await;
@@ -187,7 +204,13 @@ impl Application {
     ) -> Vec<JoinHandle<()>> {
         let watchdog = &self.watchdog;
         let mut background = Vec::new();
-        for (dependency, probe) in probes(&self.pool, &self.queue, &self.pipeline) {
+        let probes = probes(
+            &self.pool,
+            &self.queue,
+            &self.pipeline,
+            self.worker.max_attempts,
+        );
+        for (dependency, probe) in probes {
             let health = self.health.clone();
             let prober = health.run_prober(dependency, probe, PROBE_MAX_DELAY, stop.clone());
             background.push(watchdog.spawn("prober", prober));
@@ -212,17 +235,61 @@ fn queue(sdk: &SdkConfig, settings: QueueSettings) -> Queue {
     )
 }
 
+/// Reads the queue's own settings once, at start, and warns about a redrive policy that would
+/// dead-letter messages without a reason. If SQS does not answer now, the SQS probe reads them
+/// on its first pass (see [`probes`]), and the warning comes then.
+async fn read_queue_settings(queue: &Queue, max_attempts: u32) {
+    match tokio::time::timeout(PROBE_TIMEOUT, queue.attributes()).await {
+        Ok(Ok(attributes)) => adopt_queue_settings(queue, &attributes, max_attempts),
+        Ok(Err(failure)) => tracing::warn!(
+            error = %crate::disposition::chain(&failure),
+            "could not read the queue's settings at start; they are read when SQS answers its probe"
+        ),
+        Err(_) => tracing::warn!(
+            "the queue's settings did not arrive within {PROBE_TIMEOUT:?}; they are read when SQS answers its probe"
+        ),
+    }
+}
+
+fn adopt_queue_settings(queue: &Queue, attributes: &QueueAttributes, max_attempts: u32) {
+    queue.adopt(attributes);
+    tracing::info!(
+        max_receive_count = attributes.max_receive_count,
+        max_attempts,
+        "read the queue's settings"
+    );
+    if let Some((max_receive_count, safe)) =
+        sqs_queue::max_receive_count_too_low(attributes.max_receive_count, max_attempts)
+    {
+        tracing::warn!(
+            max_receive_count,
+            max_attempts,
+            "the queue's redrive maxReceiveCount ({max_receive_count}) is lower than MAX_ATTEMPTS \
+             ({max_attempts}) + 5: releases during outages and shutdowns also count as receives, \
+             so SQS can move a message to the dead-letter queue without a reason before the \
+             worker dead-letters it with one; set maxReceiveCount to at least {safe}"
+        );
+    }
+}
+
 /// One probe per dependency: PostgreSQL, S3 (the served buckets, and in depth the canary object
-/// while the breaker is tripped), SQS (both queues).
-fn probes(pool: &PgPool, queue: &Queue, pipeline: &Pipeline) -> Vec<(Dependency, Probe)> {
-    let (pool, s3, q1, q2, buckets) = (
+/// while the breaker is tripped), SQS (both queues, and in depth the calls that settle messages
+/// while its breaker is tripped). The SQS probe also reads the queue's settings if start-up
+/// could not.
+fn probes(
+    pool: &PgPool,
+    queue: &Queue,
+    pipeline: &Pipeline,
+    max_attempts: u32,
+) -> Vec<(Dependency, Probe)> {
+    let (pool, s3, sqs, buckets) = (
         pool.clone(),
         pipeline.s3.clone(),
-        queue.clone(),
         queue.clone(),
         Arc::new(pipeline.settings.buckets.clone()),
     );
     let (health, canary) = (pipeline.health.clone(), pipeline.canary.clone());
+    let sqs_health = health.clone();
     vec![
         (
             Dependency::Postgres,
@@ -256,10 +323,19 @@ fn probes(pool: &PgPool, queue: &Queue, pipeline: &Pipeline) -> Vec<(Dependency,
         (
             Dependency::Sqs,
             probe(move || {
-                let (main, dead) = (q1.clone(), q2.clone());
+                let (queue, health) = (sqs.clone(), sqs_health.clone());
                 async move {
-                    main.learn_max_receive_count().await?;
-                    dead.depth(&dead.dead_letter_url).await.map(drop)
+                    let attributes = queue.attributes().await?;
+                    if !queue.learned() {
+                        adopt_queue_settings(&queue, &attributes, max_attempts);
+                    }
+                    queue.depth(&queue.dead_letter_url).await?;
+                    // In depth only when the breaker says most deletes or visibility changes
+                    // fail: GetQueueAttributes passing says nothing about those.
+                    if health.tripped(Dependency::Sqs) {
+                        queue.check_settling().await?;
+                    }
+                    Ok(())
                 }
             }),
         ),

@@ -19,6 +19,8 @@ async fn main() -> ExitCode {
             eprintln!("datapack-worker: {error:#}");
             if error.downcast_ref::<config::ConfigError>().is_some() {
                 ExitCode::from(2)
+            } else if error.downcast_ref::<dlq::Interrupted>().is_some() {
+                ExitCode::from(dlq::INTERRUPTED_EXIT_CODE)
             } else {
                 ExitCode::FAILURE
             }
@@ -30,7 +32,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => {
             let settings = args.into_settings()?;
-            app::run(settings, shutdown::on_signals()).await
+            app::run(settings, shutdown::signals()).await
         }
         Command::Migrate(database) => commands::migrate(database).await,
         Command::Presign(args) => presign::execute(args).await,

@@ -1,4 +1,9 @@
 //! Operating the dead-letter queue: list without consuming, and redrive once the cause is fixed.
+//!
+//! Both stop cleanly on SIGINT or SIGTERM: the message in hand is finished (sent and deleted, so
+//! it is never in both queues), a receive in flight is let finish (SQS hands it messages even if
+//! the client has gone) and what it returned is held, every held message is handed back at
+//! once, the summary is printed, and the command exits with [`INTERRUPTED_EXIT_CODE`].
 
 use std::collections::HashSet;
 
@@ -7,6 +12,7 @@ use aws_sdk_sqs::types::{
 };
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::DlqCommand;
 use crate::disposition::{Failure, RetryReason};
@@ -33,6 +39,15 @@ fn first_key(body: &str) -> Option<String> {
     }
 }
 
+/// The exit code of a `dlq` command stopped by a signal (128 + SIGINT, as shells report it):
+/// what it did is printed, and running it again picks up the rest.
+pub const INTERRUPTED_EXIT_CODE: u8 = 130;
+
+/// A `dlq` command stopped by a signal after finishing the message in hand.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted: stopped after the message in hand and handed back what was held")]
+pub struct Interrupted;
+
 fn sqs_failure(e: impl Into<aws_sdk_sqs::Error>) -> Failure {
     Failure::transient(RetryReason::SqsError, e.into())
 }
@@ -52,10 +67,16 @@ struct Pager<'a> {
     target: u64,
     seen: HashSet<String>,
     held: Vec<String>,
+    /// A signal: no new receive starts, no new message is worked on.
+    interrupted: CancellationToken,
 }
 
 impl<'a> Pager<'a> {
-    async fn new(client: &'a aws_sdk_sqs::Client, url: &'a str) -> Result<Self, Failure> {
+    async fn new(
+        client: &'a aws_sdk_sqs::Client,
+        url: &'a str,
+        interrupted: CancellationToken,
+    ) -> Result<Self, Failure> {
         let attributes = client
             .get_queue_attributes()
             .queue_url(url)
@@ -74,16 +95,23 @@ impl<'a> Pager<'a> {
             target,
             seen: HashSet::new(),
             held: Vec::new(),
+            interrupted,
         })
     }
 
-    /// The next page of messages not seen before; `None` once the queue is exhausted.
+    fn interrupted(&self) -> bool {
+        self.interrupted.is_cancelled()
+    }
+
+    /// The next page of messages not seen before; `None` once the queue is exhausted or a signal
+    /// came. A receive is never dropped half-way: what it returns after a signal is held (and so
+    /// handed back), instead of staying invisible for [`HOLD_SECS`].
     async fn next(
         &mut self,
         want: usize,
     ) -> Result<Option<Vec<aws_sdk_sqs::types::Message>>, Failure> {
         let mut fruitless = 0;
-        while (self.seen.len() as u64) < self.target && fruitless < 3 {
+        while (self.seen.len() as u64) < self.target && fruitless < 3 && !self.interrupted() {
             let output = self
                 .client
                 .receive_message()
@@ -105,6 +133,12 @@ impl<'a> Pager<'a> {
                     self.seen.insert(id)
                 })
                 .collect();
+            if self.interrupted() {
+                for m in &fresh {
+                    self.hold(m.receipt_handle.as_deref());
+                }
+                return Ok(None);
+            }
             if fresh.is_empty() {
                 fruitless += 1;
                 continue;
@@ -140,8 +174,8 @@ impl<'a> Pager<'a> {
         Ok(())
     }
 
-    /// Hands every held message back at once.
-    async fn release(self) -> Result<(), Failure> {
+    /// Hands every held message back at once; returns how many.
+    async fn release(self) -> Result<usize, Failure> {
         for (n, chunk) in self.held.chunks(10).enumerate() {
             let entries = chunk
                 .iter()
@@ -163,7 +197,7 @@ impl<'a> Pager<'a> {
                 .await
                 .map_err(sqs_failure)?;
         }
-        Ok(())
+        Ok(self.held.len())
     }
 }
 
@@ -187,8 +221,9 @@ pub async fn list(
     client: &aws_sdk_sqs::Client,
     dlq_url: &str,
     max: usize,
+    interrupted: CancellationToken,
 ) -> Result<Vec<Entry>, Failure> {
-    let mut pager = Pager::new(client, dlq_url).await?;
+    let mut pager = Pager::new(client, dlq_url, interrupted).await?;
     let mut entries = Vec::new();
     let mut result = Ok(());
     while entries.len() < max {
@@ -225,21 +260,39 @@ pub async fn list(
     result.map(|()| entries)
 }
 
+/// What a redrive did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redriven {
+    /// Messages moved to the main queue.
+    pub moved: usize,
+    /// Messages looked at and left in the dead-letter queue, handed back (visible) at the end.
+    pub handed_back: usize,
+    /// Whether a signal stopped it before the queue was exhausted or `max` reached.
+    pub interrupted: bool,
+}
+
 /// Moves up to `max` messages (optionally only those with `reason`) back to the main queue, body
-/// unchanged. Each is sent before it is deleted, so a crash can duplicate but never lose one;
-/// messages with another reason are held while the command pages and handed back at the end.
+/// unchanged. Each is sent before it is deleted, so a crash can duplicate but never lose one
+/// (and a signal, which lets the message in hand finish, neither); messages with another reason,
+/// or seen after a signal, are held while the command pages and handed back at the end.
 pub async fn redrive(
     client: &aws_sdk_sqs::Client,
     dlq_url: &str,
     main_url: &str,
     reason: Option<&str>,
     max: usize,
-) -> Result<usize, Failure> {
-    let mut pager = Pager::new(client, dlq_url).await?;
+    interrupted: CancellationToken,
+) -> Result<Redriven, Failure> {
+    let mut pager = Pager::new(client, dlq_url, interrupted).await?;
     let mut moved = 0;
     let result = redrive_pages(&mut pager, main_url, reason, max, &mut moved).await;
-    pager.release().await?;
-    result.map(|()| moved)
+    let interrupted = pager.interrupted();
+    let handed_back = pager.release().await?;
+    result.map(|()| Redriven {
+        moved,
+        handed_back,
+        interrupted,
+    })
 }
 
 /// Pages through the dead-letter queue moving what matches, counting into `moved` as it goes so
@@ -260,7 +313,7 @@ async fn redrive_pages(
             else {
                 continue;
             };
-            if *moved >= max || reason.is_some_and(|r| r != reason_of(&m)) {
+            if *moved >= max || pager.interrupted() || reason.is_some_and(|r| r != reason_of(&m)) {
                 pager.hold(Some(handle));
                 continue;
             }
@@ -272,12 +325,25 @@ async fn redrive_pages(
 }
 
 /// The `dlq` commands: list (as a table, or JSON) or redrive, printing what was done.
+/// A signal ends it with [`Interrupted`] once what was done is printed.
 pub async fn execute(command: DlqCommand) -> anyhow::Result<()> {
+    // Before anything is held: a signal from here on is handled, never the default exit.
+    let interrupted = crate::shutdown::on_signals();
     let sqs = aws::sqs(&aws::load(&config::aws_from_env()).await);
     match command {
         DlqCommand::List { queues, max, json } => {
-            let entries = list(&sqs, &queues.sqs_dead_letter_queue_url, max).await?;
-            print_entries(&entries, json)
+            let entries = list(
+                &sqs,
+                &queues.sqs_dead_letter_queue_url,
+                max,
+                interrupted.clone(),
+            )
+            .await?;
+            print_entries(&entries, json)?;
+            if interrupted.is_cancelled() {
+                return Err(Interrupted.into());
+            }
+            Ok(())
         }
         DlqCommand::Redrive {
             queues,
@@ -286,8 +352,16 @@ pub async fn execute(command: DlqCommand) -> anyhow::Result<()> {
         } => {
             let main_url = queues.main_url()?;
             let dlq_url = &queues.sqs_dead_letter_queue_url;
-            let moved = redrive(&sqs, dlq_url, main_url, reason.as_deref(), max).await?;
-            println!("redrove {moved} message(s)");
+            let done =
+                redrive(&sqs, dlq_url, main_url, reason.as_deref(), max, interrupted).await?;
+            println!("redrove {} message(s)", done.moved);
+            if done.interrupted {
+                println!(
+                    "interrupted: {} message(s) looked at and handed back to the dead-letter queue (visible now); run the command again for the rest",
+                    done.handed_back
+                );
+                return Err(Interrupted.into());
+            }
             Ok(())
         }
     }

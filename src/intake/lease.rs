@@ -153,12 +153,7 @@ impl Lease {
                 ),
             ))));
         }
-        match self
-            .context
-            .queue
-            .set_visibility(&self.message.receipt_handle, timeout)
-            .await
-        {
+        match self.set_visibility(timeout).await {
             Ok(()) => metrics::visibility_extended(),
             Err(VisibilityError::Lost) => {
                 tracing::warn!(
@@ -250,12 +245,7 @@ impl Lease {
         metrics::record_failure(&failure, false);
         let delay = backoff(&self.context.settings, receive_count);
         self.settled = true;
-        if let Err(e) = self
-            .context
-            .queue
-            .set_visibility(&self.message.receipt_handle, delay)
-            .await
-        {
+        if let Err(e) = self.set_visibility(delay).await {
             tracing::warn!(error = %e, "could not set the retry delay; the message returns after its visibility timeout");
         }
         metrics::message_disposition("retry");
@@ -263,15 +253,29 @@ impl Lease {
 
     async fn release(mut self, disposition: &'static str) {
         self.settled = true;
-        if let Err(e) = self
-            .context
-            .queue
-            .set_visibility(&self.message.receipt_handle, Duration::ZERO)
-            .await
-        {
+        if let Err(e) = self.set_visibility(Duration::ZERO).await {
             tracing::warn!(error = %e, "could not release the message; it returns after its visibility timeout");
         }
         metrics::message_disposition(disposition);
+    }
+
+    /// Changes the message's visibility; the answer feeds the SQS breaker (a lost receipt is a
+    /// fact about this message, not about SQS).
+    async fn set_visibility(&self, timeout: Duration) -> Result<(), VisibilityError> {
+        let result = self
+            .context
+            .queue
+            .set_visibility(&self.message.receipt_handle, timeout)
+            .await;
+        let identity = &self.message.message_id;
+        match &result {
+            Ok(()) => self.context.health.observe_sqs(identity, Ok(())),
+            Err(VisibilityError::Failed(failure)) => {
+                self.context.health.observe_sqs(identity, Err(failure))
+            }
+            Err(VisibilityError::Lost) => {}
+        }
+        result
     }
 
     /// Queues the delete, gives the slot back, and waits for SQS's answer.

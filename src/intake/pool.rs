@@ -4,16 +4,22 @@
 //! other free slot (up to ten), and asks SQS for that many messages, so no message waits in
 //! memory while its visibility clock runs. Each message keeps its slot until its work is done (its
 //! delete queued after the commit, or its retry or release decided).
-//! Shutdown stops receiving at once, lets in-flight work finish within the grace period, and
-//! releases the rest (visibility 0) so another replica takes it immediately.
+//! Shutdown starts no new receive, but lets each long poll in flight finish (bounded by the poll
+//! window plus [`POLL_SLACK`], and by the grace period), and hands back at once whatever it
+//! returns: SQS does not cancel a receive when its client goes away, so a dropped poll would
+//! leave the messages it was about to return invisible for a whole visibility timeout. In-flight
+//! work finishes within what is left of the grace period; the rest is released (visibility 0)
+//! so another replica takes it immediately. A second signal (or a dead supervised task) hands
+//! everything back at once.
 //!
 //! Work on one message runs in a task of its own: whatever happens there, a panic included, is a
 //! fact about that message. A failure is charged to the message (backoff on its receive count,
 //! and a dead letter with a reason on its last attempt) only after a fresh probe has said the
 //! dependency is up; if the probe fails too, the message is released and receiving pauses.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -24,11 +30,17 @@ use tracing::Instrument;
 use crate::disposition::Failure;
 use crate::intake::deleter::DeleteRequest;
 use crate::intake::lease::Lease;
-use crate::intake::queue::Queue;
+use crate::intake::queue::{Queue, Received};
 use crate::ops::health::{self, Health};
 use crate::ops::metrics::{self, Raised};
 use crate::ops::watchdog::Watchdog;
 use crate::process::pipeline::Pipeline;
+use crate::shutdown::Signals;
+
+/// How long past its wait time a long poll in flight at shutdown may take to answer: the
+/// network's share. A poll that has not answered by then is dropped (what it was about to
+/// return comes back after its visibility timeout).
+pub(crate) const POLL_SLACK: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -55,20 +67,20 @@ pub(super) struct Context {
     pub(super) hard_stop: CancellationToken,
 }
 
-/// Runs until `shutdown` fires and in-flight work is drained or released. If `watchdog` fires
-/// (a supervised task died), in-flight work is released at once.
+/// Runs until `signals.stop` fires and in-flight work is drained or released. If `watchdog`
+/// fires (a supervised task died) or `signals.now` does, what is held is released at once.
 pub async fn run(
     pipeline: Pipeline,
     queue: Queue,
     health: Health,
     settings: WorkerSettings,
-    shutdown: CancellationToken,
+    signals: Signals,
     watchdog: Watchdog,
 ) {
     let (deletes, delete_requests) = mpsc::channel(settings.concurrency.max(10) * 2);
     let deleter = watchdog.spawn(
         "deleter",
-        crate::intake::deleter::run_deleter(queue.clone(), delete_requests),
+        crate::intake::deleter::run_deleter(queue.clone(), health.clone(), delete_requests),
     );
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     metrics::concurrency(settings.concurrency);
@@ -84,6 +96,8 @@ pub async fn run(
     // Receiving stops on shutdown, or at once when a supervised task died; cancelled only after
     // the watchdog knows the pollers are meant to end.
     let receiving = CancellationToken::new();
+    // Stop waiting for anything: a second signal, or a supervised task died.
+    let hurry = signals.now.child_token();
     let pollers: Vec<_> = (0..settings.pollers.max(1))
         .map(|_| {
             watchdog.spawn(
@@ -93,6 +107,7 @@ pub async fn run(
                     slots.clone(),
                     tasks.clone(),
                     receiving.clone(),
+                    hurry.clone(),
                 ),
             )
         })
@@ -100,35 +115,47 @@ pub async fn run(
 
     let fatal = watchdog.fatal().clone();
     tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = fatal.cancelled() => {}
+        _ = signals.stop.cancelled() => {}
+        _ = fatal.cancelled() => hurry.cancel(),
     }
+    let stopping = Instant::now();
     // From here on the pollers, then the deleter, are meant to end.
     watchdog.stopping();
     receiving.cancel();
+    // The polls in flight finish while in-flight work goes on; both share the grace period.
     for poller in pollers {
         let _ = poller.await;
     }
-    let grace = if fatal.is_cancelled() {
+    let grace = if hurry.is_cancelled() {
         Duration::ZERO
     } else {
-        settings.shutdown_grace
+        settings.shutdown_grace.saturating_sub(stopping.elapsed())
     };
-    drain(&tasks, grace, &context.hard_stop).await;
+    drain(&tasks, grace, &context.hard_stop, &hurry).await;
     drop(context);
     let _ = deleter.await;
     tracing::info!("worker stopped");
 }
 
-/// Lets in-flight work finish within `grace`, then has every lease still held released.
-async fn drain(tasks: &TaskTracker, grace: Duration, hard_stop: &CancellationToken) {
+/// Lets in-flight work finish within `grace` (or until `hurry`), then has every lease still
+/// held released.
+async fn drain(
+    tasks: &TaskTracker,
+    grace: Duration,
+    hard_stop: &CancellationToken,
+    hurry: &CancellationToken,
+) {
     tasks.close();
     tracing::info!(
         in_flight = tasks.len(),
-        grace_secs = grace.as_secs(),
+        grace_secs = grace.as_secs_f64(),
         "shutting down: draining in-flight work"
     );
-    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+    let finished = tokio::select! {
+        r = tokio::time::timeout(grace, tasks.wait()) => r.is_ok(),
+        _ = hurry.cancelled() => false,
+    };
+    if !finished {
         tracing::warn!(
             unfinished = tasks.len(),
             "grace period over: releasing unfinished messages"
@@ -143,6 +170,7 @@ async fn poll(
     slots: Arc<Semaphore>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    hurry: CancellationToken,
 ) {
     loop {
         if !context.health.wait_ready(&shutdown).await {
@@ -153,11 +181,13 @@ async fn poll(
         };
         let received = {
             let _receiving = Raised::new(metrics::POLLERS_RECEIVING);
+            let receive = context.queue.receive(permits.len());
+            tokio::pin!(receive);
             tokio::select! {
-                r = context.queue.receive(permits.len()) => r,
-                // Dropping a long poll may leave a message invisible until its timeout; it is
-                // redelivered then, never lost.
-                _ = shutdown.cancelled() => return,
+                r = &mut receive => r,
+                _ = shutdown.cancelled() => {
+                    return hand_back_poll(&context, receive, &hurry).await;
+                }
             }
         };
         let messages = match received {
@@ -183,6 +213,66 @@ async fn poll(
                     .instrument(span),
             );
         }
+    }
+}
+
+/// Shutdown came during a long poll: lets it finish (SQS goes on with a receive whose client
+/// has gone, handing it the messages it finds) within the poll window plus [`POLL_SLACK`], never
+/// past the grace period, and hands back at once whatever it returns. Releasing, not working
+/// on them: the grace period belongs to the work already in hand, and the other replicas are
+/// polling right now. `hurry` drops the poll at once.
+async fn hand_back_poll(
+    context: &Context,
+    receive: std::pin::Pin<&mut impl Future<Output = Result<Vec<Received>, Failure>>>,
+    hurry: &CancellationToken,
+) {
+    let bound = (context.queue.wait + POLL_SLACK).min(context.settings.shutdown_grace);
+    let answered = tokio::select! {
+        r = tokio::time::timeout(bound, receive) => r,
+        _ = hurry.cancelled() => {
+            tracing::warn!("stopping now: a long poll in flight is dropped; what it returns stays invisible until its visibility timeout");
+            return;
+        }
+    };
+    let messages = match answered {
+        Ok(Ok(messages)) => messages,
+        // Nothing was handed to this poll.
+        Ok(Err(_)) => return,
+        Err(_) => {
+            tracing::warn!(
+                bound_secs = bound.as_secs_f64(),
+                "a long poll in flight at shutdown did not answer in time; what it returns stays invisible until its visibility timeout"
+            );
+            return;
+        }
+    };
+    metrics::received(messages.len());
+    if messages.is_empty() {
+        return;
+    }
+    let handles: Vec<String> = messages.into_iter().map(|m| m.receipt_handle).collect();
+    let released = context.queue.release_batch(&handles).await;
+    if let Some(first) = handles.first() {
+        context
+            .health
+            .observe_sqs(first, released.as_ref().map(drop));
+    }
+    match released {
+        Ok(n) => {
+            for _ in 0..n {
+                metrics::message_disposition("handed_back");
+            }
+            tracing::info!(
+                received = handles.len(),
+                handed_back = n,
+                "a long poll in flight at shutdown returned messages: handed back at once"
+            );
+        }
+        Err(failure) => tracing::warn!(
+            received = handles.len(),
+            error = %crate::disposition::chain(&failure),
+            "could not hand back what a long poll returned at shutdown; it returns after its visibility timeout"
+        ),
     }
 }
 

@@ -1,12 +1,13 @@
-//! SQS: receive, batched delete, visibility changes, the dead-letter send, and queue depth.
+//! SQS: receive, batched delete, visibility changes, the dead-letter send, queue depth, the
+//! queue's own settings read at start, and the in-depth check that settling is allowed again.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
-    QueueAttributeName,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
 };
 use chrono::{DateTime, Utc};
 
@@ -31,9 +32,11 @@ pub struct Queue {
     pub dead_letter_url: String,
     pub wait: Duration,
     pub visibility_timeout: Duration,
-    /// The main queue's redrive `maxReceiveCount`, learned from its attributes (0: unknown, or
-    /// no redrive policy).
+    /// The main queue's redrive `maxReceiveCount`, read from its attributes at start (or, if
+    /// SQS did not answer then, on the first probe that passed). 0: unknown, or no redrive.
     max_receive_count: Arc<AtomicU32>,
+    /// Whether the queue's attributes have been read once (see [`Queue::adopt`]).
+    learned: Arc<std::sync::atomic::AtomicBool>,
     /// The oldest SentTimestamp received since the depth sampler last took it (see
     /// [`crate::intake::depth`]).
     oldest_received: Arc<Mutex<Option<DateTime<Utc>>>>,
@@ -47,6 +50,39 @@ pub enum VisibilityError {
     Lost,
     #[error(transparent)]
     Failed(Failure),
+}
+
+/// The main queue's own settings, as the worker needs them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueAttributes {
+    /// The redrive policy's `maxReceiveCount`; `None` without a redrive policy.
+    pub max_receive_count: Option<u32>,
+}
+
+/// `maxReceiveCount` from a redrive policy (SQS writes it as a number; some tools as a string).
+fn max_receive_count(policy: &str) -> Option<u32> {
+    let policy = serde_json::from_str::<serde_json::Value>(policy).ok()?;
+    let n = match &policy["maxReceiveCount"] {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    }?;
+    u32::try_from(n).ok().filter(|n| *n > 0)
+}
+
+/// The start-up warning about a queue that dead-letters before the worker does: Some((the
+/// queue's maxReceiveCount, the smallest safe one)) when it is below `max_attempts` + 5. Every
+/// receive counts, and a message is also received, without being charged an attempt, when it
+/// is released during an outage or a shutdown; five receives of slack keep those from making
+/// SQS move a message to the dead-letter queue without a reason.
+pub fn max_receive_count_too_low(
+    max_receive_count: Option<u32>,
+    max_attempts: u32,
+) -> Option<(u32, u32)> {
+    let safe = max_attempts.saturating_add(5);
+    max_receive_count
+        .filter(|limit| *limit < safe)
+        .map(|limit| (limit, safe))
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -82,11 +118,12 @@ impl Queue {
             wait,
             visibility_timeout,
             max_receive_count: Arc::new(AtomicU32::new(0)),
+            learned: Arc::default(),
             oldest_received: Arc::default(),
         }
     }
 
-    /// The main queue's redrive `maxReceiveCount`, once a depth call on it has seen it.
+    /// The main queue's redrive `maxReceiveCount`, once its attributes have been read.
     pub fn max_receive_count(&self) -> Option<u32> {
         Some(self.max_receive_count.load(Ordering::Relaxed)).filter(|n| *n > 0)
     }
@@ -257,9 +294,10 @@ impl Queue {
         })
     }
 
-    /// Reads the main queue's redrive `maxReceiveCount` (for the probe: depth samples do not
-    /// ask for it, since an emulator recomputes every attribute for each one asked).
-    pub async fn learn_max_receive_count(&self) -> Result<(), Failure> {
+    /// Reads the main queue's own settings (its redrive policy). Nothing is stored: see
+    /// [`Queue::adopt`]. Asks for one attribute only, since an emulator recomputes every
+    /// attribute for each one asked; so the SQS probe can use it as its call on the main queue.
+    pub async fn attributes(&self) -> Result<QueueAttributes, Failure> {
         let output = self
             .client
             .get_queue_attributes()
@@ -268,22 +306,112 @@ impl Queue {
             .send()
             .await
             .map_err(|e| aws::classify(Dependency::Sqs, e))?;
-        let limit = output
+        let max_receive_count = output
             .attributes()
             .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
-            .and_then(|policy| serde_json::from_str::<serde_json::Value>(policy).ok())
-            .and_then(|policy| match &policy["maxReceiveCount"] {
-                serde_json::Value::Number(n) => n.as_u64(),
-                serde_json::Value::String(s) => s.parse().ok(),
-                _ => None,
-            })
-            .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(0);
-        self.max_receive_count.store(limit, Ordering::Relaxed);
-        Ok(())
+            .and_then(|policy| max_receive_count(policy));
+        Ok(QueueAttributes { max_receive_count })
+    }
+
+    /// Keeps what [`Queue::attributes`] read, for the worker's lifetime (a changed redrive policy
+    /// is picked up at the next start, as every other setting is).
+    pub fn adopt(&self, attributes: &QueueAttributes) {
+        self.max_receive_count
+            .store(attributes.max_receive_count.unwrap_or(0), Ordering::Relaxed);
+        self.learned.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Queue::adopt`] has run.
+    pub fn learned(&self) -> bool {
+        self.learned.load(Ordering::Relaxed)
+    }
+
+    /// Hands messages back at once (visibility 0), ten per call. Returns how many SQS accepted.
+    /// For what a long poll returned after shutdown: nobody here will work on it.
+    pub async fn release_batch(&self, handles: &[String]) -> Result<usize, Failure> {
+        let mut released = 0;
+        for chunk in handles.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(h)
+                        .visibility_timeout(0)
+                        .build()
+                        .expect("id and receipt handle are set")
+                })
+                .collect::<Vec<_>>();
+            let output = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| aws::classify(Dependency::Sqs, e))?;
+            released += output.successful.len();
+        }
+        Ok(released)
+    }
+
+    /// The in-depth SQS probe, for when the breaker says most settlements fail while the queue
+    /// still answers GetQueueAttributes: are DeleteMessageBatch and ChangeMessageVisibility
+    /// allowed again? Both are asked about a receipt handle that holds no message, so no message
+    /// is touched: SQS checks the caller's permission before it looks at the handle, so "this
+    /// handle is invalid" means the call would have worked, and a refusal means it still fails.
+    pub async fn check_settling(&self) -> Result<(), Failure> {
+        const NO_MESSAGE: &str = "datapack-worker-probe-holds-no-message";
+        let entry = DeleteMessageBatchRequestEntry::builder()
+            .id("probe")
+            .receipt_handle(NO_MESSAGE)
+            .build()
+            .expect("id and receipt handle are set");
+        self.client
+            .delete_message_batch()
+            .queue_url(&self.url)
+            .entries(entry)
+            .send()
+            .await
+            .map_err(|e| aws::classify(Dependency::Sqs, e))?;
+        match self.set_visibility(NO_MESSAGE, Duration::ZERO).await {
+            Ok(()) | Err(VisibilityError::Lost) => Ok(()),
+            Err(VisibilityError::Failed(failure)) => Err(failure),
+        }
     }
 
     pub fn client(&self) -> &aws_sdk_sqs::Client {
         &self.client
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redrive_policy_max_receive_count_as_number_or_string() {
+        assert_eq!(max_receive_count(r#"{"maxReceiveCount":10}"#), Some(10));
+        assert_eq!(max_receive_count(r#"{"maxReceiveCount":"15"}"#), Some(15));
+        assert_eq!(max_receive_count(r#"{"maxReceiveCount":0}"#), None);
+        assert_eq!(max_receive_count("not json"), None);
+        assert_eq!(max_receive_count(r#"{"deadLetterTargetArn":"x"}"#), None);
+    }
+
+    #[test]
+    fn warns_below_max_attempts_plus_five_only() {
+        assert_eq!(max_receive_count_too_low(Some(10), 10), Some((10, 15)));
+        assert_eq!(max_receive_count_too_low(Some(14), 10), Some((14, 15)));
+        assert_eq!(max_receive_count_too_low(Some(15), 10), None);
+        assert_eq!(
+            max_receive_count_too_low(None, 10),
+            None,
+            "no redrive policy"
+        );
+        assert_eq!(
+            max_receive_count_too_low(Some(3), u32::MAX),
+            Some((3, u32::MAX))
+        );
     }
 }

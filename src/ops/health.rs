@@ -11,8 +11,9 @@
 //! real work (S3 answers HeadBucket but every GetObject is denied). A [`Breaker`] per dependency
 //! watches the outcomes of the real work across *different* objects; when most recent ones fail
 //! it trips, which asks for a probe in its deep form (for S3: a real GetObject of an object that
-//! was readable before). At start every dependency is unproven, so the same probes gate the
-//! first receive.
+//! was readable before; for SQS: a delete and a visibility change, the calls that settle
+//! messages, which GetQueueAttributes passing says nothing about). At start every dependency is
+//! unproven, so the same probes gate the first receive.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -264,6 +265,25 @@ impl Health {
                  probing it in depth"
             );
             self.notify();
+        }
+    }
+
+    /// Feeds the SQS breaker with the answer to a call that settles messages (a delete, a
+    /// visibility change) made for `identity` (a message, or a delete batch). Refusals met while
+    /// the probe's GetQueueAttributes passes are a brownout only these calls can show. A
+    /// throttle is backpressure, not a failure, and says nothing either way; an answer about the
+    /// message itself (its receipt handle expired) is not a failure of SQS.
+    pub fn observe_sqs(&self, identity: &str, outcome: Result<(), &Failure>) {
+        match outcome {
+            Ok(()) => self.observe(Dependency::Sqs, identity, true),
+            Err(Failure::Transient {
+                reason: RetryReason::SqsThrottled,
+                ..
+            }) => {}
+            Err(failure) if failure.dependency() == Some(Dependency::Sqs) => {
+                self.observe(Dependency::Sqs, identity, false)
+            }
+            Err(_) => {}
         }
     }
 

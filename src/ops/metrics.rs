@@ -116,7 +116,7 @@ fn describe() {
     describe_counter!(
         MESSAGES,
         Unit::Count,
-        "SQS messages by final disposition (ack, retry, dead_letter, release, lost)."
+        "SQS messages by final disposition (ack, retry, dead_letter, release, lost, handed_back: returned by a long poll in flight at shutdown and handed back unworked)."
     );
     describe_counter!(
         RECORDS,

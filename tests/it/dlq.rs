@@ -1,10 +1,10 @@
 //! Operating the dead-letter queue: list without consuming, fix the cause, redrive, recorded.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::worker::{moto_env, output_ok};
-use crate::support::{Moto, Stack, TestDb, TestWorker};
+use crate::support::{Moto, Stack, TestDb, TestWorker, wait_until};
 
 fn dlq_command(stack: &Stack, args: &[&str]) -> String {
     output_ok(
@@ -125,4 +125,135 @@ async fn list_and_redrive_page_through_more_than_ten_messages() {
     let out = dlq_command(&stack, &["redrive", "--max", "5"]);
     assert!(out.contains("redrove 5"), "{out}");
     assert_eq!(stack.dlq_depth().await, (3, 0));
+}
+
+/// Every message of `url`, taken (received and deleted): their bodies.
+async fn drain_queue(stack: &Stack, url: &str) -> Vec<String> {
+    let mut bodies = Vec::new();
+    loop {
+        let got = stack
+            .sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .visibility_timeout(300)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        if got.is_empty() {
+            return bodies;
+        }
+        for m in got {
+            stack
+                .sqs
+                .delete_message()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle.unwrap())
+                .send()
+                .await
+                .unwrap();
+            bodies.push(m.body.unwrap_or_default());
+        }
+    }
+}
+
+/// SIGINT half-way through redriving 300 messages: the message in hand is finished (none ends in
+/// both queues), what was held is visible again at once, the summary is printed, and the exit
+/// code says it was interrupted.
+#[tokio::test(flavor = "multi_thread")]
+async fn redrive_interrupted_half_way_hands_everything_back() {
+    let stack = Stack::new(&Moto::shared().endpoint).await;
+    let total = 300;
+    for batch in 0..total / 10 {
+        let entries: Vec<_> = (0..10)
+            .map(|i| {
+                let n = batch * 10 + i;
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(format!("dead letter {n:03}"))
+                    .message_attributes(
+                        "error_reason",
+                        aws_sdk_sqs::types::MessageAttributeValue::builder()
+                            .data_type("String")
+                            .string_value("unknown_datapack")
+                            .build()
+                            .unwrap(),
+                    )
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        stack
+            .sqs
+            .send_message_batch()
+            .queue_url(&stack.dlq_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
+    }
+    let redrive = moto_env(
+        &mut Command::new(env!("CARGO_BIN_EXE_datapack-worker")),
+        &stack.endpoint,
+    )
+    .args(["dlq", "redrive"])
+    .env("SQS_QUEUE_URL", &stack.queue_url)
+    .env("SQS_DEAD_LETTER_QUEUE_URL", &stack.dlq_url)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_until(
+        "some messages redriven",
+        Duration::from_secs(60),
+        || async { (stack.depth().await.0 >= 20).then_some(()) },
+    )
+    .await;
+    let status = Command::new("kill")
+        .args(["-INT", &redrive.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || redrive.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("redrove ") && stdout.contains("interrupted"),
+        "the summary: {stdout}"
+    );
+
+    // What was held is visible again at once (the hold is 300 s).
+    let (visible, held) = stack.dlq_depth().await;
+    assert_eq!(held, 0, "nothing left invisible on the dead-letter queue");
+    let moved = stack.depth().await.0;
+    assert!(
+        moved > 0 && visible > 0,
+        "interrupted half-way: {moved} moved, {visible} left"
+    );
+    let summary_moved: u64 = stdout
+        .split("redrove ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the count in the summary");
+    assert_eq!(
+        summary_moved, moved,
+        "the summary counts what moved: {stdout}"
+    );
+
+    // Every message is in exactly one of the two queues.
+    let mut bodies = drain_queue(&stack, &stack.queue_url).await;
+    bodies.extend(drain_queue(&stack, &stack.dlq_url).await);
+    bodies.sort();
+    let count = bodies.len();
+    bodies.dedup();
+    assert_eq!(bodies.len(), count, "no message in both queues");
+    assert_eq!(count, total, "none lost");
+    println!("redrive interrupted: {moved} moved, {visible} handed back; {stdout}");
 }

@@ -20,5 +20,7 @@ mod ranged;
 mod reconcile;
 mod roles;
 mod s3_proxy_selftest;
+mod scale_in;
+mod sqs_brownout;
 mod versioned;
 mod zero_read;
