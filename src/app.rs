@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use aws_config::SdkConfig;
-use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{QueueSettings, Settings};
+use crate::config::{DatabaseSettings, QueueSettings, Settings};
 use crate::disposition::Dependency;
 use crate::intake;
 use crate::intake::pool::WorkerSettings;
@@ -21,6 +20,7 @@ use crate::ops::{self, http};
 use crate::process::canary::Canary;
 use crate::process::pipeline::Pipeline;
 use crate::store::writer::Writer;
+use crate::store::{Database, Password, connect};
 use crate::{aws, store};
 
 /// Longest wait between two probes of a down dependency (before jitter). Probes are one cheap
@@ -70,7 +70,7 @@ pub async fn run_supervised(
 /// The worker's parts, built and wired: the HTTP endpoint is bound and the writers wait for
 /// jobs, but no probe runs and nothing is received until [`Application::run_until_stopped`].
 struct Application {
-    pool: PgPool,
+    database: Database,
     queue: Queue,
     health: Health,
     watchdog: Watchdog,
@@ -98,10 +98,13 @@ impl Application {
             concurrency = settings.worker.concurrency,
             "starting datapack-worker {}", env!("CARGO_PKG_VERSION")
         );
-        let pool = store::pool(settings.database.connect, &settings.database.pool);
+        let database = database(&settings.database, sdk)?;
         if settings.migrate_on_start {
-            store::migrate(&pool).await.context("applying migrations")?;
+            store::migrate(database.pool())
+                .await
+                .context("applying migrations")?;
         }
+        check_schema(&database).await?;
         let health = Health::new();
         let watchdog = Watchdog::new(health.clone());
         let addr = settings.metrics_addr;
@@ -117,7 +120,7 @@ impl Application {
         .with_context(|| format!("binding METRICS_ADDR {addr}"))?;
         let server = watchdog.watch("http server", server);
         let (writer, writers) =
-            Writer::spawn(pool.clone(), settings.writer, health.clone(), &watchdog);
+            Writer::spawn(database.clone(), settings.writer, health.clone(), &watchdog);
         let pipeline = Pipeline {
             s3: aws::s3(sdk),
             writer,
@@ -127,7 +130,7 @@ impl Application {
         };
         Ok(Self {
             sample_every: settings.queue.sample_every,
-            pool,
+            database,
             queue: queue(sdk, settings.queue),
             health,
             watchdog,
@@ -171,7 +174,7 @@ impl Application {
         }
         self.stop_http.cancel();
         let _ = self.server.await;
-        self.pool.close().await;
+        self.database.close().await;
         match watchdog.cause() {
             Some(cause) => Err(anyhow::anyhow!("stopped because {cause}")),
             None => Ok(()),
@@ -187,7 +190,7 @@ impl Application {
     ) -> Vec<JoinHandle<()>> {
         let watchdog = &self.watchdog;
         let mut background = Vec::new();
-        for (dependency, probe) in probes(&self.pool, &self.queue, &self.pipeline) {
+        for (dependency, probe) in probes(&self.database, &self.queue, &self.pipeline) {
             let health = self.health.clone();
             let prober = health.run_prober(dependency, probe, PROBE_MAX_DELAY, stop.clone());
             background.push(watchdog.spawn("prober", prober));
@@ -199,6 +202,39 @@ impl Application {
             background.push(watchdog.spawn(name, task));
         }
         background
+    }
+}
+
+/// The database as the settings describe it: a lazy pool whose new connections get fresh
+/// credentials (with RDS IAM tokens signed from `sdk`'s credential chain and region).
+pub fn database(settings: &DatabaseSettings, sdk: &SdkConfig) -> anyhow::Result<Database> {
+    let signer = match (&settings.password, sdk.credentials_provider(), sdk.region()) {
+        (Password::RdsIam, Some(credentials), Some(region)) => Some(connect::AwsSigner {
+            credentials,
+            region: region.to_string(),
+        }),
+        _ => None,
+    };
+    Ok(Database::new(
+        settings.connect.clone(),
+        &settings.password,
+        &settings.pool,
+        signer,
+    )?)
+}
+
+/// Refuses to start on a database whose schema lacks what the writes need (every write would
+/// fail). A database that cannot be reached now is left to the probe: the worker starts, not
+/// ready, and the probe says what is missing once it connects.
+async fn check_schema(database: &Database) -> anyhow::Result<()> {
+    let connection = tokio::time::timeout(Duration::from_secs(10), database.acquire()).await;
+    let Ok(Ok(mut connection)) = connection else {
+        tracing::warn!("the database cannot be reached at start: its probe keeps trying");
+        return Ok(());
+    };
+    match store::schema::missing(&mut connection).await {
+        Ok(missing) if !missing.is_empty() => Err(store::schema::Drift(missing).into()),
+        _ => Ok(()),
     }
 }
 
@@ -214,9 +250,9 @@ fn queue(sdk: &SdkConfig, settings: QueueSettings) -> Queue {
 
 /// One probe per dependency: PostgreSQL, S3 (the served buckets, and in depth the canary object
 /// while the breaker is tripped), SQS (both queues).
-fn probes(pool: &PgPool, queue: &Queue, pipeline: &Pipeline) -> Vec<(Dependency, Probe)> {
-    let (pool, s3, q1, q2, buckets) = (
-        pool.clone(),
+fn probes(database: &Database, queue: &Queue, pipeline: &Pipeline) -> Vec<(Dependency, Probe)> {
+    let (database, s3, q1, q2, buckets) = (
+        database.clone(),
         pipeline.s3.clone(),
         queue.clone(),
         queue.clone(),
@@ -227,8 +263,8 @@ fn probes(pool: &PgPool, queue: &Queue, pipeline: &Pipeline) -> Vec<(Dependency,
         (
             Dependency::Postgres,
             probe(move || {
-                let pool = pool.clone();
-                async move { store::ping(&pool).await }
+                let database = database.clone();
+                async move { store::ping(&database).await }
             }),
         ),
         (
