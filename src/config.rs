@@ -15,8 +15,8 @@ use crate::intake::pool::WorkerSettings;
 use crate::process::fetch::Ranged;
 use crate::process::pipeline::PipelineSettings;
 pub use crate::secret::Secret;
-use crate::store::{Password, PoolSettings};
 use crate::store::writer::WriterSettings;
+use crate::store::{Password, PoolSettings};
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -720,7 +720,9 @@ mod tests {
     #[test]
     fn a_raw_special_character_in_the_password_gets_a_hint_not_an_echo() {
         let args = DatabaseArgs {
-            database_url: Some(Secret("postgres://app:p@ss:w#rd@db.example:5432/app".into())),
+            database_url: Some(Secret(
+                "postgres://app:p@ss:w#rd@db.example:5432/app".into(),
+            )),
             ..database_args()
         };
         let message = args.to_settings().unwrap_err().to_string();
@@ -749,7 +751,10 @@ mod tests {
                 matches!(&error, ConfigError::Invalid { name: n, .. } if *n == name),
                 "{text}"
             );
-            assert!(!text.contains("hunter2") && !text.contains("from-the-file"), "{text}");
+            assert!(
+                !text.contains("hunter2") && !text.contains("from-the-file"),
+                "{text}"
+            );
         };
         let tls = "postgres://app@db.example/app?sslmode=verify-full&sslrootcert=/ca.pem";
         let settings = with("postgres://app@db/app", Some(&file), false)
@@ -763,7 +768,10 @@ mod tests {
         );
         let require = "postgres://app@db.example/app?sslmode=require";
         assert!(with(require, None, true).to_settings().is_ok());
-        refused(with("postgres://app@db/app", None, true), "DATABASE_IAM_AUTH");
+        refused(
+            with("postgres://app@db/app", None, true),
+            "DATABASE_IAM_AUTH",
+        );
         refused(
             with("postgres://app@db/app?sslmode=prefer", None, true),
             "DATABASE_IAM_AUTH",

@@ -185,7 +185,17 @@ impl Database {
             self.opener.ramp().await;
             self.refresh().await?;
         }
-        let connection = self.pool.acquire().await?;
+        let connection = match self.pool.acquire().await {
+            // An idle connection was found dead (terminated, say, after a rotation) and its
+            // replacement signed in with what the options held: fresh credentials, once more.
+            Err(error)
+                if signed_in_wrongly(&error) && !matches!(self.opener.source, Source::Fixed) =>
+            {
+                self.refresh().await?;
+                self.pool.acquire().await?
+            }
+            other => other?,
+        };
         self.opener.handed.fetch_add(1, Ordering::Relaxed);
         Ok(connection)
     }
@@ -204,7 +214,10 @@ impl Database {
                 base.password(&password)
             }
             Source::Iam(tokens) => {
-                let token = tokens.current().await.map_err(|e| configuration(e.into()))?;
+                let token = tokens
+                    .current()
+                    .await
+                    .map_err(|e| configuration(e.into()))?;
                 base.password(token.expose())
             }
         })
@@ -277,6 +290,11 @@ pub fn refused(error: &sqlx::Error, served_meanwhile: bool) -> bool {
     }
 }
 
+/// Whether the server refused the credentials (`invalid_password`, `invalid_authorization_specification`).
+fn signed_in_wrongly(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("28")))
+}
+
 /// Whether the error lost the connection itself (terminated by an administrator, the server
 /// restarting, the network): a transaction that failed so committed nothing and may be tried
 /// again at once on another connection.
@@ -310,7 +328,9 @@ mod tests {
         assert!(empty.contains("empty"), "{empty}");
         std::fs::write(&path, "hunter2").unwrap();
         assert_eq!(read_password_file(&path).unwrap(), "hunter2");
-        let missing = read_password_file(&dir.join("nope")).unwrap_err().to_string();
+        let missing = read_password_file(&dir.join("nope"))
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("not found"), "{missing}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

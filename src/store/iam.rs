@@ -58,10 +58,8 @@ pub(crate) fn token(target: &Target, keys: &Keys<'_>, at: DateTime<Utc>) -> Stri
     if let Some(session) = keys.session_token {
         params.push(("X-Amz-Security-Token", session));
     }
-    let encoded: Vec<(String, String)> = params
-        .iter()
-        .map(|(k, v)| (encode(k), encode(v)))
-        .collect();
+    let encoded: Vec<(String, String)> =
+        params.iter().map(|(k, v)| (encode(k), encode(v))).collect();
     let join = |pairs: &[(String, String)]| {
         pairs
             .iter()
@@ -303,10 +301,7 @@ with patched as clock:
             secret_access_key: "secret",
             session_token: None,
         };
-        assert_eq!(
-            token(&odd, &plain, time),
-            botocore_token(&odd, &plain, at)
-        );
+        assert_eq!(token(&odd, &plain, time), botocore_token(&odd, &plain, at));
     }
 
     #[test]

@@ -54,9 +54,11 @@ const COLUMNS: &[(&str, &[&str])] = &[
 const CONSTRAINTS: &[(&str, &str)] = &[("datapack_resource", "datapack_resource_upload_key")];
 
 /// Functions the statements call, with their argument types.
-const FUNCTIONS: &[&str] = &["datapack_event_newer(text, timestamp with time zone, text, timestamp with time zone)"];
+const FUNCTIONS: &[&str] =
+    &["datapack_event_newer(text, timestamp with time zone, text, timestamp with time zone)"];
 
-/// What the database lacks, one readable name each (`datapack_resource.sha256`,
+/// What the database lacks, one readable name each, looked up in the catalog (which, unlike
+/// `information_schema`, shows every column whatever this role's privileges on it) (`datapack_resource.sha256`,
 /// `function datapack_event_newer(…)`); empty when the schema serves the writes.
 pub async fn missing(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
     let (tables, columns): (Vec<&str>, Vec<&str>) = COLUMNS
@@ -67,9 +69,9 @@ pub async fn missing(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error
         "SELECT w.t || '.' || w.c
          FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS w (t, c, n)
          WHERE NOT EXISTS (
-             SELECT 1 FROM information_schema.columns i
-             WHERE i.table_schema = ANY (current_schemas(false))
-               AND i.table_name = w.t AND i.column_name = w.c)
+             SELECT 1 FROM pg_attribute a
+             WHERE a.attrelid = to_regclass(w.t) AND a.attname = w.c
+               AND a.attnum > 0 AND NOT a.attisdropped)
          ORDER BY w.n",
     )
     .bind(&tables)
