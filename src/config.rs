@@ -250,9 +250,15 @@ const PERCENT_ENCODE_HINT: &str = "if the password holds any of @ : / ? # % & or
 
 fn connect_options(url: &Secret) -> Result<PgConnectOptions, ConfigError> {
     if !names_user(url.expose()) {
+        // An '@' that is not where the user ends is most likely a raw one in the password.
+        let hint = if url.expose().contains('@') {
+            format!("; {PERCENT_ENCODE_HINT}")
+        } else {
+            String::new()
+        };
         return Err(invalid(
             "DATABASE_URL",
-            "name the user, as in postgres://USER@HOST/DB",
+            format!("name the user, as in postgres://USER@HOST/DB{hint}"),
         ));
     }
     PgConnectOptions::from_str(url.expose()).map_err(|e| {
