@@ -67,6 +67,7 @@ async fn main() {
             max_connections: connections,
             acquire_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
         },
     );
     store::migrate(&pool).await.expect("migrations");

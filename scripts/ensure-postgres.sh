@@ -15,6 +15,11 @@
 #      pg_hba.conf, creates the invoking user's role, and reloads.
 # Local development only: trust auth on loopback is not for shared machines.
 #
+# The tests that start a server of their own (TLS, scram passwords, stopped and
+# started by the test: tests/it/support/own_pg.rs) use this installation's
+# initdb and pg_ctl, and openssl for their certificates; step 0 makes sure
+# openssl is there (the postgresql package usually brings it).
+#
 # Environment: POSTGRES_PORT (default 5432).
 set -euo pipefail
 
@@ -60,6 +65,14 @@ as_postgres() {
 
 # psql as the postgres OS user over the Unix socket (peer/trust auth).
 psql_local() { as_postgres psql -p "$PORT" -d postgres -XqtA -v ON_ERROR_STOP=1 "$@"; }
+
+# --- 0. openssl, for the tests' own servers' certificates -------------------
+if ! command -v openssl >/dev/null 2>&1; then
+    command -v apt-get >/dev/null 2>&1 || die "openssl is not installed and apt-get is unavailable"
+    log "installing openssl with apt-get"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl >&2 \
+        || die "apt-get install openssl failed"
+fi
 
 if can_connect; then
     log "ok: PostgreSQL on $HOST:$PORT accepts user postgres"

@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use aws_config::SdkConfig;
-use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{QueueSettings, Settings};
+use crate::config::{DatabaseSettings, QueueSettings, Settings};
 use crate::disposition::Dependency;
 use crate::intake;
 use crate::intake::pool::WorkerSettings;
@@ -22,6 +21,7 @@ use crate::process::canary::Canary;
 use crate::process::pipeline::Pipeline;
 use crate::shutdown::Signals;
 use crate::store::writer::Writer;
+use crate::store::{Database, Password, connect};
 use crate::{aws, store};
 
 /// Longest wait between two probes of a down dependency (before jitter). Probes are one cheap
@@ -72,7 +72,7 @@ pub async fn run_supervised(
 /// The worker's parts, built and wired: the HTTP endpoint is bound and the writers wait for
 /// jobs, but no probe runs and nothing is received until [`Application::run_until_stopped`].
 struct Application {
-    pool: PgPool,
+    database: Database,
     queue: Queue,
     health: Health,
     watchdog: Watchdog,
@@ -111,10 +111,13 @@ impl Application {
                 intake::pool::POLL_SLACK.as_secs()
             );
         }
-        let pool = store::pool(settings.database.connect, &settings.database.pool);
+        let database = database(&settings.database, sdk)?;
         if settings.migrate_on_start {
-            store::migrate(&pool).await.context("applying migrations")?;
+            store::migrate(database.pool())
+                .await
+                .context("applying migrations")?;
         }
+        check_schema(&database).await?;
         let health = Health::new();
         let watchdog = Watchdog::new(health.clone());
         let addr = settings.metrics_addr;
@@ -130,7 +133,7 @@ impl Application {
         .with_context(|| format!("binding METRICS_ADDR {addr}"))?;
         let server = watchdog.watch("http server", server);
         let (writer, writers) =
-            Writer::spawn(pool.clone(), settings.writer, health.clone(), &watchdog);
+            Writer::spawn(database.clone(), settings.writer, health.clone(), &watchdog);
         let pipeline = Pipeline {
             s3: aws::s3(sdk),
             writer,
@@ -140,7 +143,7 @@ impl Application {
         };
         Ok(Self {
             sample_every: settings.queue.sample_every,
-            pool,
+            database,
             queue: queue(sdk, settings.queue),
             health,
             watchdog,
@@ -188,7 +191,7 @@ impl Application {
         }
         self.stop_http.cancel();
         let _ = self.server.await;
-        self.pool.close().await;
+        self.database.close().await;
         match watchdog.cause() {
             Some(cause) => Err(anyhow::anyhow!("stopped because {cause}")),
             None => Ok(()),
@@ -205,7 +208,7 @@ impl Application {
         let watchdog = &self.watchdog;
         let mut background = Vec::new();
         let probes = probes(
-            &self.pool,
+            &self.database,
             &self.queue,
             &self.pipeline,
             self.worker.max_attempts,
@@ -222,6 +225,39 @@ impl Application {
             background.push(watchdog.spawn(name, task));
         }
         background
+    }
+}
+
+/// The database as the settings describe it: a lazy pool whose new connections get fresh
+/// credentials (with RDS IAM tokens signed from `sdk`'s credential chain and region).
+pub fn database(settings: &DatabaseSettings, sdk: &SdkConfig) -> anyhow::Result<Database> {
+    let signer = match (&settings.password, sdk.credentials_provider(), sdk.region()) {
+        (Password::RdsIam, Some(credentials), Some(region)) => Some(connect::AwsSigner {
+            credentials,
+            region: region.to_string(),
+        }),
+        _ => None,
+    };
+    Ok(Database::new(
+        settings.connect.clone(),
+        &settings.password,
+        &settings.pool,
+        signer,
+    )?)
+}
+
+/// Refuses to start on a database whose schema lacks what the writes need (every write would
+/// fail). A database that cannot be reached now is left to the probe: the worker starts, not
+/// ready, and the probe says what is missing once it connects.
+async fn check_schema(database: &Database) -> anyhow::Result<()> {
+    let connection = tokio::time::timeout(Duration::from_secs(10), database.acquire()).await;
+    let Ok(Ok(mut connection)) = connection else {
+        tracing::warn!("the database cannot be reached at start: its probe keeps trying");
+        return Ok(());
+    };
+    match store::schema::missing(&mut connection).await {
+        Ok(missing) if !missing.is_empty() => Err(store::schema::Drift(missing).into()),
+        _ => Ok(()),
     }
 }
 
@@ -277,13 +313,13 @@ fn adopt_queue_settings(queue: &Queue, attributes: &QueueAttributes, max_attempt
 /// while its breaker is tripped). The SQS probe also reads the queue's settings if start-up
 /// could not.
 fn probes(
-    pool: &PgPool,
+    database: &Database,
     queue: &Queue,
     pipeline: &Pipeline,
     max_attempts: u32,
 ) -> Vec<(Dependency, Probe)> {
-    let (pool, s3, sqs, buckets) = (
-        pool.clone(),
+    let (database, s3, sqs, buckets) = (
+        database.clone(),
         pipeline.s3.clone(),
         queue.clone(),
         Arc::new(pipeline.settings.buckets.clone()),
@@ -294,8 +330,8 @@ fn probes(
         (
             Dependency::Postgres,
             probe(move || {
-                let pool = pool.clone();
-                async move { store::ping(&pool).await }
+                let database = database.clone();
+                async move { store::ping(&database).await }
             }),
         ),
         (

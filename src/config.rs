@@ -3,19 +3,20 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 use crate::aws::{AwsSettings, StaticKeys};
 use crate::intake::pool::WorkerSettings;
 use crate::process::fetch::Ranged;
 use crate::process::pipeline::PipelineSettings;
 pub use crate::secret::Secret;
-use crate::store::PoolSettings;
 use crate::store::writer::WriterSettings;
+use crate::store::{Password, PoolSettings};
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -58,12 +59,14 @@ pub struct IngestSettings {
     pub writer: WriterSettings,
 }
 
-/// PostgreSQL: where to connect (the URL checked to name its user) and the pool's limits.
+/// PostgreSQL: where to connect (the URL checked to name its user), where each new connection's
+/// password comes from, and the pool's limits.
 #[derive(Clone)]
 pub struct DatabaseSettings {
     pub connect: PgConnectOptions,
     /// The URL with its password replaced, for logs.
     pub redacted_url: String,
+    pub password: Password,
     pub pool: PoolSettings,
 }
 
@@ -72,6 +75,7 @@ impl fmt::Debug for DatabaseSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DatabaseSettings")
             .field("url", &self.redacted_url)
+            .field("password", &self.password)
             .field("pool", &self.pool)
             .finish_non_exhaustive()
     }
@@ -130,58 +134,139 @@ pub struct DatabaseArgs {
     /// PostgreSQL URL with the user named (postgres://USER[:PASSWORD]@HOST/DB). `DB_DSN` is accepted too.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
+    /// A file holding the password, read again for every new connection (a rotated Kubernetes
+    /// Secret takes effect without a restart). Not with a password in the URL.
+    #[arg(long, env = "DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<PathBuf>,
+    /// Sign in with an RDS IAM token from the AWS credential chain (needs sslmode=require or
+    /// verify-*). Not with a password in the URL or DATABASE_PASSWORD_FILE.
+    #[arg(long, env = "DATABASE_IAM_AUTH", default_value_t = false)]
+    pub database_iam_auth: bool,
+    /// Connections per replica at most: the writers' plus the probe's (DB_WRITERS + 1).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 5)]
     pub database_max_connections: u32,
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
     pub database_acquire_timeout_secs: u64,
     #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_SECS", default_value_t = 30)]
     pub database_statement_timeout_secs: u64,
+    /// A connection idle this long is closed, giving its slot back to the fleet.
+    #[arg(long, env = "DATABASE_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub database_idle_timeout_secs: u64,
 }
 
 impl DatabaseArgs {
     /// The URL from the flag or `DATABASE_URL`, else the seed's `DB_DSN`.
     fn url(&self) -> Result<Secret, ConfigError> {
-        self.database_url
-            .clone()
-            .or_else(|| env_value("DB_DSN").map(Secret))
-            .ok_or(ConfigError::Missing("DATABASE_URL (or DB_DSN)"))
+        chosen_url(self.database_url.clone(), env_value("DB_DSN"))
     }
 
-    /// Checks the URL and turns the flags into what the pool needs. The limits are only raised
-    /// to at least 1 here; `run` refuses values out of range (see [`RunArgs::into_settings`]).
+    /// Checks the URL and the credentials' settings and turns the flags into what the pool
+    /// needs. The limits are only raised to at least 1 here; `run` refuses values out of range
+    /// (see [`RunArgs::into_settings`]).
     pub fn to_settings(&self) -> Result<DatabaseSettings, ConfigError> {
         let url = self.url()?;
+        let connect = connect_options(&url)?;
+        let password = self.password(&url, &connect)?;
+        let secs = |s: u64| Duration::from_secs(s.max(1));
         Ok(DatabaseSettings {
-            connect: connect_options(&url)?,
+            connect,
             redacted_url: redact_url(url.expose()),
+            password,
             pool: PoolSettings {
                 max_connections: self.database_max_connections.max(1),
-                acquire_timeout: Duration::from_secs(self.database_acquire_timeout_secs.max(1)),
-                statement_timeout: Duration::from_secs(self.database_statement_timeout_secs.max(1)),
+                acquire_timeout: secs(self.database_acquire_timeout_secs),
+                statement_timeout: secs(self.database_statement_timeout_secs),
+                idle_timeout: secs(self.database_idle_timeout_secs),
             },
         })
     }
+
+    /// Where new connections get their password: one source only, and IAM only over TLS.
+    fn password(&self, url: &Secret, connect: &PgConnectOptions) -> Result<Password, ConfigError> {
+        let in_url = url_has_password(url.expose());
+        match (&self.database_password_file, self.database_iam_auth) {
+            (Some(_), true) => Err(invalid(
+                "DATABASE_IAM_AUTH",
+                "choose one: an IAM token or DATABASE_PASSWORD_FILE",
+            )),
+            (Some(_), false) if in_url => Err(invalid(
+                "DATABASE_PASSWORD_FILE",
+                "DATABASE_URL holds a password too: remove it from the URL",
+            )),
+            (Some(path), false) => {
+                // Read once now, so a wrong path stops the start with exit 2 rather than
+                // failing every connection later; read again for each connection.
+                crate::store::connect::read_password_file(path)
+                    .map_err(|e| invalid("DATABASE_PASSWORD_FILE", e.to_string()))?;
+                Ok(Password::File(path.clone()))
+            }
+            (None, true) if in_url => Err(invalid(
+                "DATABASE_IAM_AUTH",
+                "DATABASE_URL holds a password: remove it, the IAM token is the password",
+            )),
+            (None, true) => match connect.get_ssl_mode() {
+                PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull => {
+                    Ok(Password::RdsIam)
+                }
+                _ => Err(invalid(
+                    "DATABASE_IAM_AUTH",
+                    "RDS accepts IAM tokens over TLS only: add sslmode=verify-full \
+                     (with sslrootcert=the RDS CA bundle) or sslmode=require to DATABASE_URL",
+                )),
+            },
+            (None, false) => Ok(Password::InUrl),
+        }
+    }
 }
+
+/// The flag's (or `DATABASE_URL`'s) URL unless empty, else the seed's `DB_DSN`: an empty
+/// `DATABASE_URL=` (a template's placeholder) counts as unset.
+fn chosen_url(flag: Option<Secret>, dsn: Option<String>) -> Result<Secret, ConfigError> {
+    flag.filter(|url| !url.expose().trim().is_empty())
+        .or_else(|| dsn.filter(|d| !d.trim().is_empty()).map(Secret))
+        .ok_or(ConfigError::Missing("DATABASE_URL (or DB_DSN)"))
+}
+
+/// Whether the URL carries a password (in its authority or as `?password=`).
+fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let in_authority = rest
+        .rfind('@')
+        .and_then(|at| rest[..at].split_once(':'))
+        .is_some_and(|(_, password)| !password.is_empty());
+    in_authority
+        || rest.split_once('?').is_some_and(|(_, q)| {
+            q.split('&')
+                .any(|p| p.strip_prefix("password=").is_some_and(|v| !v.is_empty()))
+        })
+}
+
+/// What to do about a URL that does not parse; never the URL itself, which may hold the password.
+const PERCENT_ENCODE_HINT: &str = "if the password holds any of @ : / ? # % & or a space, \
+    percent-encode it in the URL (@ is %40, : is %3A, / is %2F, ? is %3F, # is %23, % is %25), \
+    or leave it out of the URL and set DATABASE_PASSWORD_FILE";
 
 fn connect_options(url: &Secret) -> Result<PgConnectOptions, ConfigError> {
     if !names_user(url.expose()) {
+        // An '@' that is not where the user ends is most likely a raw one in the password.
+        let hint = if url.expose().contains('@') {
+            format!("; {PERCENT_ENCODE_HINT}")
+        } else {
+            String::new()
+        };
         return Err(invalid(
             "DATABASE_URL",
-            scrub(
-                &format!(
-                    "name the user, as in postgres://USER@HOST/DB (got {})",
-                    redact_url(url.expose())
-                ),
-                url.expose(),
-            ),
+            format!("name the user, as in postgres://USER@HOST/DB{hint}"),
         ));
     }
     PgConnectOptions::from_str(url.expose()).map_err(|e| {
         invalid(
             "DATABASE_URL",
-            scrub(
-                &format!("{} does not parse: {e}", redact_url(url.expose())),
-                url.expose(),
+            format!(
+                "does not parse ({}); {PERCENT_ENCODE_HINT}",
+                scrub(&e.to_string(), url.expose())
             ),
         )
     })
@@ -508,6 +593,7 @@ impl RunArgs {
             ("DATABASE_MAX_CONNECTIONS", db.database_max_connections.into(), 1, 1000),
             ("DATABASE_ACQUIRE_TIMEOUT_SECS", db.database_acquire_timeout_secs, 1, 3600),
             ("DATABASE_STATEMENT_TIMEOUT_SECS", db.database_statement_timeout_secs, 1, 3600),
+            ("DATABASE_IDLE_TIMEOUT_SECS", db.database_idle_timeout_secs, 1, 86_400),
             ("AWS_ATTEMPT_TIMEOUT_SECS", self.aws_attempt_timeout_secs, 1, 3600),
             ("QUEUE_SAMPLE_SECS", self.queue_sample_secs, 1, 3600),
             ("RANGED_GET_PART_BYTES", self.ranged_get_part_bytes, 1 << 20, 5 << 30),
@@ -603,13 +689,117 @@ mod tests {
             database_url: Some(Secret(
                 "postgres://user:pa/ss?wo@rd@host:notaport/db".into(),
             )),
-            database_max_connections: 1,
-            database_acquire_timeout_secs: 1,
-            database_statement_timeout_secs: 1,
+            ..database_args()
         };
         let message = args.to_settings().unwrap_err().to_string();
         assert!(!message.contains("pa/ss"), "{message}");
         assert!(!message.contains("wo@rd"), "{message}");
+        assert!(message.contains("percent-encode"), "{message}");
+        assert!(!message.contains("host"), "never the URL: {message}");
+    }
+
+    fn database_args() -> DatabaseArgs {
+        DatabaseArgs {
+            database_url: Some(Secret("postgres://app@db.example/app".into())),
+            database_password_file: None,
+            database_iam_auth: false,
+            database_max_connections: 1,
+            database_acquire_timeout_secs: 1,
+            database_statement_timeout_secs: 1,
+            database_idle_timeout_secs: 1,
+        }
+    }
+
+    #[test]
+    fn an_empty_database_url_does_not_hide_db_dsn() {
+        let dsn = Some("postgres://seed@db/app".to_owned());
+        let chosen = chosen_url(Some(Secret(String::new())), dsn.clone()).unwrap();
+        assert_eq!(chosen.expose(), "postgres://seed@db/app");
+        let chosen = chosen_url(Some(Secret("postgres://u@h/d".into())), dsn).unwrap();
+        assert_eq!(chosen.expose(), "postgres://u@h/d");
+        assert!(matches!(
+            chosen_url(Some(Secret(" ".into())), Some(String::new())),
+            Err(ConfigError::Missing(_))
+        ));
+    }
+
+    #[test]
+    fn a_raw_special_character_in_the_password_gets_a_hint_not_an_echo() {
+        let args = DatabaseArgs {
+            database_url: Some(Secret(
+                "postgres://app:p@ss:w#rd@db.example:5432/app".into(),
+            )),
+            ..database_args()
+        };
+        let message = args.to_settings().unwrap_err().to_string();
+        assert!(message.contains("percent-encode"), "{message}");
+        for secret in ["p@ss", "w#rd", "ss:w"] {
+            assert!(!message.contains(secret), "{message}");
+        }
+    }
+
+    #[test]
+    fn credentials_come_from_one_source_and_iam_only_over_tls() {
+        let dir = std::env::temp_dir().join(format!("dpw-cfg-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "from-the-file\n").unwrap();
+        let with = |url: &str, file: Option<&std::path::Path>, iam: bool| DatabaseArgs {
+            database_url: Some(Secret(url.into())),
+            database_password_file: file.map(|f| f.to_path_buf()),
+            database_iam_auth: iam,
+            ..database_args()
+        };
+        let refused = |args: DatabaseArgs, name: &str| {
+            let error = args.to_settings().unwrap_err();
+            let text = error.to_string();
+            assert!(
+                matches!(&error, ConfigError::Invalid { name: n, .. } if *n == name),
+                "{text}"
+            );
+            assert!(
+                !text.contains("hunter2") && !text.contains("from-the-file"),
+                "{text}"
+            );
+        };
+        let tls = "postgres://app@db.example/app?sslmode=verify-full&sslrootcert=/ca.pem";
+        let settings = with("postgres://app@db/app", Some(&file), false)
+            .to_settings()
+            .unwrap();
+        assert_eq!(settings.password, Password::File(file.clone()));
+        assert!(!format!("{settings:?}").contains("from-the-file"));
+        assert_eq!(
+            with(tls, None, true).to_settings().unwrap().password,
+            Password::RdsIam
+        );
+        let require = "postgres://app@db.example/app?sslmode=require";
+        assert!(with(require, None, true).to_settings().is_ok());
+        refused(
+            with("postgres://app@db/app", None, true),
+            "DATABASE_IAM_AUTH",
+        );
+        refused(
+            with("postgres://app@db/app?sslmode=prefer", None, true),
+            "DATABASE_IAM_AUTH",
+        );
+        refused(with(tls, Some(&file), true), "DATABASE_IAM_AUTH");
+        refused(
+            with("postgres://app:hunter2@db/app?sslmode=require", None, true),
+            "DATABASE_IAM_AUTH",
+        );
+        refused(
+            with("postgres://app:hunter2@db/app", Some(&file), false),
+            "DATABASE_PASSWORD_FILE",
+        );
+        refused(
+            with("postgres://app@db/app?password=hunter2", Some(&file), false),
+            "DATABASE_PASSWORD_FILE",
+        );
+        refused(
+            with("postgres://app@db/app", Some(&dir.join("absent")), false),
+            "DATABASE_PASSWORD_FILE",
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -145,6 +145,8 @@ struct State {
     finished: u64,
     last_up: bool,
     breaker: Breaker,
+    /// Why the last failed probe failed, while down: logged once per change, not per probe.
+    cause: Option<String>,
 }
 
 #[derive(Clone)]
@@ -182,6 +184,7 @@ impl Health {
                         finished: 0,
                         last_up: false,
                         breaker: Breaker::new(BreakerSettings::for_dependency(*d)),
+                        cause: None,
                     },
                 )
             })
@@ -334,21 +337,33 @@ impl Health {
         }
     }
 
+    /// A failed probe: logged (with its cause, at warn) when the dependency goes down and when
+    /// the cause changes while it stays down, never once per probe.
     fn report_down(&self, dependency: Dependency, failure: &Failure) {
+        let cause = crate::disposition::chain(failure);
         let mut states = self.states();
         let Some(state) = states.get_mut(&dependency) else {
             return;
         };
-        if state.down_since.is_some() {
+        if state.cause.as_deref() == Some(cause.as_str()) {
             return;
         }
-        state.down_since = Some(Instant::now());
+        let newly = state.cause.replace(cause.clone()).is_none();
+        state.down_since.get_or_insert_with(Instant::now);
         drop(states);
-        tracing::error!(
-            dependency = dependency.as_str(),
-            error = %crate::disposition::chain(failure),
-            "dependency down (its probe failed): pausing receives until it answers again"
-        );
+        if newly {
+            tracing::warn!(
+                dependency = dependency.as_str(),
+                error = %cause,
+                "dependency down (its probe failed): pausing receives until it answers again"
+            );
+        } else {
+            tracing::warn!(
+                dependency = dependency.as_str(),
+                error = %cause,
+                "dependency still down, for another cause: receives stay paused"
+            );
+        }
         crate::ops::metrics::dependency(dependency, false);
         crate::ops::metrics::paused(true);
     }
@@ -361,15 +376,20 @@ impl Health {
         let Some(since) = state.down_since.take() else {
             return;
         };
+        let was_failing = state.cause.take().is_some();
         state.paused += since.elapsed();
         let all_up = states.values().all(|s| s.down_since.is_none());
         drop(states);
         crate::ops::metrics::dependency(dependency, true);
-        tracing::info!(
-            dependency = dependency.as_str(),
-            down_for_secs = since.elapsed().as_secs_f64(),
-            "dependency up"
-        );
+        if was_failing {
+            tracing::info!(
+                dependency = dependency.as_str(),
+                down_for_secs = since.elapsed().as_secs_f64(),
+                "dependency up again"
+            );
+        } else {
+            tracing::info!(dependency = dependency.as_str(), "dependency up");
+        }
         if all_up {
             crate::ops::metrics::paused(false);
         }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 
 use crate::store::notify;
 
@@ -132,9 +132,23 @@ fn key_lock(bucket: &str, key: &str) -> i64 {
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
-/// Writes a batch in one transaction and says what became of each write, in order.
+/// Writes a batch in one transaction on a connection of `pool` and says what became of each
+/// write, in order.
 pub async fn apply(
     pool: &PgPool,
+    writes: &[Write],
+    create_datapacks: bool,
+) -> Result<Vec<WriteOutcome>, sqlx::Error> {
+    if writes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut connection = pool.acquire().await?;
+    apply_on(&mut connection, writes, create_datapacks).await
+}
+
+/// Writes a batch in one transaction on `connection` (see [`apply`]).
+pub async fn apply_on(
+    connection: &mut PgConnection,
     writes: &[Write],
     create_datapacks: bool,
 ) -> Result<Vec<WriteOutcome>, sqlx::Error> {
@@ -142,7 +156,7 @@ pub async fn apply(
     if writes.is_empty() {
         return Ok(outcomes);
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = sqlx::Connection::begin(connection).await?;
     lock_keys(&mut tx, writes).await?;
     let datapacks = resolve_datapacks(&mut tx, writes, create_datapacks).await?;
     let (resources, removals) = choose(writes, &datapacks, &mut outcomes);

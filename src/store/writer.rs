@@ -6,19 +6,26 @@
 //! retried alone so only the bad one fails. A transaction runs in a task of its own, so a panic
 //! on someone's data fails that batch, never the writer; the writer tasks themselves are
 //! supervised (see `watchdog`).
+//!
+//! Getting a connection is never a job's fault. While the database serves this process but
+//! refuses it more connections (its connection limit reached: backpressure), a writer waits for
+//! one; if nothing here is served, it asks the probe, and only a probe that fails too ends the
+//! wait (the messages are then released and receiving pauses). A transaction that lost its
+//! connection (terminated, the server restarting) is tried once more at once on a new one: it
+//! committed nothing, and the write is idempotent anyway.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::disposition::{Dependency, Failure, RetryReason};
-use crate::ops::health::Health;
+use crate::ops::health::{self, Health};
 use crate::ops::watchdog::Watchdog;
-use crate::store::{self, Write, WriteOutcome};
+use crate::store::{self, Database, Write, WriteOutcome, connect};
 
 struct Job {
     writes: Vec<Write>,
@@ -45,11 +52,12 @@ impl Writer {
     /// Starts the writer tasks under `watchdog`. They end once every [`Writer`] clone is dropped
     /// and the queue of jobs is drained.
     pub fn spawn(
-        pool: PgPool,
+        database: impl Into<Database>,
         settings: WriterSettings,
         health: Health,
         watchdog: &Watchdog,
     ) -> (Self, Vec<JoinHandle<()>>) {
+        let database = database.into();
         let (jobs, receiver) =
             mpsc::channel::<Job>(settings.max_batch * settings.writers.max(1) * 2);
         let receiver = Arc::new(Mutex::new(receiver));
@@ -57,7 +65,7 @@ impl Writer {
         let tasks = (0..settings.writers.max(1))
             .map(|_| {
                 let context = Context {
-                    pool: pool.clone(),
+                    database: database.clone(),
                     settings: settings.clone(),
                     health: health.clone(),
                     batches: batches.clone(),
@@ -80,7 +88,7 @@ impl Writer {
 }
 
 struct Context {
-    pool: PgPool,
+    database: Database,
     settings: WriterSettings,
     health: Health,
     /// Numbers the batches, so the database breaker counts different batches, not messages.
@@ -96,11 +104,13 @@ async fn run(context: Context, receiver: Arc<Mutex<mpsc::Receiver<Job>>>) {
             return;
         }
         let writes: Vec<Write> = jobs.iter().flat_map(|j| j.writes.iter().cloned()).collect();
-        match commit(&context, writes).await {
+        let abandoned = || jobs.iter().all(|j| j.done.is_closed());
+        match commit(&context, writes, &abandoned).await {
             Ok(outcomes) => answer(jobs.drain(..), outcomes),
             Err(failure) if failure.isolates() && jobs.len() > 1 => {
                 for job in jobs.drain(..) {
-                    let result = commit(&context, job.writes.clone()).await;
+                    let alone = || job.done.is_closed();
+                    let result = commit(&context, job.writes.clone(), &alone).await;
                     let _ = job.done.send(result);
                 }
             }
@@ -113,36 +123,30 @@ async fn run(context: Context, receiver: Arc<Mutex<mpsc::Receiver<Job>>>) {
     }
 }
 
-/// One transaction, in a task of its own (a panic fails the batch, not the writer), bounded by
-/// the client-side timeout, its outcome fed to the database breaker.
-async fn commit(context: &Context, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, Failure> {
+/// One batch: a connection (waited for, see the header), then its transaction, tried once more
+/// on a new connection if it lost its own; the outcome fed to the database breaker.
+async fn commit(
+    context: &Context,
+    writes: Vec<Write>,
+    abandoned: &(dyn Fn() -> bool + Sync),
+) -> Result<Vec<WriteOutcome>, Failure> {
     let started = Instant::now();
     let count = writes.len();
-    let (pool, create) = (context.pool.clone(), context.settings.create_datapacks);
-    let transaction = tokio::spawn(async move { store::apply(&pool, &writes, create).await });
-    let abort = transaction.abort_handle();
-    let result = match tokio::time::timeout(context.settings.timeout, transaction).await {
-        Ok(Ok(Ok(outcomes))) => Ok(outcomes),
-        Ok(Ok(Err(error))) => Err(store::classify(error)),
-        Ok(Err(joined)) if joined.is_panic() => Err(Failure::transient(
-            RetryReason::ProcessingPanicked,
-            format!(
-                "writing the batch panicked: {}",
-                crate::disposition::panic_text(joined.into_panic().as_ref())
-            ),
-        )),
-        Ok(Err(joined)) => Err(Failure::transient(RetryReason::WriterStopped, joined)),
-        Err(_) => {
-            abort.abort();
-            Err(Failure::transient(
-                RetryReason::DatabaseTimeout,
-                format!(
-                    "transaction took longer than {:?}",
-                    context.settings.timeout
-                ),
-            ))
+    let mut result = Err(Failure::transient(RetryReason::WriterStopped, "not tried"));
+    for _ in 0..2 {
+        let connection = match connection(context, abandoned).await {
+            Ok(connection) => connection,
+            Err(failure) => {
+                result = Err(failure);
+                break;
+            }
+        };
+        let (outcome, lost) = transact(context, connection, writes.clone()).await;
+        result = outcome;
+        if !lost {
+            break;
         }
-    };
+    }
     crate::ops::metrics::phase("db_write", started.elapsed());
     let batch = context.batches.fetch_add(1, Ordering::Relaxed);
     match &result {
@@ -159,6 +163,91 @@ async fn commit(context: &Context, writes: Vec<Write>) -> Result<Vec<WriteOutcom
             .observe(Dependency::Postgres, &batch.to_string(), false),
     }
     result
+}
+
+/// Longest pause between two tries for a connection.
+const CONNECTION_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// A connection for one batch. Waits while the database refuses this process more connections
+/// but serves it, or while the probe says it is up; fails only when the probe fails too (or when
+/// every job of the batch was given up, at shutdown).
+async fn connection(
+    context: &Context,
+    abandoned: &(dyn Fn() -> bool + Sync),
+) -> Result<PoolConnection<sqlx::Postgres>, Failure> {
+    let mut delay = Duration::from_millis(100);
+    let never = tokio_util::sync::CancellationToken::new();
+    loop {
+        let served_before = context.database.handed();
+        let error = match context.database.acquire().await {
+            Ok(connection) => return Ok(connection),
+            Err(error) => error,
+        };
+        let served = context.database.handed() > served_before;
+        if abandoned() {
+            return Err(store::classify(error));
+        }
+        if !connect::refused(&error, served) {
+            // Nothing here got a connection meanwhile: is the database there at all?
+            let verdict = context.health.confirm(Dependency::Postgres, &never).await;
+            if verdict != Some(health::Verdict::Up) {
+                return Err(store::classify(error));
+            }
+        }
+        tracing::debug!(
+            error = %crate::disposition::chain(&error),
+            "no database connection for this batch yet: waiting (backpressure, not the batch's fault)"
+        );
+        tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64())).await;
+        delay = (delay * 2).min(CONNECTION_RETRY_MAX);
+    }
+}
+
+/// One transaction, in a task of its own (a panic fails the batch, not the writer), bounded by
+/// the client-side timeout. Says too whether it failed for losing its connection.
+async fn transact(
+    context: &Context,
+    mut connection: PoolConnection<sqlx::Postgres>,
+    writes: Vec<Write>,
+) -> (Result<Vec<WriteOutcome>, Failure>, bool) {
+    let create = context.settings.create_datapacks;
+    let transaction =
+        tokio::spawn(async move { store::write::apply_on(&mut connection, &writes, create).await });
+    let abort = transaction.abort_handle();
+    match tokio::time::timeout(context.settings.timeout, transaction).await {
+        Ok(Ok(Ok(outcomes))) => (Ok(outcomes), false),
+        Ok(Ok(Err(error))) => {
+            let lost = connect::lost_connection(&error);
+            (Err(store::classify(error)), lost)
+        }
+        Ok(Err(joined)) if joined.is_panic() => (
+            Err(Failure::transient(
+                RetryReason::ProcessingPanicked,
+                format!(
+                    "writing the batch panicked: {}",
+                    crate::disposition::panic_text(joined.into_panic().as_ref())
+                ),
+            )),
+            false,
+        ),
+        Ok(Err(joined)) => (
+            Err(Failure::transient(RetryReason::WriterStopped, joined)),
+            false,
+        ),
+        Err(_) => {
+            abort.abort();
+            (
+                Err(Failure::transient(
+                    RetryReason::DatabaseTimeout,
+                    format!(
+                        "transaction took longer than {:?}",
+                        context.settings.timeout
+                    ),
+                )),
+                false,
+            )
+        }
+    }
 }
 
 /// Splits one batch's outcomes back to the jobs, in order.

@@ -4,8 +4,10 @@ mod support;
 
 mod browser;
 mod chaos;
+mod db_credentials;
 mod dlq;
 mod faults;
+mod fleet_outage;
 mod http_limits;
 mod ingest;
 mod isolation;

@@ -158,7 +158,8 @@ pub async fn execute(mut args: ReconcileArgs) -> anyhow::Result<()> {
     let settings = args.run.ingest_settings()?;
     let sdk = aws::load(&settings.aws).await;
     let s3 = aws::s3(&sdk);
-    let pool = store::pool(settings.database.connect.clone(), &settings.database.pool);
+    let database = crate::app::database(&settings.database, &sdk)?;
+    let pool = database.pool().clone();
     if args.run.migrate_on_start {
         store::migrate(&pool).await.context("applying migrations")?;
     }
@@ -182,7 +183,8 @@ pub async fn execute(mut args: ReconcileArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let (writer, writers) = Writer::spawn(pool.clone(), settings.writer, health.clone(), &watchdog);
+    let (writer, writers) =
+        Writer::spawn(database.clone(), settings.writer, health.clone(), &watchdog);
     let work = Work {
         pipeline: Pipeline {
             s3: s3.clone(),

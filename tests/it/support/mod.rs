@@ -5,6 +5,7 @@ pub mod db;
 pub mod emulator;
 pub mod listen;
 pub mod moto;
+pub mod own_pg;
 pub mod proxy;
 pub mod s3_proxy;
 pub mod scrape;
