@@ -36,8 +36,8 @@ async fn refused_deletes_trip_the_sqs_breaker_pause_receiving_and_recover() {
     .await;
 
     let rules: Vec<_> = REFUSED
-        .iter()
-        .map(|op| proxy.add(Rule::new(Match::sqs(*op), Action::Deny)))
+        .into_iter()
+        .map(|op| proxy.add(Rule::new(Match::sqs(op), Action::Deny)))
         .collect();
     let uploads = 6;
     for i in 0..uploads {
