@@ -19,8 +19,15 @@ scripts/ensure-chromium.sh
 # observability checks below.
 # shellcheck source=SCRIPTDIR/lib/apt.sh
 . scripts/lib/apt.sh
+# By command, not by package: a machine whose Node.js comes from elsewhere (NodeSource's nodejs
+# carries npm, and conflicts with Debian's npm package) already has what the checks need.
 if [[ -r /etc/debian_version ]]; then
-    apt_ensure procps prometheus nodejs npm
+    wanted=()
+    command -v kill >/dev/null 2>&1 && command -v ps >/dev/null 2>&1 || wanted+=(procps)
+    command -v promtool >/dev/null 2>&1 || wanted+=(prometheus)
+    command -v node >/dev/null 2>&1 || wanted+=(nodejs)
+    command -v npm >/dev/null 2>&1 || wanted+=(npm)
+    ((${#wanted[@]} == 0)) || apt_ensure "${wanted[@]}"
 fi
 # s3s-fs: a second S3 server, one that verifies SigV4, for the presigned-URL tests.
 S3S_FS="$(scripts/ensure-s3s.sh)"
