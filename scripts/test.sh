@@ -23,7 +23,7 @@ scripts/ensure-chromium.sh
 # carries npm, and conflicts with Debian's npm package) already has what the checks need.
 if [[ -r /etc/debian_version ]]; then
     wanted=()
-    command -v kill >/dev/null 2>&1 && command -v ps >/dev/null 2>&1 || wanted+=(procps)
+    [[ -x /bin/kill || -x /usr/bin/kill ]] && command -v ps >/dev/null 2>&1 || wanted+=(procps)
     command -v promtool >/dev/null 2>&1 || wanted+=(prometheus)
     command -v node >/dev/null 2>&1 || wanted+=(nodejs)
     command -v npm >/dev/null 2>&1 || wanted+=(npm)
