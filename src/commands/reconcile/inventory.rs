@@ -467,9 +467,9 @@ async fn next_row(lines: &mut RowLines, columns: &Columns) -> Result<Option<Row>
         if line.trim().is_empty() {
             continue;
         }
-        return parse_row(&line, columns).map(Some).map_err(|problem| {
-            refuse(format!("{} line {}: {problem}", lines.name, lines.number))
-        });
+        return parse_row(&line, columns)
+            .map(Some)
+            .map_err(|problem| refuse(format!("{} line {}: {problem}", lines.name, lines.number)));
     }
 }
 
@@ -609,7 +609,12 @@ mod tests {
 
     #[test]
     fn a_report_without_a_readable_creation_time_is_refused() {
-        assert!(taken_at(None).unwrap_err().to_string().contains("no creationTimestamp"));
+        assert!(
+            taken_at(None)
+                .unwrap_err()
+                .to_string()
+                .contains("no creationTimestamp")
+        );
         assert!(taken_at(Some("yesterday")).is_err());
         assert_eq!(
             taken_at(Some("1764547200000")).unwrap(),
@@ -621,7 +626,10 @@ mod tests {
     async fn lines_are_read_up_to_the_cap_in_bounded_memory() {
         let text = format!("a,b\r\n{}\nrest", "x".repeat(MAX_LINE_BYTES + 1));
         let mut lines = RowLines {
-            reader: Box::pin(BufReader::with_capacity(16, std::io::Cursor::new(text.into_bytes()))),
+            reader: Box::pin(BufReader::with_capacity(
+                16,
+                std::io::Cursor::new(text.into_bytes()),
+            )),
             name: "s3://r/f".into(),
             line: Vec::new(),
             number: 0,

@@ -47,8 +47,10 @@ impl Page {
     /// the checkpoint can store where it ended. A run resumed from there lists the cut key
     /// again, and skips it again.
     pub(crate) fn storable(self) -> (Page, Vec<String>) {
-        let (entries, unstorable): (Vec<Listed>, Vec<Listed>) =
-            self.entries.into_iter().partition(|l| !l.key.contains('\0'));
+        let (entries, unstorable): (Vec<Listed>, Vec<Listed>) = self
+            .entries
+            .into_iter()
+            .partition(|l| !l.key.contains('\0'));
         let upto = self
             .upto
             .map(|k| k.split('\0').next().unwrap_or_default().to_owned());
@@ -69,7 +71,11 @@ fn key_of(raw: Option<&str>, encoding: Option<&EncodingType>) -> Option<String> 
     match decode_key(raw) {
         Ok(key) => Some(key),
         Err(error) => {
-            tracing::warn!(key = raw, error = error.detail, "a listed key does not decode: left out");
+            tracing::warn!(
+                key = raw,
+                error = error.detail,
+                "a listed key does not decode: left out"
+            );
             None
         }
     }
@@ -426,8 +432,14 @@ mod tests {
     #[test]
     fn keys_are_decoded_only_when_the_answer_says_they_were_encoded() {
         let url = Some(&EncodingType::Url);
-        assert_eq!(key_of(Some("dp/a%01b+c%2B.txt"), url).unwrap(), "dp/a\u{1}b c+.txt");
-        assert_eq!(key_of(Some("dp/a+b%2B.txt"), None).unwrap(), "dp/a+b%2B.txt");
+        assert_eq!(
+            key_of(Some("dp/a%01b+c%2B.txt"), url).unwrap(),
+            "dp/a\u{1}b c+.txt"
+        );
+        assert_eq!(
+            key_of(Some("dp/a+b%2B.txt"), None).unwrap(),
+            "dp/a+b%2B.txt"
+        );
         assert_eq!(key_of(Some("dp/%FF"), url), None);
     }
 

@@ -185,7 +185,10 @@ impl ReconcileArgs {
             return Err(invalid("--page-keys", "must be between 1 and 1000"));
         }
         if self.inventory_max_rows_per_key == 0 {
-            return Err(invalid("--inventory-max-rows-per-key", "must be at least 1"));
+            return Err(invalid(
+                "--inventory-max-rows-per-key",
+                "must be at least 1",
+            ));
         }
         let buckets = &self.run.s3_bucket;
         let bucket = match (&self.bucket, buckets.as_slice()) {

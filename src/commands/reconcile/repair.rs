@@ -143,9 +143,7 @@ fn plan(key: &str, listed: Option<&Listed>, rows: &[LiveRow], now: Current) -> P
 pub(crate) async fn repair(work: Arc<Work>, drift: Drift) -> Repaired {
     let (key, listed, rows, found) = match drift {
         Drift::Missing(listed) => (listed.key.clone(), Some(listed), Vec::new(), Kind::Missing),
-        Drift::Changed { listed, rows } => {
-            (listed.key.clone(), Some(listed), rows, Kind::Changed)
-        }
+        Drift::Changed { listed, rows } => (listed.key.clone(), Some(listed), rows, Kind::Changed),
         Drift::Gone { key, rows } => (key, None, rows, Kind::Gone),
     };
     // Stamped before asking, so a change S3 announces after the answer still wins.
@@ -328,10 +326,7 @@ mod tests {
             Plan::Agrees
         );
         // Listed V1, deleted since (a marker): the missing row stays missing.
-        assert_eq!(
-            plan("dp/k", Some(&v1), &[], Current::Nothing),
-            Plan::Agrees
-        );
+        assert_eq!(plan("dp/k", Some(&v1), &[], Current::Nothing), Plan::Agrees);
         // Listed V1, S3 shows V2, the row is V0: S3's answer is recorded, not the listing's.
         assert_eq!(
             plan("dp/k", Some(&v1), &[row("e0")], now("e2", Some("v2"))),

@@ -110,7 +110,10 @@ pub(crate) struct Counts {
 
 impl Counts {
     pub(crate) fn found(&mut self, kind: Kind, key: &str, limit: usize) {
-        *self.differences.entry(kind.as_str().to_owned()).or_default() += 1;
+        *self
+            .differences
+            .entry(kind.as_str().to_owned())
+            .or_default() += 1;
         self.sample(kind.as_str(), key, limit);
         crate::ops::metrics::reconcile_difference(kind.as_str());
     }
@@ -176,25 +179,38 @@ pub(crate) struct Report {
 }
 
 impl Report {
+    /// Prints the report on stdout. A stdout that is gone (a closed pipe) loses the report but
+    /// never changes how the run ends: the exit status still tells.
     pub(crate) fn print(&self, json: bool) {
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".into())
-            );
-            return;
-        }
+        use std::io::Write as _;
+        let text = if json {
+            serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".into()) + "\n"
+        } else {
+            self.text()
+        };
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush());
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_text(&mut out);
+        out
+    }
+
+    fn write_text(&self, out: &mut String) -> std::fmt::Result {
+        use std::fmt::Write as _;
         if let Some(busy) = &self.busy {
-            println!(
-                "reconcile s3://{}/{}: {busy}",
-                self.bucket,
-                printable(&self.prefix)
-            );
-            return;
+            let prefix = printable(&self.prefix);
+            return writeln!(out, "reconcile s3://{}/{prefix}: {busy}", self.bucket);
         }
         let c = &self.counts;
         let n = |kind: &str| c.differences.get(kind).copied().unwrap_or(0);
-        println!(
+        writeln!(
+            out,
             "reconcile s3://{}/{} ({}){}{}",
             self.bucket,
             printable(&self.prefix),
@@ -209,41 +225,48 @@ impl Report {
             } else {
                 ", INCOMPLETE: run again to continue"
             },
-        );
+        )?;
         if let Some(error) = &self.error {
-            println!("  {}: {error}", self.ended.to_uppercase());
+            writeln!(out, "  {}: {error}", self.ended.to_uppercase())?;
         }
         if let Some(after) = &self.resumed_after {
-            println!("  resumed after     {after}");
+            writeln!(out, "  resumed after     {after}")?;
         }
-        println!("  keys listed       {}", c.keys_listed);
-        println!(
+        writeln!(out, "  keys listed       {}", c.keys_listed)?;
+        writeln!(
+            out,
             "  missing rows      {}  (objects with no live row)",
             n("missing")
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "  changed objects   {}  (the live row is another upload)",
             n("changed")
-        );
-        println!("  gone objects      {}  (live rows, no object)", n("gone"));
-        println!(
+        )?;
+        writeln!(
+            out,
+            "  gone objects      {}  (live rows, no object)",
+            n("gone")
+        )?;
+        writeln!(
+            out,
             "  agree after all   {}  (S3 asked: the listing was older than the rows)",
             c.confirmed_present
-        );
+        )?;
         if !c.outcomes.is_empty() {
             let outcomes: Vec<String> =
                 c.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            println!("  repairs           {}", outcomes.join(", "));
+            writeln!(out, "  repairs           {}", outcomes.join(", "))?;
         }
         for (kind, keys) in &c.first_keys {
             if !keys.is_empty() {
-                println!("  first {kind}: {}", keys.join(", "));
+                writeln!(out, "  first {kind}: {}", keys.join(", "))?;
             }
         }
         for (key, reason) in &c.failures {
-            println!("  not repaired: {key} ({reason})");
+            writeln!(out, "  not repaired: {key} ({reason})")?;
         }
-        println!("  took {:.1} s", self.elapsed_secs);
+        writeln!(out, "  took {:.1} s", self.elapsed_secs)
     }
 }
 
@@ -326,7 +349,10 @@ mod tests {
 
     #[test]
     fn control_characters_are_escaped_and_the_rest_kept() {
-        assert_eq!(printable("dp/a\u{1}b\0c\n\td\\e"), r"dp/a\x01b\x00c\n\td\\e");
+        assert_eq!(
+            printable("dp/a\u{1}b\0c\n\td\\e"),
+            r"dp/a\x01b\x00c\n\td\\e"
+        );
         assert_eq!(printable("dp/\u{85}été 文.txt"), r"dp/\u{85}été 文.txt");
         let mut counts = Counts::default();
         counts.unstorable("dp/nul\0key", 5);
