@@ -17,7 +17,9 @@ async fn main() -> ExitCode {
         Err(error) => {
             tracing::error!("{error:#}");
             eprintln!("datapack-worker: {error:#}");
-            if error.downcast_ref::<config::ConfigError>().is_some() {
+            if let Some(stopped) = error.downcast_ref::<reconcile::Stopped>() {
+                ExitCode::from(stopped.exit_code())
+            } else if error.downcast_ref::<config::ConfigError>().is_some() {
                 ExitCode::from(2)
             } else if error.downcast_ref::<dlq::Interrupted>().is_some() {
                 ExitCode::from(dlq::INTERRUPTED_EXIT_CODE)

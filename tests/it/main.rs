@@ -20,6 +20,7 @@ mod presign_sigv4;
 mod process;
 mod ranged;
 mod reconcile;
+mod reconcile_hostile;
 mod roles;
 mod s3_proxy_selftest;
 mod scale_in;

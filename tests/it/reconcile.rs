@@ -22,7 +22,7 @@ use crate::versioned::{enable_versioning, put};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-fn command(stack: &Stack, db: &TestDb, endpoint: &str, extra: &[&str]) -> Command {
+pub(crate) fn command(stack: &Stack, db: &TestDb, endpoint: &str, extra: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_datapack-worker"));
     moto_env(&mut command, endpoint)
         .args([
@@ -42,7 +42,7 @@ fn command(stack: &Stack, db: &TestDb, endpoint: &str, extra: &[&str]) -> Comman
 }
 
 /// Runs a reconcile to its end; its exit status and JSON report.
-async fn reconcile(stack: &Stack, db: &TestDb, extra: &[&str]) -> (Output, Value) {
+pub(crate) async fn reconcile(stack: &Stack, db: &TestDb, extra: &[&str]) -> (Output, Value) {
     reconcile_via(stack, db, &stack.endpoint, extra).await
 }
 
@@ -66,7 +66,7 @@ async fn reconcile_via(
     (output, report)
 }
 
-fn n(report: &Value, path: &[&str]) -> u64 {
+pub(crate) fn n(report: &Value, path: &[&str]) -> u64 {
     path.iter()
         .fold(report, |v, p| &v[*p])
         .as_u64()
@@ -74,7 +74,7 @@ fn n(report: &Value, path: &[&str]) -> u64 {
 }
 
 /// (key, etag, sha256, live) of every row, in key order.
-async fn rows(db: &TestDb) -> Vec<(String, String, String, bool)> {
+pub(crate) async fn rows(db: &TestDb) -> Vec<(String, String, String, bool)> {
     sqlx::query(
         "SELECT object_key, etag, sha256, deleted_at IS NULL FROM datapack_resource
          ORDER BY object_key, etag",
@@ -87,7 +87,7 @@ async fn rows(db: &TestDb) -> Vec<(String, String, String, bool)> {
     .collect()
 }
 
-async fn live_keys(db: &TestDb) -> Vec<(String, String)> {
+pub(crate) async fn live_keys(db: &TestDb) -> Vec<(String, String)> {
     rows(db)
         .await
         .into_iter()
@@ -225,9 +225,11 @@ async fn an_interrupted_run_resumes_from_its_checkpoint_and_a_second_reconciler_
         "checkpointed per page, never past a page in progress"
     );
 
-    // A second reconciler of an overlapping scope is refused while the first holds it.
+    // A second reconciler of an overlapping scope is refused while the first holds it, and
+    // says so with its own exit status: busy is neither success nor failure.
     let (out, busy) = reconcile(&stack, &db, &["--datapack", "dp"]).await;
-    assert!(out.status.success(), "{busy}");
+    assert_eq!(out.status.code(), Some(3), "{busy}");
+    assert_eq!(busy["ended"], "busy", "{busy}");
     assert!(
         busy["busy"]
             .as_str()
@@ -249,7 +251,7 @@ async fn an_interrupted_run_resumes_from_its_checkpoint_and_a_second_reconciler_
     })
     .await
     .unwrap();
-    assert!(!out.status.success(), "an interrupted run exits non-zero");
+    assert_eq!(out.status.code(), Some(1), "an interrupted run exits 1");
     let recorded_before = db.count().await;
     assert!(recorded_before >= 15, "{recorded_before}");
 

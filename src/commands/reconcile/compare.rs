@@ -27,7 +27,7 @@ pub(crate) enum Drift {
     /// S3 shows this version; no row of the key is live.
     Missing(Listed),
     /// S3 shows this version; the key's live row is another upload (or it has several).
-    Changed(Listed),
+    Changed { listed: Listed, rows: Vec<LiveRow> },
     /// Rows of the key are live; the listing shows nothing for it.
     Gone { key: String, rows: Vec<LiveRow> },
 }
@@ -178,6 +178,9 @@ pub(crate) fn compare(listed: &Listed, rows: &[LiveRow]) -> Option<Drift> {
     match rows {
         [] => Some(Drift::Missing(listed.clone())),
         [row] if row.etag == listed.etag => None,
-        _ => Some(Drift::Changed(listed.clone())),
+        _ => Some(Drift::Changed {
+            listed: listed.clone(),
+            rows: rows.to_vec(),
+        }),
     }
 }

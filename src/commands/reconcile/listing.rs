@@ -5,12 +5,18 @@
 //! key absent from a page's range has nothing live in S3. Sources: ListObjectsV2 (unversioned
 //! buckets), ListObjectVersions (versioned ones: the current version of each key, a delete marker
 //! on top meaning nothing), or an S3 Inventory report ([`super::inventory`]).
+//!
+//! Both listings ask S3 for URL-encoded keys (`encoding-type=url`): S3 accepts keys with
+//! characters XML 1.0 cannot carry (`\x01`), and an answer holding one raw would not parse, so
+//! one odd key would stop every run. Keys (and the next key marker) are decoded when the
+//! answer says it was encoded. A page never ends on a key PostgreSQL cannot hold (one with a
+//! NUL): [`Page::storable`] sets such keys aside, to be skipped and counted.
 
-use aws_sdk_s3::types::{DeleteMarkerEntry, ObjectVersion};
+use aws_sdk_s3::types::{DeleteMarkerEntry, EncodingType, ObjectVersion};
 
 use crate::aws;
-use crate::disposition::{Dependency, Failure};
-use crate::process::event::unquote_etag;
+use crate::disposition::{DeadLetterReason, Dependency, Failure};
+use crate::process::event::{decode_key, unquote_etag};
 use crate::process::versions::Current;
 
 use super::inventory::Inventory;
@@ -27,11 +33,52 @@ pub(crate) struct Listed {
 }
 
 /// Complete keys in S3's order, covering `(previous page's upto, upto]`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Page {
     pub entries: Vec<Listed>,
     /// The last key the page covers; `None`: everything to the end of the scope.
     pub upto: Option<String>,
+}
+
+impl Page {
+    /// The page as the database can take it, and the keys it cannot hold (with a NUL), which
+    /// are set aside. The range's end is cut before its first NUL: no storable key lies
+    /// between the two (NUL is the smallest character), so the page covers the same rows and
+    /// the checkpoint can store where it ended. A run resumed from there lists the cut key
+    /// again, and skips it again.
+    pub(crate) fn storable(self) -> (Page, Vec<String>) {
+        let (entries, unstorable): (Vec<Listed>, Vec<Listed>) = self
+            .entries
+            .into_iter()
+            .partition(|l| !l.key.contains('\0'));
+        let upto = self
+            .upto
+            .map(|k| k.split('\0').next().unwrap_or_default().to_owned());
+        (
+            Page { entries, upto },
+            unstorable.into_iter().map(|l| l.key).collect(),
+        )
+    }
+}
+
+/// The key S3 sent, decoded when the answer says keys are URL-encoded (`None`: not UTF-8,
+/// which S3 never sends; such an entry is left out).
+fn key_of(raw: Option<&str>, encoding: Option<&EncodingType>) -> Option<String> {
+    let raw = raw?;
+    if encoding != Some(&EncodingType::Url) {
+        return Some(raw.to_owned());
+    }
+    match decode_key(raw) {
+        Ok(key) => Some(key),
+        Err(error) => {
+            tracing::warn!(
+                key = raw,
+                error = error.detail,
+                "a listed key does not decode: left out"
+            );
+            None
+        }
+    }
 }
 
 /// Where the listing comes from.
@@ -97,6 +144,7 @@ impl Objects {
                 .list_objects_v2()
                 .bucket(&self.start.bucket)
                 .prefix(&self.start.prefix)
+                .encoding_type(EncodingType::Url)
                 .max_keys(self.start.page_keys);
             request = match (&self.token, &self.start.after) {
                 (Some(token), _) => request.continuation_token(token),
@@ -107,12 +155,13 @@ impl Objects {
                 .send()
                 .await
                 .map_err(|e| aws::classify(Dependency::S3, e))?;
+            let encoding = answer.encoding_type();
             let entries: Vec<Listed> = answer
                 .contents()
                 .iter()
                 .filter_map(|o| {
                     Some(Listed {
-                        key: o.key()?.to_owned(),
+                        key: key_of(o.key(), encoding)?,
                         etag: o.e_tag().map(unquote_etag).filter(|e| !e.is_empty())?,
                         version_id: None,
                         size: o.size().and_then(|s| u64::try_from(s).ok()),
@@ -155,6 +204,34 @@ struct Held {
     markers: Vec<DeleteMarkerEntry>,
 }
 
+/// Entries of one key held at most, when S3 does not flag the current one: past this the
+/// listing is refused rather than held in memory without bound.
+const MAX_HELD: usize = 100_000;
+
+impl Held {
+    /// Keeps memory bounded for a key with many versions: once S3 has flagged the key's
+    /// current entry (`IsLatest`, which S3 always sends), the older entries cannot change what
+    /// is current and are dropped.
+    fn prune(&mut self) -> Result<(), Failure> {
+        let latest = self.versions.iter().any(|v| v.is_latest() == Some(true))
+            || self.markers.iter().any(|m| m.is_latest() == Some(true));
+        if latest {
+            self.versions.retain(|v| v.is_latest() == Some(true));
+            self.markers.retain(|m| m.is_latest() == Some(true));
+        }
+        if self.versions.len() + self.markers.len() > MAX_HELD {
+            return Err(Failure::permanent(
+                DeadLetterReason::ProcessingFailed,
+                format!(
+                    "ListObjectVersions sent more than {MAX_HELD} entries of one key without \
+                     flagging its current one (IsLatest): reconcile with --listing objects"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Versions {
     pub(crate) fn new(s3: aws_sdk_s3::Client, start: Start) -> Self {
         Self {
@@ -176,6 +253,7 @@ impl Versions {
                 .list_object_versions()
                 .bucket(&self.start.bucket)
                 .prefix(&self.start.prefix)
+                .encoding_type(EncodingType::Url)
                 .max_keys(self.start.page_keys);
             request = match (&self.markers, &self.start.after) {
                 (Some((key, version)), _) => request
@@ -188,11 +266,36 @@ impl Versions {
                 .send()
                 .await
                 .map_err(|e| aws::classify(Dependency::S3, e))?;
+            let encoding = answer.encoding_type();
             let mut held = std::mem::take(&mut self.held);
-            held.versions.extend(answer.versions().iter().cloned());
-            held.markers.extend(answer.delete_markers().iter().cloned());
+            held.versions
+                .extend(answer.versions().iter().filter_map(|v| {
+                    let key = key_of(v.key(), encoding)?;
+                    Some(
+                        ObjectVersion::builder()
+                            .key(key)
+                            .set_version_id(v.version_id().map(str::to_owned))
+                            .set_e_tag(v.e_tag().map(str::to_owned))
+                            .set_is_latest(v.is_latest())
+                            .set_size(v.size())
+                            .set_last_modified(v.last_modified().copied())
+                            .build(),
+                    )
+                }));
+            held.markers
+                .extend(answer.delete_markers().iter().filter_map(|m| {
+                    let key = key_of(m.key(), encoding)?;
+                    Some(
+                        DeleteMarkerEntry::builder()
+                            .key(key)
+                            .set_version_id(m.version_id().map(str::to_owned))
+                            .set_is_latest(m.is_latest())
+                            .set_last_modified(m.last_modified().copied())
+                            .build(),
+                    )
+                }));
             let truncated = answer.is_truncated() == Some(true);
-            let next_key = answer.next_key_marker().map(str::to_owned);
+            let next_key = key_of(answer.next_key_marker(), encoding);
             if truncated && next_key.is_some() {
                 self.markers =
                     next_key.map(|k| (k, answer.next_version_id_marker().map(str::to_owned)));
@@ -205,6 +308,7 @@ impl Versions {
                 last_key(&held).map(str::to_owned)
             };
             let page = group(held, last_key.as_deref(), &mut self.held);
+            self.held.prune()?;
             if self.done || !page.entries.is_empty() || page.upto.is_some() {
                 return Ok(Some(page));
             }
@@ -302,6 +406,54 @@ mod tests {
             .version_id(id)
             .is_latest(latest)
             .build()
+    }
+
+    fn listed(key: &str) -> Listed {
+        Listed {
+            key: key.into(),
+            etag: "e".into(),
+            version_id: None,
+            size: None,
+        }
+    }
+
+    #[test]
+    fn keys_with_a_nul_are_set_aside_and_the_range_ends_before_it() {
+        let page = Page {
+            entries: vec![listed("dp/a"), listed("dp/b\0x"), listed("dp/c\0")],
+            upto: Some("dp/c\0".into()),
+        };
+        let (page, unstorable) = page.storable();
+        assert_eq!(page.entries, vec![listed("dp/a")]);
+        assert_eq!(page.upto.as_deref(), Some("dp/c"));
+        assert_eq!(unstorable, ["dp/b\0x", "dp/c\0"]);
+    }
+
+    #[test]
+    fn keys_are_decoded_only_when_the_answer_says_they_were_encoded() {
+        let url = Some(&EncodingType::Url);
+        assert_eq!(
+            key_of(Some("dp/a%01b+c%2B.txt"), url).unwrap(),
+            "dp/a\u{1}b c+.txt"
+        );
+        assert_eq!(
+            key_of(Some("dp/a+b%2B.txt"), None).unwrap(),
+            "dp/a+b%2B.txt"
+        );
+        assert_eq!(key_of(Some("dp/%FF"), url), None);
+    }
+
+    #[test]
+    fn held_versions_of_one_key_are_pruned_to_the_current_one() {
+        let mut held = Held {
+            versions: (0..10)
+                .map(|i| version("dp/a", &format!("v{i}"), "e", i == 3))
+                .collect(),
+            markers: vec![marker("dp/a", "m", false)],
+        };
+        held.prune().unwrap();
+        assert_eq!(held.versions.len(), 1);
+        assert!(held.markers.is_empty());
     }
 
     #[test]

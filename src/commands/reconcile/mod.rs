@@ -4,52 +4,96 @@
 //! The bucket is read one listing page at a time, in S3's key order ([`listing`], or an S3
 //! Inventory report: [`inventory`]), and each page is compared with the database's live rows of
 //! the same key range ([`compare`]), so memory holds one page whatever the bucket's size. Each
-//! difference becomes an event for the [`Pipeline`]: an object with no live row, or whose live
-//! row is another upload, is ingested (the same fetch, hash, filters, write, outcomes and
-//! metrics as a notification); live rows whose object the listing does not show are checked
-//! with HeadObject first (a row written after the page was listed is not a difference), then
-//! removed. Each event is stamped with the time it was observed, so the store's ordering keeps
-//! it safe beside live workers: anything S3 announces later still wins, and a removal S3
-//! announced earlier never brings a deleted object back (the read is pinned to the listed ETag).
-//! Progress is checkpointed per page ([`checkpoint`]); [`report`] counts and prints.
+//! difference is checked with S3 (HeadObject) and repaired through the [`Pipeline`]
+//! ([`repair`]): an object with no live row, or whose live row is another upload, is ingested
+//! (the same fetch, hash, filters, write, outcomes and metrics as a notification); live rows
+//! whose object S3 no longer shows are removed. No repair is ever newer than its source: a
+//! listing's repairs carry the time they were observed, an inventory's the time the report was
+//! taken, so anything S3 announced after still wins (see `docs/reconcile-safety.md`). Keys the
+//! database cannot hold (a NUL) are skipped and counted. Progress is checkpointed per page
+//! ([`checkpoint`]); the lease is released however the run ends; [`report`] counts and prints,
+//! and [`Stopped`] says how a run that did not complete ended, for the exit status.
 
 mod checkpoint;
 mod compare;
 mod inventory;
 mod listing;
+mod repair;
 mod report;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chrono::Utc;
 use clap::Args;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, RunArgs};
-use crate::disposition::{Failure, Outcome};
+use crate::disposition::Failure;
 use crate::ops::health::Health;
 use crate::ops::watchdog::Watchdog;
 use crate::ops::{self, http};
 use crate::process::canary::Canary;
-use crate::process::event::{EventKind, Item, ObjectEvent};
-use crate::process::pipeline::{Pipeline, Verdict};
-use crate::process::versions::{self, Current};
+use crate::process::pipeline::Pipeline;
 use crate::store::writer::Writer;
 use crate::{aws, shutdown, store};
 
 use checkpoint::{Claim, Lease};
 use compare::{Drift, LiveRows};
-use listing::{Listed, Source, Start};
+use listing::{Source, Start};
+use repair::{Repaired, Work};
 pub use report::ProgressMode;
-use report::{Counts, Progress, Report};
+use report::{Counts, Made, Progress, Report, printable};
 
-/// Attempts a repair (or a listing request) gets within one run before it counts as failed; the
-/// next run tries it again.
-const ATTEMPTS: u32 = 3;
+/// How a reconcile that did not complete ended; `main` turns it into the exit status (the
+/// table is in `docs/reconcile-safety.md`).
+#[derive(Debug, thiserror::Error)]
+pub enum Stopped {
+    /// Interrupted, failed part-way, or some repairs kept failing: the next run continues.
+    #[error("{0}")]
+    Failed(String),
+    /// The settings or the input (an inventory report) cannot be used: running again as it
+    /// is cannot succeed.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Another reconcile holds an overlapping scope: nothing was done.
+    #[error("busy: {0}")]
+    Busy(String),
+}
+
+impl Stopped {
+    /// 1 failed, 2 refused, 3 busy (0 is a complete run).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Failed(_) => 1,
+            Self::Refused(_) => 2,
+            Self::Busy(_) => 3,
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Failed(_) => "failed",
+            Self::Refused(_) => "refused",
+            Self::Busy(_) => "busy",
+        }
+    }
+
+    fn failed(error: impl std::fmt::Display) -> Self {
+        Self::Failed(error.to_string())
+    }
+
+    /// A listing (or inventory) failure: one that can never succeed as it is is a refusal.
+    fn listing(what: &str, failure: &Failure) -> Self {
+        let text = format!("{what}: {}", crate::disposition::chain(failure));
+        match failure {
+            Failure::Permanent { .. } => Self::Refused(text),
+            Failure::Transient { .. } => Self::Failed(text),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ListingMode {
@@ -57,6 +101,17 @@ pub enum ListingMode {
     Auto,
     Objects,
     Versions,
+}
+
+impl ListingMode {
+    /// The name in the report and the checkpoint.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Objects => "objects",
+            Self::Versions => "versions",
+        }
+    }
 }
 
 /// `reconcile` reads the same settings as `run` (so it runs from the worker's environment
@@ -96,6 +151,10 @@ pub struct ReconcileArgs {
     /// How to list the bucket.
     #[arg(long, value_enum, default_value = "auto")]
     pub listing: ListingMode,
+    /// Rows of one key an inventory report may hold (one per version); a report with more is
+    /// refused. Rows are folded as they are read, so this bounds time, not memory.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub inventory_max_rows_per_key: u64,
     /// Start the scope over instead of continuing an interrupted run from its checkpoint.
     #[arg(long)]
     pub restart: bool,
@@ -125,6 +184,12 @@ impl ReconcileArgs {
         if !(1..=1000).contains(&self.page_keys) {
             return Err(invalid("--page-keys", "must be between 1 and 1000"));
         }
+        if self.inventory_max_rows_per_key == 0 {
+            return Err(invalid(
+                "--inventory-max-rows-per-key",
+                "must be at least 1",
+            ));
+        }
         let buckets = &self.run.s3_bucket;
         let bucket = match (&self.bucket, buckets.as_slice()) {
             (Some(b), _) => b.clone(),
@@ -148,9 +213,10 @@ impl ReconcileArgs {
     }
 }
 
-/// Runs a reconcile and prints its report. Fails (exit status 1) when it was interrupted or
-/// when repairs kept failing, so a scheduler notices; refusals (a key outside any datapack, an
-/// unknown datapack) are reported and counted, as the queue would dead-letter them.
+/// Runs a reconcile and prints its report (always, once the run has started: with `--json` a
+/// scheduler gets one document whatever happened). Fails with [`Stopped`] when the run did not
+/// complete: interrupted, failed, refused or busy; refusals of single keys (a key outside any
+/// datapack, an unknown datapack) are reported and counted, as the queue would dead-letter them.
 pub async fn execute(mut args: ReconcileArgs) -> anyhow::Result<()> {
     let (bucket, prefix) = args.scope()?;
     // The pipeline serves exactly the bucket reconciled.
@@ -185,26 +251,36 @@ pub async fn execute(mut args: ReconcileArgs) -> anyhow::Result<()> {
     };
     let (writer, writers) =
         Writer::spawn(database.clone(), settings.writer, health.clone(), &watchdog);
-    let work = Work {
-        pipeline: Pipeline {
-            s3: s3.clone(),
-            writer,
-            settings: settings.pipeline,
-            health,
-            canary: Arc::new(Canary::default()),
-        },
-        s3,
-        bucket,
+    let started = Instant::now();
+    let mut report = Report {
+        bucket: bucket.clone(),
+        prefix: prefix.clone(),
+        source: String::new(),
         dry_run: args.dry_run,
-        shutdown: shutdown.clone(),
+        resumed_after: None,
+        complete: false,
+        busy: None,
+        ended: "complete",
+        error: None,
+        elapsed_secs: 0.0,
+        counts: Counts::default(),
+    };
+    let pipeline = Pipeline {
+        s3: s3.clone(),
+        writer,
+        settings: settings.pipeline,
+        health,
+        canary: Arc::new(Canary::default()),
     };
     let run = Run {
-        work: Arc::new(work),
         pool: pool.clone(),
         prefix,
         args: &args,
+        s3,
+        bucket,
+        shutdown: shutdown.clone(),
     };
-    let result = run.go().await;
+    let result = run.go(pipeline, &mut report).await;
     // Past this point the writers are meant to end.
     watchdog.stopping();
     drop(run);
@@ -217,220 +293,216 @@ pub async fn execute(mut args: ReconcileArgs) -> anyhow::Result<()> {
         let _ = server.await;
     }
     pool.close().await;
-    let report = result?;
+    report.elapsed_secs = started.elapsed().as_secs_f64();
+    let stopped = result.err().or_else(|| {
+        let failed = report.counts.failures_total();
+        if !report.complete {
+            Some(Stopped::Failed(
+                "the reconcile stopped before the end of its scope: run it again to continue"
+                    .into(),
+            ))
+        } else if failed > 0 {
+            Some(Stopped::Failed(format!(
+                "{failed} repairs failed (listed in the report); run again once the cause is fixed"
+            )))
+        } else {
+            None
+        }
+    });
+    if let Some(stopped) = &stopped {
+        report.ended = stopped.label();
+        report.error = Some(stopped.to_string());
+    }
     report.print(args.json);
-    if !report.complete {
-        anyhow::bail!(
-            "the reconcile stopped before the end of its scope: run it again to continue"
-        );
+    match stopped {
+        Some(stopped) => Err(stopped.into()),
+        None => Ok(()),
     }
-    let failed = report.counts.failures_total();
-    if failed > 0 {
-        anyhow::bail!(
-            "{failed} repairs failed (listed in the report); run again once the cause is fixed"
-        );
-    }
-    Ok(())
-}
-
-/// What each repair needs.
-struct Work {
-    pipeline: Pipeline,
-    s3: aws_sdk_s3::Client,
-    bucket: String,
-    dry_run: bool,
-    shutdown: CancellationToken,
 }
 
 /// One run over a scope.
 struct Run<'a> {
-    work: Arc<Work>,
     pool: PgPool,
     prefix: String,
     args: &'a ReconcileArgs,
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+    shutdown: CancellationToken,
 }
 
-/// What one repair came to.
-struct Repaired {
-    key: String,
-    /// The difference it turned out to be; `None`: S3 shows the live row's object after all.
-    kind: Option<&'static str>,
-    /// The repair's outcome label; `Ok(None)` in a dry run; `Err(label)` when it did not
-    /// succeed: `refused:<reason>` (it never can as things are: the queue would dead-letter it)
-    /// or `failed:<reason>` (it kept failing: a later run tries again).
-    result: Result<Option<String>, String>,
+/// What the run reads: a listing (objects or versions) or an inventory report.
+enum Reading {
+    Listing(ListingMode),
+    Inventory(String),
+}
+
+impl Reading {
+    /// The source's name in the report and the checkpoint: a checkpoint is a position in one
+    /// source's key order only.
+    fn name(&self) -> String {
+        match self {
+            Self::Listing(mode) => mode.as_str().to_owned(),
+            Self::Inventory(url) => format!("inventory:{url}"),
+        }
+    }
 }
 
 impl Run<'_> {
-    async fn go(&self) -> anyhow::Result<Report> {
-        let started = Instant::now();
-        let bucket = self.work.bucket.clone();
-        let source_kind = self.source_kind().await?;
-        let source_name = match &self.args.inventory {
-            Some(url) => format!("inventory:{url}"),
-            None => source_kind.to_owned(),
+    /// Claims the scope, goes through it, and settles the lease however that ended.
+    async fn go(&self, pipeline: Pipeline, report: &mut Report) -> Result<(), Stopped> {
+        let reading = self.reading().await?;
+        report.source = reading.name();
+        let source = self.open(&reading, None).await;
+        // The inventory is opened (and refused) before the scope is claimed; reopened below
+        // from the checkpoint.
+        let source = source?;
+        let listed_at = match &source {
+            Source::Inventory(inventory) => Some(inventory.taken_at),
+            _ => None,
         };
-        let mut report = Report {
-            bucket: bucket.clone(),
-            prefix: self.prefix.clone(),
-            source: source_name.clone(),
+        let work = Arc::new(Work {
+            pipeline,
+            s3: self.s3.clone(),
+            bucket: self.bucket.clone(),
             dry_run: self.args.dry_run,
-            resumed_after: None,
-            complete: false,
-            busy: None,
-            elapsed_secs: 0.0,
-            counts: Counts::default(),
-        };
-        let lease = if self.args.dry_run {
-            None
-        } else {
-            match checkpoint::claim(
-                &self.pool,
-                &bucket,
-                &self.prefix,
-                &source_name,
-                self.args.restart,
-            )
-            .await
-            .context("claiming the reconcile scope")?
-            {
-                Claim::Held {
-                    lease,
-                    cursor,
-                    counts,
-                } => {
-                    report.resumed_after = cursor;
-                    report.counts = serde_json::from_value(counts).unwrap_or_default();
-                    Some(lease)
-                }
-                Claim::Busy {
-                    prefix,
-                    owner,
-                    until,
-                } => {
-                    let busy = format!(
-                        "another reconcile ({owner}) holds s3://{bucket}/{prefix} until {until}: nothing done"
-                    );
-                    tracing::warn!("{busy}");
-                    report.busy = Some(busy);
-                    report.complete = true;
-                    return Ok(report);
-                }
+            shutdown: self.shutdown.clone(),
+            listed_at,
+        });
+        if self.args.dry_run {
+            let never = CancellationToken::new();
+            return self.pages(&work, source, None, report, None, &never).await;
+        }
+        let claim = checkpoint::claim(
+            &self.pool,
+            &self.bucket,
+            &self.prefix,
+            &report.source,
+            self.args.restart,
+        )
+        .await
+        .map_err(|e| Stopped::failed(format!("claiming the reconcile scope: {e}")))?;
+        let (lease, cursor) = match claim {
+            Claim::Held {
+                lease,
+                cursor,
+                counts,
+            } => {
+                report.resumed_after = cursor.as_deref().map(printable);
+                report.counts = serde_json::from_value(counts).unwrap_or_default();
+                (lease, cursor)
+            }
+            Claim::Busy {
+                prefix,
+                owner,
+                until,
+            } => {
+                let busy = format!(
+                    "another reconcile ({owner}) holds s3://{}/{} until {until}: nothing done",
+                    self.bucket,
+                    printable(&prefix)
+                );
+                tracing::warn!("{busy}");
+                report.busy = Some(busy.clone());
+                return Err(Stopped::Busy(busy));
             }
         };
         let lost = CancellationToken::new();
-        let renewer = lease
-            .clone()
-            .map(|lease| tokio::spawn(renew(lease, lost.clone())));
-        let outcome = self
-            .pages(source_kind, &mut report, lease.as_ref(), &lost)
-            .await;
-        if let Some(renewer) = renewer {
-            renewer.abort();
-        }
-        report.elapsed_secs = started.elapsed().as_secs_f64();
-        if let Some(lease) = &lease {
-            let counts = serde_json::to_value(&report.counts)?;
-            match (&outcome, report.complete) {
-                (Ok(()), true) => lease.finish(&counts).await?,
-                _ => {
-                    // Interrupted or failed: the checkpoint stands; free the scope for the next.
-                    let _ = lease.release().await;
-                }
+        let renewer = tokio::spawn(renew(lease.clone(), lost.clone()));
+        let outcome = match cursor {
+            None => Ok(source),
+            Some(_) => self.open(&reading, cursor.clone()).await,
+        };
+        let outcome = match outcome {
+            Ok(source) => {
+                self.pages(&work, source, cursor, report, Some(&lease), &lost)
+                    .await
             }
-        }
-        outcome?;
-        Ok(report)
+            Err(stopped) => Err(stopped),
+        };
+        renewer.abort();
+        let settled = settle(&lease, outcome.is_ok() && report.complete, &report.counts).await;
+        outcome.and(settled)
     }
 
-    /// Which listing: the inventory, or what `--listing` says (for `auto`, the bucket's
+    /// What to read: the inventory, or what `--listing` says (for `auto`, the bucket's
     /// versioning: a suspended bucket still holds versions).
-    async fn source_kind(&self) -> anyhow::Result<&'static str> {
-        if self.args.inventory.is_some() {
-            return Ok("inventory");
+    async fn reading(&self) -> Result<Reading, Stopped> {
+        if let Some(url) = &self.args.inventory {
+            return Ok(Reading::Inventory(url.clone()));
         }
-        Ok(match self.args.listing {
-            ListingMode::Objects => "objects",
-            ListingMode::Versions => "versions",
-            ListingMode::Auto => {
-                let answer = self
-                    .work
-                    .s3
-                    .get_bucket_versioning()
-                    .bucket(&self.work.bucket)
-                    .send()
-                    .await;
-                match answer {
-                    Ok(versioning) if versioning.status().is_some() => "versions",
-                    Ok(_) => "objects",
-                    // A 200 the SDK cannot read: some emulators (moto) answer under another
-                    // root element. The status is read from the document itself.
-                    Err(error) if aws::status(&error) == Some(200) => {
-                        let body = error
-                            .raw_response()
-                            .and_then(|r| r.body().bytes())
-                            .map(String::from_utf8_lossy)
-                            .unwrap_or_default();
-                        if body.contains("<Status>Enabled</Status>")
-                            || body.contains("<Status>Suspended</Status>")
-                        {
-                            "versions"
-                        } else {
-                            "objects"
-                        }
-                    }
-                    Err(error) => {
-                        return Err(anyhow::Error::new(aws::classify(
-                            crate::disposition::Dependency::S3,
-                            error,
-                        ))
-                        .context(
-                            "reading the bucket's versioning (or pass --listing objects|versions)",
-                        ));
-                    }
-                }
+        if self.args.listing != ListingMode::Auto {
+            return Ok(Reading::Listing(self.args.listing));
+        }
+        let answer = self
+            .s3
+            .get_bucket_versioning()
+            .bucket(&self.bucket)
+            .send()
+            .await;
+        let versioned = match answer {
+            Ok(versioning) => versioning.status().is_some(),
+            // A 200 the SDK cannot read: some emulators (moto) answer under another root
+            // element. The status is read from the document itself.
+            Err(error) if aws::status(&error) == Some(200) => {
+                let body = error
+                    .raw_response()
+                    .and_then(|r| r.body().bytes())
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                body.contains("<Status>Enabled</Status>")
+                    || body.contains("<Status>Suspended</Status>")
             }
-        })
+            Err(error) => {
+                let failure = aws::classify(crate::disposition::Dependency::S3, error);
+                return Err(Stopped::listing(
+                    "reading the bucket's versioning (or pass --listing objects|versions)",
+                    &failure,
+                ));
+            }
+        };
+        Ok(Reading::Listing(if versioned {
+            ListingMode::Versions
+        } else {
+            ListingMode::Objects
+        }))
     }
 
-    async fn open(&self, kind: &str, after: Option<String>) -> anyhow::Result<Source> {
+    async fn open(&self, reading: &Reading, after: Option<String>) -> Result<Source, Stopped> {
         let start = Start {
-            bucket: self.work.bucket.clone(),
+            bucket: self.bucket.clone(),
             prefix: self.prefix.clone(),
             after,
             page_keys: self.args.page_keys,
         };
-        let s3 = self.work.s3.clone();
-        Ok(match (kind, &self.args.inventory) {
-            (_, Some(url)) => Source::Inventory(Box::new(
-                inventory::Inventory::open(s3, url, start)
+        let s3 = self.s3.clone();
+        Ok(match reading {
+            Reading::Inventory(url) => Source::Inventory(Box::new(
+                inventory::Inventory::open(s3, url, start, self.args.inventory_max_rows_per_key)
                     .await
-                    .context("opening the inventory")?,
+                    .map_err(|f| Stopped::listing("opening the inventory", &f))?,
             )),
-            ("versions", None) => Source::Versions(listing::Versions::new(s3, start)),
-            _ => Source::Objects(listing::Objects::new(s3, start)),
+            Reading::Listing(ListingMode::Versions) => {
+                Source::Versions(listing::Versions::new(s3, start))
+            }
+            Reading::Listing(_) => Source::Objects(listing::Objects::new(s3, start)),
         })
     }
 
     /// Page after page until the scope ends, the run is interrupted, or the lease is lost.
     async fn pages(
         &self,
-        kind: &str,
+        work: &Arc<Work>,
+        mut source: Source,
+        mut after: Option<String>,
         report: &mut Report,
         lease: Option<&Lease>,
         lost: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        let mut after = report.resumed_after.clone();
-        let mut source = self.open(kind, after.clone()).await?;
-        let taken_at = match &source {
-            Source::Inventory(i) => i.taken_at,
-            _ => None,
-        };
+    ) -> Result<(), Stopped> {
         tracing::info!(
-            bucket = %self.work.bucket,
-            prefix = %self.prefix,
+            bucket = %self.bucket,
+            prefix = printable(&self.prefix),
             listing = source.name(),
-            resumed_after = after.as_deref().unwrap_or(""),
+            resumed_after = after.as_deref().map(printable).unwrap_or_default(),
             dry_run = self.args.dry_run,
             "reconcile started"
         );
@@ -438,11 +510,12 @@ impl Run<'_> {
             self.args.progress,
             Duration::from_secs(self.args.progress_secs.max(1)),
         );
+        let limit = self.args.report_keys;
         let result = loop {
             let page = tokio::select! {
-                page = next_page(&mut source, &self.work.shutdown) => page,
-                () = self.work.shutdown.cancelled() => break Ok(()),
-                () = lost.cancelled() => break Err(anyhow::anyhow!("the lease on this scope was lost")),
+                page = next_page(&mut source, &self.shutdown) => page,
+                () = self.shutdown.cancelled() => break Ok(()),
+                () = lost.cancelled() => break Err(Stopped::failed("the lease on this scope was lost")),
             };
             let page = match page {
                 Ok(Some(page)) => page,
@@ -450,23 +523,30 @@ impl Run<'_> {
                     report.complete = true;
                     break Ok(());
                 }
-                Err(failure) => {
-                    break Err(anyhow::Error::new(failure).context("listing the bucket"));
-                }
+                Err(failure) => break Err(Stopped::listing("listing the bucket", &failure)),
             };
+            let (page, unstorable) = page.storable();
+            for key in &unstorable {
+                tracing::warn!(
+                    key = printable(key),
+                    "a key PostgreSQL cannot hold (it contains NUL): skipped"
+                );
+                report.counts.unstorable(key, limit);
+            }
             if let Err(e) = self
-                .page(&page, after.as_deref(), taken_at, &mut report.counts)
+                .page(work, &page, after.as_deref(), &mut report.counts)
                 .await
             {
-                break Err(e);
+                break Err(Stopped::failed(format!("reading live rows: {e}")));
             }
-            if self.work.shutdown.is_cancelled() {
+            if self.shutdown.is_cancelled() {
                 // The page's repairs may have been cut short: its checkpoint is not saved.
                 break Ok(());
             }
-            report.counts.keys_listed += page.entries.len() as u64;
+            let keys = page.entries.len() + unstorable.len();
+            report.counts.keys_listed += keys as u64;
             report.counts.pages += 1;
-            ops::metrics::reconcile_page(page.entries.len());
+            ops::metrics::reconcile_page(keys);
             let at = page
                 .upto
                 .clone()
@@ -479,11 +559,10 @@ impl Run<'_> {
                     break Ok(());
                 }
                 Some(upto) => {
-                    if let Some(lease) = lease {
-                        let counts = serde_json::to_value(&report.counts)?;
-                        if let Err(e) = lease.save(&upto, &counts).await {
-                            break Err(e.into());
-                        }
+                    if let Some(lease) = lease
+                        && let Err(e) = lease.save(&upto, &counts_json(&report.counts)).await
+                    {
+                        break Err(Stopped::failed(format!("saving the checkpoint: {e}")));
                     }
                     after = Some(upto);
                 }
@@ -504,46 +583,43 @@ impl Run<'_> {
     /// `concurrency` at a time; returns once every repair of the page is done.
     async fn page(
         &self,
+        work: &Arc<Work>,
         page: &listing::Page,
         after: Option<&str>,
-        taken_at: Option<chrono::DateTime<Utc>>,
         counts: &mut Counts,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), sqlx::Error> {
         let mut rows = LiveRows::new(
             &self.pool,
-            &self.work.bucket,
+            &self.bucket,
             &self.prefix,
             after,
             page.upto.as_deref(),
         );
         let mut entries = page.entries.iter().peekable();
         let mut tasks = JoinSet::new();
-        loop {
-            let Some((key, live)) = rows.next_key().await.context("reading live rows")? else {
-                break;
-            };
+        while let Some((key, live)) = rows.next_key().await? {
             while let Some(listed) = entries.next_if(|l| l.key < key) {
-                self.submit(&mut tasks, Drift::Missing(listed.clone()), counts)
+                self.submit(work, &mut tasks, Drift::Missing(listed.clone()), counts)
                     .await;
             }
             if let Some(listed) = entries.next_if(|l| l.key == key) {
                 if let Some(drift) = compare::compare(listed, &live) {
-                    self.submit(&mut tasks, drift, counts).await;
+                    self.submit(work, &mut tasks, drift, counts).await;
                 }
                 continue;
             }
             // Rows written after the inventory was taken cannot be judged by it.
             let rows: Vec<_> = live
                 .into_iter()
-                .filter(|r| taken_at.is_none_or(|t| r.event_time <= t))
+                .filter(|r| work.listed_at.is_none_or(|t| r.event_time <= t))
                 .collect();
             if !rows.is_empty() {
-                self.submit(&mut tasks, Drift::Gone { key, rows }, counts)
+                self.submit(work, &mut tasks, Drift::Gone { key, rows }, counts)
                     .await;
             }
         }
         for listed in entries {
-            self.submit(&mut tasks, Drift::Missing(listed.clone()), counts)
+            self.submit(work, &mut tasks, Drift::Missing(listed.clone()), counts)
                 .await;
         }
         while self.wait_one(&mut tasks, counts).await {}
@@ -551,12 +627,18 @@ impl Run<'_> {
     }
 
     /// Starts the repair of `drift`, first waiting for a free slot.
-    async fn submit(&self, tasks: &mut JoinSet<Repaired>, drift: Drift, counts: &mut Counts) {
+    async fn submit(
+        &self,
+        work: &Arc<Work>,
+        tasks: &mut JoinSet<Repaired>,
+        drift: Drift,
+        counts: &mut Counts,
+    ) {
         while tasks.len() >= self.args.concurrency {
             self.wait_one(tasks, counts).await;
         }
-        if !self.work.shutdown.is_cancelled() {
-            tasks.spawn(repair(self.work.clone(), drift));
+        if !self.shutdown.is_cancelled() {
+            tasks.spawn(repair::repair(work.clone(), drift));
         }
     }
 
@@ -572,13 +654,38 @@ impl Run<'_> {
                 }
                 None => false,
             },
-            () = self.work.shutdown.cancelled() => {
+            () = self.shutdown.cancelled() => {
                 tasks.abort_all();
                 while tasks.join_next().await.is_some() {}
                 false
             }
         }
     }
+}
+
+/// The counts as the checkpoint stores them.
+fn counts_json(counts: &Counts) -> serde_json::Value {
+    serde_json::to_value(counts).unwrap_or_else(|_| serde_json::json!({}))
+}
+
+/// Ends this run's hold on the scope, whatever the run came to: finished (the next run starts
+/// over) or released (the next run continues from the checkpoint, at once). A finish that fails
+/// still releases; only a lost database leaves the lease to run out.
+async fn settle(lease: &Lease, complete: bool, counts: &Counts) -> Result<(), Stopped> {
+    let finished = if complete {
+        match lease.finish(&counts_json(counts)).await {
+            Ok(()) => return Ok(()),
+            Err(e) => Err(Stopped::failed(format!(
+                "recording the finished reconcile: {e}"
+            ))),
+        }
+    } else {
+        Ok(())
+    };
+    if let Err(error) = lease.release().await {
+        tracing::error!(%error, "releasing the reconcile scope failed: it is free once the lease runs out");
+    }
+    finished
 }
 
 /// Adds a finished repair to the counts. A repair that panicked is a failure like another.
@@ -596,10 +703,14 @@ fn fold(done: Result<Repaired, tokio::task::JoinError>, counts: &mut Counts, lim
         return;
     };
     counts.found(kind, &repaired.key, limit);
-    match repaired.result {
-        Ok(Some(outcome)) => counts.outcome(outcome),
-        Ok(None) => {}
-        Err(label) => counts.failed(&repaired.key, label, limit),
+    match &repaired.made {
+        Made::Nothing => {}
+        Made::Done(label) => counts.outcome(label.clone()),
+        made @ (Made::Refused(_) | Made::Failed(_)) => {
+            if let Some(label) = made.label() {
+                counts.failed(&repaired.key, label, limit);
+            }
+        }
     }
 }
 
@@ -620,191 +731,20 @@ async fn renew(lease: Lease, lost: CancellationToken) {
     }
 }
 
-/// The next page, retrying a transient failure with a short backoff.
+/// The next page, retrying a transient failure.
 async fn next_page(
     source: &mut Source,
     shutdown: &CancellationToken,
 ) -> Result<Option<listing::Page>, Failure> {
-    let mut attempt = 1;
+    let mut delays = repair::delays();
     loop {
-        match source.next_page().await {
-            Err(failure @ Failure::Transient { .. }) if attempt < ATTEMPTS => {
-                tracing::warn!(reason = failure.reason(), error = %failure, "listing failed; retrying");
-                backoff(attempt, shutdown).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
-async fn backoff(attempt: u32, shutdown: &CancellationToken) {
-    let delay = Duration::from_millis(500 * 4u64.pow(attempt - 1));
-    tokio::select! {
-        () = tokio::time::sleep(delay) => {}
-        () = shutdown.cancelled() => {}
-    }
-}
-
-/// Repairs one difference (in a dry run: only confirms it).
-async fn repair(work: Arc<Work>, drift: Drift) -> Repaired {
-    match drift {
-        Drift::Missing(listed) => ingest(&work, listed, "missing").await,
-        Drift::Changed(listed) => ingest(&work, listed, "changed").await,
-        Drift::Gone { key, rows } => gone(&work, key, &rows).await,
-    }
-}
-
-/// Live rows, no object in the listing: what does S3 show now? Stamped before asking, so an
-/// upload S3 announces after the answer still wins over the removal.
-async fn gone(work: &Work, key: String, rows: &[compare::LiveRow]) -> Repaired {
-    let observed = Utc::now();
-    let mut attempt = 1;
-    let current = loop {
-        match versions::current(&work.s3, &work.bucket, &key).await {
-            Err(failure @ Failure::Transient { .. }) if attempt < ATTEMPTS => {
-                backoff(attempt, &work.shutdown).await;
-                attempt += 1;
-                let _ = failure;
-            }
-            other => break other,
-        }
-    };
-    match current {
-        Err(failure) => Repaired {
-            kind: Some("gone"),
-            result: Err(format!("failed:{}", failed_key(&key, &failure))),
-            key,
-        },
-        Ok(Current::Version(survivor)) if rows.iter().any(|r| r.etag == survivor.etag) => {
-            Repaired {
-                key,
-                kind: None,
-                result: Ok(None),
+        let page = source.next_page().await;
+        if let Err(failure @ Failure::Transient { .. }) = &page {
+            tracing::warn!(reason = failure.reason(), error = %failure, "listing failed");
+            if repair::pause(&mut delays, shutdown).await {
+                continue;
             }
         }
-        Ok(Current::Version(survivor)) => {
-            let listed = Listed {
-                key,
-                etag: survivor.etag,
-                version_id: survivor.version_id,
-                size: None,
-            };
-            ingest(work, listed, "changed").await
-        }
-        Ok(Current::Nothing) if work.dry_run => Repaired {
-            key,
-            kind: Some("gone"),
-            result: Ok(None),
-        },
-        Ok(Current::Nothing) => {
-            let event = ObjectEvent {
-                kind: EventKind::Removed,
-                event_name: "Reconcile:Gone".into(),
-                bucket: work.bucket.clone(),
-                key: key.clone(),
-                etag: None,
-                size: None,
-                version_id: None,
-                sequencer: None,
-                event_time: observed,
-            };
-            let result = settle(work, Item::Object(event)).await;
-            Repaired {
-                key,
-                kind: Some("gone"),
-                result,
-            }
-        }
-    }
-}
-
-/// Ingests the listed version as if S3 had just announced it: the read is pinned to its ETag
-/// (and version), so an object changed or deleted since the listing is not recorded.
-async fn ingest(work: &Work, listed: Listed, kind: &'static str) -> Repaired {
-    if work.dry_run {
-        return Repaired {
-            key: listed.key,
-            kind: Some(kind),
-            result: Ok(None),
-        };
-    }
-    let key = listed.key.clone();
-    let event = ObjectEvent {
-        kind: EventKind::Created,
-        event_name: format!("Reconcile:{kind}"),
-        bucket: work.bucket.clone(),
-        key: listed.key,
-        etag: Some(listed.etag),
-        size: listed.size,
-        version_id: listed.version_id,
-        sequencer: None,
-        event_time: Utc::now(),
-    };
-    let result = settle(work, Item::Object(event)).await;
-    Repaired {
-        key,
-        kind: Some(kind),
-        result,
-    }
-}
-
-/// Runs one event through the pipeline, retrying a transient failure; the outcome label, or the
-/// reason it failed.
-async fn settle(work: &Work, item: Item) -> Result<Option<String>, String> {
-    let mut attempt = 1;
-    loop {
-        match work
-            .pipeline
-            .process_items(std::slice::from_ref(&item))
-            .await
-        {
-            Verdict::Ack(done) => {
-                let mut label = None;
-                for done in done {
-                    label = Some(outcome_label(done.outcome));
-                    done.report();
-                }
-                return Ok(label);
-            }
-            Verdict::DeadLetter { outcomes, failure } => {
-                for done in outcomes {
-                    done.report();
-                }
-                return Err(format!("refused:{}", failed(&item, &failure)));
-            }
-            Verdict::Retry(failure) if attempt < ATTEMPTS && !work.shutdown.is_cancelled() => {
-                backoff(attempt, &work.shutdown).await;
-                attempt += 1;
-                let _ = failure;
-            }
-            Verdict::Retry(failure) => return Err(format!("failed:{}", failed(&item, &failure))),
-        }
-    }
-}
-
-fn failed(item: &Item, failure: &Failure) -> String {
-    let key = match item {
-        Item::Object(e) => e.key.as_str(),
-        Item::Unsupported { .. } => "",
-    };
-    failed_key(key, failure)
-}
-
-/// Logs a repair that did not succeed; its reason code.
-fn failed_key(key: &str, failure: &Failure) -> String {
-    tracing::warn!(
-        key,
-        reason = failure.reason(),
-        error = %crate::disposition::chain(failure),
-        "reconcile repair not made"
-    );
-    failure.reason().to_owned()
-}
-
-fn outcome_label(outcome: Outcome) -> String {
-    match outcome.label() {
-        ("skipped", reason) => format!("skipped:{reason}"),
-        (label, _) => label.to_owned(),
+        return page;
     }
 }

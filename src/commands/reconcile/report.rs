@@ -1,6 +1,10 @@
 //! What a reconcile found and did: the counts (checkpointed with the cursor, so a resumed run
 //! reports the whole scope), the first keys of each kind of difference, the progress shown while
 //! it runs (a bar on a terminal, log lines otherwise), and the final report (text or JSON).
+//!
+//! Keys enter the counts already escaped ([`printable`]): a key may hold any character S3
+//! allows, and neither a terminal, a log line, nor the checkpoint's `jsonb` (which refuses
+//! `\u0000`) should receive its control characters raw.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
@@ -8,35 +12,123 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+/// The kinds of difference between S3 and the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// S3 shows an object; no row of the key is live.
+    Missing,
+    /// S3 shows an object; the key's live row is another upload (or it has several).
+    Changed,
+    /// Rows of the key are live; S3 shows nothing.
+    Gone,
+}
+
+impl Kind {
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Changed => "changed",
+            Self::Gone => "gone",
+        }
+    }
+}
+
+/// What a repair came to, beside the difference it repaired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Made {
+    /// A dry run: found, not repaired.
+    Nothing,
+    /// The pipeline's outcome: `recorded`, `removed`, `duplicate`, `stale`, `skipped:<reason>`…
+    Done(String),
+    /// It never can succeed as things are (the queue would dead-letter it).
+    Refused(&'static str),
+    /// It kept failing; the next run tries again.
+    Failed(&'static str),
+}
+
+impl Made {
+    /// The label counted in `outcomes`; `None` for a dry run.
+    pub(crate) fn label(&self) -> Option<String> {
+        match self {
+            Self::Nothing => None,
+            Self::Done(label) => Some(label.clone()),
+            Self::Refused(reason) => Some(format!("refused:{reason}")),
+            Self::Failed(reason) => Some(format!("failed:{reason}")),
+        }
+    }
+}
+
+/// The outcome counted for a key the database cannot hold (PostgreSQL text refuses NUL).
+pub(crate) const UNSTORABLE: &str = "skipped:unstorable_key";
+
+/// `key` with its control characters (and backslashes) escaped: `\n`, `\t`, `\x01`, `\u{85}`,
+/// `\\`. Every other character, including non-ASCII letters, is kept.
+pub(crate) fn printable(key: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(key.len());
+    for c in key.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() && u32::from(c) < 0x80 => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The counts and samples of a run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub(crate) struct Counts {
     pub keys_listed: u64,
     pub pages: u64,
-    /// Differences found, by kind: `missing`, `changed`, `gone`.
+    /// Differences found, by kind: `missing`, `changed`, `gone` ([`Kind`]).
     pub differences: BTreeMap<String, u64>,
-    /// The first keys of each kind (up to the report's limit).
+    /// The first keys of each kind (up to the report's limit), escaped ([`printable`]), and of
+    /// the keys skipped because the database cannot hold them (`unstorable_key`).
     pub first_keys: BTreeMap<String, Vec<String>>,
-    /// Rows whose object the listing did not show but S3 answered for (written after the listing
-    /// or the inventory was taken): no difference.
+    /// Keys the listing showed differently from the rows, where S3, asked before any change,
+    /// agreed with the rows after all (the listing or the inventory was older than them): no
+    /// difference.
     pub confirmed_present: u64,
     /// What the repairs came to: `recorded`, `removed`, `duplicate`, `stale`, `superseded`,
-    /// `object_gone`, `skipped:<reason>`, `refused:<reason>` (the queue would dead-letter it)
-    /// and `failed:<reason>` (it kept failing; the next run tries again).
+    /// `object_gone`, `skipped:<reason>` (`skipped:unstorable_key`: a key PostgreSQL cannot
+    /// hold, never compared), `refused:<reason>` (the queue would dead-letter it) and
+    /// `failed:<reason>` (it kept failing; the next run tries again).
     pub outcomes: BTreeMap<String, u64>,
-    /// The first repairs refused or failed: key and label.
+    /// The first repairs refused or failed: key (escaped) and label.
     pub failures: Vec<(String, String)>,
 }
 
 impl Counts {
-    pub(crate) fn found(&mut self, kind: &'static str, key: &str, limit: usize) {
-        *self.differences.entry(kind.to_owned()).or_default() += 1;
+    pub(crate) fn found(&mut self, kind: Kind, key: &str, limit: usize) {
+        *self
+            .differences
+            .entry(kind.as_str().to_owned())
+            .or_default() += 1;
+        self.sample(kind.as_str(), key, limit);
+        crate::ops::metrics::reconcile_difference(kind.as_str());
+    }
+
+    /// A listed key the database cannot hold: skipped, counted, named.
+    pub(crate) fn unstorable(&mut self, key: &str, limit: usize) {
+        self.outcome(UNSTORABLE.to_owned());
+        self.sample("unstorable_key", key, limit);
+    }
+
+    fn sample(&mut self, kind: &str, key: &str, limit: usize) {
         let keys = self.first_keys.entry(kind.to_owned()).or_default();
         if keys.len() < limit {
-            keys.push(key.to_owned());
+            keys.push(printable(key));
         }
-        crate::ops::metrics::reconcile_difference(kind);
     }
 
     pub(crate) fn outcome(&mut self, label: String) {
@@ -46,7 +138,7 @@ impl Counts {
     /// A repair that did not succeed: `label` is `refused:<reason>` or `failed:<reason>`.
     pub(crate) fn failed(&mut self, key: &str, label: String, limit: usize) {
         if self.failures.len() < limit {
-            self.failures.push((key.to_owned(), label.clone()));
+            self.failures.push((printable(key), label.clone()));
         }
         self.outcome(label);
     }
@@ -71,36 +163,57 @@ pub(crate) struct Report {
     pub prefix: String,
     pub source: String,
     pub dry_run: bool,
-    /// The key the run continued after, when it resumed an interrupted one.
+    /// The key the run continued after, when it resumed an interrupted one (escaped).
     pub resumed_after: Option<String>,
     /// Whether the whole scope was compared (false: interrupted; run again to continue).
     pub complete: bool,
     /// Set when another reconcile held an overlapping scope: this run did nothing.
     pub busy: Option<String>,
+    /// How the run ended: `complete` (exit 0), `failed` (1), `refused` (2) or `busy` (3).
+    pub ended: &'static str,
+    /// Why it did not complete.
+    pub error: Option<String>,
     pub elapsed_secs: f64,
     #[serde(flatten)]
     pub counts: Counts,
 }
 
 impl Report {
+    /// Prints the report on stdout. A stdout that is gone (a closed pipe) loses the report but
+    /// never changes how the run ends: the exit status still tells.
     pub(crate) fn print(&self, json: bool) {
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".into())
-            );
-            return;
-        }
+        use std::io::Write as _;
+        let text = if json {
+            serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".into()) + "\n"
+        } else {
+            self.text()
+        };
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush());
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_text(&mut out);
+        out
+    }
+
+    fn write_text(&self, out: &mut String) -> std::fmt::Result {
+        use std::fmt::Write as _;
         if let Some(busy) = &self.busy {
-            println!("reconcile s3://{}/{}: {busy}", self.bucket, self.prefix);
-            return;
+            let prefix = printable(&self.prefix);
+            return writeln!(out, "reconcile s3://{}/{prefix}: {busy}", self.bucket);
         }
         let c = &self.counts;
         let n = |kind: &str| c.differences.get(kind).copied().unwrap_or(0);
-        println!(
+        writeln!(
+            out,
             "reconcile s3://{}/{} ({}){}{}",
             self.bucket,
-            self.prefix,
+            printable(&self.prefix),
             self.source,
             if self.dry_run {
                 ", dry run: nothing changed"
@@ -112,38 +225,48 @@ impl Report {
             } else {
                 ", INCOMPLETE: run again to continue"
             },
-        );
-        if let Some(after) = &self.resumed_after {
-            println!("  resumed after     {after}");
+        )?;
+        if let Some(error) = &self.error {
+            writeln!(out, "  {}: {error}", self.ended.to_uppercase())?;
         }
-        println!("  keys listed       {}", c.keys_listed);
-        println!(
+        if let Some(after) = &self.resumed_after {
+            writeln!(out, "  resumed after     {after}")?;
+        }
+        writeln!(out, "  keys listed       {}", c.keys_listed)?;
+        writeln!(
+            out,
             "  missing rows      {}  (objects with no live row)",
             n("missing")
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "  changed objects   {}  (the live row is another upload)",
             n("changed")
-        );
-        println!("  gone objects      {}  (live rows, no object)", n("gone"));
-        println!(
-            "  present after all {}  (rows newer than the listing)",
+        )?;
+        writeln!(
+            out,
+            "  gone objects      {}  (live rows, no object)",
+            n("gone")
+        )?;
+        writeln!(
+            out,
+            "  agree after all   {}  (S3 asked: the listing was older than the rows)",
             c.confirmed_present
-        );
+        )?;
         if !c.outcomes.is_empty() {
             let outcomes: Vec<String> =
                 c.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            println!("  repairs           {}", outcomes.join(", "));
+            writeln!(out, "  repairs           {}", outcomes.join(", "))?;
         }
         for (kind, keys) in &c.first_keys {
             if !keys.is_empty() {
-                println!("  first {kind}: {}", keys.join(", "));
+                writeln!(out, "  first {kind}: {}", keys.join(", "))?;
             }
         }
         for (key, reason) in &c.failures {
-            println!("  not repaired: {key} ({reason})");
+            writeln!(out, "  not repaired: {key} ({reason})")?;
         }
-        println!("  took {:.1} s", self.elapsed_secs);
+        writeln!(out, "  took {:.1} s", self.elapsed_secs)
     }
 }
 
@@ -187,7 +310,8 @@ impl Progress {
             Some(bar) => {
                 bar.set_position(counts.keys_listed);
                 bar.set_message(format!(
-                    "{differences} differences, {failed} failed, at {at}"
+                    "{differences} differences, {failed} failed, at {}",
+                    printable(at)
                 ));
             }
             None if self.last.elapsed() >= self.every => {
@@ -196,7 +320,7 @@ impl Progress {
                     keys_listed = counts.keys_listed,
                     differences,
                     failed,
-                    at,
+                    at = printable(at),
                     "reconcile progress"
                 );
             }
@@ -217,4 +341,23 @@ pub enum ProgressMode {
     Auto,
     Bar,
     Log,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(
+            printable("dp/a\u{1}b\0c\n\td\\e"),
+            r"dp/a\x01b\x00c\n\td\\e"
+        );
+        assert_eq!(printable("dp/\u{85}été 文.txt"), r"dp/\u{85}été 文.txt");
+        let mut counts = Counts::default();
+        counts.unstorable("dp/nul\0key", 5);
+        let json = serde_json::to_string(&counts).unwrap();
+        assert!(!json.contains("\\u0000"), "nothing jsonb refuses: {json}");
+        assert_eq!(counts.outcomes[UNSTORABLE], 1);
+    }
 }
