@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::disposition::{Dependency, Failure, Outcome};
 
 mod aws_requests;
+mod hot;
 pub use aws_requests::{AWS_REQUESTS, AwsOutcome, AwsService, aws_request};
 
 pub const MESSAGES_RECEIVED: &str = "datapack_worker_messages_received_total";
@@ -283,15 +284,17 @@ fn zero() {
     for result in ["match", "mismatch"] {
         counter!(CHECKSUM_AUDITS, "result" => result).absolute(0);
     }
-    for disposition in ["ack", "retry", "dead_letter", "release", "lost"] {
+    let dispositions = ["ack", "retry", "dead_letter", "release", "lost"];
+    for disposition in dispositions {
         counter!(MESSAGES, "disposition" => disposition).absolute(0);
     }
+    let mut records = Vec::new();
     for reason in D::ALL {
         counter!(DEAD_LETTERS, "reason" => reason.as_str()).absolute(0);
-        counter!(RECORDS, "outcome" => "dead_lettered", "reason" => reason.as_str()).absolute(0);
+        records.push(("dead_lettered", reason.as_str()));
     }
     for reason in crate::disposition::RetryReason::ALL {
-        counter!(RECORDS, "outcome" => "retried", "reason" => reason.as_str()).absolute(0);
+        records.push(("retried", reason.as_str()));
     }
     let skips = [
         S::TestEvent,
@@ -310,10 +313,11 @@ fn zero() {
     ]
     .into_iter()
     .chain(skips.map(Outcome::Skipped));
-    for outcome in outcomes {
-        let (label, reason) = outcome.label();
-        counter!(RECORDS, "outcome" => label, "reason" => reason).absolute(0);
+    records.extend(outcomes.map(Outcome::label));
+    for &(outcome, reason) in &records {
+        counter!(RECORDS, "outcome" => outcome, "reason" => reason).absolute(0);
     }
+    hot::install(records, &dispositions);
 }
 
 /// A reconcile finished a page of `keys` keys (compared, repaired, checkpointed).
@@ -334,7 +338,9 @@ pub fn build_info(version: &'static str, git_commit: &'static str) {
 pub fn record_outcome(outcome: Outcome) {
     let (label, reason) = outcome.label();
     tracing::info!(outcome = label, reason, "record done");
-    counter!(RECORDS, "outcome" => label, "reason" => reason).increment(1);
+    if let Some(hot) = hot::get() {
+        hot.record(label, reason);
+    }
 }
 
 /// Logs a failure once, with its cause chain, where its disposition is decided.
@@ -352,11 +358,15 @@ pub fn record_failure(failure: &Failure, dead_lettered: bool) {
         }
         _ => tracing::warn!(outcome, reason, error = %detail, "record will be retried"),
     }
-    counter!(RECORDS, "outcome" => outcome, "reason" => reason).increment(1);
+    if let Some(hot) = hot::get() {
+        hot.record(outcome, reason);
+    }
 }
 
 pub fn message_disposition(disposition: &'static str) {
-    counter!(MESSAGES, "disposition" => disposition).increment(1);
+    if let Some(hot) = hot::get() {
+        hot.message(disposition);
+    }
 }
 
 pub fn dead_lettered(reason: &'static str) {
@@ -364,7 +374,9 @@ pub fn dead_lettered(reason: &'static str) {
 }
 
 pub fn hashed_bytes(n: usize) {
-    counter!(HASHED_BYTES).increment(n as u64);
+    if let Some(hot) = hot::get() {
+        hot.hashed_bytes.increment(n as u64);
+    }
 }
 
 /// One audit of a trusted S3 checksum: the SHA-256 S3 stored against the one computed from the
@@ -406,16 +418,22 @@ pub fn queue_oldest_age(queue: &'static str, age_secs: f64) {
 }
 
 pub fn records_per_message(records: usize) {
-    histogram!(RECORDS_PER_MESSAGE).record(records as f64);
+    if let Some(hot) = hot::get() {
+        hot.records_per_message.record(records as f64);
+    }
 }
 
 /// From the event's time to the commit of what it announced.
 pub fn event_to_commit(lag: Duration) {
-    histogram!(EVENT_TO_COMMIT).record(lag.as_secs_f64());
+    if let Some(hot) = hot::get() {
+        hot.event_to_commit.record(lag.as_secs_f64());
+    }
 }
 
 pub fn object_size(bytes: u64) {
-    histogram!(OBJECT_SIZE).record(bytes as f64);
+    if let Some(hot) = hot::get() {
+        hot.object_size.record(bytes as f64);
+    }
 }
 
 /// One committed group-commit transaction of `writes` writes.
@@ -430,7 +448,9 @@ pub fn concurrency(slots: usize) {
 
 /// From SentTimestamp to the start of processing.
 pub fn queue_wait(wait: Duration) {
-    histogram!(QUEUE_WAIT).record(wait.as_secs_f64());
+    if let Some(hot) = hot::get() {
+        hot.queue_wait.record(wait.as_secs_f64());
+    }
 }
 
 pub fn visibility_extended() {
@@ -439,11 +459,15 @@ pub fn visibility_extended() {
 
 /// From the start of a message's work to its settlement.
 pub fn object_processing(elapsed: Duration) {
-    histogram!(OBJECT_PROCESSING).record(elapsed.as_secs_f64());
+    if let Some(hot) = hot::get() {
+        hot.object_processing.record(elapsed.as_secs_f64());
+    }
 }
 
 pub fn phase(name: &'static str, elapsed: Duration) {
-    histogram!(PHASE, "phase" => name).record(elapsed.as_secs_f64());
+    if let Some(hot) = hot::get() {
+        hot.phase(name, elapsed.as_secs_f64());
+    }
 }
 
 pub fn dependency(dependency: Dependency, up: bool) {
