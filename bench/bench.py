@@ -32,7 +32,7 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
-import load
+import load as paced
 
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -67,9 +67,30 @@ def git_meta() -> dict:
     }
 
 
+# The measured binary's own build_info labels (version, git_commit), read from the first worker
+# that became ready: with BENCH_BIN_DIR the binary need not be the checkout's commit.
+WORKER_BUILD: dict[str, str] = {}
+
+
+def read_build_info(addr: str) -> None:
+    if WORKER_BUILD:
+        return
+    try:
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return
+    for line in text.splitlines():
+        if line.startswith("datapack_worker_build_info{"):
+            WORKER_BUILD.update(re.findall(r'([a-z_]+)="([^"]*)"', line))
+
+
 def write_json(path: Path, results: dict) -> None:
     """A result file: the runs by scenario, and `_meta` (git_meta) naming the code measured."""
-    path.write_text(json.dumps({"_meta": git_meta(), **results}, indent=1))
+    meta = git_meta()
+    if WORKER_BUILD:
+        meta["worker_build"] = dict(WORKER_BUILD)
+    path.write_text(json.dumps({"_meta": meta, **results}, indent=1))
 
 
 def log(msg: str) -> None:
@@ -468,6 +489,7 @@ class Bench:
                 if addr:
                     with urllib.request.urlopen(f"http://{addr}/readyz", timeout=1) as r:
                         if r.status == 200:
+                            read_build_info(addr)
                             return addr
             except OSError:
                 pass
@@ -853,7 +875,7 @@ def report(bench: Bench, started: float) -> str:
             f"| Writer::write → store::apply, fresh database | {runs[0]['resources']} "
             f"| {cell(runs, 'per_s', '.0f')} | {cell(runs, 'duplicate_per_s', '.0f')} |"
         )
-    latency = load.latency_table(R)
+    latency = paced.latency_table(R)
     if latency:
         out.append("")
         out.extend(latency)
@@ -1102,10 +1124,10 @@ def main() -> int:
         # One long run of its own: capacity (given, or measured at full load first), then 50 %.
         bench = Bench(args)
         bench.prepare(large=False)
-        capacity = args.capacity or load.paced_run(bench, bench.objects.records["small"], None)["objects_per_s"]
-        result = load.soak(bench, capacity, args.soak_minutes)
+        capacity = args.capacity or paced.paced_run(bench, bench.objects.records["small"], None)["objects_per_s"]
+        result = paced.soak(bench, capacity, args.soak_minutes)
         write_json(Path(args.out).with_suffix(".json"), {"soak": [result]})
-        text = load.soak_report(result, git_meta())
+        text = paced.soak_report(result, git_meta())
         Path(args.out).write_text(text)
         print(text)
         return 0
@@ -1128,7 +1150,7 @@ def main() -> int:
             bench.repeat("worker: large, ranged GETs", bench.worker, "large-ranged", large,
                          {"RANGED_GET_STREAM_FLOOR_MIBPS": "0"})
         if wanted("latency"):
-            load.latency_group(bench, small)
+            paced.latency_group(bench, small)
         if wanted("db"):
             bench.repeat("db_write", bench.db_write)
         if wanted("scaleout"):
@@ -1159,9 +1181,10 @@ def main() -> int:
             finally:
                 stop(proxy)
     finally:
+        # The raw numbers first: a report that fails must not lose them.
+        write_json(Path(args.out).with_suffix(".json"), bench.results)
         text = report(bench, started)
         Path(args.out).write_text(text)
-        write_json(Path(args.out).with_suffix(".json"), bench.results)
         print(text)
     return 0
 

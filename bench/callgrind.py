@@ -2,7 +2,7 @@
 """The worker's own CPU per small object, in instructions: run it through bench/callgrind.sh.
 
 Instruction counts (valgrind's callgrind) are stable where timings on a shared machine are not.
-For each of two sizes N1 < N2 (default 200 and 400 × 1 KiB): a fresh database, N events queued
+For each of two sizes N1 < N2 (default 300 and 900 × 1 KiB): a fresh database, N events queued
 before the worker starts, the worker run under callgrind until the N rows are committed, then
 stopped (SIGTERM, its normal drain). Start-up and shutdown cost the same in both, so
 (Ir(N2) - Ir(N1)) / (N2 - N1) is the cost of one object; the same difference per function
@@ -56,6 +56,7 @@ def run_one(bench: B.Bench, records: list[dict], out_file: Path) -> dict:
             os.environ["BENCH_WORKER"], "run"]
     t0 = time.time()
     with open(log_path, "ab") as logf:
+        offset = logf.tell()
         proc = subprocess.Popen(argv, env=env, stdout=logf, stderr=logf)
     try:
         deadline = time.monotonic() + 1800
@@ -66,6 +67,9 @@ def run_one(bench: B.Bench, records: list[dict], out_file: Path) -> dict:
                 raise TimeoutError(f"rows not all committed; see {log_path}")
             time.sleep(0.2)
         wall = time.time() - t0
+        addr = B.listening_addr(log_path, offset)
+        if addr:
+            B.read_build_info(addr)
         B.stop(proc, timeout=120)
     finally:
         if proc.poll() is None:
@@ -110,7 +114,7 @@ def short(name: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", default="200,400")
+    parser.add_argument("--sizes", default="300,900")
     parser.add_argument("--out", default="bench/results/callgrind.md")
     parser.add_argument("--label", default="", help="what this binary is (before/after a change)")
     args = parser.parse_args()
@@ -144,7 +148,8 @@ def main() -> int:
               "top_inclusive_per_object": top}
     B.write_json(Path(args.out).with_suffix(".json"), {"callgrind": [result]})
     lines = [f"# Worker instructions per 1 KiB object (callgrind){': ' + args.label if args.label else ''}", "",
-             f"{meta['utc']} UTC, git {meta['commit']}{' (dirty tree)' if meta['dirty'] else ''}; "
+             f"{meta['utc']} UTC, checkout git {meta['commit']}{' (dirty tree)' if meta['dirty'] else ''}, "
+             f"binary git {B.WORKER_BUILD.get('git_commit', 'unknown')}; "
              f"runs of {n1} and {n2} objects: {runs[0]['ir']:,} and {runs[1]['ir']:,} Ir "
              f"({runs[0]['wall_s']:.0f} s and {runs[1]['wall_s']:.0f} s under valgrind).", "",
              f"**{per_object:,.0f} instructions per object** = (Ir({n2}) − Ir({n1})) / {n2 - n1}.", "",

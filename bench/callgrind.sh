@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The worker's instructions per small object, under valgrind's callgrind (see bench/README.md):
 #
-#   bench/callgrind.sh                         200 and 400 × 1 KiB; bench/results/callgrind.md
+#   bench/callgrind.sh                         300 and 900 × 1 KiB; bench/results/callgrind.md
 #   bench/callgrind.sh --sizes 100,200 --out bench/results/callgrind-quick.md --label "..."
 #   CALLGRIND_PROFILE=release-debug bench/callgrind.sh   with line tables, for callgrind_annotate
 #                                                        --auto=yes on the kept output files

@@ -38,7 +38,10 @@ def provenance(name: str, data: dict) -> str:
     if not meta:
         return f"`bench/results/{name}`, commit not recorded"
     dirty = " with uncommitted changes" if meta.get("dirty") else ""
-    return f"`bench/results/{name}`, commit `{meta.get('commit', '?')}`{dirty}, {meta.get('utc', '?')} UTC"
+    binary = (meta.get("worker_build") or {}).get("git_commit")
+    other = f" (binary built from `{binary}`)" if binary and binary != meta.get("commit") else ""
+    return (f"`bench/results/{name}`, commit `{meta.get('commit', '?')}`{dirty}{other}, "
+            f"{meta.get('utc', '?')} UTC")
 
 
 def med(runs: list[dict], key: str) -> float | None:
