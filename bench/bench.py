@@ -85,12 +85,17 @@ def read_build_info(addr: str) -> None:
             WORKER_BUILD.update(re.findall(r'([a-z_]+)="([^"]*)"', line))
 
 
-def write_json(path: Path, results: dict) -> None:
-    """A result file: the runs by scenario, and `_meta` (git_meta) naming the code measured."""
+def result_meta() -> dict:
+    """git_meta, plus the measured binary's build_info once a worker has been ready."""
     meta = git_meta()
     if WORKER_BUILD:
         meta["worker_build"] = dict(WORKER_BUILD)
-    path.write_text(json.dumps({"_meta": meta, **results}, indent=1))
+    return meta
+
+
+def write_json(path: Path, results: dict) -> None:
+    """A result file: the runs by scenario, and `_meta` (result_meta) naming the code measured."""
+    path.write_text(json.dumps({"_meta": result_meta(), **results}, indent=1))
 
 
 def log(msg: str) -> None:
@@ -1127,7 +1132,7 @@ def main() -> int:
         capacity = args.capacity or paced.paced_run(bench, bench.objects.records["small"], None)["objects_per_s"]
         result = paced.soak(bench, capacity, args.soak_minutes)
         write_json(Path(args.out).with_suffix(".json"), {"soak": [result]})
-        text = paced.soak_report(result, git_meta())
+        text = paced.soak_report(result, result_meta())
         Path(args.out).write_text(text)
         print(text)
         return 0

@@ -87,12 +87,18 @@ def total_ir(path: Path) -> int:
 
 
 ANNOTATED = re.compile(r"^\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(\S.*)$")
+# Frames every task passes through (the runtime, thread start, tracing's wrapper): at the top of
+# any inclusive list, and saying nothing about where the work is.
+GENERIC = re.compile(r"^(tokio::runtime::|std::|core::ops::function::|start_thread|"
+                     r"<std::|<tracing::instrument::|__rust_begin|clone3?$|\?\?\?$)")
 
 
-def inclusive(path: Path) -> dict[str, int]:
-    """Inclusive Ir per function (file:function [object]) from callgrind_annotate."""
-    text = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(path)],
-                          capture_output=True, text=True, check=True).stdout
+def per_function(path: Path, inclusive: bool) -> dict[str, int]:
+    """Ir per function (file:function [object]) from callgrind_annotate, inclusive or self."""
+    argv = ["callgrind_annotate", "--threshold=100", str(path)]
+    if inclusive:
+        argv.insert(1, "--inclusive=yes")
+    text = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     out: dict[str, int] = {}
     started = False
     for line in text.splitlines():
@@ -112,13 +118,37 @@ def short(name: str) -> str:
     return name if len(name) <= 140 else name[:137] + "..."
 
 
+def top_functions(runs: list[dict], objects: int, inclusive: bool) -> list[dict]:
+    """The functions whose cost grows most per object (the two runs' difference), inclusive
+    (without the generic frames) or self."""
+    f1 = per_function(Path(runs[0]["file"]), inclusive)
+    f2 = per_function(Path(runs[1]["file"]), inclusive)
+    functions = sorted(((short(k), (f2[k] - f1.get(k, 0)) / objects) for k in f2),
+                       key=lambda kv: -kv[1])
+    seen, top = set(), []
+    for name, ir in functions:
+        if name in seen or ir <= 0 or (inclusive and GENERIC.match(name)):
+            continue
+        seen.add(name)
+        top.append({"function": name, "ir_per_object": ir})
+        if len(top) >= TOP:
+            break
+    return top
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="300,900")
     parser.add_argument("--out", default="bench/results/callgrind.md")
     parser.add_argument("--label", default="", help="what this binary is (before/after a change)")
+    parser.add_argument("--reanalyse", metavar="STATE_DIR",
+                        help="report on the callgrind.out files an earlier run kept, without running")
     args = parser.parse_args()
     n1, n2 = (int(x) for x in args.sizes.split(","))
+    if args.reanalyse:
+        return report(args, n1, n2, [{"objects": n, "wall_s": float("nan"),
+                                      "file": str(Path(args.reanalyse) / f"callgrind.out.{n}")}
+                                     for n in (n1, n2)])
     # Bench's own set-up: the small objects, uploaded once, notifications off.
     bargs = argparse.Namespace(small_count=n2, small_size=1024, large_count=0, large_size=0,
                                timeout=1800, perf=False, runs=1, quick=True)
@@ -132,20 +162,18 @@ def main() -> int:
         run["ir"] = total_ir(Path(run["file"]))
         runs.append(run)
         B.log(f"callgrind: {n} objects: {run['ir']:,} Ir, {run['wall_s']:.0f} s")
+    return report(args, n1, n2, runs)
+
+
+def report(args, n1: int, n2: int, runs: list[dict]) -> int:
+    for run in runs:
+        run["ir"] = total_ir(Path(run["file"]))
     per_object = (runs[1]["ir"] - runs[0]["ir"]) / (n2 - n1)
-    f1, f2 = inclusive(Path(runs[0]["file"])), inclusive(Path(runs[1]["file"]))
-    functions = sorted(((short(k), (f2[k] - f1.get(k, 0)) / (n2 - n1)) for k in f2),
-                       key=lambda kv: -kv[1])
-    seen, top = set(), []
-    for name, ir in functions:
-        if name not in seen and ir > 0:
-            seen.add(name)
-            top.append({"function": name, "ir_per_object": ir})
-        if len(top) >= TOP:
-            break
+    top = top_functions(runs, n2 - n1, inclusive=True)
+    top_self = top_functions(runs, n2 - n1, inclusive=False)
     meta = B.git_meta()
     result = {"label": args.label, "sizes": [n1, n2], "runs": runs, "ir_per_object": per_object,
-              "top_inclusive_per_object": top}
+              "top_inclusive_per_object": top, "top_self_per_object": top_self}
     B.write_json(Path(args.out).with_suffix(".json"), {"callgrind": [result]})
     lines = [f"# Worker instructions per 1 KiB object (callgrind){': ' + args.label if args.label else ''}", "",
              f"{meta['utc']} UTC, checkout git {meta['commit']}{' (dirty tree)' if meta['dirty'] else ''}, "
@@ -155,6 +183,10 @@ def main() -> int:
              f"**{per_object:,.0f} instructions per object** = (Ir({n2}) − Ir({n1})) / {n2 - n1}.", "",
              "| Function (inclusive, per object) | Ir per object | Share |", "|---|---|---|"]
     for row in top:
+        lines.append(f"| `{row['function']}` | {row['ir_per_object']:,.0f} | "
+                     f"{100 * row['ir_per_object'] / per_object:.0f} % |")
+    lines += ["", "| Function (self, per object) | Ir per object | Share |", "|---|---|---|"]
+    for row in top_self:
         lines.append(f"| `{row['function']}` | {row['ir_per_object']:,.0f} | "
                      f"{100 * row['ir_per_object'] / per_object:.0f} % |")
     text = "\n".join(lines) + "\n"

@@ -164,8 +164,10 @@ def paced_run(bench, records: list[dict], rate: float | None) -> dict:
         settle()
     n, p50, p99, mx = latency_ms(bench.psql)
     result = bench.measure(records, t1 - t0, cpu1 - cpu0, hwm)
-    result.update(offered_per_s=rate or float("nan"), latency_p50_ms=p50, latency_p99_ms=p99, latency_max_ms=mx,
+    result.update(latency_p50_ms=p50, latency_p99_ms=p99, latency_max_ms=mx,
                   requests_per_object=requests_per_object(before, after, len(records)))
+    if rate:  # full load offers what the worker drains: no rate of its own
+        result["offered_per_s"] = rate
     return result
 
 
@@ -353,8 +355,10 @@ def latency_table(R: dict) -> list[str]:
 
 def soak_report(result: dict, meta: dict) -> str:
     out = [f"# Soak: 50 % of capacity for {result['minutes']:g} minutes", ""]
+    binary = (meta.get("worker_build") or {}).get("git_commit", "unknown")
     out.append(f"{meta.get('utc', '')} UTC, git {meta.get('commit', '?')}"
-               f"{' (dirty)' if meta.get('dirty') else ''}, {os.cpu_count()} CPUs; capacity "
+               f"{' (dirty)' if meta.get('dirty') else ''}, binary built from {binary}, "
+               f"{os.cpu_count()} CPUs; capacity "
                f"{result['capacity_per_s']:.1f} objects/s, offered {result['offered_per_s']:.1f}/s, "
                f"{result['objects']} uploads (PUT then event), sampled every {SAMPLE_EVERY_S:g} s.")
     out.append("")

@@ -39,9 +39,11 @@ def provenance(name: str, data: dict) -> str:
         return f"`bench/results/{name}`, commit not recorded"
     dirty = " with uncommitted changes" if meta.get("dirty") else ""
     binary = (meta.get("worker_build") or {}).get("git_commit")
-    other = f" (binary built from `{binary}`)" if binary and binary != meta.get("commit") else ""
+    other = (f" (binary built from `{binary}`)"
+             if binary and binary not in ("unknown", meta.get("commit")) else "")
+    note = f" ({meta['note']})" if meta.get("note") else ""
     return (f"`bench/results/{name}`, commit `{meta.get('commit', '?')}`{dirty}{other}, "
-            f"{meta.get('utc', '?')} UTC")
+            f"{meta.get('utc', '?')} UTC{note}")
 
 
 def med(runs: list[dict], key: str) -> float | None:
