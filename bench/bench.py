@@ -63,7 +63,8 @@ def git_meta() -> dict:
         "utc": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
         "cpus": os.cpu_count(),
         "load_average": list(os.getloadavg()),
-        "argv": sys.argv[1:],
+        # Absolute paths (an --out outside the checkout) by their name only: no machine's layout.
+        "argv": [Path(a).name if a.startswith("/") else a for a in sys.argv[1:]],
     }
 
 

@@ -174,7 +174,8 @@ def report(args, n1: int, n2: int, runs: list[dict]) -> int:
     meta = B.git_meta()
     result = {"label": args.label, "sizes": [n1, n2], "runs": runs, "ir_per_object": per_object,
               "top_inclusive_per_object": top, "top_self_per_object": top_self}
-    B.write_json(Path(args.out).with_suffix(".json"), {"callgrind": [result]})
+    kept = [dict(run, file=Path(run["file"]).name) for run in runs]  # no machine paths
+    B.write_json(Path(args.out).with_suffix(".json"), {"callgrind": [dict(result, runs=kept)]})
     lines = [f"# Worker instructions per 1 KiB object (callgrind){': ' + args.label if args.label else ''}", "",
              f"{meta['utc']} UTC, checkout git {meta['commit']}{' (dirty tree)' if meta['dirty'] else ''}, "
              f"binary git {B.WORKER_BUILD.get('git_commit', 'unknown')}; "
