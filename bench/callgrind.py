@@ -118,6 +118,10 @@ def short(name: str) -> str:
     return name if len(name) <= 140 else name[:137] + "..."
 
 
+def wall(run: dict) -> str:
+    return f"{run['wall_s']:.0f} s" if run.get("wall_s") is not None else "? s"
+
+
 def top_functions(runs: list[dict], objects: int, inclusive: bool) -> list[dict]:
     """The functions whose cost grows most per object (the two runs' difference), inclusive
     (without the generic frames) or self."""
@@ -146,7 +150,7 @@ def main() -> int:
     args = parser.parse_args()
     n1, n2 = (int(x) for x in args.sizes.split(","))
     if args.reanalyse:
-        return report(args, n1, n2, [{"objects": n, "wall_s": float("nan"),
+        return report(args, n1, n2, [{"objects": n, "wall_s": None,
                                       "file": str(Path(args.reanalyse) / f"callgrind.out.{n}")}
                                      for n in (n1, n2)])
     # Bench's own set-up: the small objects, uploaded once, notifications off.
@@ -180,7 +184,7 @@ def report(args, n1: int, n2: int, runs: list[dict]) -> int:
              f"{meta['utc']} UTC, checkout git {meta['commit']}{' (dirty tree)' if meta['dirty'] else ''}, "
              f"binary git {B.WORKER_BUILD.get('git_commit', 'unknown')}; "
              f"runs of {n1} and {n2} objects: {runs[0]['ir']:,} and {runs[1]['ir']:,} Ir "
-             f"({runs[0]['wall_s']:.0f} s and {runs[1]['wall_s']:.0f} s under valgrind).", "",
+             f"({wall(runs[0])} and {wall(runs[1])} under valgrind).", "",
              f"**{per_object:,.0f} instructions per object** = (Ir({n2}) − Ir({n1})) / {n2 - n1}.", "",
              "| Function (inclusive, per object) | Ir per object | Share |", "|---|---|---|"]
     for row in top:
