@@ -15,7 +15,8 @@ use crate::disposition::{Dependency, Failure, Outcome};
 
 mod aws_requests;
 mod hot;
-pub use aws_requests::{AWS_REQUESTS, AwsOutcome, AwsService, aws_request};
+pub use aws_requests::AWS_REQUESTS;
+pub(crate) use aws_requests::{AwsOutcome, AwsService, aws_request};
 
 pub const MESSAGES_RECEIVED: &str = "datapack_worker_messages_received_total";
 pub const MESSAGES: &str = "datapack_worker_messages_total";

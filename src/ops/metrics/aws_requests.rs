@@ -14,15 +14,15 @@ pub const AWS_REQUESTS: &str = "datapack_worker_aws_requests_total";
 
 /// The AWS service a client talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AwsService {
+pub(crate) enum AwsService {
     S3,
     Sqs,
 }
 
 impl AwsService {
-    pub const ALL: [AwsService; 2] = [AwsService::S3, AwsService::Sqs];
+    pub(crate) const ALL: [AwsService; 2] = [AwsService::S3, AwsService::Sqs];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AwsService::S3 => "s3",
             AwsService::Sqs => "sqs",
@@ -31,7 +31,7 @@ impl AwsService {
 
     /// The operation label values, as the SDK names them; the last is `other`, for an
     /// operation not listed (so a new call site can never add a series of its own).
-    pub fn operations(self) -> &'static [&'static str] {
+    pub(crate) fn operations(self) -> &'static [&'static str] {
         match self {
             AwsService::S3 => &[
                 "GetObject",
@@ -72,7 +72,7 @@ const OTHER: &str = "other";
 
 /// How one attempt ended, from the HTTP status (or its absence).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AwsOutcome {
+pub(crate) enum AwsOutcome {
     /// 1xx-3xx.
     Ok,
     /// 4xx: refused, not found, precondition failed (412 is how an overwritten object answers).
@@ -84,14 +84,14 @@ pub enum AwsOutcome {
 }
 
 impl AwsOutcome {
-    pub const ALL: [AwsOutcome; 4] = [
+    pub(crate) const ALL: [AwsOutcome; 4] = [
         AwsOutcome::Ok,
         AwsOutcome::ClientError,
         AwsOutcome::ServerError,
         AwsOutcome::NoResponse,
     ];
 
-    pub fn of_status(status: Option<u16>) -> Self {
+    pub(crate) fn of_status(status: Option<u16>) -> Self {
         match status {
             None => AwsOutcome::NoResponse,
             Some(s) if s < 400 => AwsOutcome::Ok,
@@ -100,7 +100,7 @@ impl AwsOutcome {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AwsOutcome::Ok => "ok",
             AwsOutcome::ClientError => "client_error",
@@ -148,7 +148,7 @@ pub(super) fn install() {
 
 /// One attempt of `sdk_operation` (the SDK's operation name) ended with `outcome`. Nothing is
 /// counted before `install` (a command that serves no metrics).
-pub fn aws_request(service: AwsService, sdk_operation: &str, outcome: AwsOutcome) {
+pub(crate) fn aws_request(service: AwsService, sdk_operation: &str, outcome: AwsOutcome) {
     let Some(table) = TABLE.get() else { return };
     let by_operation = &table[service as usize];
     if let Some(by_outcome) = by_operation.get(service.operation_index(sdk_operation)) {
