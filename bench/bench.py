@@ -32,6 +32,8 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
+import load as paced
+
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1 << 20
@@ -45,6 +47,56 @@ CONCURRENCY = 16
 # The scale-out group: worker processes per run, and the database each run gets afresh.
 SCALEOUT_WORKERS = (1, 2, 3)
 SCALEOUT_DB = "datapack_bench_scaleout"
+
+
+def git_meta() -> dict:
+    """What every result file records about the code that produced it: the commit, and whether
+    the working tree had uncommitted changes (a figure from a dirty tree names no commit)."""
+    def git(*argv):
+        out = subprocess.run(["git", *argv], capture_output=True, text=True, cwd=HERE)
+        return out.stdout.strip() if out.returncode == 0 else None
+    commit = git("rev-parse", "--short", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": commit or "unknown",
+        "dirty": bool(status) if status is not None else None,
+        "utc": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
+        "cpus": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
+        # Absolute paths (an --out outside the checkout) by their name only: no machine's layout.
+        "argv": [Path(a).name if a.startswith("/") else a for a in sys.argv[1:]],
+    }
+
+
+# The measured binary's own build_info labels (version, git_commit), read from the first worker
+# that became ready: with BENCH_BIN_DIR the binary need not be the checkout's commit.
+WORKER_BUILD: dict[str, str] = {}
+
+
+def read_build_info(addr: str) -> None:
+    if WORKER_BUILD:
+        return
+    try:
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return
+    for line in text.splitlines():
+        if line.startswith("datapack_worker_build_info{"):
+            WORKER_BUILD.update(re.findall(r'([a-z_]+)="([^"]*)"', line))
+
+
+def result_meta() -> dict:
+    """git_meta, plus the measured binary's build_info once a worker has been ready."""
+    meta = git_meta()
+    if WORKER_BUILD:
+        meta["worker_build"] = dict(WORKER_BUILD)
+    return meta
+
+
+def write_json(path: Path, results: dict) -> None:
+    """A result file: the runs by scenario, and `_meta` (result_meta) naming the code measured."""
+    path.write_text(json.dumps({"_meta": result_meta(), **results}, indent=1))
 
 
 def log(msg: str) -> None:
@@ -250,11 +302,12 @@ def queue_visible(sqs, url: str) -> int:
 
 
 class Feeder(threading.Thread):
-    """Sends one message per record, ten per batch, keeping the visible backlog short."""
+    """Sends one message per record, ten per batch, keeping the visible backlog short; with
+    `stamp`, each record's eventTime is the time its batch is sent (for event → row latency)."""
 
-    def __init__(self, sqs, url: str, records: list[dict]):
+    def __init__(self, sqs, url: str, records: list[dict], stamp: bool = False):
         super().__init__(daemon=True)
-        self.sqs, self.url, self.records = sqs, url, records
+        self.sqs, self.url, self.records, self.stamp = sqs, url, records, stamp
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -265,6 +318,9 @@ class Feeder(threading.Thread):
                     while queue_visible(self.sqs, self.url) >= FEED_MAX_VISIBLE - 50:
                         time.sleep(0.02)
                 batch = self.records[start : start + 10]
+                if self.stamp:
+                    now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+                    batch = [dict(r, eventTime=now.replace("+00:00", "Z")) for r in batch]
                 out = self.sqs.send_message_batch(
                     QueueUrl=self.url,
                     Entries=[
@@ -439,6 +495,7 @@ class Bench:
                 if addr:
                     with urllib.request.urlopen(f"http://{addr}/readyz", timeout=1) as r:
                         if r.status == 200:
+                            read_build_info(addr)
                             return addr
             except OSError:
                 pass
@@ -791,6 +848,7 @@ def cell_of(values: list[float], fmt: str) -> str:
 
 def report(bench: Bench, started: float) -> str:
     a, R = bench.args, bench.results
+    meta = git_meta()
     out = []
     host = os.uname()
     load = os.getloadavg()
@@ -798,7 +856,7 @@ def report(bench: Bench, started: float) -> str:
     out.append("")
     out.append(
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs ({host.machine}), "
-        f"git {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()}, "
+        f"git {meta['commit']}{' (dirty tree)' if meta['dirty'] else ''}, "
         f"{a.runs} run(s) per line: median (min–max). Load average at the end: "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}; total {time.time() - started:.0f} s."
     )
@@ -823,6 +881,10 @@ def report(bench: Bench, started: float) -> str:
             f"| Writer::write → store::apply, fresh database | {runs[0]['resources']} "
             f"| {cell(runs, 'per_s', '.0f')} | {cell(runs, 'duplicate_per_s', '.0f')} |"
         )
+    latency = paced.latency_table(R)
+    if latency:
+        out.append("")
+        out.extend(latency)
     zeroread = zeroread_table(R)
     if zeroread:
         out.append("")
@@ -1032,6 +1094,12 @@ def main() -> int:
                         help="comma-separated scenario groups; `reconcile` runs alone")
     parser.add_argument("--db-tasks", type=int, default=256,
                         help="concurrent submitters for the database write path (offered load: replicas × concurrency)")
+    parser.add_argument("--capacity", type=float, default=0,
+                        help="latency and soak: the worker's objects/s at full load (default: measured first)")
+    parser.add_argument("--latency-secs", type=float, default=0,
+                        help="latency: seconds of paced load per line (default 60, --quick 15)")
+    parser.add_argument("--soak-minutes", type=float, default=30,
+                        help="soak: how long to hold 50 %% of capacity")
     parser.add_argument("--perf", action="store_true",
                         help="perf record each worker run (perf-SCENARIO.data in the state directory, kept)")
     args = parser.parse_args()
@@ -1042,6 +1110,7 @@ def main() -> int:
         args.runs, args.small_count, args.large_count, args.large_size = 3, 2000, 4, 256 * MIB
         args.db_resources, args.proxy_size = 50_000, 256 * MIB
     args.small_size = 1024
+    args.latency_secs = args.latency_secs or (15 if args.quick else 60)
     args.timeout = 900
     only = {g for g in args.only.split(",") if g}
 
@@ -1054,7 +1123,18 @@ def main() -> int:
         from reconcile_bench import run as reconcile_run
         text, raw = reconcile_run(args, fresh_database)
         Path(args.out).write_text(text)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(raw, indent=1))
+        write_json(Path(args.out).with_suffix(".json"), raw)
+        print(text)
+        return 0
+    if only == {"soak"}:
+        # One long run of its own: capacity (given, or measured at full load first), then 50 %.
+        bench = Bench(args)
+        bench.prepare(large=False)
+        capacity = args.capacity or paced.paced_run(bench, bench.objects.records["small"], None)["objects_per_s"]
+        result = paced.soak(bench, capacity, args.soak_minutes)
+        write_json(Path(args.out).with_suffix(".json"), {"soak": [result]})
+        text = paced.soak_report(result, result_meta())
+        Path(args.out).write_text(text)
         print(text)
         return 0
     bench = Bench(args)
@@ -1075,6 +1155,8 @@ def main() -> int:
             bench.repeat("worker: large, defaults (adaptive)", bench.worker, "large-default", large, {})
             bench.repeat("worker: large, ranged GETs", bench.worker, "large-ranged", large,
                          {"RANGED_GET_STREAM_FLOOR_MIBPS": "0"})
+        if wanted("latency"):
+            paced.latency_group(bench, small)
         if wanted("db"):
             bench.repeat("db_write", bench.db_write)
         if wanted("scaleout"):
@@ -1105,9 +1187,10 @@ def main() -> int:
             finally:
                 stop(proxy)
     finally:
+        # The raw numbers first: a report that fails must not lose them.
+        write_json(Path(args.out).with_suffix(".json"), bench.results)
         text = report(bench, started)
         Path(args.out).write_text(text)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(bench.results, indent=1))
         print(text)
     return 0
 

@@ -5,6 +5,9 @@
 #   bench/run.sh --quick    smoke test: 1 run, 200 × 1 KiB, 2 × 64 MiB, 5,000 DB rows
 #   bench/run.sh --only small,large,db,proxy   a subset of the scenario groups
 #   bench/run.sh --only reconcile --out bench/results/reconcile.md   100,000 keys reconciled (alone)
+#   bench/run.sh --only latency   event → row latency at full, light and 80 % load (bench/results/latency.md)
+#   bench/run.sh --only soak [--soak-minutes 30]   50 % load held, drift of RSS, fds, connections,
+#                           latency (bench/results/soak.md)
 #   bench/run.sh --perf     also `perf record` each worker run (data kept in the state directory)
 #
 # Sets up PostgreSQL and moto (scripts/ensure-*.sh), builds the release binary and the
@@ -18,9 +21,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 out=bench/results/latest.md
 keep_state=0
+prev=
 for arg in "$@"; do
     [[ "$arg" == --quick ]] && out=bench/results/quick.md
     [[ "$arg" == --perf ]] && keep_state=1
+    # A group run alone writes its own result file (a later --out still wins).
+    [[ "$prev" == --only && ( "$arg" == soak || "$arg" == latency ) ]] && out=bench/results/$arg.md
+    prev=$arg
 done
 
 scripts/ensure-postgres.sh
@@ -28,26 +35,41 @@ scripts/ensure-moto.sh
 export PATH="${DATAPACK_TOOLS_VENV:-$HOME/.cache/datapack-worker/venv}/bin:$PATH"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/datapack-worker/target}"
 
-echo "bench: building (release)" >&2
-cargo build --release --locked --bin datapack-worker --example ceiling --example db_write \
-    --example emulated_stack
-STACK="$CARGO_TARGET_DIR/release/examples/emulated_stack"
-
+# BENCH_BIN_DIR: measure binaries built before (datapack-worker, ceiling, db_write,
+# emulated_stack in one directory) instead of building the working tree.
+if [[ -z "${BENCH_BIN_DIR:-}" ]]; then
+    echo "bench: building (release)" >&2
+    cargo build --release --locked --bin datapack-worker --example ceiling --example db_write \
+        --example emulated_stack
+fi
 STATE="$(mktemp -d -t datapack-bench.XXXXXX)"
+STACK="$STATE/bin/emulated_stack"
+
 cleanup() {
     local rc=$?
     "$STACK" down --state-dir "$STATE" >/dev/null 2>&1 || true
     if ((rc == 0 && keep_state == 0)); then rm -rf -- "$STATE"; else echo "bench: logs kept in $STATE" >&2; fi
 }
 trap cleanup EXIT INT TERM
+# Copies, so a build started meanwhile (another checkout sharing the target directory) cannot
+# swap the binary under the benchmark.
+mkdir -p "$STATE/bin"
+for bin in datapack-worker examples/ceiling examples/db_write examples/emulated_stack; do
+    if [[ -n "${BENCH_BIN_DIR:-}" ]]; then
+        # Only what the chosen groups need may be there.
+        [[ -e "$BENCH_BIN_DIR/${bin#examples/}" ]] && cp "$BENCH_BIN_DIR/${bin#examples/}" "$STATE/bin/"
+    else
+        cp "$CARGO_TARGET_DIR/release/$bin" "$STATE/bin/"
+    fi
+done
 
 "$STACK" up --state-dir "$STATE" --bucket datapack-bench --queue datapack-bench >&2
 # shellcheck disable=SC1091
 . "$STATE/env"
 
-export BENCH_WORKER="$CARGO_TARGET_DIR/release/datapack-worker"
-export BENCH_CEILING="$CARGO_TARGET_DIR/release/examples/ceiling"
-export BENCH_DB_WRITE="$CARGO_TARGET_DIR/release/examples/db_write"
+export BENCH_WORKER="$STATE/bin/datapack-worker"
+export BENCH_CEILING="$STATE/bin/ceiling"
+export BENCH_DB_WRITE="$STATE/bin/db_write"
 export BENCH_PG_ADMIN="${BENCH_PG_ADMIN:-postgres://postgres@127.0.0.1:${POSTGRES_PORT:-5432}/postgres}"
 export BENCH_STATE="$STATE"
 mkdir -p bench/results

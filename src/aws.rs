@@ -2,7 +2,8 @@
 //!
 //! Credentials, region and endpoint come from the standard chain (env, profiles, web identity,
 //! container and instance roles), unless the settings name them (config puts the seed's
-//! `FILESYSTEM_S3_*` values there when the standard ones are absent).
+//! `FILESYSTEM_S3_*` values there when the standard ones are absent). Every client counts the
+//! requests it sends (`datapack_worker_aws_requests_total`).
 
 use std::time::Duration;
 
@@ -10,9 +11,16 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_types::timeout::TimeoutConfig;
 
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::{Intercept, dyn_dispatch_hint};
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::http::Response as HttpResponse;
+use aws_smithy_types::config_bag::ConfigBag;
 
 use crate::disposition::{DeadLetterReason, Dependency, Failure, RetryReason};
+use crate::ops::metrics::{AwsOutcome, AwsService, aws_request};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone)]
@@ -76,12 +84,40 @@ pub fn s3(config: &SdkConfig) -> aws_sdk_s3::Client {
     // Path style works with every endpoint (moto, MinIO, VPC endpoints) and with dotted bucket names.
     let s3_config = aws_sdk_s3::config::Builder::from(config)
         .force_path_style(true)
+        .interceptor(CountRequests(AwsService::S3))
         .build();
     aws_sdk_s3::Client::from_conf(s3_config)
 }
 
 pub fn sqs(config: &SdkConfig) -> aws_sdk_sqs::Client {
-    aws_sdk_sqs::Client::new(config)
+    let sqs_config = aws_sdk_sqs::config::Builder::from(config)
+        .interceptor(CountRequests(AwsService::Sqs))
+        .build();
+    aws_sdk_sqs::Client::from_conf(sqs_config)
+}
+
+/// Counts every attempt a client sends, by operation and by how it ended. Attempts, not calls:
+/// a retried call is two requests to AWS, and to its bill.
+#[derive(Debug)]
+struct CountRequests(AwsService);
+
+#[dyn_dispatch_hint]
+impl Intercept for CountRequests {
+    fn name(&self) -> &'static str {
+        "CountRequests"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let operation = cfg.load::<Metadata>().map_or("", Metadata::name);
+        let status = context.response().map(|r| r.status().as_u16());
+        aws_request(self.0, operation, AwsOutcome::of_status(status));
+        Ok(())
+    }
 }
 
 /// The service's error code, or the HTTP status when the body had none.

@@ -102,6 +102,12 @@ mod tests {
     const ETAG: &str = "\"3f23fe8690d92e25000fc77ddb0d2f52\"";
 
     #[test]
+    fn hex_is_two_lower_case_digits_per_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(hex(&[]), "");
+    }
+
+    #[test]
     fn a_full_object_sha256_is_the_digest_in_hex() {
         assert_eq!(
             full_object_sha256(Some(B64), Some("FULL_OBJECT"), Some(ETAG)),

@@ -149,7 +149,9 @@ async fn head(
         request = request.if_match(format!("\"{etag}\""));
     }
     let started = Instant::now();
-    let answer = request.send().await;
+    // Boxed: the SDK's send future is large, and inline it would grow every future that awaits
+    // this one, up to the task spawned per message, which is copied when spawned and moved.
+    let answer = Box::pin(request.send()).await;
     crate::ops::metrics::phase("s3_head", started.elapsed());
     let output = match answer {
         Ok(output) => output,
@@ -310,7 +312,8 @@ async fn first_get(
         if let Some(part) = first_part {
             request = request.range(format!("bytes=0-{}", part - 1));
         }
-        match request.send().await {
+        // Boxed, as in `head`: keeps the SDK's large send future out of the caller's.
+        match Box::pin(request.send()).await {
             Ok(output) => return Ok(Ok((output, first_part))),
             // The event said large but the object is empty: S3 refuses any range. Read it whole.
             Err(error) if first_part.is_some() && aws::status(&error) == Some(416) => {
@@ -420,13 +423,15 @@ pub(crate) fn feed(hasher: &mut Sha256, length: &mut u64, chunk: &[u8]) {
 
 /// Lower-case hex, the form the `sha256` column stores.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    // A table, not `write!("{b:02x}")` per byte: the formatting machinery 32 times per object.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        // Both indexes are below 16 by construction.
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
 }
 
 pub(crate) fn classify_get(

@@ -394,7 +394,8 @@ async fn fill(
 
 /// Sends one part's GET and checks that the answer is that range.
 async fn open_part(pin: &Pin, part: Part) -> Result<ByteStream, Stop> {
-    let output = match pin.request(part).send().await {
+    // Boxed, as in `fetch`: keeps the SDK's large send future out of the caller's.
+    let output = match Box::pin(pin.request(part).send()).await {
         Ok(output) => output,
         Err(error) => {
             return Err(match classify_get(error) {

@@ -312,6 +312,24 @@ async fn exact_counters_for_every_outcome() {
             "datapack_worker_queue_messages{{queue=\"dead_letter\",state=\"{state}\"}}"
         )));
     }
+    // Every AWS request the worker sent is counted, by operation and outcome.
+    for (service, operation) in [
+        ("s3", "GetObject"),
+        ("sqs", "ReceiveMessage"),
+        ("sqs", "DeleteMessageBatch"),
+    ] {
+        let sent = metric(
+            &s,
+            &format!(
+                "datapack_worker_aws_requests_total{{service=\"{service}\",\
+                 operation=\"{operation}\",outcome=\"ok\"}}"
+            ),
+        );
+        assert!(
+            sent >= 1.0,
+            "{service} {operation}: {sent} requests counted"
+        );
+    }
     let build = samples(&s)
         .into_iter()
         .find(|x| x.name == "datapack_worker_build_info")
@@ -352,6 +370,9 @@ async fn exact_counters_for_every_outcome() {
         "git_commit",
         "le",
         "result",
+        // datapack_worker_aws_requests_total: closed sets of the SDK's service and operation names.
+        "service",
+        "operation",
     ]
     .into();
     for sample in samples(&s) {
