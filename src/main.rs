@@ -17,13 +17,22 @@ async fn main() -> ExitCode {
         Err(error) => {
             tracing::error!("{error:#}");
             eprintln!("datapack-worker: {error:#}");
-            if error.downcast_ref::<config::ConfigError>().is_some() {
+            if refused(&error) {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
             }
         }
     }
+}
+
+/// Exit 2 (the README's "refused"): a configuration or a command's input that was refused before
+/// anything was tried; every other failure exits 1.
+fn refused(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<config::ConfigError>().is_some()
+        || error
+            .downcast_ref::<presign::PresignError>()
+            .is_some_and(presign::PresignError::is_refusal)
 }
 
 async fn execute(command: Command) -> anyhow::Result<()> {
