@@ -645,7 +645,33 @@ def scenario_presigned(run: Run) -> str:
     expect(row["sha256"] == sha256(body), f"sha256 {row['sha256']}")
     expect(row["etag"] == etag and row["length"] == len(body), f"row {row}")
     expect(row["submitter_name"] == "Nguyễn Văn A" and row["path"] == "/raw data/2026", f"row {row}")
+    observe_signatures(run)
     return f"presigned PUT -> row in {latency:.2f} s (sha256, ETag, length, uploader, path match)"
+
+
+def observe_signatures(run: Run) -> None:
+    """Whether LocalStack checks a presigned URL's signature (S3 answers 403
+    SignatureDoesNotMatch): a URL whose signature is changed by one digit. An accepted upload
+    becomes a row under a folder no other scenario reads; it is waited for, so its message is out
+    of the next scenarios' counts."""
+    signed = json.loads(run.cli("presign", "--bucket", run.bucket, "--datapack", "dp-e2e",
+                                "--path", "signature", "--file", "forged.txt", "--uploader-name", "M",
+                                "--uploader-email", "m@example.com", "--json"))
+    url = re.sub(r"(X-Amz-Signature=)([0-9a-f])", lambda m: m[1] + ("0" if m[2] != "0" else "1"),
+                 signed["url"])
+    request = urllib.request.Request(url, data=b"forged", method="PUT", headers=signed["headers"])
+    base = run.handled()
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    if status == 200:
+        run.finding("a presigned PUT with a wrong signature is accepted (200); S3 answers 403 "
+                    "SignatureDoesNotMatch")
+        run.wait_handled(base, 1, "the forged upload")
+    else:
+        run.finding(f"a presigned PUT with a wrong signature is refused ({status})")
 
 
 def scenario_keys(run: Run) -> str:
