@@ -950,6 +950,22 @@ def scenario_shutdown(run: Run) -> str:
     return f"SIGTERM -> exit 0 in {time.monotonic() - started:.1f} s"
 
 
+def sweep_stale() -> None:
+    """Removes what a run killed with SIGKILL could not (its database and state directory, both
+    named after its pid), once that pid is gone, so a build machine does not fill up."""
+    def gone(pid: str) -> bool:
+        return pid.isdigit() and not Path(f"/proc/{pid}").exists()
+
+    for db in psql("postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'dpw\\_localstack\\_%'").split():
+        if gone(db.rsplit("_", 1)[-1]):
+            log(f"dropping {db}, left by a run that was killed")
+            psql("postgres", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    for state in Path(tempfile.gettempdir()).glob("dpw-localstack-*-*"):
+        if gone(state.name.split("-")[2]):
+            log(f"removing {state}, left by a run that was killed")
+            subprocess.run(["rm", "-rf", str(state)], check=False)
+
+
 def print_logs(ls: LocalStack | None, run: Run | None) -> None:
     log(f"LocalStack log (tail):\n{tail(ls.log if ls else None)}")
     log(f"worker log (tail):\n{tail(run.worker_log if run else None, 40)}")
@@ -963,7 +979,8 @@ def main() -> int:
     args = parser.parse_args()
     stop_on_signals()
     began = time.monotonic()
-    state = Path(tempfile.mkdtemp(prefix="dpw-localstack-"))
+    sweep_stale()
+    state = Path(tempfile.mkdtemp(prefix=f"dpw-localstack-{os.getpid()}-"))
     bucket = f"datapack-e2e-{os.getpid()}"
     db = f"dpw_localstack_{os.getpid()}"
     ls = run = proxy = None
