@@ -462,25 +462,98 @@ mod tests {
     #[test]
     fn refuses_control_characters_and_overrides_in_the_uploader() {
         for (name, email, flag, found) in [
-            ("A\r\nB", "a@example.com", "--uploader-name", "control characters (found U+000D)"),
-            ("A\tB", "a@example.com", "--uploader-name", "control characters (found U+0009)"),
-            ("A\u{7f}", "a@example.com", "--uploader-name", "control characters (found U+007F)"),
-            ("A\u{85}", "a@example.com", "--uploader-name", "control characters (found U+0085)"),
-            ("A\u{9b}", "a@example.com", "--uploader-name", "control characters (found U+009B)"),
-            ("A\u{2029}", "a@example.com", "--uploader-name", "control characters (found U+2029)"),
-            ("A", "a@example.com\r\nBcc: b", "--uploader-email", "control characters"),
-            ("A", "a\0@example.com", "--uploader-email", "control characters (found U+0000)"),
-            ("\u{202E}nimda", "a@example.com", "--uploader-name", "bidirectional override"),
-            ("A\u{2067}B\u{2069}", "a@example.com", "--uploader-name", "bidirectional override"),
-            ("A", "moc.elpmaxe@\u{202E}a", "--uploader-email", "bidirectional override"),
-            ("A", "a\u{200B}@example.com", "--uploader-email", "invisible characters (found U+200B)"),
-            ("A", "a@example.com\u{200F}", "--uploader-email", "invisible characters (found U+200F)"),
-            ("A", "\u{FEFF}a@example.com", "--uploader-email", "invisible characters (found U+FEFF)"),
+            (
+                "A\r\nB",
+                "a@example.com",
+                "--uploader-name",
+                "control characters (found U+000D)",
+            ),
+            (
+                "A\tB",
+                "a@example.com",
+                "--uploader-name",
+                "control characters (found U+0009)",
+            ),
+            (
+                "A\u{7f}",
+                "a@example.com",
+                "--uploader-name",
+                "control characters (found U+007F)",
+            ),
+            (
+                "A\u{85}",
+                "a@example.com",
+                "--uploader-name",
+                "control characters (found U+0085)",
+            ),
+            (
+                "A\u{9b}",
+                "a@example.com",
+                "--uploader-name",
+                "control characters (found U+009B)",
+            ),
+            (
+                "A\u{2029}",
+                "a@example.com",
+                "--uploader-name",
+                "control characters (found U+2029)",
+            ),
+            (
+                "A",
+                "a@example.com\r\nBcc: b",
+                "--uploader-email",
+                "control characters",
+            ),
+            (
+                "A",
+                "a\0@example.com",
+                "--uploader-email",
+                "control characters (found U+0000)",
+            ),
+            (
+                "\u{202E}nimda",
+                "a@example.com",
+                "--uploader-name",
+                "bidirectional override",
+            ),
+            (
+                "A\u{2067}B\u{2069}",
+                "a@example.com",
+                "--uploader-name",
+                "bidirectional override",
+            ),
+            (
+                "A",
+                "moc.elpmaxe@\u{202E}a",
+                "--uploader-email",
+                "bidirectional override",
+            ),
+            (
+                "A",
+                "a\u{200B}@example.com",
+                "--uploader-email",
+                "invisible characters (found U+200B)",
+            ),
+            (
+                "A",
+                "a@example.com\u{200F}",
+                "--uploader-email",
+                "invisible characters (found U+200F)",
+            ),
+            (
+                "A",
+                "\u{FEFF}a@example.com",
+                "--uploader-email",
+                "invisible characters (found U+FEFF)",
+            ),
         ] {
             let err = uploader(name, email).unwrap_err();
             assert!(err.is_refusal(), "{name:?} {email:?}");
             let err = err.to_string();
-            assert!(err.starts_with(flag) && err.contains(found), "{name:?} {email:?}: {err}");
+            assert!(
+                err.starts_with(flag) && err.contains(found),
+                "{name:?} {email:?}: {err}"
+            );
         }
         // What people are called: accents, CJK, right-to-left with its marks, Persian's
         // zero-width non-joiner, an emoji made with joiners.

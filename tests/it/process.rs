@@ -268,7 +268,10 @@ fn presign_exits_2_on_refused_input_and_1_when_it_cannot_sign() {
         );
         assert!(stdout.is_empty(), "no URL is printed on failure: {stdout}");
         assert!(!stderr.contains("panicked"), "{stderr}");
-        assert!(!stderr.contains("do-not-print-me"), "secret printed: {stderr}");
+        assert!(
+            !stderr.contains("do-not-print-me"),
+            "secret printed: {stderr}"
+        );
         (out.status.code(), stderr)
     };
     let who = ["--uploader-name", "A", "--uploader-email", "a@example.com"];
@@ -276,15 +279,30 @@ fn presign_exits_2_on_refused_input_and_1_when_it_cannot_sign() {
 
     for (flags, says) in [
         (
-            vec!["--uploader-name", "A\r\nB", "--uploader-email", "a@example.com"],
+            vec![
+                "--uploader-name",
+                "A\r\nB",
+                "--uploader-email",
+                "a@example.com",
+            ],
             "--uploader-name must not contain control characters (found U+000D)",
         ),
         (
-            vec!["--uploader-name", "\u{202E}A", "--uploader-email", "a@example.com"],
+            vec![
+                "--uploader-name",
+                "\u{202E}A",
+                "--uploader-email",
+                "a@example.com",
+            ],
             "--uploader-name must not contain bidirectional override",
         ),
         (
-            vec!["--uploader-name", "A", "--uploader-email", "a\u{200B}@example.com"],
+            vec![
+                "--uploader-name",
+                "A",
+                "--uploader-email",
+                "a\u{200B}@example.com",
+            ],
             "--uploader-email must not contain invisible characters (found U+200B)",
         ),
         (
