@@ -63,6 +63,9 @@ REGION = "us-east-1"
 CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
 PG = "postgres://postgres@127.0.0.1:5432"
 DEADLINE = 60
+# LocalStack is healthy in about 2 s once installed; the first start after an install compiles
+# its modules and loads its plugins.
+STARTUP_DEADLINE = 120
 # Receiving resumes after an outage once a probe passes; probes back off up to 30 s.
 SETTLE = 90
 PRESIGNED_META = {"uploaded-by": "presigned-url", "uploader-name": "Test Uploader",
@@ -71,6 +74,31 @@ PRESIGNED_META = {"uploaded-by": "presigned-url", "uploader-name": "Test Uploade
 
 def log(message: str) -> None:
     print(f"localstack-e2e: {message}", flush=True)
+
+
+def die_with_parent() -> None:
+    """Runs in a child before exec: the kernel sends it SIGTERM when this script dies, however it
+    dies (SIGKILL included), so neither LocalStack nor the worker outlives a run."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP (a CI runner giving up, a closed terminal) end the run like Ctrl-C:
+    through `finally`, which stops LocalStack and the worker and drops the database."""
+    def handler(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+def tail(path: Path | None, lines: int = 60) -> str:
+    if path is None or not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def free_port() -> int:
@@ -210,18 +238,19 @@ class LocalStack:
         )
         (state / "tmp").mkdir(parents=True)
         self.log = state / "localstack.log"
-        started = time.monotonic()
+        self.started = time.monotonic()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "localstack.runtime.main"],
             # cwd matters for `-m`, which puts it first on sys.path: the state directory holds
             # nothing that could shadow the package.
             cwd=state, env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
 
+    def wait_healthy(self) -> None:
         def healthy():
             if self.process.poll() is not None:
-                raise SystemExit(f"LocalStack exited:\n{self.log.read_text()[-3000:]}")
+                raise Failed(f"LocalStack exited with status {self.process.returncode} before it was healthy")
             try:
                 with urllib.request.urlopen(f"{self.endpoint}/_localstack/health", timeout=2) as r:
                     services = json.load(r)["services"]
@@ -229,8 +258,8 @@ class LocalStack:
             except OSError:
                 return False
 
-        wait("LocalStack to be healthy", 120, healthy)
-        self.startup_s = time.monotonic() - started
+        wait("LocalStack to be healthy", STARTUP_DEADLINE, healthy)
+        self.startup_s = time.monotonic() - self.started
 
     def client(self, service: str):
         return boto3.client(
@@ -239,13 +268,16 @@ class LocalStack:
         )
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+        """Stops LocalStack and whatever it started (its own process group), SIGKILL after 20 s."""
+        for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, None)):
             try:
-                self.process.wait(20)
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(grace)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                continue
 
 
 def deploy(ls: LocalStack, bucket: str) -> dict[str, str]:
@@ -268,7 +300,7 @@ def deploy(ls: LocalStack, bucket: str) -> dict[str, str]:
             events = cfn.describe_stack_events(StackName="datapack-uploads")["StackEvents"]
             reasons = [f"{e['LogicalResourceId']}: {e.get('ResourceStatusReason')}" for e in events
                        if "FAILED" in e["ResourceStatus"]]
-            raise SystemExit(f"stack {status}: {reasons}")
+            raise Failed(f"stack {status}: {reasons}")
         return stack if status == "CREATE_COMPLETE" else None
 
     stack = wait("CREATE_COMPLETE", 180, done)
@@ -348,7 +380,7 @@ class Run:
     def start_worker(self) -> None:
         self.worker_log = self.state / "worker.log"
         self.worker = subprocess.Popen([self.binary, "run"], env=self.env, stdout=subprocess.DEVNULL,
-                                       stderr=open(self.worker_log, "a"))
+                                       stderr=open(self.worker_log, "a"), preexec_fn=die_with_parent)
         wait("the worker to be ready", DEADLINE, lambda: self.readyz() == 200)
 
     def stop_worker(self) -> int:
@@ -613,7 +645,33 @@ def scenario_presigned(run: Run) -> str:
     expect(row["sha256"] == sha256(body), f"sha256 {row['sha256']}")
     expect(row["etag"] == etag and row["length"] == len(body), f"row {row}")
     expect(row["submitter_name"] == "Nguyễn Văn A" and row["path"] == "/raw data/2026", f"row {row}")
+    observe_signatures(run)
     return f"presigned PUT -> row in {latency:.2f} s (sha256, ETag, length, uploader, path match)"
+
+
+def observe_signatures(run: Run) -> None:
+    """Whether LocalStack checks a presigned URL's signature (S3 answers 403
+    SignatureDoesNotMatch): a URL whose signature is changed by one digit. An accepted upload
+    becomes a row under a folder no other scenario reads; it is waited for, so its message is out
+    of the next scenarios' counts."""
+    signed = json.loads(run.cli("presign", "--bucket", run.bucket, "--datapack", "dp-e2e",
+                                "--path", "signature", "--file", "forged.txt", "--uploader-name", "M",
+                                "--uploader-email", "m@example.com", "--json"))
+    url = re.sub(r"(X-Amz-Signature=)([0-9a-f])", lambda m: m[1] + ("0" if m[2] != "0" else "1"),
+                 signed["url"])
+    request = urllib.request.Request(url, data=b"forged", method="PUT", headers=signed["headers"])
+    base = run.handled()
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    if status == 200:
+        run.finding("a presigned PUT with a wrong signature is accepted (200); S3 answers 403 "
+                    "SignatureDoesNotMatch")
+        run.wait_handled(base, 1, "the forged upload")
+    else:
+        run.finding(f"a presigned PUT with a wrong signature is refused ({status})")
 
 
 def scenario_keys(run: Run) -> str:
@@ -713,36 +771,33 @@ def one_sequencer(rows: list[dict]) -> bool:
     return len(rows) > 1 and len(sequencers) == 1 and None not in sequencers
 
 
-def judge(run: Run, what: str, key: str, aws: list[str], tied: list[str]) -> bool:
-    """Checks a key's live rows: as S3 shows the key (`aws`), or, when every event carried one
-    sequencer, exactly what the worker's ordering rule makes of that (`tied`: a tie is not
-    newer, so neither of two uploads ends the other and a removal after the key's first is
-    stale). Returns whether the rows are as S3 shows them; anything else fails."""
+def judge(run: Run, what: str, key: str, aws: list[str]) -> str | None:
+    """Checks a key's live rows against what S3 then shows (`aws`: at most one ETag, the key's
+    current version, or none once it is hidden), exactly as the moto tests do. Returns None when
+    they agree, else what differs."""
     rows = run.rows(key)
     live = sorted(run.live(key))
     if live == sorted(aws):
-        return True
-    if one_sequencer(rows) and live == sorted(tied):
-        run.finding(f"{what}: live {[e[:8] for e in live]} where S3 shows {[e[:8] for e in sorted(aws)]}")
-        return False
-    raise Failed(f"{what}: live {[e[:8] for e in live]}, want {[e[:8] for e in sorted(aws)]} "
-                 f"({'or ' + str([e[:8] for e in sorted(tied)]) + ' with one sequencer' if one_sequencer(rows) else 'sequencers differ'}): "
-                 f"{describe_rows(rows)}")
+        return None
+    tie = " (every event of the key carried the same sequencer)" if one_sequencer(rows) else ""
+    return (f"{what}: live {[e[:8] for e in live]}, S3 shows {[e[:8] for e in sorted(aws)]}{tie}: "
+            f"{describe_rows(rows)}")
 
 
 def scenario_overwrite(run: Run, backlog: Backlog) -> str:
     """ingest.rs overwritten_before_processing_records_only_the_newest, and the same key
-    overwritten while the worker runs (each upload handled before the next)."""
+    overwritten while the worker runs (each upload handled before the next): one live row, the
+    newer upload's, whatever the sequencers say."""
     key = backlog.keys["over"]
     v1, v2 = backlog.uploads["over"]
     run.wait_handled(0, 0, "the backlog handled")
     before = run.rows(key)
     log(f"  both uploads before the worker: {describe_rows(before)}")
-    results = [judge(run, "overwrite before the worker ran", key, [v2["etag"]], [v1["etag"], v2["etag"]])]
+    wrong = [judge(run, "overwrite before the worker ran", key, [v2["etag"]])]
     if len(before) == 2:
-        run.finding("an overwrite made before the worker read the first upload leaves 2 rows: the "
-                    "event names its version, so the GET is pinned to it and succeeds where moto's "
-                    "event has no version and If-Match answers 412 (`superseded`, 1 row)")
+        run.finding("an overwrite made before the worker read the first upload leaves 2 rows (1 "
+                    "live): the event names its version, so the GET is pinned to it and succeeds "
+                    "where moto's event has no version and If-Match answers 412 (`superseded`, 1 row)")
 
     key = "dp-e2e/overwrite/doc.txt"
     first, second = b"first version", b"second version, longer"
@@ -754,14 +809,17 @@ def scenario_overwrite(run: Run, backlog: Backlog) -> str:
     rows = run.rows(key)
     log(f"  one after the other: {describe_rows(rows)}")
     expect([r["etag"] for r in rows] == [e1, e2], f"one row per upload: {describe_rows(rows)}")
-    results.append(judge(run, "overwrite while the worker runs", key, [e2], [e1, e2]))
-    return (f"{sum(results)} of {len(results)} cases as S3 shows them (the newer upload alone live); "
+    wrong.append(judge(run, "overwrite while the worker runs", key, [e2]))
+    wrong = [w for w in wrong if w]
+    expect(not wrong, "; ".join(wrong))
+    return (f"2 of 2 cases one live row, the newer upload's, as S3 shows them; "
             f"sequencers seen: {sorted({r['sequencer'] for r in rows})}")
 
 
 def scenario_delete(run: Run, backlog: Backlog) -> str:
     """tests/it/ingest.rs removal_marks_rows_deleted and the versioned.rs cases, with the events
-    LocalStack sends for real (moto sends none for versions and markers)."""
+    LocalStack sends for real (moto sends none for versions and markers): after every step the
+    key's live rows are exactly what S3 then shows (one, or none while hidden)."""
     k, up = backlog.keys, backlog.uploads
     expect(run.live(k["version"]) == [up["version"][1]["etag"]],
            f"before start, an old version deleted: {describe_rows(run.rows(k['version']))}")
@@ -774,32 +832,35 @@ def scenario_delete(run: Run, backlog: Backlog) -> str:
     key = "dp-e2e/delete/report 1.csv"
     one, two, three = b"first draft", b"second draft", b"after the marker"
     e1, e2, e3 = (hashlib.md5(b).hexdigest() for b in (one, two, three))  # a plain PUT's ETag
-    results = []
+    wrong: list[str] = []
 
-    def step(what: str, action, aws: list[str], tied: list[str]) -> dict:
+    def step(what: str, action, aws: list[str]) -> dict:
         base = run.handled()
         result = action()
         run.wait_handled(base, 1, what)
         log(f"  {what}: {describe_rows(run.rows(key))}")
-        results.append(judge(run, what, key, aws, tied))
+        if problem := judge(run, what, key, aws):
+            wrong.append(problem)
+            log(f"    differs from S3: {problem}")
         return result
 
     def delete(version: str | None = None) -> dict:
         args = {"VersionId": version} if version else {}
         return run.s3.delete_object(Bucket=run.bucket, Key=key, **args)
 
-    # Each step: what S3 then shows, and what one sequencer for every event makes of it.
-    v1 = step("upload v1", lambda: run.put(key, one), [e1], [e1])
-    step("upload v2", lambda: run.put(key, two), [e2], [e1, e2])
-    step("delete old version v1", lambda: delete(v1["version"]), [e2], [e2])
-    m1 = step("plain delete (marker m1)", delete, [], [e2])
-    step("delete marker m1 (v2 current again)", lambda: delete(m1["VersionId"]), [e2], [e2])
-    m2 = step("plain delete (marker m2)", delete, [], [e2])
-    v3 = step("upload v3 after the marker", lambda: run.put(key, three), [e3], [e2])
-    step("delete current version v3 (marker m2 current)", lambda: delete(v3["version"]), [], [e2])
-    step("delete marker m2 (v2 current)", lambda: delete(m2["VersionId"]), [e2], [e2])
-    return (f"before start: old version deleted -> current live, marker -> hidden, multipart 1 row; "
-            f"while running: {sum(results)} of {len(results)} steps on one key as S3 shows them")
+    # Each step, and what S3 then shows. Every step is checked, so a failure names all of them.
+    v1 = step("upload v1", lambda: run.put(key, one), [e1])
+    step("upload v2", lambda: run.put(key, two), [e2])
+    step("delete old version v1", lambda: delete(v1["version"]), [e2])
+    m1 = step("plain delete (marker m1)", delete, [])
+    step("delete marker m1 (v2 current again)", lambda: delete(m1["VersionId"]), [e2])
+    m2 = step("plain delete (marker m2)", delete, [])
+    v3 = step("upload v3 after the marker", lambda: run.put(key, three), [e3])
+    step("delete current version v3 (marker m2 current)", lambda: delete(v3["version"]), [])
+    step("delete marker m2 (v2 current)", lambda: delete(m2["VersionId"]), [e2])
+    expect(not wrong, f"{len(wrong)} of 9 steps differ from S3: " + "; ".join(wrong))
+    return ("before start: old version deleted -> current live, marker -> hidden, multipart 1 row; "
+            "while running: 9 of 9 steps on one key as S3 shows them")
 
 
 def scenario_outage(run: Run, outage_s: float) -> str:
@@ -889,20 +950,44 @@ def scenario_shutdown(run: Run) -> str:
     return f"SIGTERM -> exit 0 in {time.monotonic() - started:.1f} s"
 
 
+def sweep_stale() -> None:
+    """Removes what a run killed with SIGKILL could not (its database and state directory, both
+    named after its pid), once that pid is gone, so a build machine does not fill up."""
+    def gone(pid: str) -> bool:
+        return pid.isdigit() and not Path(f"/proc/{pid}").exists()
+
+    for db in psql("postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'dpw\\_localstack\\_%'").split():
+        if gone(db.rsplit("_", 1)[-1]):
+            log(f"dropping {db}, left by a run that was killed")
+            psql("postgres", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    for state in Path(tempfile.gettempdir()).glob("dpw-localstack-*-*"):
+        if gone(state.name.split("-")[2]):
+            log(f"removing {state}, left by a run that was killed")
+            subprocess.run(["rm", "-rf", str(state)], check=False)
+
+
+def print_logs(ls: LocalStack | None, run: Run | None) -> None:
+    log(f"LocalStack log (tail):\n{tail(ls.log if ls else None)}")
+    log(f"worker log (tail):\n{tail(run.worker_log if run else None, 40)}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", required=True)
     parser.add_argument("--keep", action="store_true", help="leave the state directory")
     parser.add_argument("--outage-secs", type=float, default=15, help="how long PostgreSQL is cut")
     args = parser.parse_args()
+    stop_on_signals()
     began = time.monotonic()
-    state = Path(tempfile.mkdtemp(prefix="dpw-localstack-"))
+    sweep_stale()
+    state = Path(tempfile.mkdtemp(prefix=f"dpw-localstack-{os.getpid()}-"))
     bucket = f"datapack-e2e-{os.getpid()}"
     db = f"dpw_localstack_{os.getpid()}"
     ls = run = proxy = None
     results: list[tuple[str, str, float]] = []
     try:
         ls = LocalStack(state)
+        ls.wait_healthy()
         log(f"LocalStack on {ls.endpoint}, healthy after {ls.startup_s:.1f} s")
         outputs = deploy(ls, bucket)
         differences = inspect(ls, bucket, outputs)
@@ -966,9 +1051,17 @@ def main() -> int:
             log(f"  difference: {difference}")
         failed = [name for name, outcome, _ in results if outcome.startswith("FAILED")]
         log(f"{'FAIL: ' + ', '.join(failed) if failed else 'PASS'} in {time.monotonic() - began:.0f} s")
-        if failed and run.worker_log and run.worker_log.exists():
-            log("worker log (tail):\n" + "\n".join(run.worker_log.read_text().splitlines()[-40:]))
+        if failed:
+            print_logs(ls, run)
         return 1 if failed else 0
+    except (Exception, KeyboardInterrupt) as error:
+        # Before or between the scenarios (LocalStack, CloudFormation, the database, a signal):
+        # the run cannot go on. Say why, with the logs, and fail; never a skip.
+        for name, outcome, seconds in results:
+            log(f"  {name:<10} {seconds:5.1f} s  {outcome}")
+        log(f"FAIL after {time.monotonic() - began:.0f} s: {type(error).__name__}: {error}")
+        print_logs(ls, run)
+        return 130 if isinstance(error, KeyboardInterrupt) else 1
     finally:
         if run is not None and run.worker is not None and run.worker.poll() is None:
             run.worker.kill()

@@ -19,7 +19,7 @@ async fn main() -> ExitCode {
             eprintln!("datapack-worker: {error:#}");
             if let Some(stopped) = error.downcast_ref::<reconcile::Stopped>() {
                 ExitCode::from(stopped.exit_code())
-            } else if error.downcast_ref::<config::ConfigError>().is_some() {
+            } else if refused(&error) {
                 ExitCode::from(2)
             } else if error.downcast_ref::<dlq::Interrupted>().is_some() {
                 ExitCode::from(dlq::INTERRUPTED_EXIT_CODE)
@@ -28,6 +28,15 @@ async fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Exit 2 (the README's "refused"): a configuration or a command's input that was refused before
+/// anything was tried; every other failure exits 1.
+fn refused(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<config::ConfigError>().is_some()
+        || error
+            .downcast_ref::<presign::PresignError>()
+            .is_some_and(presign::PresignError::is_refusal)
 }
 
 async fn execute(command: Command) -> anyhow::Result<()> {

@@ -6,7 +6,10 @@
 //! S3 also refuses any body whose digest differs (`BadDigest`).
 //!
 //! What S3 would refuse anyway is refused here, before a URL is handed out: keys longer than
-//! 1024 bytes, empty, `.` or `..` segments, control characters, user metadata over 2 KB.
+//! 1024 bytes, empty, `.` or `..` segments, control characters, user metadata over 2 KB. So is
+//! what would reach the rows and every screen that shows them as a lie: control characters and
+//! bidirectional overrides in the key, the uploader's name and email, and invisible characters in
+//! the email. A refusal is [`PresignError::Invalid`], which the command exits with as 2.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -38,22 +41,81 @@ pub struct Presigned {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PresignError {
+    /// The request is refused: a flag out of range or a value S3 or the worker would refuse.
+    /// The command exits 2, as for a refused configuration.
     #[error("{0}")]
     Invalid(String),
+    /// Signing failed (no credentials, an SDK error): the command exits 1.
     #[error("could not presign: {0}")]
     Sdk(String),
+}
+
+impl PresignError {
+    /// Whether the input was refused (exit 2) rather than the signing failing (exit 1).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Invalid(_))
+    }
 }
 
 fn invalid<T>(what: impl Into<String>) -> Result<T, PresignError> {
     Err(PresignError::Invalid(what.into()))
 }
 
-/// Refuses control characters (C0, DEL, C1): S3 keys may hold them, but they break XML listings,
-/// logs and the worker's notifications, and no file name needs them.
+/// Refuses control characters (C0, DEL, C1), line and paragraph separators and bidirectional
+/// overrides. S3 keys and metadata may hold them, but they break XML listings, logs and
+/// notifications, a `\r\n` in a stored name splits the lines of every report that prints it,
+/// and an override shows text reversed ("invoice\u{202E}fdp.exe" reads "invoiceexe.pdf"), so a
+/// row could show a name or a file other than the one stored. No name needs them.
 fn no_controls(flag: &str, value: &str) -> Result<(), PresignError> {
-    match value.chars().find(|c| c.is_control()) {
-        Some(c) => invalid(format!(
+    if let Some(c) = value.chars().find(|&c| c.is_control() || is_line_break(c)) {
+        return invalid(format!(
             "{flag} must not contain control characters (found U+{:04X})",
+            u32::from(c)
+        ));
+    }
+    match value.chars().find(|&c| is_bidi_override(c)) {
+        Some(c) => invalid(format!(
+            "{flag} must not contain bidirectional override or isolate characters (found U+{:04X})",
+            u32::from(c)
+        )),
+        None => Ok(()),
+    }
+}
+
+/// U+2028 LINE SEPARATOR and U+2029 PARAGRAPH SEPARATOR: not `Cc`, but line breaks all the same
+/// to JSON readers, editors and log viewers.
+fn is_line_break(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// The embeddings, overrides and isolates (LRE, RLE, PDF, LRO, RLO; LRI, RLI, FSI, PDI) that
+/// reorder the text around them ("Trojan Source"). The marks LRM, RLM and ALM are not among them:
+/// they reorder nothing, only give a neutral character a direction, and right-to-left names use
+/// them.
+pub(crate) fn is_bidi_override(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Characters that show as nothing: zero-width space, non-joiner and joiner, the direction marks,
+/// word joiner and invisible operators, the byte-order mark, the soft hyphen. Two email addresses
+/// that differ only by them look the same; no address needs them. (A name may: Persian writes
+/// with the zero-width non-joiner, Arabic and Hebrew with the marks.)
+pub(crate) fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}' | '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}'
+    )
+}
+
+/// The uploader's name and email, as they will be stored in `submitter_name` and
+/// `submitter_email`: no control characters or overrides, and no invisible characters in the
+/// email.
+pub fn uploader(name: &str, email: &str) -> Result<(), PresignError> {
+    no_controls("--uploader-name", name)?;
+    no_controls("--uploader-email", email)?;
+    match email.chars().find(|&c| is_invisible(c)) {
+        Some(c) => invalid(format!(
+            "--uploader-email must not contain invisible characters (found U+{:04X})",
             u32::from(c)
         )),
         None => Ok(()),
@@ -258,6 +320,7 @@ impl Upload {
             return invalid("--content-type must be non-empty printable ASCII");
         }
         let checksum = args.sha256.as_deref().map(checksum_sha256).transpose()?;
+        uploader(&args.uploader_name, &args.uploader_email)?;
         let metadata = user_metadata(&args.uploader_name, &args.uploader_email);
         check_metadata_size(&metadata)?;
         Ok(Self {
@@ -378,6 +441,140 @@ mod tests {
             let err = object_key(datapack, path, file).unwrap_err().to_string();
             assert!(err.contains("control characters"), "{err}");
         }
+    }
+
+    #[test]
+    fn refuses_bidi_overrides_and_line_separators_in_keys() {
+        for (datapack, path, file) in [
+            ("dp", "/", "invoice\u{202E}fdp.exe"),
+            ("dp\u{2066}", "/", "f"),
+            ("dp", "a\u{2069}b", "f"),
+        ] {
+            let err = object_key(datapack, path, file).unwrap_err().to_string();
+            assert!(err.contains("bidirectional"), "{err}");
+        }
+        let err = object_key("dp", "a\u{2028}b", "f").unwrap_err().to_string();
+        assert!(err.contains("control characters (found U+2028)"), "{err}");
+        // Right-to-left text and its marks are ordinary.
+        assert!(object_key("dp", "/", "\u{05E9}\u{05DC}\u{05D5}\u{05DD}\u{200F}.csv").is_ok());
+    }
+
+    #[test]
+    fn refuses_control_characters_and_overrides_in_the_uploader() {
+        for (name, email, flag, found) in [
+            (
+                "A\r\nB",
+                "a@example.com",
+                "--uploader-name",
+                "control characters (found U+000D)",
+            ),
+            (
+                "A\tB",
+                "a@example.com",
+                "--uploader-name",
+                "control characters (found U+0009)",
+            ),
+            (
+                "A\u{7f}",
+                "a@example.com",
+                "--uploader-name",
+                "control characters (found U+007F)",
+            ),
+            (
+                "A\u{85}",
+                "a@example.com",
+                "--uploader-name",
+                "control characters (found U+0085)",
+            ),
+            (
+                "A\u{9b}",
+                "a@example.com",
+                "--uploader-name",
+                "control characters (found U+009B)",
+            ),
+            (
+                "A\u{2029}",
+                "a@example.com",
+                "--uploader-name",
+                "control characters (found U+2029)",
+            ),
+            (
+                "A",
+                "a@example.com\r\nBcc: b",
+                "--uploader-email",
+                "control characters",
+            ),
+            (
+                "A",
+                "a\0@example.com",
+                "--uploader-email",
+                "control characters (found U+0000)",
+            ),
+            (
+                "\u{202E}nimda",
+                "a@example.com",
+                "--uploader-name",
+                "bidirectional override",
+            ),
+            (
+                "A\u{2067}B\u{2069}",
+                "a@example.com",
+                "--uploader-name",
+                "bidirectional override",
+            ),
+            (
+                "A",
+                "moc.elpmaxe@\u{202E}a",
+                "--uploader-email",
+                "bidirectional override",
+            ),
+            (
+                "A",
+                "a\u{200B}@example.com",
+                "--uploader-email",
+                "invisible characters (found U+200B)",
+            ),
+            (
+                "A",
+                "a@example.com\u{200F}",
+                "--uploader-email",
+                "invisible characters (found U+200F)",
+            ),
+            (
+                "A",
+                "\u{FEFF}a@example.com",
+                "--uploader-email",
+                "invisible characters (found U+FEFF)",
+            ),
+        ] {
+            let err = uploader(name, email).unwrap_err();
+            assert!(err.is_refusal(), "{name:?} {email:?}");
+            let err = err.to_string();
+            assert!(
+                err.starts_with(flag) && err.contains(found),
+                "{name:?} {email:?}: {err}"
+            );
+        }
+        // What people are called: accents, CJK, right-to-left with its marks, Persian's
+        // zero-width non-joiner, an emoji made with joiners.
+        for name in [
+            "Nguyễn Văn A",
+            "山田 太郎",
+            "\u{05D3}\u{05E0}\u{05D4} \u{05DB}\u{05D4}\u{05DF}\u{200F} (2)",
+            "\u{0645}\u{06CC}\u{200C}\u{0631}\u{0648}\u{062F}",
+            "Zoë \u{1F469}\u{200D}\u{1F4BB}",
+        ] {
+            uploader(name, "a@example.com").unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_uploader_gets_no_url() {
+        let mut bad = args(None);
+        bad.uploader_name = "Mallory\r\nx-amz-meta-uploaded-by: presigned-url".into();
+        let err = presign(&client(), "bucket", &bad).await.unwrap_err();
+        assert!(err.is_refusal(), "{err}");
+        assert!(err.to_string().contains("--uploader-name"), "{err}");
     }
 
     #[test]

@@ -234,3 +234,97 @@ fn presign_prints_the_url_and_the_headers_the_browser_must_send() {
         "Nguyễn Văn A"
     );
 }
+
+/// The README's exit codes for `presign`: 2 when it refuses what it was asked (a flag S3 or the
+/// worker would refuse, a missing bucket), 1 when it cannot sign (no credentials anywhere in the
+/// chain); never a URL, never a panic.
+#[test]
+fn presign_exits_2_on_refused_input_and_1_when_it_cannot_sign() {
+    let home = std::env::temp_dir().join(format!("dpw-presign-home-{:x}", fastrand::u64(..)));
+    std::fs::create_dir_all(&home).unwrap();
+    let run = |extra: &[&str], credentials: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_datapack-worker"));
+        command
+            .arg("presign")
+            .args(["--datapack", "dp-1", "--file", "f.csv"])
+            .args(extra)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            // No profile, no instance or container role: the chain can only fail.
+            .env("HOME", &home)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .stdin(Stdio::null());
+        if credentials {
+            command
+                .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+                .env("AWS_SECRET_ACCESS_KEY", "do-not-print-me");
+        }
+        let out = command.output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(stdout.is_empty(), "no URL is printed on failure: {stdout}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            !stderr.contains("do-not-print-me"),
+            "secret printed: {stderr}"
+        );
+        (out.status.code(), stderr)
+    };
+    let who = ["--uploader-name", "A", "--uploader-email", "a@example.com"];
+    let bucket = ["--bucket", "uploads"];
+
+    for (flags, says) in [
+        (
+            vec![
+                "--uploader-name",
+                "A\r\nB",
+                "--uploader-email",
+                "a@example.com",
+            ],
+            "--uploader-name must not contain control characters (found U+000D)",
+        ),
+        (
+            vec![
+                "--uploader-name",
+                "\u{202E}A",
+                "--uploader-email",
+                "a@example.com",
+            ],
+            "--uploader-name must not contain bidirectional override",
+        ),
+        (
+            vec![
+                "--uploader-name",
+                "A",
+                "--uploader-email",
+                "a\u{200B}@example.com",
+            ],
+            "--uploader-email must not contain invisible characters (found U+200B)",
+        ),
+        (
+            [&who[..], &["--sha256", "abc"]].concat(),
+            "--sha256 must be exactly 64 hexadecimal digits",
+        ),
+        (
+            [&who[..], &["--expires-secs", "0"]].concat(),
+            "--expires-secs must be between",
+        ),
+    ] {
+        let (code, err) = run(&[&bucket[..], &flags].concat(), true);
+        assert_eq!(code, Some(2), "{flags:?}: {err}");
+        assert!(err.contains(says), "{flags:?}: {err}");
+    }
+    let (code, err) = run(&who, true);
+    assert_eq!(code, Some(2), "no bucket: {err}");
+    assert!(err.contains("S3_BUCKET"), "{err}");
+
+    // Valid input, no credentials: signing fails, which is not the caller's input.
+    let (code, err) = run(&[&bucket[..], &who].concat(), false);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("could not presign"), "{err}");
+    std::fs::remove_dir_all(&home).ok();
+}
