@@ -5,6 +5,13 @@
 //! fixed order so two batches never deadlock) before any ordering decision, which makes "is there
 //! something newer for this key?" race-free across replicas. Every row the batch changes is
 //! announced to listeners in the same transaction ([`crate::store::notify`]).
+//!
+//! The order of one key's events ([`order`], and the SQL function `datapack_event_newer`): S3's
+//! sequencers when both events have one and they differ, else the event times, else a tie rank.
+//! Two different objects that tie on both are not written: the write answers
+//! [`WriteOutcome::Tie`], the caller asks S3 which object is current and writes again with a
+//! [`Tiebreak`], which ranks the write above (current) or below (not) everything it tied with.
+//! The same object at the same position again is a redelivery and changes nothing.
 
 use std::collections::HashMap;
 
@@ -34,6 +41,29 @@ pub struct NewResource {
     pub version_id: Option<String>,
     pub sequencer: Option<String>,
     pub event_time: DateTime<Utc>,
+    /// `None` on the first write; S3's word once the write answered [`WriteOutcome::Tie`].
+    pub tiebreak: Option<Tiebreak>,
+}
+
+/// What S3 said when a write tied with a different object at the same position (equal or
+/// missing sequencers, equal event times): whether the write's object is the key's current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tiebreak {
+    /// S3 shows this write's object (for a removal: what the removal left, nothing or its
+    /// survivor): it ranks above every event it tied with.
+    Current,
+    /// S3 shows something else: it ranks below every event it tied with.
+    NotCurrent,
+}
+
+impl Tiebreak {
+    /// The `result` label of `order_ties_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Current => "current",
+            Self::NotCurrent => "not_current",
+        }
+    }
 }
 
 /// Where a row's SHA-256 came from: the `sha256_source` column.
@@ -69,6 +99,8 @@ pub struct Removal {
     /// What the key shows once this removal happened: `None` when nothing does (a plain delete,
     /// a delete marker, no version left), else the version S3 said is current.
     pub survivor: Option<Survivor>,
+    /// `None` on the first write; S3's word once the write answered [`WriteOutcome::Tie`].
+    pub tiebreak: Option<Tiebreak>,
 }
 
 /// The version of a key S3 shows after a removal: the rows at or before the removal converge to
@@ -97,13 +129,41 @@ impl Write {
         }
     }
 
-    fn position(&self) -> (Option<&str>, DateTime<Utc>) {
+    /// The position in the key's order, before any tie rank.
+    fn position(&self) -> Position<'_> {
         match self {
-            Self::Resource(r) => (r.sequencer.as_deref(), r.event_time),
-            Self::Removal(r) => (r.sequencer.as_deref(), r.event_time),
+            Self::Resource(r) => (r.sequencer.as_deref(), r.event_time, 0),
+            Self::Removal(r) => (r.sequencer.as_deref(), r.event_time, 0),
+        }
+    }
+
+    pub fn tiebreak(&self) -> Option<Tiebreak> {
+        match self {
+            Self::Resource(r) => r.tiebreak,
+            Self::Removal(r) => r.tiebreak,
+        }
+    }
+
+    pub fn set_tiebreak(&mut self, tiebreak: Tiebreak) {
+        match self {
+            Self::Resource(r) => r.tiebreak = Some(tiebreak),
+            Self::Removal(r) => r.tiebreak = Some(tiebreak),
+        }
+    }
+
+    /// What the write is about at its position: a resource's bytes (its ETag); for a removal,
+    /// the bytes it leaves live (its survivor's ETag), if any. Two writes of one key at one
+    /// position with different identities are a tie; with the same, a redelivery.
+    fn identity(&self) -> (bool, Option<&str>) {
+        match self {
+            Self::Resource(r) => (false, Some(r.etag.as_str())),
+            Self::Removal(r) => (true, r.survivor.as_ref().map(|s| s.etag.as_str())),
         }
     }
 }
+
+/// (sequencer, event time, tie rank).
+pub(crate) type Position<'a> = (Option<&'a str>, DateTime<Utc>, i32);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -112,14 +172,31 @@ pub enum WriteOutcome {
     UnknownDatapack,
     Removed,
     Stale,
+    /// Not written: a different object of the key sits at the same position (sequencer and event
+    /// time). Write it again with a [`Tiebreak`] from S3.
+    Tie,
 }
 
-/// The same ordering rule as the SQL function `datapack_event_newer`.
-fn newer(a: (Option<&str>, DateTime<Utc>), b: (Option<&str>, DateTime<Utc>)) -> bool {
-    match (a.0, b.0) {
-        (Some(x), Some(y)) => sequencer_cmp(x, y).is_gt(),
-        _ => a.1 > b.1,
+/// The order of two events of one key, the same rule as the SQL function `datapack_event_newer`:
+/// sequencers when both have one and they differ, else event times, else tie ranks. A missing
+/// sequencer (or one the parser found unusable) orders by time alone.
+pub(crate) fn order(a: Position<'_>, b: Position<'_>) -> std::cmp::Ordering {
+    if let (Some(x), Some(y)) = (a.0, b.0) {
+        let by_sequencer = sequencer_cmp(x, y);
+        if by_sequencer.is_ne() {
+            return by_sequencer;
+        }
     }
+    a.1.cmp(&b.1).then(a.2.cmp(&b.2))
+}
+
+fn newer(a: Position<'_>, b: Position<'_>) -> bool {
+    order(a, b).is_gt()
+}
+
+/// Whether two events share a position before tie ranks: a tie when they are different objects.
+pub(crate) fn same_position(a: Position<'_>, b: Position<'_>) -> bool {
+    order((a.0, a.1, 0), (b.0, b.1, 0)).is_eq()
 }
 
 /// A stable 64-bit lock id for a key; collisions only serialise two keys, never corrupt.
@@ -144,13 +221,15 @@ pub async fn apply(
     }
     let mut tx = pool.begin().await?;
     lock_keys(&mut tx, writes).await?;
+    let set_aside = set_aside(&mut tx, writes, &mut outcomes).await?;
+    let ranks = rank(&mut tx, writes).await?;
     let datapacks = resolve_datapacks(&mut tx, writes, create_datapacks).await?;
-    let (resources, removals) = choose(writes, &datapacks, &mut outcomes);
-    let written = insert_resources(&mut tx, &resources, &datapacks).await?;
+    let (resources, removals) = choose(writes, &ranks, &set_aside, &datapacks, &mut outcomes);
+    let written = insert_resources(&mut tx, &resources, &ranks, &datapacks).await?;
     for row in &written {
         outcomes[row.index] = WriteOutcome::Recorded;
     }
-    for i in upsert_removals(&mut tx, &removals).await? {
+    for i in upsert_removals(&mut tx, &removals, &ranks).await? {
         outcomes[i] = WriteOutcome::Removed;
     }
     let settled = settle(&mut tx, writes).await?;
@@ -177,19 +256,211 @@ async fn lock_keys(tx: &mut Tx<'_>, writes: &[Write]) -> Result<(), sqlx::Error>
     Ok(())
 }
 
+/// SQL for "a and b share a position before tie ranks", for the table aliases given.
+macro_rules! same {
+    ($a:literal, $b:literal) => {
+        concat!(
+            "NOT datapack_event_newer(",
+            $a,
+            ".sequencer, ",
+            $a,
+            ".event_time, 0, ",
+            $b,
+            ".sequencer, ",
+            $b,
+            ".event_time, 0) AND NOT datapack_event_newer(",
+            $b,
+            ".sequencer, ",
+            $b,
+            ".event_time, 0, ",
+            $a,
+            ".sequencer, ",
+            $a,
+            ".event_time, 0)"
+        )
+    };
+}
+
+/// For every write without a tiebreak: is it a redelivery (the same object, or the key's removal,
+/// already at its position) or a tie (a different object there)?
+const DETECT: &str = concat!(
+    "WITH w AS (
+         SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+             $6::text[], $7::bool[])
+           AS w (i, bucket, object_key, sequencer, event_time, identity, removal))
+     SELECT w.i,
+         CASE WHEN w.removal THEN EXISTS (SELECT 1 FROM datapack_object_removal t
+                 WHERE t.bucket = w.bucket AND t.object_key = w.object_key AND ",
+    same!("t", "w"),
+    ")
+              ELSE EXISTS (SELECT 1 FROM datapack_resource r
+                 WHERE r.bucket = w.bucket AND r.object_key = w.object_key
+                   AND r.etag = w.identity AND ",
+    same!("r", "w"),
+    ")
+         END AS repeated,
+         EXISTS (SELECT 1 FROM datapack_resource r
+                 WHERE r.bucket = w.bucket AND r.object_key = w.object_key
+                   AND r.etag IS DISTINCT FROM w.identity AND ",
+    same!("r", "w"),
+    ")
+         OR (NOT w.removal AND EXISTS (SELECT 1 FROM datapack_object_removal t
+                 WHERE t.bucket = w.bucket AND t.object_key = w.object_key
+                   AND t.current_etag IS DISTINCT FROM w.identity AND ",
+    same!("t", "w"),
+    ")) AS tied
+     FROM w"
+);
+
+/// The highest and lowest tie rank among the events of a key at a write's position, other than
+/// the write's own object.
+const TIED_RANKS: &str = concat!(
+    "WITH w AS (SELECT $1::text AS bucket, $2::text AS object_key, $3::text AS sequencer,
+                       $4::timestamptz AS event_time, $5::text AS identity, $6::bool AS removal)
+     SELECT coalesce(max(rank), 0), coalesce(min(rank), 0) FROM (
+         SELECT r.tie_rank AS rank FROM w JOIN datapack_resource r
+           ON r.bucket = w.bucket AND r.object_key = w.object_key
+         WHERE r.etag IS DISTINCT FROM w.identity AND ",
+    same!("r", "w"),
+    "
+         UNION ALL
+         SELECT t.tie_rank FROM w JOIN datapack_object_removal t
+           ON t.bucket = w.bucket AND t.object_key = w.object_key
+         WHERE NOT w.removal AND ",
+    same!("t", "w"),
+    ") AS tied"
+);
+
+/// Sets aside the writes that must not be applied now: a redelivery (answered as the duplicate or
+/// stale write it is, and never re-ranked) and a tie with a different object, in the database or
+/// earlier in this batch (answered [`WriteOutcome::Tie`]). Writes carrying a tiebreak are
+/// applied: S3 decided them.
+async fn set_aside(
+    tx: &mut Tx<'_>,
+    writes: &[Write],
+    outcomes: &mut [WriteOutcome],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut aside = vec![false; writes.len()];
+    let open: Vec<usize> = (0..writes.len())
+        .filter(|&i| writes[i].tiebreak().is_none())
+        .collect();
+    if open.is_empty() {
+        return Ok(aside);
+    }
+    macro_rules! column {
+        ($w:ident => $e:expr) => {
+            open.iter()
+                .map(|&i| {
+                    let $w = &writes[i];
+                    $e
+                })
+                .collect::<Vec<_>>()
+        };
+    }
+    let rows = sqlx::query(DETECT)
+        .bind(open.iter().map(|&i| i as i32).collect::<Vec<_>>())
+        .bind(column!(w => w.key().0))
+        .bind(column!(w => w.key().1))
+        .bind(column!(w => w.position().0))
+        .bind(column!(w => w.position().1))
+        .bind(column!(w => w.identity().1))
+        .bind(column!(w => w.identity().0))
+        .fetch_all(&mut **tx)
+        .await?;
+    for row in &rows {
+        let (i, repeated, tied): (i32, bool, bool) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let i = usize::try_from(i).unwrap_or(usize::MAX);
+        let (Some(write), Some(outcome)) = (writes.get(i), outcomes.get_mut(i)) else {
+            continue;
+        };
+        if repeated {
+            aside[i] = true;
+            *outcome = match write {
+                Write::Resource(_) => WriteOutcome::Duplicate,
+                Write::Removal(_) => WriteOutcome::Stale,
+            };
+        } else if tied {
+            aside[i] = true;
+            *outcome = WriteOutcome::Tie;
+        }
+    }
+    // Ties inside the batch: a later write against an earlier one that will be applied.
+    for &i in &open {
+        if aside[i] {
+            continue;
+        }
+        let tied = (0..i).any(|j| !aside[j] && ties_with(&writes[i], &writes[j]));
+        if tied {
+            aside[i] = true;
+            outcomes[i] = WriteOutcome::Tie;
+        }
+    }
+    Ok(aside)
+}
+
+/// Whether two writes of one batch tie: one key, one position, different objects (two removals
+/// at one position are one removal delivered twice).
+fn ties_with(a: &Write, b: &Write) -> bool {
+    let (a_removal, a_identity) = a.identity();
+    let (b_removal, b_identity) = b.identity();
+    a.key() == b.key()
+        && !(a_removal && b_removal)
+        && a_identity != b_identity
+        && same_position(a.position(), b.position())
+}
+
+/// The tie rank of each write: 0, or for a write S3 decided, one above (current) or one below
+/// (not current) every event of its key at its position, other than itself.
+async fn rank(tx: &mut Tx<'_>, writes: &[Write]) -> Result<Vec<i32>, sqlx::Error> {
+    let mut ranks = vec![0; writes.len()];
+    for (i, write) in writes.iter().enumerate() {
+        let Some(tiebreak) = write.tiebreak() else {
+            continue;
+        };
+        let (bucket, key) = write.key();
+        let (sequencer, time, _) = write.position();
+        let (removal, identity) = write.identity();
+        let (max, min): (i32, i32) = sqlx::query_as(TIED_RANKS)
+            .bind(bucket)
+            .bind(key)
+            .bind(sequencer)
+            .bind(time)
+            .bind(identity)
+            .bind(removal)
+            .fetch_one(&mut **tx)
+            .await?;
+        ranks[i] = match tiebreak {
+            Tiebreak::Current => max.saturating_add(1),
+            Tiebreak::NotCurrent => min.saturating_sub(1),
+        };
+    }
+    Ok(ranks)
+}
+
 type Chosen<'a, T> = Vec<(usize, &'a T)>;
 
 /// Within one batch, keeps the newest write per upload (resources) or per key (removals): the
 /// others are duplicates by construction, and ON CONFLICT may touch a row only once. Marks
-/// resources of unknown datapacks, and every removal as stale until it is applied.
+/// resources of unknown datapacks, and every removal as stale until it is applied. Writes set
+/// aside (redeliveries, ties) are left as they were answered.
 fn choose<'a>(
     writes: &'a [Write],
+    ranks: &[i32],
+    set_aside: &[bool],
     datapacks: &HashMap<String, i64>,
     outcomes: &mut [WriteOutcome],
 ) -> (Chosen<'a, NewResource>, Chosen<'a, Removal>) {
+    let position = |i: usize| {
+        let (sequencer, time, _) = writes[i].position();
+        (sequencer, time, ranks[i])
+    };
     let mut resources: HashMap<(&str, &str, &str), usize> = HashMap::new();
     let mut removals: HashMap<(&str, &str), usize> = HashMap::new();
     for (i, write) in writes.iter().enumerate() {
+        if set_aside[i] {
+            continue;
+        }
         let slot = match write {
             Write::Resource(r) if !datapacks.contains_key(r.datapack.as_str()) => {
                 outcomes[i] = WriteOutcome::UnknownDatapack;
@@ -203,7 +474,7 @@ fn choose<'a>(
                 removals.entry((&r.bucket, &r.object_key)).or_insert(i)
             }
         };
-        if newer(write.position(), writes[*slot].position()) {
+        if newer(position(i), position(*slot)) {
             *slot = i;
         }
     }
@@ -283,10 +554,11 @@ const INSERT_RESOURCES: &str = "WITH prior AS (
          written AS (
              INSERT INTO datapack_resource AS r (datapack_id, bucket, object_key, path, display,
                  content_type, length, etag, sha256, submitter_name, submitter_email,
-                 object_last_modified, version_id, sequencer, event_time, sha256_source)
+                 object_last_modified, version_id, sequencer, event_time, sha256_source, tie_rank)
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
                  $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[],
-                 $12::timestamptz[], $13::text[], $14::text[], $15::timestamptz[], $16::text[])
+                 $12::timestamptz[], $13::text[], $14::text[], $15::timestamptz[], $16::text[],
+                 $17::int[])
              ON CONFLICT ON CONSTRAINT datapack_resource_upload_key DO UPDATE SET
                  datapack_id = EXCLUDED.datapack_id, path = EXCLUDED.path, display = EXCLUDED.display,
                  content_type = EXCLUDED.content_type, length = EXCLUDED.length, sha256 = EXCLUDED.sha256,
@@ -294,8 +566,9 @@ const INSERT_RESOURCES: &str = "WITH prior AS (
                  submitter_name = EXCLUDED.submitter_name, submitter_email = EXCLUDED.submitter_email,
                  object_last_modified = EXCLUDED.object_last_modified, version_id = EXCLUDED.version_id,
                  sequencer = EXCLUDED.sequencer, event_time = EXCLUDED.event_time,
-                 ingested_at = now(), deleted_at = NULL
-               WHERE datapack_event_newer(EXCLUDED.sequencer, EXCLUDED.event_time, r.sequencer, r.event_time)
+                 tie_rank = EXCLUDED.tie_rank, ingested_at = now(), deleted_at = NULL
+               WHERE datapack_event_newer(EXCLUDED.sequencer, EXCLUDED.event_time, EXCLUDED.tie_rank,
+                                          r.sequencer, r.event_time, r.tie_rank)
              RETURNING id, bucket, object_key, etag)
          SELECT w.id, w.bucket, w.object_key, w.etag, p.id IS NULL AS inserted,
                 coalesce(p.live, false) AS was_live
@@ -306,6 +579,7 @@ const INSERT_RESOURCES: &str = "WITH prior AS (
 async fn insert_resources(
     tx: &mut Tx<'_>,
     resources: &[(usize, &NewResource)],
+    ranks: &[i32],
     datapacks: &HashMap<String, i64>,
 ) -> Result<Vec<Written>, sqlx::Error> {
     if resources.is_empty() {
@@ -336,6 +610,7 @@ async fn insert_resources(
         .bind(column!(r => r.sequencer.as_deref()))
         .bind(column!(r => r.event_time))
         .bind(column!(r => r.sha256_source.as_str()))
+        .bind(resources.iter().map(|(i, _)| ranks[*i]).collect::<Vec<_>>())
         .fetch_all(&mut **tx)
         .await?;
     let index: HashMap<(&str, &str, &str), usize> = resources
@@ -369,6 +644,7 @@ async fn insert_resources(
 async fn upsert_removals(
     tx: &mut Tx<'_>,
     removals: &[(usize, &Removal)],
+    ranks: &[i32],
 ) -> Result<Vec<usize>, sqlx::Error> {
     if removals.is_empty() {
         return Ok(Vec::new());
@@ -380,14 +656,16 @@ async fn upsert_removals(
     }
     let rows = sqlx::query(
         "INSERT INTO datapack_object_removal AS t (bucket, object_key, sequencer, event_time,
-             version_id, current_etag, current_version_id)
+             version_id, current_etag, current_version_id, tie_rank)
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
-             $6::text[], $7::text[])
+             $6::text[], $7::text[], $8::int[])
          ON CONFLICT (bucket, object_key) DO UPDATE SET
              sequencer = EXCLUDED.sequencer, event_time = EXCLUDED.event_time,
              version_id = EXCLUDED.version_id, current_etag = EXCLUDED.current_etag,
-             current_version_id = EXCLUDED.current_version_id, recorded_at = now()
-           WHERE datapack_event_newer(EXCLUDED.sequencer, EXCLUDED.event_time, t.sequencer, t.event_time)
+             current_version_id = EXCLUDED.current_version_id, tie_rank = EXCLUDED.tie_rank,
+             recorded_at = now()
+           WHERE datapack_event_newer(EXCLUDED.sequencer, EXCLUDED.event_time, EXCLUDED.tie_rank,
+                                      t.sequencer, t.event_time, t.tie_rank)
          RETURNING bucket, object_key",
     )
     .bind(column!(r => r.bucket.as_str()))
@@ -397,6 +675,7 @@ async fn upsert_removals(
     .bind(column!(r => r.version_id.as_deref()))
     .bind(column!(r => r.survivor.as_ref().map(|s| s.etag.as_str())))
     .bind(column!(r => r.survivor.as_ref().and_then(|s| s.version_id.as_deref())))
+    .bind(removals.iter().map(|(i, _)| ranks[*i]).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
     let index: HashMap<(&str, &str), usize> = removals
@@ -423,15 +702,16 @@ pub(crate) struct Settled {
 /// Settles every touched key: which of its rows are live after this batch (see `settle`).
 const SETTLE_KEYS: &str = "WITH candidate AS MATERIALIZED (
              SELECT r.id, r.bucket, r.object_key, r.etag, r.version_id, r.sequencer, r.event_time,
-                    r.deleted_at
+                    r.tie_rank, r.deleted_at
              FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k (bucket, object_key)
              JOIN datapack_resource r ON r.bucket = k.bucket AND r.object_key = k.object_key),
          placed AS (
              SELECT c.*, t.current_etag, t.current_version_id,
                     t.object_key IS NOT NULL
-                      AND NOT datapack_event_newer(c.sequencer, c.event_time, t.sequencer, t.event_time)
+                      AND NOT datapack_event_newer(c.sequencer, c.event_time, c.tie_rank,
+                                                   t.sequencer, t.event_time, t.tie_rank)
                       AS before_removal,
-                    t.sequencer AS t_sequencer, t.event_time AS t_event_time
+                    t.sequencer AS t_sequencer, t.event_time AS t_event_time, t.tie_rank AS t_tie_rank
              FROM candidate c
              LEFT JOIN datapack_object_removal t
                ON t.bucket = c.bucket AND t.object_key = c.object_key
@@ -443,11 +723,13 @@ const SETTLE_KEYS: &str = "WITH candidate AS MATERIALIZED (
                         p.etag IS NOT DISTINCT FROM p.current_etag
                         AND NOT EXISTS (SELECT 1 FROM datapack_resource n
                             WHERE n.bucket = p.bucket AND n.object_key = p.object_key
-                              AND datapack_event_newer(n.sequencer, n.event_time, p.t_sequencer, p.t_event_time))
+                              AND datapack_event_newer(n.sequencer, n.event_time, n.tie_rank,
+                                                       p.t_sequencer, p.t_event_time, p.t_tie_rank))
                     ELSE
                         NOT EXISTS (SELECT 1 FROM datapack_resource n
                             WHERE n.bucket = p.bucket AND n.object_key = p.object_key AND n.id <> p.id
-                              AND datapack_event_newer(n.sequencer, n.event_time, p.sequencer, p.event_time))
+                              AND datapack_event_newer(n.sequencer, n.event_time, n.tie_rank,
+                                                       p.sequencer, p.event_time, p.tie_rank))
                     END AS live
              FROM placed p)
          UPDATE datapack_resource r SET
@@ -521,13 +803,81 @@ mod tests {
     use super::*;
 
     #[test]
-    fn newer_prefers_sequencers_then_times() {
+    fn newer_prefers_sequencers_then_times_then_ranks() {
         let t0 = DateTime::<Utc>::from_timestamp(100, 0).unwrap();
         let t1 = DateTime::<Utc>::from_timestamp(200, 0).unwrap();
-        assert!(newer((Some("0056"), t0), (Some("0055FF"), t1)));
-        assert!(!newer((Some("0055"), t1), (Some("0055"), t0)));
-        assert!(newer((None, t1), (Some("00FF"), t0)));
-        assert!(!newer((None, t0), (None, t0)));
+        assert!(newer((Some("0056"), t0, 0), (Some("0055FF"), t1, 0)));
+        assert!(!newer((Some("0055"), t0, 0), (Some("0056"), t1, 0)));
+        assert!(newer((None, t1, 0), (Some("00FF"), t0, 0)));
+        assert!(!newer((None, t0, 0), (None, t0, 0)));
+        // Equal sequencers (LocalStack's constant one) are no proof of one event: time decides.
+        assert!(newer((Some("0055"), t1, 0), (Some("0055"), t0, 0)));
+        assert!(!newer((Some("0055"), t0, 0), (Some("0055"), t1, 0)));
+        // "0055" and "005500" are one sequencer padded.
+        assert!(newer((Some("005500"), t1, 0), (Some("0055"), t0, 0)));
+        // Equal on both: the rank S3's answer gave.
+        assert!(newer((Some("0055"), t0, 1), (Some("0055"), t0, 0)));
+        assert!(newer((None, t0, 0), (Some("0055"), t0, -1)));
+        assert!(!newer((Some("0055"), t0, 0), (Some("0055"), t0, 0)));
+    }
+
+    fn resource(etag: &str, sequencer: Option<&str>, secs: i64) -> Write {
+        Write::Resource(NewResource {
+            bucket: "b".into(),
+            object_key: "dp/k".into(),
+            datapack: "dp".into(),
+            path: "/".into(),
+            display: "k".into(),
+            content_type: None,
+            length: 1,
+            etag: etag.into(),
+            sha256: "0".repeat(64),
+            sha256_source: Sha256Source::Computed,
+            submitter_name: None,
+            submitter_email: None,
+            object_last_modified: None,
+            version_id: None,
+            sequencer: sequencer.map(str::to_owned),
+            event_time: DateTime::<Utc>::from_timestamp(secs, 0).unwrap(),
+            tiebreak: None,
+        })
+    }
+
+    fn removal(survivor: Option<&str>, sequencer: Option<&str>, secs: i64) -> Write {
+        Write::Removal(Removal {
+            bucket: "b".into(),
+            object_key: "dp/k".into(),
+            sequencer: sequencer.map(str::to_owned),
+            event_time: DateTime::<Utc>::from_timestamp(secs, 0).unwrap(),
+            version_id: None,
+            survivor: survivor.map(|etag| Survivor {
+                etag: etag.into(),
+                version_id: None,
+            }),
+            tiebreak: None,
+        })
+    }
+
+    #[test]
+    fn different_objects_at_one_position_tie_and_one_object_twice_does_not() {
+        let a = resource("e1", Some("0A"), 10);
+        // Another object, same constant sequencer and time: a tie.
+        assert!(ties_with(&resource("e2", Some("0A"), 10), &a));
+        // Without sequencers, or with one missing, the time alone places them.
+        assert!(ties_with(&resource("e2", None, 10), &a));
+        // The same bytes again: a redelivery, never a tie.
+        assert!(!ties_with(&resource("e1", Some("0A"), 10), &a));
+        // A later time, or a different sequencer, orders them.
+        assert!(!ties_with(&resource("e2", Some("0A"), 11), &a));
+        assert!(!ties_with(&resource("e2", Some("0B"), 10), &a));
+        // A removal at the same position ties with a create, unless it leaves that create.
+        assert!(ties_with(&removal(None, Some("0A"), 10), &a));
+        assert!(!ties_with(&removal(Some("e1"), Some("0A"), 10), &a));
+        // Two removals at one position are one removal.
+        assert!(!ties_with(
+            &removal(None, Some("0A"), 10),
+            &removal(Some("e2"), Some("0A"), 10)
+        ));
     }
 
     #[test]

@@ -393,6 +393,7 @@ async fn a_constraint_violation_fails_only_its_own_message() {
             version_id: None,
             sequencer: None,
             event_time: at,
+            tiebreak: None,
         })
     };
     let mut jobs = tokio::task::JoinSet::new();

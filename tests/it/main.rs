@@ -6,6 +6,7 @@ mod browser;
 mod chaos;
 mod dlq;
 mod faults;
+mod fixtures;
 mod http_limits;
 mod ingest;
 mod isolation;
