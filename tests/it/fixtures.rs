@@ -125,7 +125,7 @@ fn rewrite(body: &mut Value, bucket: &str, uploaded: Option<&Version>, size: usi
 }
 
 /// Switches the bucket's notification off: the fixtures are the only events.
-async fn silence(stack: &Stack) {
+pub(crate) async fn silence(stack: &Stack) {
     stack
         .s3
         .put_bucket_notification_configuration()

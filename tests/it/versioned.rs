@@ -712,6 +712,13 @@ every_order! {
 
 // ------------------------------------------------------------------ one batch
 
+/// The event time that goes with a sequencer: S3's grow together, and one event delivered twice
+/// has one time.
+fn time_of(sequencer: &str) -> chrono::DateTime<chrono::Utc> {
+    let n = i64::from_str_radix(sequencer, 16).unwrap();
+    chrono::DateTime::from_timestamp(1_700_000_000 + n, 0).unwrap()
+}
+
 fn resource(key: &str, etag: &str, version: &str, sequencer: &str) -> Write {
     let (datapack, rest) = key.split_once('/').unwrap();
     Write::Resource(NewResource {
@@ -729,7 +736,7 @@ fn resource(key: &str, etag: &str, version: &str, sequencer: &str) -> Write {
         object_last_modified: None,
         version_id: Some(version.into()),
         sequencer: Some(sequencer.into()),
-        event_time: chrono::Utc::now(),
+        event_time: time_of(sequencer),
         sha256_source: Default::default(),
         tiebreak: None,
     })
@@ -740,7 +747,7 @@ fn removal(key: &str, removed: &str, survivor: Option<(&str, &str)>, sequencer: 
         bucket: "bucket".into(),
         object_key: key.into(),
         sequencer: Some(sequencer.into()),
-        event_time: chrono::Utc::now(),
+        event_time: time_of(sequencer),
         version_id: Some(removed.into()),
         survivor: survivor.map(|(etag, version)| Survivor {
             etag: etag.into(),
