@@ -174,7 +174,8 @@ impl Pipeline {
     async fn write_settling_ties(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, Failure> {
         let kept = writes.clone();
         let mut outcomes = self.writer.write(writes).await?;
-        let tied: Vec<usize> = (0..outcomes.len())
+        // The writer answers one outcome per write, in order.
+        let tied: Vec<usize> = (0..outcomes.len().min(kept.len()))
             .filter(|&i| outcomes[i] == WriteOutcome::Tie)
             .collect();
         if tied.is_empty() {
@@ -182,7 +183,7 @@ impl Pipeline {
         }
         let mut decided = Vec::with_capacity(tied.len());
         for &i in &tied {
-            let Some(write) = kept.get(i) else { continue };
+            let write = &kept[i];
             let (bucket, key) = match write {
                 Write::Resource(r) => (&r.bucket, &r.object_key),
                 Write::Removal(r) => (&r.bucket, &r.object_key),
