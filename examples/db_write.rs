@@ -50,6 +50,7 @@ fn resource(i: usize, at: DateTime<Utc>) -> Write {
         version_id: None,
         sequencer: Some(format!("{:016X}", i + 1)),
         event_time: at,
+        tiebreak: None,
     })
 }
 
@@ -105,7 +106,7 @@ async fn main() {
                         WriteOutcome::Duplicate => 1,
                         WriteOutcome::UnknownDatapack => 2,
                         WriteOutcome::Removed => 3,
-                        WriteOutcome::Stale => 4,
+                        WriteOutcome::Stale | WriteOutcome::Tie => 4,
                     };
                     counts[index] += 1;
                 }

@@ -49,6 +49,13 @@ pub const CHECKSUM_AUDITS: &str = "datapack_worker_checksum_audit_total";
 pub const RECONCILE_KEYS: &str = "datapack_worker_reconcile_keys_listed_total";
 pub const RECONCILE_PAGES: &str = "datapack_worker_reconcile_pages_total";
 pub const RECONCILE_DIFFERENCES: &str = "datapack_worker_reconcile_differences_total";
+pub const SEQUENCER_UNUSABLE: &str = "datapack_worker_sequencer_unusable_total";
+pub const ORDER_TIES: &str = "datapack_worker_order_ties_total";
+
+/// The `reason` values of [`SEQUENCER_UNUSABLE`] (the parser's `SequencerProblem::as_str`).
+pub const SEQUENCER_PROBLEMS: [&str; 4] = ["not_text", "empty", "not_hex", "too_long"];
+/// The `result` values of [`ORDER_TIES`].
+pub const TIE_RESULTS: [&str; 2] = ["current", "not_current"];
 
 // Fine below 100 ms (1 ms steps to 5 ms, then 2.5-10 ms), where a healthy worker's latencies
 // sit: a p99 of 11 ms and one of 17 ms must not both read as "10-25 ms". Coarse above.
@@ -142,6 +149,19 @@ fn describe() {
         RECONCILE_DIFFERENCES,
         Unit::Count,
         "Differences a reconcile found between the bucket and the database, by kind (missing, changed, gone)."
+    );
+    describe_counter!(
+        SEQUENCER_UNUSABLE,
+        Unit::Count,
+        "Object events whose S3 sequencer could not be used (ordered by event time instead), by \
+         reason: not_text, empty, not_hex, too_long."
+    );
+    describe_counter!(
+        ORDER_TIES,
+        Unit::Count,
+        "Writes that tied with a different object of their key on sequencer and event time, \
+         settled by asking S3 for the key's current object; result: current (it won) or \
+         not_current (it lost)."
     );
     describe_counter!(MESSAGES_RECEIVED, Unit::Count, "SQS messages received.");
     describe_counter!(
@@ -285,6 +305,12 @@ fn zero() {
     for result in ["match", "mismatch"] {
         counter!(CHECKSUM_AUDITS, "result" => result).absolute(0);
     }
+    for reason in SEQUENCER_PROBLEMS {
+        counter!(SEQUENCER_UNUSABLE, "reason" => reason).absolute(0);
+    }
+    for result in TIE_RESULTS {
+        counter!(ORDER_TIES, "result" => result).absolute(0);
+    }
     let dispositions = ["ack", "retry", "dead_letter", "release", "lost"];
     for disposition in dispositions {
         counter!(MESSAGES, "disposition" => disposition).absolute(0);
@@ -319,6 +345,22 @@ fn zero() {
         counter!(RECORDS, "outcome" => outcome, "reason" => reason).absolute(0);
     }
     hot::install(records, &dispositions);
+}
+
+/// An object event's sequencer could not be used (`reason`, one of [`SEQUENCER_PROBLEMS`]): it
+/// is ordered by its event time instead.
+pub fn sequencer_unusable(reason: &'static str) {
+    tracing::debug!(
+        reason,
+        "the event's sequencer is unusable; ordering by event time"
+    );
+    counter!(SEQUENCER_UNUSABLE, "reason" => reason).increment(1);
+}
+
+/// A write tied with a different object and S3's answer settled it (`result`, one of
+/// [`TIE_RESULTS`]).
+pub fn order_tie(result: &'static str) {
+    counter!(ORDER_TIES, "result" => result).increment(1);
 }
 
 /// A reconcile finished a page of `keys` keys (compared, repaired, checkpointed).

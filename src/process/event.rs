@@ -4,6 +4,10 @@
 //! notification, an EventBridge event (`detail-type` + `detail`), and the `s3:TestEvent` S3 sends
 //! when a notification is configured. Parsing is total: every body ends as events, a test event,
 //! or a [`ParseError`] whose reason code says why it was dead-lettered.
+//!
+//! A sequencer is an ordering hint, not the upload: one that is not text, empty, not hexadecimal
+//! or too long is dropped (the event is ordered by its time) and noted ([`SequencerProblem`]),
+//! never a reason to refuse the record.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::Value;
@@ -57,6 +61,38 @@ pub struct ObjectEvent {
     pub event_time: DateTime<Utc>,
 }
 
+/// Why an event's sequencer cannot order it (the `reason` of `sequencer_unusable_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequencerProblem {
+    /// A JSON value that is not a string.
+    NotText,
+    Empty,
+    /// AWS's sequencers are hexadecimal; AWS's own sample event says `"Happy Sequencer"`.
+    NotHex,
+    /// Longer than [`limits::SEQUENCER_CHARS`].
+    TooLong,
+}
+
+impl SequencerProblem {
+    pub const ALL: [Self; 4] = [Self::NotText, Self::Empty, Self::NotHex, Self::TooLong];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotText => "not_text",
+            Self::Empty => "empty",
+            Self::NotHex => "not_hex",
+            Self::TooLong => "too_long",
+        }
+    }
+}
+
+/// A parsed body, with the sequencers the parser had to drop (one per event that carried one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub message: Message,
+    pub unusable_sequencers: Vec<SequencerProblem>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}: {detail}")]
 pub struct ParseError {
@@ -79,7 +115,7 @@ pub mod limits {
     pub const ETAG_CHARS: usize = 128;
     /// S3 version ids are at most 1,024 bytes.
     pub const VERSION_ID_CHARS: usize = 1024;
-    /// S3 sequencers are 16–18 hex digits today.
+    /// S3 sequencers are 16–18 hex digits today. A longer one is dropped, not refused.
     pub const SEQUENCER_CHARS: usize = 64;
     /// S3's largest object (50 TB).
     pub const OBJECT_BYTES: u64 = 50_000_000_000_000;
@@ -95,6 +131,20 @@ fn malformed(detail: impl Into<String>) -> ParseError {
 
 /// Parses a message body. SNS envelopes are unwrapped once (SNS never nests).
 pub fn parse(body: &str) -> Result<Message, ParseError> {
+    parse_noting(body).map(|parsed| parsed.message)
+}
+
+/// [`parse`], saying which sequencers were unusable (the worker counts them).
+pub fn parse_noting(body: &str) -> Result<Parsed, ParseError> {
+    let mut unusable_sequencers = Vec::new();
+    let message = parse_body(body, &mut unusable_sequencers)?;
+    Ok(Parsed {
+        message,
+        unusable_sequencers,
+    })
+}
+
+fn parse_body(body: &str, notes: &mut Vec<SequencerProblem>) -> Result<Message, ParseError> {
     if body.len() > limits::BODY_BYTES {
         return Err(malformed(format!(
             "body of {} bytes is over the limit of {}",
@@ -111,12 +161,12 @@ pub fn parse(body: &str) -> Result<Message, ParseError> {
             .ok_or_else(|| malformed("SNS notification without a string Message"))?;
         let inner: Value = serde_json::from_str(inner)
             .map_err(|e| malformed(format!("SNS Message is not JSON: {e}")))?;
-        return parse_value(&inner);
+        return parse_value(&inner, notes);
     }
-    parse_value(&value)
+    parse_value(&value, notes)
 }
 
-fn parse_value(value: &Value) -> Result<Message, ParseError> {
+fn parse_value(value: &Value, notes: &mut Vec<SequencerProblem>) -> Result<Message, ParseError> {
     let Some(object) = value.as_object() else {
         return Err(malformed("body is not a JSON object"));
     };
@@ -139,12 +189,12 @@ fn parse_value(value: &Value) -> Result<Message, ParseError> {
         }
         return records
             .iter()
-            .map(parse_record)
+            .map(|record| parse_record(record, notes))
             .collect::<Result<_, _>>()
             .map(Message::Events);
     }
     if object.contains_key("detail-type") {
-        return parse_eventbridge(value).map(|item| Message::Events(vec![item]));
+        return parse_eventbridge(value, notes).map(|item| Message::Events(vec![item]));
     }
     Err(malformed(
         "not an S3, SNS or EventBridge notification (no Records, detail-type or Event)",
@@ -177,7 +227,7 @@ fn classify_s3_name(name: &str) -> Option<Option<EventKind>> {
     }
 }
 
-fn parse_record(record: &Value) -> Result<Item, ParseError> {
+fn parse_record(record: &Value, notes: &mut Vec<SequencerProblem>) -> Result<Item, ParseError> {
     let name =
         str_at(record, &["eventName"]).ok_or_else(|| malformed("record without eventName"))?;
     check_len("eventName", name, limits::EVENT_NAME_CHARS)?;
@@ -212,10 +262,11 @@ fn parse_record(record: &Value) -> Result<Item, ParseError> {
         &["object", "eTag"],
         &["object", "versionId"],
         time,
+        notes,
     )
 }
 
-fn parse_eventbridge(value: &Value) -> Result<Item, ParseError> {
+fn parse_eventbridge(value: &Value, notes: &mut Vec<SequencerProblem>) -> Result<Item, ParseError> {
     let detail_type = str_at(value, &["detail-type"]).unwrap_or_default();
     if let Some(source) = str_at(value, &["source"])
         && source != "aws.s3"
@@ -258,6 +309,7 @@ fn parse_eventbridge(value: &Value) -> Result<Item, ParseError> {
         &["object", "etag"],
         &["object", "version-id"],
         time,
+        notes,
     )
 }
 
@@ -296,17 +348,20 @@ fn size_of(s3: &Value) -> Result<Option<u64>, ParseError> {
     }
 }
 
-fn sequencer_of(s3: &Value) -> Result<Option<String>, ParseError> {
-    let Some(sequencer) = str_at(s3, &["object", "sequencer"]).filter(|s| !s.is_empty()) else {
-        return Ok(None);
-    };
-    check_len("sequencer", sequencer, limits::SEQUENCER_CHARS)?;
-    if !sequencer.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(malformed(format!(
-            "sequencer {sequencer:?} is not hexadecimal"
-        )));
+/// The event's sequencer if it can order events; else `None`, noting why.
+fn sequencer_of(s3: &Value) -> Result<Option<String>, SequencerProblem> {
+    match s3.get("object").and_then(|o| o.get("sequencer")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Err(SequencerProblem::Empty),
+        Some(Value::String(s)) if s.len() > limits::SEQUENCER_CHARS => {
+            Err(SequencerProblem::TooLong)
+        }
+        Some(Value::String(s)) if !s.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Err(SequencerProblem::NotHex)
+        }
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(SequencerProblem::NotText),
     }
-    Ok(Some(sequencer.to_owned()))
 }
 
 fn object_event(
@@ -316,6 +371,7 @@ fn object_event(
     etag_at: &[&str],
     version_at: &[&str],
     time: &str,
+    notes: &mut Vec<SequencerProblem>,
 ) -> Result<Item, ParseError> {
     let bucket = bucket_of(s3)?;
     let key = key_of(s3)?;
@@ -332,7 +388,11 @@ fn object_event(
     if let Some(version) = &version_id {
         check_token("versionId", version, limits::VERSION_ID_CHARS)?;
     }
-    let sequencer = sequencer_of(s3)?;
+    let event_time = parse_time(time)?;
+    let sequencer = sequencer_of(s3).unwrap_or_else(|problem| {
+        notes.push(problem);
+        None
+    });
     Ok(Item::Object(ObjectEvent {
         kind,
         event_name: event_name.to_owned(),
@@ -342,7 +402,7 @@ fn object_event(
         size,
         version_id,
         sequencer,
-        event_time: parse_time(time)?,
+        event_time,
     }))
 }
 

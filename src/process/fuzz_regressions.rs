@@ -5,7 +5,6 @@
 
 use std::cmp::Ordering;
 
-use crate::disposition::DeadLetterReason;
 use crate::process::{event, metadata};
 
 /// A notification for one upload whose sequencer is `sequencer`.
@@ -23,7 +22,8 @@ fn body_with_sequencer(sequencer: &str) -> String {
 /// sequencer longer than 65,535 characters made `sequencer_cmp` panic
 /// ("Formatting argument out of range": the padding width of `format!` is a `u16`), which killed
 /// the writer task that ordered the row. The comparison must work for any length, and the
-/// parser must refuse a sequencer no S3 would send before it reaches the writer.
+/// parser must drop a sequencer no S3 would send before it reaches the writer (the event is
+/// then ordered by its time; it is not refused).
 #[test]
 fn sequencer_longer_than_a_format_width_does_not_panic() {
     let long = format!("0055{}1", "0".repeat(70_000));
@@ -44,8 +44,18 @@ fn sequencer_longer_than_a_format_width_does_not_panic() {
         Ordering::Less
     );
 
-    let refused = event::parse(&body_with_sequencer(&long)).unwrap_err();
-    assert_eq!(refused.reason, DeadLetterReason::MalformedMessage);
+    let parsed = event::parse_noting(&body_with_sequencer(&long)).unwrap();
+    assert_eq!(
+        parsed.unusable_sequencers,
+        vec![event::SequencerProblem::TooLong]
+    );
+    match parsed.message {
+        event::Message::Events(items) => match &items[..] {
+            [event::Item::Object(e)] => assert_eq!(e.sequencer, None),
+            other => panic!("not one object event: {other:?}"),
+        },
+        other => panic!("not events: {other:?}"),
+    }
 }
 
 /// rfc2047: an encoded word whose charset carries an RFC 2231 language tag

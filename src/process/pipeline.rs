@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use tracing::{Instrument, Span};
 
-use crate::disposition::{DeadLetterReason, Dependency, Failure, Outcome, SkipReason};
+use crate::disposition::{DeadLetterReason, Dependency, Failure, Outcome, RetryReason, SkipReason};
 use crate::ops::health::Health;
 use crate::process::event::{self, EventKind, Item, Message, ObjectEvent};
 use crate::process::fetch::{self, Fetched, Target};
@@ -76,7 +76,12 @@ impl Pipeline {
     /// One message body → its verdict. The body is all the pipeline needs: receipt, receive
     /// count and timestamps stay with the intake, which settles the verdict.
     pub async fn process(&self, body: &str) -> Verdict {
-        let items = match event::parse(body) {
+        let items = match event::parse_noting(body).map(|parsed| {
+            for problem in parsed.unusable_sequencers {
+                crate::ops::metrics::sequencer_unusable(problem.as_str());
+            }
+            parsed.message
+        }) {
             Ok(Message::Test) => {
                 return Verdict::Ack(vec![Done {
                     outcome: Outcome::Skipped(SkipReason::TestEvent),
@@ -134,7 +139,7 @@ impl Pipeline {
                 (write, (at, item, span))
             })
             .unzip();
-        let written = self.writer.write(writes).await?;
+        let written = self.write_settling_ties(writes).await?;
         let now = Utc::now();
         for (result, (at, item, span)) in written.into_iter().zip(origins) {
             let outcome = match result {
@@ -142,6 +147,8 @@ impl Pipeline {
                 WriteOutcome::Duplicate => Outcome::Duplicate,
                 WriteOutcome::Removed => Outcome::Removed,
                 WriteOutcome::Stale => Outcome::Stale,
+                // `write_settling_ties` answers none: it settles each with S3.
+                WriteOutcome::Tie => Outcome::Stale,
                 WriteOutcome::UnknownDatapack => {
                     tally.refuse(
                         item,
@@ -159,6 +166,65 @@ impl Pipeline {
             tally.outcomes.push(Done { outcome, span });
         }
         Ok(())
+    }
+
+    /// Writes, then settles the writes that tied with a different object of their key at the
+    /// same position (sequencer and event time): S3 is asked which object the key shows now
+    /// (one HeadObject per tie, none otherwise) and each is written again with that answer.
+    async fn write_settling_ties(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, Failure> {
+        let kept = writes.clone();
+        let mut outcomes = self.writer.write(writes).await?;
+        // The writer answers one outcome per write, in order.
+        let tied: Vec<usize> = (0..outcomes.len().min(kept.len()))
+            .filter(|&i| outcomes[i] == WriteOutcome::Tie)
+            .collect();
+        if tied.is_empty() {
+            return Ok(outcomes);
+        }
+        let mut decided = Vec::with_capacity(tied.len());
+        for &i in &tied {
+            let write = &kept[i];
+            let (bucket, key) = match write {
+                Write::Resource(r) => (&r.bucket, &r.object_key),
+                Write::Removal(r) => (&r.bucket, &r.object_key),
+            };
+            let current = self.current(bucket, key).await?;
+            let tiebreak = versions::tiebreak(write, &current);
+            crate::ops::metrics::order_tie(tiebreak.as_str());
+            tracing::info!(
+                ?tiebreak,
+                "two objects tied on sequencer and event time: S3's current one wins"
+            );
+            let mut write = write.clone();
+            write.set_tiebreak(tiebreak);
+            decided.push(write);
+        }
+        let again = self.writer.write(decided).await?;
+        for (i, outcome) in tied.into_iter().zip(again) {
+            if outcome == WriteOutcome::Tie {
+                return Err(Failure::transient(
+                    RetryReason::DatabaseError,
+                    "a write settled by S3 was answered as a tie again",
+                ));
+            }
+            if let Some(slot) = outcomes.get_mut(i) {
+                *slot = outcome;
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// What S3 shows for `key` now (HeadObject, no version), feeding the S3 breaker as a fetch does.
+    async fn current(&self, bucket: &str, key: &str) -> Result<versions::Current, Failure> {
+        let asked = versions::current(&self.s3, bucket, key).await;
+        match &asked {
+            Ok(_) => self.health.observe(Dependency::S3, key, true),
+            Err(failure) if failure.dependency() == Some(Dependency::S3) => {
+                self.health.observe(Dependency::S3, key, false)
+            }
+            Err(_) => {}
+        }
+        asked.map_err(|failure| failure.about(bucket, key))
     }
 
     async fn prepare(&self, item: &Item) -> Result<Prepared, Failure> {
@@ -257,6 +323,7 @@ impl Pipeline {
             version_id: facts.version_id,
             sequencer: event.sequencer.clone(),
             event_time: event.event_time,
+            tiebreak: None,
         })))
     }
 }
@@ -268,18 +335,7 @@ impl Pipeline {
     /// shows, which the event does not say: S3 is asked, and the key converges to its answer.
     async fn removed(&self, event: &ObjectEvent) -> Result<Prepared, Failure> {
         let current = match (event.kind, &event.version_id) {
-            (EventKind::Removed, Some(_)) => {
-                let asked = versions::current(&self.s3, &event.bucket, &event.key).await;
-                // Every answer from S3 feeds the breaker, as the fetch's do.
-                match &asked {
-                    Ok(_) => self.health.observe(Dependency::S3, &event.key, true),
-                    Err(failure) if failure.dependency() == Some(Dependency::S3) => {
-                        self.health.observe(Dependency::S3, &event.key, false)
-                    }
-                    Err(_) => {}
-                }
-                asked?
-            }
+            (EventKind::Removed, Some(_)) => self.current(&event.bucket, &event.key).await?,
             _ => versions::Current::Nothing,
         };
         Ok(Prepared::Write(Write::Removal(versions::converge(

@@ -7,6 +7,9 @@
 //! what survived the removal, at the removal's position in the key's order: the store makes the
 //! rows at or before it converge to that version, and anything newer still wins. A plain delete
 //! and a delete marker need no request: nothing is live as of them.
+//!
+//! The same question settles a tie: two different objects of one key at one position (equal or
+//! missing sequencers, equal event times). Whichever S3 shows now wins ([`tiebreak`]).
 
 use aws_sdk_s3::types::{DeleteMarkerEntry, ObjectVersion};
 use chrono::{DateTime, Utc};
@@ -14,7 +17,8 @@ use chrono::{DateTime, Utc};
 use crate::aws;
 use crate::disposition::{Dependency, Failure, RetryReason};
 use crate::process::event::unquote_etag;
-use crate::store::{Removal, Survivor};
+use crate::store::write::Tiebreak;
+use crate::store::{Removal, Survivor, Write};
 
 /// What S3 shows for a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +146,32 @@ pub(crate) fn converge(
             Current::Nothing => None,
             Current::Version(survivor) => Some(survivor),
         },
+        tiebreak: None,
+    }
+}
+
+/// Settles a write that tied with a different object, from what S3 shows for the key now: a
+/// create wins if its bytes (and version, when both are known) are current; a removal wins if
+/// what it left is (nothing, or its survivor).
+pub(crate) fn tiebreak(write: &Write, current: &Current) -> Tiebreak {
+    let wins = match (write, current) {
+        (Write::Resource(r), Current::Version(now)) => {
+            r.etag == now.etag
+                && match (&r.version_id, &now.version_id) {
+                    (Some(mine), Some(theirs)) => mine == theirs,
+                    _ => true,
+                }
+        }
+        (Write::Resource(_), Current::Nothing) => false,
+        (Write::Removal(r), Current::Nothing) => r.survivor.is_none(),
+        (Write::Removal(r), Current::Version(now)) => {
+            r.survivor.as_ref().is_some_and(|s| s.etag == now.etag)
+        }
+    };
+    if wins {
+        Tiebreak::Current
+    } else {
+        Tiebreak::NotCurrent
     }
 }
 
@@ -262,5 +292,50 @@ mod tests {
         assert_eq!(removal.survivor.unwrap().etag, "e2");
         let hidden = converge("b", "dp/a", Current::Nothing, Some("m1"), None, t);
         assert_eq!(hidden.survivor, None);
+    }
+
+    #[test]
+    fn a_tie_goes_to_what_s3_shows() {
+        let t = DateTime::<Utc>::from_timestamp(100, 0).unwrap();
+        let create = |etag: &str, version: Option<&str>| {
+            Write::Resource(crate::store::NewResource {
+                bucket: "b".into(),
+                object_key: "dp/a".into(),
+                datapack: "dp".into(),
+                path: "/".into(),
+                display: "a".into(),
+                content_type: None,
+                length: 1,
+                etag: etag.into(),
+                sha256: "0".repeat(64),
+                sha256_source: Default::default(),
+                submitter_name: None,
+                submitter_email: None,
+                object_last_modified: None,
+                version_id: version.map(str::to_owned),
+                sequencer: Some("00AB".into()),
+                event_time: t,
+                tiebreak: None,
+            })
+        };
+        let now = survivor("e2", "v2");
+        assert_eq!(tiebreak(&create("e2", Some("v2")), &now), Tiebreak::Current);
+        assert_eq!(tiebreak(&create("e2", None), &now), Tiebreak::Current);
+        assert_eq!(
+            tiebreak(&create("e2", Some("v1")), &now),
+            Tiebreak::NotCurrent,
+            "the same bytes, an older version"
+        );
+        assert_eq!(tiebreak(&create("e1", None), &now), Tiebreak::NotCurrent);
+        assert_eq!(
+            tiebreak(&create("e2", None), &Current::Nothing),
+            Tiebreak::NotCurrent
+        );
+        let plain = Write::Removal(converge("b", "dp/a", Current::Nothing, None, None, t));
+        assert_eq!(tiebreak(&plain, &Current::Nothing), Tiebreak::Current);
+        assert_eq!(tiebreak(&plain, &now), Tiebreak::NotCurrent);
+        let left_e2 = Write::Removal(converge("b", "dp/a", now.clone(), Some("v1"), None, t));
+        assert_eq!(tiebreak(&left_e2, &now), Tiebreak::Current);
+        assert_eq!(tiebreak(&left_e2, &Current::Nothing), Tiebreak::NotCurrent);
     }
 }

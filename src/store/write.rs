@@ -5,6 +5,13 @@
 //! fixed order so two batches never deadlock) before any ordering decision, which makes "is there
 //! something newer for this key?" race-free across replicas. Every row the batch changes is
 //! announced to listeners in the same transaction ([`crate::store::notify`]).
+//!
+//! The order of one key's events ([`order`], and the SQL function `datapack_event_newer`): S3's
+//! sequencers when both events have one and they differ, else the event times, else a tie rank.
+//! Two different objects that tie on both are not written: the write answers
+//! [`WriteOutcome::Tie`], the caller asks S3 which object is current and writes again with a
+//! [`Tiebreak`], which ranks the write above (current) or below (not) everything it tied with.
+//! The same object at the same position again is a redelivery and changes nothing.
 
 use std::collections::HashMap;
 
@@ -13,6 +20,12 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::store::notify;
+
+mod order;
+
+use order::Position;
+pub use order::sequencer_cmp;
+use order::{newer, rank, set_aside};
 
 /// A resource row to record: the facts of one upload, hashed or vouched for by S3.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +47,29 @@ pub struct NewResource {
     pub version_id: Option<String>,
     pub sequencer: Option<String>,
     pub event_time: DateTime<Utc>,
+    /// `None` on the first write; S3's word once the write answered [`WriteOutcome::Tie`].
+    pub tiebreak: Option<Tiebreak>,
+}
+
+/// What S3 said when a write tied with a different object at the same position (equal or
+/// missing sequencers, equal event times): whether the write's object is the key's current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tiebreak {
+    /// S3 shows this write's object (for a removal: what the removal left, nothing or its
+    /// survivor): it ranks above every event it tied with.
+    Current,
+    /// S3 shows something else: it ranks below every event it tied with.
+    NotCurrent,
+}
+
+impl Tiebreak {
+    /// The `result` label of `order_ties_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Current => "current",
+            Self::NotCurrent => "not_current",
+        }
+    }
 }
 
 /// Where a row's SHA-256 came from: the `sha256_source` column.
@@ -69,6 +105,8 @@ pub struct Removal {
     /// What the key shows once this removal happened: `None` when nothing does (a plain delete,
     /// a delete marker, no version left), else the version S3 said is current.
     pub survivor: Option<Survivor>,
+    /// `None` on the first write; S3's word once the write answered [`WriteOutcome::Tie`].
+    pub tiebreak: Option<Tiebreak>,
 }
 
 /// The version of a key S3 shows after a removal: the rows at or before the removal converge to
@@ -97,10 +135,35 @@ impl Write {
         }
     }
 
-    fn position(&self) -> (Option<&str>, DateTime<Utc>) {
+    /// The position in the key's order, before any tie rank.
+    fn position(&self) -> Position<'_> {
         match self {
-            Self::Resource(r) => (r.sequencer.as_deref(), r.event_time),
-            Self::Removal(r) => (r.sequencer.as_deref(), r.event_time),
+            Self::Resource(r) => (r.sequencer.as_deref(), r.event_time, 0),
+            Self::Removal(r) => (r.sequencer.as_deref(), r.event_time, 0),
+        }
+    }
+
+    pub fn tiebreak(&self) -> Option<Tiebreak> {
+        match self {
+            Self::Resource(r) => r.tiebreak,
+            Self::Removal(r) => r.tiebreak,
+        }
+    }
+
+    pub fn set_tiebreak(&mut self, tiebreak: Tiebreak) {
+        match self {
+            Self::Resource(r) => r.tiebreak = Some(tiebreak),
+            Self::Removal(r) => r.tiebreak = Some(tiebreak),
+        }
+    }
+
+    /// What the write is about at its position: a resource's bytes (its ETag); for a removal,
+    /// the bytes it leaves live (its survivor's ETag), if any. Two writes of one key at one
+    /// position with different identities are a tie; with the same, a redelivery.
+    fn identity(&self) -> (bool, Option<&str>) {
+        match self {
+            Self::Resource(r) => (false, Some(r.etag.as_str())),
+            Self::Removal(r) => (true, r.survivor.as_ref().map(|s| s.etag.as_str())),
         }
     }
 }
@@ -112,14 +175,9 @@ pub enum WriteOutcome {
     UnknownDatapack,
     Removed,
     Stale,
-}
-
-/// The same ordering rule as the SQL function `datapack_event_newer`.
-fn newer(a: (Option<&str>, DateTime<Utc>), b: (Option<&str>, DateTime<Utc>)) -> bool {
-    match (a.0, b.0) {
-        (Some(x), Some(y)) => sequencer_cmp(x, y).is_gt(),
-        _ => a.1 > b.1,
-    }
+    /// Not written: a different object of the key sits at the same position (sequencer and event
+    /// time). Write it again with a [`Tiebreak`] from S3.
+    Tie,
 }
 
 /// A stable 64-bit lock id for a key; collisions only serialise two keys, never corrupt.
@@ -158,13 +216,15 @@ pub async fn apply_on(
     }
     let mut tx = sqlx::Connection::begin(connection).await?;
     lock_keys(&mut tx, writes).await?;
+    let set_aside = set_aside(&mut tx, writes, &mut outcomes).await?;
+    let ranks = rank(&mut tx, writes).await?;
     let datapacks = resolve_datapacks(&mut tx, writes, create_datapacks).await?;
-    let (resources, removals) = choose(writes, &datapacks, &mut outcomes);
-    let written = insert_resources(&mut tx, &resources, &datapacks).await?;
+    let (resources, removals) = choose(writes, &ranks, &set_aside, &datapacks, &mut outcomes);
+    let written = insert_resources(&mut tx, &resources, &ranks, &datapacks).await?;
     for row in &written {
         outcomes[row.index] = WriteOutcome::Recorded;
     }
-    for i in upsert_removals(&mut tx, &removals).await? {
+    for i in upsert_removals(&mut tx, &removals, &ranks).await? {
         outcomes[i] = WriteOutcome::Removed;
     }
     let settled = settle(&mut tx, writes).await?;
@@ -195,15 +255,25 @@ type Chosen<'a, T> = Vec<(usize, &'a T)>;
 
 /// Within one batch, keeps the newest write per upload (resources) or per key (removals): the
 /// others are duplicates by construction, and ON CONFLICT may touch a row only once. Marks
-/// resources of unknown datapacks, and every removal as stale until it is applied.
+/// resources of unknown datapacks, and every removal as stale until it is applied. Writes set
+/// aside (redeliveries, ties) are left as they were answered.
 fn choose<'a>(
     writes: &'a [Write],
+    ranks: &[i32],
+    set_aside: &[bool],
     datapacks: &HashMap<String, i64>,
     outcomes: &mut [WriteOutcome],
 ) -> (Chosen<'a, NewResource>, Chosen<'a, Removal>) {
+    let position = |i: usize| {
+        let (sequencer, time, _) = writes[i].position();
+        (sequencer, time, ranks[i])
+    };
     let mut resources: HashMap<(&str, &str, &str), usize> = HashMap::new();
     let mut removals: HashMap<(&str, &str), usize> = HashMap::new();
     for (i, write) in writes.iter().enumerate() {
+        if set_aside[i] {
+            continue;
+        }
         let slot = match write {
             Write::Resource(r) if !datapacks.contains_key(r.datapack.as_str()) => {
                 outcomes[i] = WriteOutcome::UnknownDatapack;
@@ -217,7 +287,7 @@ fn choose<'a>(
                 removals.entry((&r.bucket, &r.object_key)).or_insert(i)
             }
         };
-        if newer(write.position(), writes[*slot].position()) {
+        if newer(position(i), position(*slot)) {
             *slot = i;
         }
     }
@@ -297,10 +367,11 @@ const INSERT_RESOURCES: &str = "WITH prior AS (
          written AS (
              INSERT INTO datapack_resource AS r (datapack_id, bucket, object_key, path, display,
                  content_type, length, etag, sha256, submitter_name, submitter_email,
-                 object_last_modified, version_id, sequencer, event_time, sha256_source)
+                 object_last_modified, version_id, sequencer, event_time, sha256_source, tie_rank)
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
                  $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[],
-                 $12::timestamptz[], $13::text[], $14::text[], $15::timestamptz[], $16::text[])
+                 $12::timestamptz[], $13::text[], $14::text[], $15::timestamptz[], $16::text[],
+                 $17::int[])
              ON CONFLICT ON CONSTRAINT datapack_resource_upload_key DO UPDATE SET
                  datapack_id = EXCLUDED.datapack_id, path = EXCLUDED.path, display = EXCLUDED.display,
                  content_type = EXCLUDED.content_type, length = EXCLUDED.length, sha256 = EXCLUDED.sha256,
@@ -308,8 +379,9 @@ const INSERT_RESOURCES: &str = "WITH prior AS (
                  submitter_name = EXCLUDED.submitter_name, submitter_email = EXCLUDED.submitter_email,
                  object_last_modified = EXCLUDED.object_last_modified, version_id = EXCLUDED.version_id,
                  sequencer = EXCLUDED.sequencer, event_time = EXCLUDED.event_time,
-                 ingested_at = now(), deleted_at = NULL
-               WHERE datapack_event_newer(EXCLUDED.sequencer, EXCLUDED.event_time, r.sequencer, r.event_time)
+                 tie_rank = EXCLUDED.tie_rank, ingested_at = now(), deleted_at = NULL
+               WHERE datapack_event_newer(EXCLUDED.sequencer, EXCLUDED.event_time, EXCLUDED.tie_rank,
+                                          r.sequencer, r.event_time, r.tie_rank)
              RETURNING id, bucket, object_key, etag)
          SELECT w.id, w.bucket, w.object_key, w.etag, p.id IS NULL AS inserted,
                 coalesce(p.live, false) AS was_live
@@ -320,6 +392,7 @@ const INSERT_RESOURCES: &str = "WITH prior AS (
 async fn insert_resources(
     tx: &mut Tx<'_>,
     resources: &[(usize, &NewResource)],
+    ranks: &[i32],
     datapacks: &HashMap<String, i64>,
 ) -> Result<Vec<Written>, sqlx::Error> {
     if resources.is_empty() {
@@ -350,6 +423,7 @@ async fn insert_resources(
         .bind(column!(r => r.sequencer.as_deref()))
         .bind(column!(r => r.event_time))
         .bind(column!(r => r.sha256_source.as_str()))
+        .bind(resources.iter().map(|(i, _)| ranks[*i]).collect::<Vec<_>>())
         .fetch_all(&mut **tx)
         .await?;
     let index: HashMap<(&str, &str, &str), usize> = resources
@@ -383,6 +457,7 @@ async fn insert_resources(
 async fn upsert_removals(
     tx: &mut Tx<'_>,
     removals: &[(usize, &Removal)],
+    ranks: &[i32],
 ) -> Result<Vec<usize>, sqlx::Error> {
     if removals.is_empty() {
         return Ok(Vec::new());
@@ -394,14 +469,16 @@ async fn upsert_removals(
     }
     let rows = sqlx::query(
         "INSERT INTO datapack_object_removal AS t (bucket, object_key, sequencer, event_time,
-             version_id, current_etag, current_version_id)
+             version_id, current_etag, current_version_id, tie_rank)
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
-             $6::text[], $7::text[])
+             $6::text[], $7::text[], $8::int[])
          ON CONFLICT (bucket, object_key) DO UPDATE SET
              sequencer = EXCLUDED.sequencer, event_time = EXCLUDED.event_time,
              version_id = EXCLUDED.version_id, current_etag = EXCLUDED.current_etag,
-             current_version_id = EXCLUDED.current_version_id, recorded_at = now()
-           WHERE datapack_event_newer(EXCLUDED.sequencer, EXCLUDED.event_time, t.sequencer, t.event_time)
+             current_version_id = EXCLUDED.current_version_id, tie_rank = EXCLUDED.tie_rank,
+             recorded_at = now()
+           WHERE datapack_event_newer(EXCLUDED.sequencer, EXCLUDED.event_time, EXCLUDED.tie_rank,
+                                      t.sequencer, t.event_time, t.tie_rank)
          RETURNING bucket, object_key",
     )
     .bind(column!(r => r.bucket.as_str()))
@@ -411,6 +488,7 @@ async fn upsert_removals(
     .bind(column!(r => r.version_id.as_deref()))
     .bind(column!(r => r.survivor.as_ref().map(|s| s.etag.as_str())))
     .bind(column!(r => r.survivor.as_ref().and_then(|s| s.version_id.as_deref())))
+    .bind(removals.iter().map(|(i, _)| ranks[*i]).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
     let index: HashMap<(&str, &str), usize> = removals
@@ -437,15 +515,16 @@ pub(crate) struct Settled {
 /// Settles every touched key: which of its rows are live after this batch (see `settle`).
 const SETTLE_KEYS: &str = "WITH candidate AS MATERIALIZED (
              SELECT r.id, r.bucket, r.object_key, r.etag, r.version_id, r.sequencer, r.event_time,
-                    r.deleted_at
+                    r.tie_rank, r.deleted_at
              FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k (bucket, object_key)
              JOIN datapack_resource r ON r.bucket = k.bucket AND r.object_key = k.object_key),
          placed AS (
              SELECT c.*, t.current_etag, t.current_version_id,
                     t.object_key IS NOT NULL
-                      AND NOT datapack_event_newer(c.sequencer, c.event_time, t.sequencer, t.event_time)
+                      AND NOT datapack_event_newer(c.sequencer, c.event_time, c.tie_rank,
+                                                   t.sequencer, t.event_time, t.tie_rank)
                       AS before_removal,
-                    t.sequencer AS t_sequencer, t.event_time AS t_event_time
+                    t.sequencer AS t_sequencer, t.event_time AS t_event_time, t.tie_rank AS t_tie_rank
              FROM candidate c
              LEFT JOIN datapack_object_removal t
                ON t.bucket = c.bucket AND t.object_key = c.object_key
@@ -457,11 +536,13 @@ const SETTLE_KEYS: &str = "WITH candidate AS MATERIALIZED (
                         p.etag IS NOT DISTINCT FROM p.current_etag
                         AND NOT EXISTS (SELECT 1 FROM datapack_resource n
                             WHERE n.bucket = p.bucket AND n.object_key = p.object_key
-                              AND datapack_event_newer(n.sequencer, n.event_time, p.t_sequencer, p.t_event_time))
+                              AND datapack_event_newer(n.sequencer, n.event_time, n.tie_rank,
+                                                       p.t_sequencer, p.t_event_time, p.t_tie_rank))
                     ELSE
                         NOT EXISTS (SELECT 1 FROM datapack_resource n
                             WHERE n.bucket = p.bucket AND n.object_key = p.object_key AND n.id <> p.id
-                              AND datapack_event_newer(n.sequencer, n.event_time, p.sequencer, p.event_time))
+                              AND datapack_event_newer(n.sequencer, n.event_time, n.tie_rank,
+                                                       p.sequencer, p.event_time, p.tie_rank))
                     END AS live
              FROM placed p)
          UPDATE datapack_resource r SET
@@ -517,57 +598,13 @@ async fn settle(tx: &mut Tx<'_>, writes: &[Write]) -> Result<Vec<Settled>, sqlx:
         .collect()
 }
 
-/// AWS's rule for S3 sequencers: pad the shorter with zeros on the right, compare as strings.
-/// Padded lazily: no allocation, and no format width that a long input could overflow.
-pub fn sequencer_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    fn padded(s: &str, width: usize) -> impl Iterator<Item = u8> + '_ {
-        s.bytes()
-            .map(|b| b.to_ascii_uppercase())
-            .chain(std::iter::repeat(b'0'))
-            .take(width)
-    }
-    let width = a.len().max(b.len());
-    padded(a, width).cmp(padded(b, width))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn newer_prefers_sequencers_then_times() {
-        let t0 = DateTime::<Utc>::from_timestamp(100, 0).unwrap();
-        let t1 = DateTime::<Utc>::from_timestamp(200, 0).unwrap();
-        assert!(newer((Some("0056"), t0), (Some("0055FF"), t1)));
-        assert!(!newer((Some("0055"), t1), (Some("0055"), t0)));
-        assert!(newer((None, t1), (Some("00FF"), t0)));
-        assert!(!newer((None, t0), (None, t0)));
-    }
-
-    #[test]
     fn key_lock_is_stable_and_separates_bucket_from_key() {
         assert_eq!(key_lock("b", "k"), key_lock("b", "k"));
         assert_ne!(key_lock("ab", "c"), key_lock("a", "bc"));
-    }
-
-    #[test]
-    fn orders_sequencers_like_aws() {
-        use std::cmp::Ordering::*;
-        assert_eq!(
-            sequencer_cmp("0055AED6DCD90281E5", "0055AED6DCD90281E6"),
-            Less
-        );
-        assert_eq!(sequencer_cmp("0055AED6DCD9028", "0055AED6DCD90281E5"), Less);
-        assert_eq!(sequencer_cmp("0056", "0055AED6DCD90281E5"), Greater);
-        assert_eq!(sequencer_cmp("00ab", "00AB"), Equal);
-    }
-
-    #[test]
-    fn a_sequencer_of_any_length_compares_without_panicking() {
-        use std::cmp::Ordering::*;
-        let long = "F".repeat(70_000);
-        assert_eq!(sequencer_cmp(&long, "00"), Greater);
-        assert_eq!(sequencer_cmp("00", &long), Less);
-        assert_eq!(sequencer_cmp(&long, &long), Equal);
     }
 }

@@ -7,6 +7,7 @@ mod chaos;
 mod db_credentials;
 mod dlq;
 mod faults;
+mod fixtures;
 mod fleet_outage;
 mod http_limits;
 mod ingest;

@@ -128,3 +128,116 @@ async fn sequencers_of_different_lengths_compare_padded_right() {
     );
     worker.stop().await;
 }
+
+// ------------------------------------------------------------------ equal and unusable sequencers
+
+/// LocalStack's constant sequencer: every record of every key carries this one.
+const CONSTANT: &str = "0062E99A88DC407460";
+const T4: &str = "2024-05-01T10:00:04.000Z";
+const T5: &str = "2024-05-01T10:00:05.000Z";
+
+/// [`start`] on a bucket that notifies nothing: every event the worker sees is the test's (an
+/// upload's own event could otherwise reach the running worker before it is purged).
+async fn start_quiet(body: &[u8]) -> (Stack, TestDb, TestWorker, String) {
+    let (stack, db) = setup("dp").await;
+    crate::fixtures::silence(&stack).await;
+    let worker = TestWorker::spawn(&stack, &db, &[]).await;
+    let etag = upload(&stack, body).await;
+    (stack, db, worker, etag)
+}
+
+/// An event of AWS's own sample shape: the sequencer is not hexadecimal. It orders nothing, so
+/// the event is ordered by its time; it is never a reason to refuse the upload.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_happy_sequencer_is_recorded_not_dead_lettered() {
+    let (stack, db, worker, etag) = start_quiet(b"happy").await;
+    created(&stack, &etag, Some("Happy Sequencer"), T1).await;
+    assert_eq!(state(&db).await, vec![(etag.clone(), false)]);
+    assert_eq!(stack.dlq_depth().await, (0, 0), "nothing dead-lettered");
+    // Its removal, with the same odd sequencer and a later time, removes.
+    removed(&stack, Some("Happy Sequencer"), T2).await;
+    assert_eq!(state(&db).await, vec![(etag, true)]);
+    assert_eq!(stack.dlq_depth().await, (0, 0));
+    worker.stop().await;
+}
+
+/// Equal sequencers on different objects are not one event delivered twice: the event time
+/// orders them, so an overwrite leaves one live row and every removal removes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_constant_sequencer_still_overwrites_and_removes() {
+    let (stack, db, worker, e1) = start_quiet(b"v1").await;
+    created(&stack, &e1, Some(CONSTANT), T1).await;
+    let e2 = upload(&stack, b"v2").await;
+    created(&stack, &e2, Some(CONSTANT), T2).await;
+    assert_eq!(
+        state(&db).await,
+        vec![(e1.clone(), true), (e2.clone(), false)],
+        "the overwrite leaves the newer upload alone live"
+    );
+    // The same events again (redelivery) change nothing.
+    created(&stack, &e2, Some(CONSTANT), T2).await;
+    created(&stack, &e1, Some(CONSTANT), T1).await;
+    assert_eq!(
+        state(&db).await,
+        vec![(e1.clone(), true), (e2.clone(), false)]
+    );
+    removed(&stack, Some(CONSTANT), T3).await;
+    assert_eq!(
+        state(&db).await,
+        vec![(e1.clone(), true), (e2.clone(), true)]
+    );
+    // Upload, then remove again: the second removal removes too (it used to be `stale`).
+    let e3 = upload(&stack, b"v3").await;
+    created(&stack, &e3, Some(CONSTANT), T4).await;
+    assert_eq!(
+        state(&db).await,
+        vec![(e1.clone(), true), (e2.clone(), true), (e3.clone(), false)],
+        "a create after a removal with the same sequencer is live"
+    );
+    removed(&stack, Some(CONSTANT), T5).await;
+    removed(&stack, Some(CONSTANT), T5).await;
+    assert_eq!(state(&db).await, vec![(e1, true), (e2, true), (e3, true)]);
+    assert_eq!(stack.dlq_depth().await, (0, 0));
+    worker.stop().await;
+}
+
+/// Two different objects tie on sequencer and event time: S3's current object wins, whichever
+/// event arrives first. A create that is current beats the row before it; a removal beats the
+/// create it ties with once S3 shows the key gone, and loses while S3 still shows the object.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tie_on_sequencer_and_time_goes_to_s3_s_current_object() {
+    let (stack, db, worker, e1) = start_quiet(b"v1").await;
+    created(&stack, &e1, Some(CONSTANT), T1).await;
+    let e2 = upload(&stack, b"v2").await;
+    created(&stack, &e2, Some(CONSTANT), T1).await;
+    assert_eq!(
+        state(&db).await,
+        vec![(e1.clone(), true), (e2.clone(), false)],
+        "S3 shows v2: it wins the tie"
+    );
+    // A removal at the same position while S3 still shows v2: it loses, v2 stays live.
+    removed(&stack, Some(CONSTANT), T1).await;
+    assert_eq!(
+        state(&db).await,
+        vec![(e1.clone(), true), (e2.clone(), false)]
+    );
+    // The tied create delivered again changes nothing, and asks S3 nothing new.
+    created(&stack, &e2, Some(CONSTANT), T1).await;
+    assert_eq!(state(&db).await, vec![(e1, true), (e2, false)]);
+    assert_eq!(stack.dlq_depth().await, (0, 0));
+    worker.stop().await;
+}
+
+/// The removal side of a tie: the object is gone from S3, so the removal at the create's
+/// position wins.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removal_tied_with_its_create_removes_once_s3_shows_the_key_gone() {
+    let (stack, db, worker, etag) = start_quiet(b"gone").await;
+    created(&stack, &etag, None, T1).await;
+    stack.delete(KEY).await;
+    stack.purge().await;
+    removed(&stack, None, T1).await;
+    assert_eq!(state(&db).await, vec![(etag, true)]);
+    assert_eq!(stack.dlq_depth().await, (0, 0));
+    worker.stop().await;
+}

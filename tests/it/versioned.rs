@@ -373,6 +373,42 @@ async fn an_old_version_with_the_same_bytes_takes_over_the_row() {
     worker.stop().await;
 }
 
+/// Two versions announced with one sequencer and one event time (LocalStack's constant
+/// sequencer, within one millisecond): whichever arrives first, the version S3 shows wins, and
+/// the other's row is not live.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tie_between_two_versions_goes_to_the_current_one_in_either_order() {
+    for current_first in [true, false] {
+        let (stack, db) = setup().await;
+        let key = "dp/tied.txt";
+        let v1 = put(&stack, key, b"first").await;
+        let v2 = put(&stack, key, b"second").await;
+        stack.purge().await;
+        let worker = TestWorker::spawn(&stack, &db, &[]).await;
+        let b = &stack.bucket;
+        // Both at position 1: equal sequencers, equal times.
+        let (first, second) = if current_first {
+            (&v2, &v1)
+        } else {
+            (&v1, &v2)
+        };
+        deliver(&stack, &created(b, key, first, 1)).await;
+        deliver(&stack, &created(b, key, second, 1)).await;
+        assert_eq!(
+            live(&db, key).await,
+            vec![row_of(&v2)],
+            "current first: {current_first}"
+        );
+        // Redelivered, in either order, they change nothing.
+        deliver(&stack, &created(b, key, &v1, 1)).await;
+        deliver(&stack, &created(b, key, &v2, 1)).await;
+        assert_eq!(live(&db, key).await, vec![row_of(&v2)]);
+        assert_eq!(rows(&db, key).await.len(), 2);
+        assert_eq!(stack.dlq_depth().await, (0, 0));
+        worker.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn restores_change_nothing() {
     let (stack, db) = setup().await;
@@ -676,6 +712,13 @@ every_order! {
 
 // ------------------------------------------------------------------ one batch
 
+/// The event time that goes with a sequencer: S3's grow together, and one event delivered twice
+/// has one time.
+fn time_of(sequencer: &str) -> chrono::DateTime<chrono::Utc> {
+    let n = i64::from_str_radix(sequencer, 16).unwrap();
+    chrono::DateTime::from_timestamp(1_700_000_000 + n, 0).unwrap()
+}
+
 fn resource(key: &str, etag: &str, version: &str, sequencer: &str) -> Write {
     let (datapack, rest) = key.split_once('/').unwrap();
     Write::Resource(NewResource {
@@ -693,8 +736,9 @@ fn resource(key: &str, etag: &str, version: &str, sequencer: &str) -> Write {
         object_last_modified: None,
         version_id: Some(version.into()),
         sequencer: Some(sequencer.into()),
-        event_time: chrono::Utc::now(),
+        event_time: time_of(sequencer),
         sha256_source: Default::default(),
+        tiebreak: None,
     })
 }
 
@@ -703,12 +747,13 @@ fn removal(key: &str, removed: &str, survivor: Option<(&str, &str)>, sequencer: 
         bucket: "bucket".into(),
         object_key: key.into(),
         sequencer: Some(sequencer.into()),
-        event_time: chrono::Utc::now(),
+        event_time: time_of(sequencer),
         version_id: Some(removed.into()),
         survivor: survivor.map(|(etag, version)| Survivor {
             etag: etag.into(),
             version_id: Some(version.into()),
         }),
+        tiebreak: None,
     })
 }
 

@@ -139,10 +139,7 @@ fn strips_etag_quotes() {
 #[test]
 fn fields_out_of_their_limits_are_malformed() {
     let malformed = DeadLetterReason::MalformedMessage;
-    let long_sequencer = format!(r#","sequencer":"{}""#, "A".repeat(70_000));
     let cases = [
-        s3_body("ObjectCreated:Put", "dp%2Fa", &long_sequencer),
-        s3_body("ObjectCreated:Put", "dp%2Fa", r#","sequencer":"not-hex""#),
         s3_body("ObjectCreated:Put", "dp%2Fa", "")
             .replace(r#""eTag":"abc""#, r#""eTag":"ab\r\nX-Evil: 1""#),
         s3_body("ObjectCreated:Put", "dp%2Fa", "").replace(
@@ -223,6 +220,72 @@ fn tells_a_delete_marker_from_a_permanent_deletion() {
     assert_eq!(marker.version_id.as_deref(), Some("m1"));
     let permanent = only_event(parse(&eventbridge("Permanently Deleted")).unwrap());
     assert_eq!(permanent.kind, EventKind::Removed);
+}
+
+#[test]
+fn an_unusable_sequencer_is_dropped_and_noted_never_refused() {
+    let long = format!(r#","sequencer":"{}""#, "A".repeat(70_000));
+    let cases = [
+        // AWS's own sample event (the Lambda console's, the Powertools fixtures').
+        (
+            r#","sequencer":"Happy Sequencer""#.to_owned(),
+            SequencerProblem::NotHex,
+        ),
+        (
+            r#","sequencer":"not-hex""#.to_owned(),
+            SequencerProblem::NotHex,
+        ),
+        (long, SequencerProblem::TooLong),
+        (r#","sequencer":"""#.to_owned(), SequencerProblem::Empty),
+        (r#","sequencer":1234"#.to_owned(), SequencerProblem::NotText),
+        (
+            r#","sequencer":{"a":1}"#.to_owned(),
+            SequencerProblem::NotText,
+        ),
+    ];
+    for (extra, problem) in cases {
+        let body = s3_body("ObjectCreated:Put", "dp%2FHappyFace.jpg", &extra);
+        let parsed = parse_noting(&body).unwrap_or_else(|e| panic!("{problem:?} refused: {e}"));
+        assert_eq!(parsed.unusable_sequencers, vec![problem]);
+        let e = only_event(parsed.message);
+        assert_eq!(e.sequencer, None, "{problem:?}");
+        assert_eq!(e.key, "dp/HappyFace.jpg");
+        assert_eq!(e.etag.as_deref(), Some("abc"));
+    }
+    // A usable one, or none at all, notes nothing.
+    for extra in [
+        r#","sequencer":"0055AED6DCD90281E5""#,
+        "",
+        r#","sequencer":null"#,
+    ] {
+        let parsed = parse_noting(&s3_body("ObjectCreated:Put", "dp%2Fa", extra)).unwrap();
+        assert!(parsed.unusable_sequencers.is_empty(), "{extra}");
+    }
+    // The same in an EventBridge event.
+    let eventbridge = r#"{"version":"0","detail-type":"Object Created","source":"aws.s3",
+      "time":"2024-05-01T10:00:00Z","detail":{"bucket":{"name":"uploads"},
+      "object":{"key":"dp/a","size":3,"etag":"e1","sequencer":"Happy Sequencer"},"reason":"PutObject"}}"#;
+    let parsed = parse_noting(eventbridge).unwrap();
+    assert_eq!(parsed.unusable_sequencers, vec![SequencerProblem::NotHex]);
+    assert_eq!(only_event(parsed.message).sequencer, None);
+}
+
+#[test]
+fn sequencer_problems_are_the_metric_s_labels() {
+    let labels: Vec<&str> = SequencerProblem::ALL.iter().map(|p| p.as_str()).collect();
+    assert_eq!(labels, crate::ops::metrics::SEQUENCER_PROBLEMS);
+}
+
+#[test]
+fn an_sns_message_that_is_not_an_event_is_malformed() {
+    // An SNS notification carrying something else (a Powertools SNS→SQS sample says hello).
+    let body = serde_json::json!({"Type": "Notification", "MessageId": "m",
+        "Message": r#"{"message": "hello world", "username": "someone"}"#})
+    .to_string();
+    assert_eq!(
+        parse(&body).unwrap_err().reason,
+        DeadLetterReason::MalformedMessage
+    );
 }
 
 #[test]
