@@ -384,6 +384,14 @@ pub struct RunArgs {
     pub sqs_wait_time_secs: u64,
     #[arg(long, env = "SQS_VISIBILITY_TIMEOUT_SECS", default_value_t = 60)]
     pub sqs_visibility_timeout_secs: u64,
+    /// While receives come back full, how long a poller waits for ten free slots before it
+    /// receives for fewer; 0 receives for whatever is free.
+    #[arg(long, env = "SQS_RECEIVE_BATCH_WAIT_MS", default_value_t = 100)]
+    pub sqs_receive_batch_wait_ms: u64,
+    /// How long a delete waits for nine others to share its DeleteMessageBatch (never more than
+    /// a tenth of the visibility timeout); 0 sends whatever is waiting.
+    #[arg(long, env = "SQS_DELETE_BATCH_WAIT_MS", default_value_t = 200)]
+    pub sqs_delete_batch_wait_ms: u64,
     /// Cap on how long one message's visibility is extended while it is worked on.
     #[arg(long, env = "MAX_PROCESSING_SECS", default_value_t = 3600)]
     pub max_processing_secs: u64,
@@ -588,6 +596,8 @@ impl RunArgs {
             ("MAX_PROCESSING_SECS", self.max_processing_secs, self.sqs_visibility_timeout_secs, 43_200),
             ("MAX_ATTEMPTS", self.max_attempts.into(), 1, 1000),
             ("SHUTDOWN_GRACE_SECS", self.shutdown_grace_secs, 0, 3600),
+            ("SQS_RECEIVE_BATCH_WAIT_MS", self.sqs_receive_batch_wait_ms, 0, 1000),
+            ("SQS_DELETE_BATCH_WAIT_MS", self.sqs_delete_batch_wait_ms, 0, 1000),
             ("DB_WRITERS", self.db_writers as u64, 1, 64),
             ("DB_MAX_BATCH", self.db_max_batch as u64, 1, 10_000),
             ("DATABASE_MAX_CONNECTIONS", db.database_max_connections.into(), 1, 1000),
@@ -648,6 +658,8 @@ impl RunArgs {
             max_extension: Duration::from_secs(self.max_processing_secs),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             max_attempts: self.max_attempts,
+            receive_batch_wait: Duration::from_millis(self.sqs_receive_batch_wait_ms),
+            delete_batch_wait: Duration::from_millis(self.sqs_delete_batch_wait_ms),
         }
     }
 }

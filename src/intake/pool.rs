@@ -2,8 +2,12 @@
 //!
 //! A semaphore holds `WORKER_CONCURRENCY` slots. A poller first takes one free slot, then every
 //! other free slot (up to ten), and asks SQS for that many messages, so no message waits in
-//! memory while its visibility clock runs. Each message keeps its slot until its work is done (its
-//! delete queued after the commit, or its retry or release decided).
+//! memory while its visibility clock runs. While receives come back full (a backlog), it first
+//! waits a bounded time ([`WorkerSettings::receive_batch_wait`]) for ten free slots, so a busy
+//! worker receives ten at a time instead of the two or three that free up between receives;
+//! pollers take turns at gathering, so they never split the free slots. Each message keeps its
+//! slot until its work is done (its delete queued after the commit, or its retry or release
+//! decided).
 //! Shutdown starts no new receive, but lets each long poll in flight finish (bounded by the poll
 //! window plus [`POLL_SLACK`], and by the grace period), and hands back at once whatever it
 //! returns: SQS does not cancel a receive when its client goes away, so a dropped poll would
@@ -19,6 +23,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -54,6 +59,11 @@ pub struct WorkerSettings {
     /// Attempts a message gets before a failure dead-letters it with its reason (capped by the
     /// queue's own `maxReceiveCount`, so SQS never moves it first without a reason).
     pub max_attempts: u32,
+    /// While receives come back full (a backlog), how long a poller holding fewer free slots
+    /// than a full receive waits for more before it receives (see [`gather`]).
+    pub receive_batch_wait: Duration,
+    /// How long a delete waits for nine others (see [`crate::intake::deleter`]).
+    pub delete_batch_wait: Duration,
 }
 
 /// What every lease needs: the pipeline, the queue, health, the deleter and the settings.
@@ -77,10 +87,19 @@ pub async fn run(
     signals: Signals,
     watchdog: Watchdog,
 ) {
+    // Receiving stops on shutdown, or at once when a supervised task died; cancelled only after
+    // the watchdog knows the pollers are meant to end. From then on deletes wait for no batch.
+    let receiving = CancellationToken::new();
     let (deletes, delete_requests) = mpsc::channel(settings.concurrency.max(10) * 2);
     let deleter = watchdog.spawn(
         "deleter",
-        crate::intake::deleter::run_deleter(queue.clone(), health.clone(), delete_requests),
+        crate::intake::deleter::run_deleter(
+            queue.clone(),
+            health.clone(),
+            delete_requests,
+            crate::intake::deleter::linger(settings.delete_batch_wait, queue.visibility_timeout),
+            receiving.clone(),
+        ),
     );
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     metrics::concurrency(settings.concurrency);
@@ -93,9 +112,7 @@ pub async fn run(
         hard_stop: CancellationToken::new(),
     });
     let tasks = TaskTracker::new();
-    // Receiving stops on shutdown, or at once when a supervised task died; cancelled only after
-    // the watchdog knows the pollers are meant to end.
-    let receiving = CancellationToken::new();
+    let gathering = Arc::new(Gathering::default());
     // Stop waiting for anything: a second signal, or a supervised task died.
     let hurry = signals.now.child_token();
     let pollers: Vec<_> = (0..settings.pollers.max(1))
@@ -105,6 +122,7 @@ pub async fn run(
                 poll(
                     context.clone(),
                     slots.clone(),
+                    gathering.clone(),
                     tasks.clone(),
                     receiving.clone(),
                     hurry.clone(),
@@ -168,20 +186,31 @@ async fn drain(
 async fn poll(
     context: Arc<Context>,
     slots: Arc<Semaphore>,
+    gathering: Arc<Gathering>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     hurry: CancellationToken,
 ) {
+    let target = receive_target(context.settings.concurrency);
     loop {
         if !context.health.wait_ready(&shutdown).await {
             return;
         }
-        let Some(mut permits) = idle_slots(&slots, &shutdown).await else {
+        let Some(mut permits) = gathering
+            .idle_slots(
+                &slots,
+                target,
+                context.settings.receive_batch_wait,
+                &shutdown,
+            )
+            .await
+        else {
             return;
         };
+        let asked = permits.len();
         let received = {
             let _receiving = Raised::new(metrics::POLLERS_RECEIVING);
-            let receive = context.queue.receive(permits.len());
+            let receive = context.queue.receive(asked);
             tokio::pin!(receive);
             tokio::select! {
                 r = &mut receive => r,
@@ -200,6 +229,7 @@ async fn poll(
             }
         };
         metrics::received(messages.len());
+        gathering.received(asked, messages.len());
         for message in messages {
             let permit = permits
                 .pop()
@@ -276,27 +306,96 @@ async fn hand_back_poll(
     }
 }
 
-/// Waits for one free slot, then takes every other free one (up to ten in all, SQS's most per
-/// receive). `None` on shutdown.
-async fn idle_slots(
-    slots: &Arc<Semaphore>,
-    shutdown: &CancellationToken,
-) -> Option<Vec<OwnedSemaphorePermit>> {
-    let first = {
+/// The most messages one receive asks for: SQS's limit, or every slot of a smaller pool.
+pub(crate) fn receive_target(concurrency: usize) -> usize {
+    concurrency.clamp(1, 10)
+}
+
+/// What a poller holding `held` free slots does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gather {
+    /// Receive for the slots held.
+    Receive,
+    /// Wait this long at most for more slots to free up, then receive.
+    WaitUpTo(Duration),
+}
+
+/// Receive now for the `held` slots, or wait for more? Only while a backlog is known (the last
+/// receive came back with as many messages as it asked for) is a receive for a few slots a waste:
+/// slots free one by one as work finishes, so without waiting each receive would ask for two or
+/// three of the many messages waiting. Then the poller waits for `target` slots, at most
+/// `max_wait` from its first. Without a backlog it receives at once, for however many slots are
+/// free: a message arriving on a quiet queue finds a receive already waiting for it.
+pub(crate) fn gather(
+    held: usize,
+    target: usize,
+    backlog: bool,
+    waited: Duration,
+    max_wait: Duration,
+) -> Gather {
+    if held >= target || !backlog || waited >= max_wait {
+        Gather::Receive
+    } else {
+        Gather::WaitUpTo(max_wait - waited)
+    }
+}
+
+/// The pollers' shared view of the queue, and their turn at gathering slots: one poller gathers
+/// at a time, so two pollers never split the free slots between them and both wait for more.
+#[derive(Default)]
+pub(crate) struct Gathering {
+    turn: tokio::sync::Mutex<()>,
+    /// The last receive came back full: more messages are probably waiting.
+    backlog: AtomicBool,
+}
+
+impl Gathering {
+    /// Takes one free slot, then every other free one, and, while there is a backlog, waits (see
+    /// [`gather`]) for up to `target` in all. `None` on shutdown.
+    async fn idle_slots(
+        &self,
+        slots: &Arc<Semaphore>,
+        target: usize,
+        max_wait: Duration,
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<OwnedSemaphorePermit>> {
         let _idle = Raised::new(metrics::POLLERS_IDLE);
-        tokio::select! {
+        let _turn = tokio::select! {
+            turn = self.turn.lock() => turn,
+            _ = shutdown.cancelled() => return None,
+        };
+        let first = tokio::select! {
             permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
             _ = shutdown.cancelled() => return None,
-        }
-    };
-    let mut permits = vec![first];
-    while permits.len() < 10 {
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => permits.push(permit),
-            Err(_) => break,
+        };
+        let since = Instant::now();
+        let mut permits = vec![first];
+        loop {
+            while permits.len() < target {
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
+                }
+            }
+            let backlog = self.backlog.load(Ordering::Relaxed);
+            let wait = match gather(permits.len(), target, backlog, since.elapsed(), max_wait) {
+                Gather::Receive => return Some(permits),
+                Gather::WaitUpTo(wait) => wait,
+            };
+            tokio::select! {
+                permit = slots.clone().acquire_owned() => {
+                    permits.push(permit.expect("semaphore is never closed"));
+                }
+                _ = tokio::time::sleep(wait) => return Some(permits),
+                _ = shutdown.cancelled() => return None,
+            }
         }
     }
-    Some(permits)
+
+    /// Remembers whether a receive for `asked` messages came back full.
+    fn received(&self, asked: usize, got: usize) {
+        self.backlog.store(got >= asked, Ordering::Relaxed);
+    }
 }
 
 /// After a failed receive, asks the probe: if SQS is down, the poller's wait for readiness holds
@@ -354,6 +453,8 @@ mod tests {
             max_extension: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(1),
             max_attempts: 10,
+            receive_batch_wait: Duration::from_millis(100),
+            delete_batch_wait: Duration::from_millis(200),
         };
         for _ in 0..50 {
             let first = backoff(&settings, 1);
@@ -365,5 +466,64 @@ mod tests {
             assert!(fifth >= Duration::from_secs(80), "{fifth:?}");
             assert!(backoff(&settings, 30) <= Duration::from_secs(900));
         }
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_receive_asks_for_ten_or_the_whole_pool() {
+        assert_eq!(receive_target(16), 10);
+        assert_eq!(receive_target(4), 4);
+        assert_eq!(receive_target(1), 1);
+        assert_eq!(receive_target(0), 1);
+    }
+
+    #[test]
+    fn without_a_backlog_a_poller_receives_at_once_for_one_slot() {
+        assert_eq!(
+            gather(1, 10, false, Duration::ZERO, 50 * MS),
+            Gather::Receive
+        );
+        assert_eq!(
+            gather(3, 10, false, Duration::ZERO, 50 * MS),
+            Gather::Receive
+        );
+    }
+
+    #[test]
+    fn with_a_backlog_a_poller_waits_for_a_full_receive_for_a_bounded_time() {
+        assert_eq!(
+            gather(1, 10, true, Duration::ZERO, 50 * MS),
+            Gather::WaitUpTo(50 * MS)
+        );
+        assert_eq!(
+            gather(9, 10, true, 20 * MS, 50 * MS),
+            Gather::WaitUpTo(30 * MS)
+        );
+        assert_eq!(gather(4, 10, true, 50 * MS, 50 * MS), Gather::Receive);
+        assert_eq!(
+            gather(10, 10, true, Duration::ZERO, 50 * MS),
+            Gather::Receive
+        );
+        assert_eq!(gather(4, 4, true, Duration::ZERO, 50 * MS), Gather::Receive);
+    }
+
+    #[test]
+    fn a_zero_wait_turns_gathering_off() {
+        assert_eq!(
+            gather(1, 10, true, Duration::ZERO, Duration::ZERO),
+            Gather::Receive
+        );
+    }
+
+    #[test]
+    fn a_full_receive_marks_a_backlog_and_a_short_one_clears_it() {
+        let gathering = Gathering::default();
+        gathering.received(3, 3);
+        assert!(gathering.backlog.load(Ordering::Relaxed));
+        gathering.received(10, 2);
+        assert!(!gathering.backlog.load(Ordering::Relaxed));
+        gathering.received(10, 0);
+        assert!(!gathering.backlog.load(Ordering::Relaxed));
     }
 }

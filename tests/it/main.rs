@@ -2,6 +2,7 @@
 
 mod support;
 
+mod batching;
 mod browser;
 mod chaos;
 mod db_credentials;
