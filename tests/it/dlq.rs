@@ -130,33 +130,18 @@ async fn list_and_redrive_page_through_more_than_ten_messages() {
 /// Every message of `url`, taken (received and deleted): their bodies.
 async fn drain_queue(stack: &Stack, url: &str) -> Vec<String> {
     let mut bodies = Vec::new();
-    loop {
-        let got = stack
+    for m in stack.receive_all(url).await {
+        stack
             .sqs
-            .receive_message()
+            .delete_message()
             .queue_url(url)
-            .max_number_of_messages(10)
-            .visibility_timeout(300)
+            .receipt_handle(m.receipt_handle.unwrap())
             .send()
             .await
-            .unwrap()
-            .messages
-            .unwrap_or_default();
-        if got.is_empty() {
-            return bodies;
-        }
-        for m in got {
-            stack
-                .sqs
-                .delete_message()
-                .queue_url(url)
-                .receipt_handle(m.receipt_handle.unwrap())
-                .send()
-                .await
-                .unwrap();
-            bodies.push(m.body.unwrap_or_default());
-        }
+            .unwrap();
+        bodies.push(m.body.unwrap_or_default());
     }
+    bodies
 }
 
 /// SIGINT half-way through redriving 300 messages: the message in hand is finished (none ends in

@@ -488,14 +488,7 @@ async fn an_inventory_report_gives_the_same_database_as_the_listing() {
         stack.put(key, format!("body {i}").as_bytes()).await;
     }
     stack.purge().await;
-    let reports = format!("{}-inventory", stack.bucket);
-    stack
-        .s3
-        .create_bucket()
-        .bucket(&reports)
-        .send()
-        .await
-        .unwrap();
+    let reports = stack.inventory_bucket().await;
     let manifest = write_inventory(&stack, &reports, 2).await;
 
     let (out, listed) = reconcile(&stack, &listing_db, &[]).await;

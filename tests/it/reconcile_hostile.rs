@@ -25,18 +25,6 @@ const VERSIONED_SCHEMA: &str =
     "Bucket, Key, VersionId, IsLatest, IsDeleteMarker, Size, LastModifiedDate, ETag";
 const CURRENT_SCHEMA: &str = "Bucket, Key, Size, LastModifiedDate, ETag";
 
-async fn reports_bucket(stack: &Stack) -> String {
-    let reports = format!("{}-inventory", stack.bucket);
-    stack
-        .s3
-        .create_bucket()
-        .bucket(&reports)
-        .send()
-        .await
-        .unwrap();
-    reports
-}
-
 async fn upload(stack: &Stack, bucket: &str, key: &str, body: Vec<u8>) {
     stack
         .s3
@@ -164,7 +152,7 @@ async fn a_stale_inventory_changes_no_row_that_a_newer_event_or_listing_set() {
     let before = crate::reconcile::rows(&db).await;
 
     // The old report arrives: it changes nothing.
-    let reports = reports_bucket(&stack).await;
+    let reports = stack.inventory_bucket().await;
     let manifest = inventory(
         &stack,
         &reports,
@@ -189,7 +177,7 @@ async fn a_report_without_a_creation_time_or_with_a_missing_file_is_refused_by_n
     let (stack, db) = crate::support::setup("dp").await;
     stack.put("dp/a.txt", b"alpha").await;
     stack.purge().await;
-    let reports = reports_bucket(&stack).await;
+    let reports = stack.inventory_bucket().await;
     let csv = current_row(&stack.bucket, "dp/a.txt", "e");
     let manifest = inventory(
         &stack,
@@ -238,7 +226,7 @@ async fn keys_postgresql_cannot_hold_are_skipped_and_counted_and_the_lease_is_re
     let a = stack.put("dp/a.txt", b"alpha").await;
     let d = stack.put("dp/d.txt", b"delta").await;
     stack.purge().await;
-    let reports = reports_bucket(&stack).await;
+    let reports = stack.inventory_bucket().await;
     // One NUL key ends a page (one key per page), another ends the report.
     let csv = [
         current_row(&stack.bucket, "dp/a.txt", &a),
@@ -324,7 +312,7 @@ async fn a_key_with_a_control_character_is_listed_ingested_and_printed_escaped()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_inventory_files_are_refused_in_bounded_memory() {
     let (stack, db) = crate::support::setup("dp").await;
-    let reports = reports_bucket(&stack).await;
+    let reports = stack.inventory_bucket().await;
     let refused = |case: &str, code: Option<i32>, report: &Value, stderr: &str, peak: u64| {
         assert_eq!(code, Some(2), "{case}: {report} {stderr}");
         assert_eq!(report["ended"], "refused", "{case}: {report}");

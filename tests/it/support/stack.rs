@@ -292,14 +292,15 @@ impl Stack {
         .await;
     }
 
-    /// Takes every dead-lettered message: (body, attributes).
-    pub async fn take_dead_letters(&self) -> Vec<(String, HashMap<String, String>)> {
+    /// Receives every message of `url` with their attributes, hiding each for 300 s (not
+    /// deleted): what a test inspects stays out of the worker's way.
+    pub async fn receive_all(&self, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
         let mut out = Vec::new();
         loop {
             let got = self
                 .sqs
                 .receive_message()
-                .queue_url(&self.dlq_url)
+                .queue_url(url)
                 .max_number_of_messages(10)
                 .visibility_timeout(300)
                 .message_attribute_names("All")
@@ -311,16 +312,38 @@ impl Stack {
             if got.is_empty() {
                 return out;
             }
-            for m in got {
+            out.extend(got);
+        }
+    }
+
+    /// Takes every dead-lettered message: (body, attributes).
+    pub async fn take_dead_letters(&self) -> Vec<(String, HashMap<String, String>)> {
+        let url = self.dlq_url.clone();
+        self.receive_all(&url)
+            .await
+            .into_iter()
+            .map(|m| {
                 let attrs = m
                     .message_attributes
                     .unwrap_or_default()
                     .into_iter()
                     .map(|(k, v)| (k, v.string_value.unwrap_or_default()))
                     .collect();
-                out.push((m.body.unwrap_or_default(), attrs));
-            }
-        }
+                (m.body.unwrap_or_default(), attrs)
+            })
+            .collect()
+    }
+
+    /// A bucket beside the test's own for S3 Inventory reports: its name.
+    pub async fn inventory_bucket(&self) -> String {
+        let reports = format!("{}-inventory", self.bucket);
+        self.s3
+            .create_bucket()
+            .bucket(&reports)
+            .send()
+            .await
+            .unwrap();
+        reports
     }
 
     /// Removes up to ten messages from the main queue and returns their bodies (to inspect or
