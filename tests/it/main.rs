@@ -6,6 +6,7 @@ mod browser;
 mod chaos;
 mod db_credentials;
 mod dlq;
+mod docs;
 mod faults;
 mod fleet_outage;
 mod http_limits;
