@@ -235,8 +235,8 @@ fn presign_prints_the_url_and_the_headers_the_browser_must_send() {
     );
 }
 
-/// The README's exit codes for `presign`: 2 when it refuses what it was asked (a flag S3 or the
-/// worker would refuse, a missing bucket), 1 when it cannot sign (no credentials anywhere in the
+/// The exit codes for `presign` (docs/operating.md): 2 when it refuses what it was asked (a flag
+/// S3 or the worker would refuse, a missing bucket), 1 when it cannot sign (no credentials anywhere in the
 /// chain); never a URL, never a panic.
 #[test]
 fn presign_exits_2_on_refused_input_and_1_when_it_cannot_sign() {

@@ -9,10 +9,10 @@
 //! (the same fetch, hash, filters, write, outcomes and metrics as a notification); live rows
 //! whose object S3 no longer shows are removed. No repair is ever newer than its source: a
 //! listing's repairs carry the time they were observed, an inventory's the time the report was
-//! taken, so anything S3 announced after still wins (see `docs/reconcile-safety.md`). Keys the
-//! database cannot hold (a NUL) are skipped and counted. Progress is checkpointed per page
-//! ([`checkpoint`]); the lease is released however the run ends; [`report`] counts and prints,
-//! and [`Stopped`] says how a run that did not complete ended, for the exit status.
+//! taken, so anything S3 announced after still wins (see `docs/operating.md`, "Reconcile: safe
+//! against every input"). Keys the database cannot hold (a NUL) are skipped and counted.
+//! Progress is checkpointed per page ([`checkpoint`]); the lease is released however the run
+//! ends; [`report`] counts and prints, and [`Stopped`] says how a run that did not complete ended, for the exit status.
 
 mod checkpoint;
 mod compare;
@@ -48,7 +48,7 @@ pub use report::ProgressMode;
 use report::{Counts, Made, Progress, Report, printable};
 
 /// How a reconcile that did not complete ended; `main` turns it into the exit status (the
-/// table is in `docs/reconcile-safety.md`).
+/// table is in `docs/operating.md`, "Reconcile: safe against every input").
 #[derive(Debug, thiserror::Error)]
 pub enum Stopped {
     /// Interrupted, failed part-way, or some repairs kept failing: the next run continues.
