@@ -99,7 +99,10 @@ pub fn configuration() -> Reference {
         let mut shared = Vec::new();
         for arg in documented(command).filter(|a| !a.is_global_set()) {
             let flag = long(arg);
-            let help = arg.get_long_help().or(arg.get_help()).map(ToString::to_string);
+            let help = arg
+                .get_long_help()
+                .or(arg.get_help())
+                .map(ToString::to_string);
             let key = format!("{flag}|{:?}|{}|{help:?}", env(arg), defaults(arg));
             match seen.get(&key) {
                 Some(first) => shared.push(format!("`{flag}` ({first})")),
@@ -116,7 +119,11 @@ pub fn configuration() -> Reference {
             table(&mut out, &own, &mut used_ranges);
         }
         if !shared.is_empty() {
-            let _ = writeln!(out, "\nAlso reads, as documented there: {}.", shared.join(", "));
+            let _ = writeln!(
+                out,
+                "\nAlso reads, as documented there: {}.",
+                shared.join(", ")
+            );
         }
     }
     out.push('\n');

@@ -23,7 +23,11 @@ fn docs() -> BTreeMap<String, String> {
     for entry in std::fs::read_dir(&dir).expect("docs/") {
         let path = entry.expect("docs/ entry").path();
         if path.extension().is_some_and(|e| e == "md") {
-            let name = path.file_name().expect("name").to_string_lossy().into_owned();
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
             files.insert(name, read(&path));
         }
     }
@@ -135,10 +139,21 @@ fn every_setting_and_command_has_one_reference_entry() {
         }
     }
     // Every command has one section.
-    for command in ["run", "migrate", "presign", "dlq list", "dlq redrive", "reconcile"] {
+    for command in [
+        "run",
+        "migrate",
+        "presign",
+        "dlq list",
+        "dlq redrive",
+        "reconcile",
+    ] {
         let heading = format!("## `datapack-worker {command}`");
         let found = entries(&docs, |line| line == heading);
-        assert_eq!(found.len(), 1, "{heading}: expected one section, found {found:?}");
+        assert_eq!(
+            found.len(),
+            1,
+            "{heading}: expected one section, found {found:?}"
+        );
     }
     // Every flag is documented once per command (the generator dedupes flags shared by several).
     let mut flags = generated.flags.clone();
@@ -246,7 +261,11 @@ fn relative_links_in_the_docs_resolve() {
                 let headings = read(&resolved);
                 let known = headings
                     .lines()
-                    .filter_map(|l| l.trim_start_matches('#').strip_prefix(' ').filter(|_| l.starts_with('#')))
+                    .filter_map(|l| {
+                        l.trim_start_matches('#')
+                            .strip_prefix(' ')
+                            .filter(|_| l.starts_with('#'))
+                    })
                     .any(|h| slug(h) == anchor);
                 if !known {
                     broken.push(format!("{}: {target} (no such heading)", file.display()));

@@ -116,7 +116,10 @@ fn reconcile_reads_the_seed_bucket_and_checks_its_ranges() {
 
     let (code, err) = reconcile(&[url, late]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("S3_BUCKET"), "no bucket must be refused: {err}");
+    assert!(
+        err.contains("S3_BUCKET"),
+        "no bucket must be refused: {err}"
+    );
 
     let (code, err) = reconcile(&[url, late, ("FILESYSTEM_S3_BUCKET", "uploads")]);
     assert_eq!(code, Some(2), "{err}");
@@ -125,7 +128,10 @@ fn reconcile_reads_the_seed_bucket_and_checks_its_ranges() {
         "the seed's bucket must be read: {err}"
     );
 
-    for (name, value) in [("RECONCILE_CONCURRENCY", "0"), ("RECONCILE_CONCURRENCY", "257")] {
+    for (name, value) in [
+        ("RECONCILE_CONCURRENCY", "0"),
+        ("RECONCILE_CONCURRENCY", "257"),
+    ] {
         let (code, err) = reconcile(&[url, ("S3_BUCKET", "uploads"), (name, value)]);
         assert_eq!(code, Some(2), "{name}={value}: {err}");
         assert!(err.contains(name), "{name}={value}: {err}");

@@ -179,7 +179,10 @@ impl ReconcileArgs {
         };
         config::check_range("RECONCILE_CONCURRENCY", self.concurrency as u64)?;
         config::check_range("--page-keys", u64::try_from(self.page_keys).unwrap_or(0))?;
-        config::check_range("--inventory-max-rows-per-key", self.inventory_max_rows_per_key)?;
+        config::check_range(
+            "--inventory-max-rows-per-key",
+            self.inventory_max_rows_per_key,
+        )?;
         // The buckets as `run` reads them: `S3_BUCKET`, else the seed's `FILESYSTEM_S3_BUCKET`.
         let buckets = self.run.buckets();
         let bucket = match (&self.bucket, buckets.as_slice()) {
