@@ -248,9 +248,9 @@ fn size(name: &str, value: u64) -> String {
     const GIB: u64 = 1 << 30;
     if !name.ends_with("_BYTES") || value == 0 {
         value.to_string()
-    } else if value % GIB == 0 {
+    } else if value.is_multiple_of(GIB) {
         format!("{} GiB", value / GIB)
-    } else if value % MIB == 0 {
+    } else if value.is_multiple_of(MIB) {
         format!("{} MiB", value / MIB)
     } else {
         value.to_string()
