@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Dependency advisories: audits Cargo.lock (and the fuzz crate's fuzz/Cargo.lock) with cargo-audit
 # against an advisory-db snapshot, offline. Fails on any vulnerability; unmaintained, unsound and
-# yanked crates are printed as warnings (README, "Dependency advisories", says why each stays).
+# yanked crates are printed as warnings (docs/development.md, "Dependency advisories", says why each stays).
 #
 #   ADVISORY_DB   the advisory database (default: shared/advisory-db beside the repository,
 #                 i.e. ../shared/advisory-db from its root)

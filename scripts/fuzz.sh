@@ -21,8 +21,9 @@ cache="$HOME/.cache/datapack-worker"
 tools="$cache/tools"
 cargo_fuzz_version=0.13.2
 targets=(parse_message decode_key rfc2047)
-# Bodies up to SQS's limit (256 KiB); keys and header values are far shorter in practice.
-declare -A max_len=([parse_message]=262144 [decode_key]=4096 [rfc2047]=4096)
+# Bodies up to the parser's limit, 1 MiB (SQS's own maximum message size; src/process/event.rs);
+# keys and header values are far shorter in practice.
+declare -A max_len=([parse_message]=1048576 [decode_key]=4096 [rfc2047]=4096)
 
 # Its own target directory: instrumented builds use other flags and would evict the test build.
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$cache/fuzz-target}"

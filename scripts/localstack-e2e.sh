@@ -2,7 +2,7 @@
 # Applies deploy/aws/stack.yaml on LocalStack (run on the host, no Docker) and runs the worker
 # end to end against what it created, scenario by scenario (events, presigned, keys, envelopes,
 # overwrite, delete, outage, dlq, shutdown: see scripts/localstack_e2e.py), printing every
-# difference from moto it observes. CI runs it after the tests (.ci/run); docs/localstack.md.
+# difference from moto it observes. CI runs it after the tests (.ci/run); docs/development.md (LocalStack).
 #
 # LocalStack runs from a Python 3.13 virtualenv under ~/.cache/datapack-worker/ (the interpreter
 # from pyenv, installed with `pyenv install` when missing, or PYTHON313=path); the packages come

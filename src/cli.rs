@@ -53,22 +53,28 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct PresignArgs {
+    /// The bucket the URL uploads into; the seed's `FILESYSTEM_S3_BUCKET` is read when unset.
     #[arg(long, env = "S3_BUCKET")]
     pub bucket: Option<String>,
+    /// The datapack identifier: the key's first segment.
     #[arg(long)]
     pub datapack: String,
     /// Folder inside the datapack, e.g. `raw data/2024`; `/` for the top.
     #[arg(long, default_value = "/")]
     pub path: String,
+    /// The file name: the key's last segment.
     #[arg(long)]
     pub file: String,
+    /// Signed as `x-amz-meta-uploader-name` (RFC 2047-encoded when not ASCII).
     #[arg(long)]
     pub uploader_name: String,
+    /// Signed as `x-amz-meta-uploader-email`.
     #[arg(long)]
     pub uploader_email: String,
     /// Content-Type the upload must carry; guessed from the file name when absent.
     #[arg(long)]
     pub content_type: Option<String>,
+    /// How long the URL stays valid; S3 answers 403 `AccessDenied` after.
     #[arg(long, default_value_t = 900)]
     pub expires_secs: u64,
     /// Print `{"url", "method", "headers"}`.
@@ -92,8 +98,10 @@ impl PresignArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DlqArgs {
+    /// The main queue, where `redrive` moves messages back to (`list` does not need it).
     #[arg(long, env = "SQS_QUEUE_URL")]
     pub sqs_queue_url: Option<String>,
+    /// The dead-letter queue to read.
     #[arg(long, env = "SQS_DEAD_LETTER_QUEUE_URL")]
     pub sqs_dead_letter_queue_url: String,
 }
@@ -113,8 +121,10 @@ pub enum DlqCommand {
     List {
         #[command(flatten)]
         queues: DlqArgs,
+        /// Messages shown at most.
         #[arg(long, default_value_t = 100)]
         max: usize,
+        /// One JSON object per message instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -125,6 +135,7 @@ pub enum DlqCommand {
         /// Only messages dead-lettered for this reason (e.g. unknown_datapack).
         #[arg(long)]
         reason: Option<String>,
+        /// Messages moved at most.
         #[arg(long, default_value_t = 1000)]
         max: usize,
     },

@@ -34,6 +34,83 @@ fn invalid(name: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Least and most of every value with a range of its own, by environment variable (or by flag,
+/// for a flag without one). The commands check their values against this table and the
+/// configuration reference (`docs/configuration.md`) prints it, so the two cannot differ.
+#[rustfmt::skip]
+pub(crate) const RANGES: &[(&str, u64, u64)] = &[
+    ("WORKER_CONCURRENCY", 1, 4096),
+    ("WORKER_POLLERS", 1, 1024),
+    ("SQS_WAIT_TIME_SECS", 0, 20), // SQS's own maximum
+    ("SQS_VISIBILITY_TIMEOUT_SECS", 2, 43_200), // SQS's maximum: 12 hours
+    ("MAX_PROCESSING_SECS", 2, 43_200),
+    ("RETRY_BASE_SECS", 1, 43_200),
+    ("RETRY_MAX_SECS", 1, 43_200),
+    ("MAX_ATTEMPTS", 1, 1000),
+    ("SHUTDOWN_GRACE_SECS", 0, 3600),
+    ("SQS_RECEIVE_BATCH_WAIT_MS", 0, 1000),
+    ("SQS_DELETE_BATCH_WAIT_MS", 0, 1000),
+    ("DB_WRITERS", 1, 64),
+    ("DB_MAX_BATCH", 1, 10_000),
+    ("DATABASE_MAX_CONNECTIONS", 1, 1000),
+    ("DATABASE_ACQUIRE_TIMEOUT_SECS", 1, 3600),
+    ("DATABASE_STATEMENT_TIMEOUT_SECS", 1, 3600),
+    ("DATABASE_IDLE_TIMEOUT_SECS", 1, 86_400),
+    ("AWS_ATTEMPT_TIMEOUT_SECS", 1, 3600),
+    ("QUEUE_SAMPLE_SECS", 1, 3600),
+    ("RANGED_GET_PART_BYTES", 1 << 20, 5 << 30),
+    ("RANGED_GET_PARALLELISM", 1, 64),
+    ("RANGED_GET_STREAM_FLOOR_MIBPS", 0, 100_000),
+    ("RECONCILE_CONCURRENCY", 1, 256),
+    ("--page-keys", 1, 1000), // S3 lists at most 1,000 keys a page
+    ("--inventory-max-rows-per-key", 1, u64::MAX),
+    ("--expires-secs", 1, 604_800), // SigV4's maximum: 7 days
+];
+
+/// `CHECKSUM_AUDIT_RATIO`'s range, a share.
+pub(crate) const CHECKSUM_AUDIT_RATIO_RANGE: (f64, f64) = (0.0, 1.0);
+
+/// Rules that tie a value to another, as the configuration reference prints them; checked where
+/// the value is ([`RunArgs`]' `check_rules`).
+pub(crate) const RULES: &[(&str, &str)] = &[
+    (
+        "MAX_PROCESSING_SECS",
+        "at least `SQS_VISIBILITY_TIMEOUT_SECS`",
+    ),
+    ("RETRY_MAX_SECS", "at least `RETRY_BASE_SECS`"),
+    (
+        "AWS_ATTEMPT_TIMEOUT_SECS",
+        "longer than `SQS_WAIT_TIME_SECS`",
+    ),
+];
+
+/// The range [`RANGES`] gives `name`; a name it lacks has no bound. (`tests/it/docs.rs` refuses
+/// an entry of the table that no flag or environment variable carries.)
+pub(crate) fn range_of(name: &str) -> (u64, u64) {
+    RANGES
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map_or((0, u64::MAX), |&(_, least, most)| (least, most))
+}
+
+/// Refuses `value` out of `name`'s range in [`RANGES`], naming both.
+pub(crate) fn check_range(name: &'static str, value: u64) -> Result<(), ConfigError> {
+    let (least, most) = range_of(name);
+    if (least..=most).contains(&value) {
+        Ok(())
+    } else if most == u64::MAX {
+        Err(invalid(
+            name,
+            format!("{value} is out of range: must be at least {least}"),
+        ))
+    } else {
+        Err(invalid(
+            name,
+            format!("{value} is out of range: must be between {least} and {most}"),
+        ))
+    }
+}
+
 /// Everything `run` is built from, checked and in typed units: made once by
 /// [`RunArgs::into_settings`] and passed down; nothing below reads the environment.
 #[derive(Debug, Clone)]
@@ -131,7 +208,10 @@ pub fn aws_from_env() -> AwsSettings {
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL with the user named (postgres://USER[:PASSWORD]@HOST/DB). `DB_DSN` is accepted too.
+    /// Required. `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`, the user named (sqlx would otherwise
+    /// connect as "anonymous"); never printed with its password. TLS through
+    /// `sslmode=verify-full&sslrootcert=PATH`; a password with `@:/?#` percent-encoded, or in
+    /// `DATABASE_PASSWORD_FILE`. The seed's `DB_DSN` is read when this is unset.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
     /// A file holding the password, read again for every new connection (a rotated Kubernetes
@@ -145,8 +225,11 @@ pub struct DatabaseArgs {
     /// Connections per replica at most: the writers' plus the probe's (DB_WRITERS + 1).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 5)]
     pub database_max_connections: u32,
+    /// How long a write waits for a free connection before the attempt fails.
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
     pub database_acquire_timeout_secs: u64,
+    /// Bound on every statement, set on each connection; a transaction is also bounded client-side
+    /// (this + 5 s), so a silent database cannot hold a worker.
     #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_SECS", default_value_t = 30)]
     pub database_statement_timeout_secs: u64,
     /// A connection idle this long is closed, giving its slot back to the fleet.
@@ -366,22 +449,31 @@ fn scrub(text: &str, url: &str) -> String {
 pub struct RunArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// The queue S3 notifies. Required by `run`; `dlq redrive` moves messages back to it.
     #[arg(long, env = "SQS_QUEUE_URL")]
     pub sqs_queue_url: Option<String>,
+    /// Where messages that can never succeed go, with their reason. Required; must differ from
+    /// `SQS_QUEUE_URL`.
     #[arg(long, env = "SQS_DEAD_LETTER_QUEUE_URL")]
     pub sqs_dead_letter_queue_url: Option<String>,
-    /// Buckets served, comma-separated; events for other buckets are skipped. `FILESYSTEM_S3_BUCKET` too.
+    /// Required. Buckets served, comma-separated; events for other buckets are skipped
+    /// (`foreign_bucket`). The seed's `FILESYSTEM_S3_BUCKET` is read when this is unset.
     #[arg(long, env = "S3_BUCKET", value_delimiter = ',')]
     pub s3_bucket: Vec<String>,
+    /// Messages processed at once (worker slots); pollers ask SQS only for as many as are idle.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16)]
     pub worker_concurrency: usize,
-    /// Pollers; default one per ten worker slots.
+    /// Concurrent long polls; default one per ten worker slots, rounded up.
     #[arg(long, env = "WORKER_POLLERS")]
     pub worker_pollers: Option<usize>,
+    /// Address of `/metrics`, `/healthz` and `/readyz` (plain HTTP). Port 0 lets the kernel pick
+    /// one; the `listening on` log line names it.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9898")]
     pub metrics_addr: SocketAddr,
+    /// Long-poll wait of each ReceiveMessage.
     #[arg(long, env = "SQS_WAIT_TIME_SECS", default_value_t = 20)]
     pub sqs_wait_time_secs: u64,
+    /// Visibility set at receive; extended every half of it while a message is worked on.
     #[arg(long, env = "SQS_VISIBILITY_TIMEOUT_SECS", default_value_t = 60)]
     pub sqs_visibility_timeout_secs: u64,
     /// While receives come back full, how long a poller waits for ten free slots before it
@@ -395,14 +487,19 @@ pub struct RunArgs {
     /// Cap on how long one message's visibility is extended while it is worked on.
     #[arg(long, env = "MAX_PROCESSING_SECS", default_value_t = 3600)]
     pub max_processing_secs: u64,
+    /// Retry backoff: the first delay, doubled per receive, jittered, capped at `RETRY_MAX_SECS`.
     #[arg(long, env = "RETRY_BASE_SECS", default_value_t = 5)]
     pub retry_base_secs: u64,
+    /// Retry backoff: the longest delay.
     #[arg(long, env = "RETRY_MAX_SECS", default_value_t = 900)]
     pub retry_max_secs: u64,
     /// Attempts a message gets before a failure dead-letters it with its reason; capped by the
     /// queue's redrive maxReceiveCount.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 10)]
     pub max_attempts: u32,
+    /// Time given after SIGTERM to the long polls in flight (they finish, at most
+    /// `SQS_WAIT_TIME_SECS` + 5 s, and what they return is handed back at once) and to in-flight
+    /// work; a second signal stops at once. Keep below Kubernetes' `terminationGracePeriodSeconds`.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
     /// Required `uploaded-by` metadata value; `off` (or empty) records every upload.
@@ -414,12 +511,17 @@ pub struct RunArgs {
     /// Apply pending migrations before starting.
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = false)]
     pub migrate_on_start: bool,
+    /// Group commit: concurrent write transactions.
     #[arg(long, env = "DB_WRITERS", default_value_t = 4)]
     pub db_writers: usize,
+    /// Group commit: messages per transaction at most.
     #[arg(long, env = "DB_MAX_BATCH", default_value_t = 256)]
     pub db_max_batch: usize,
+    /// Bound on every AWS call attempt; must exceed the long poll (the SDK has none by default, and
+    /// a silent peer would hang forever).
     #[arg(long, env = "AWS_ATTEMPT_TIMEOUT_SECS", default_value_t = 30)]
     pub aws_attempt_timeout_secs: u64,
+    /// How often queue depth is sampled for the metrics.
     #[arg(long, env = "QUEUE_SAMPLE_SECS", default_value_t = 15)]
     pub queue_sample_secs: u64,
     /// Endpoint for S3 and SQS (MinIO, moto, a VPC endpoint); the AWS chain reads it too.
@@ -516,7 +618,7 @@ impl RunArgs {
     }
 
     /// The buckets from the flag or `S3_BUCKET`, else the seed's `FILESYSTEM_S3_BUCKET`.
-    fn buckets(&self) -> Vec<String> {
+    pub(crate) fn buckets(&self) -> Vec<String> {
         let buckets: Vec<String> = self
             .s3_bucket
             .iter()
@@ -555,80 +657,70 @@ impl RunArgs {
         Ok((main, dead_letter))
     }
 
-    /// The rules that tie settings to SQS's limits and to each other.
+    /// The rules that tie settings to each other (each value's own range is in [`RANGES`]).
     fn check_rules(&self) -> Result<(), ConfigError> {
-        if !(1..=4096).contains(&self.worker_concurrency) {
-            return Err(invalid("WORKER_CONCURRENCY", "must be between 1 and 4096"));
-        }
-        if self.sqs_wait_time_secs > 20 {
-            return Err(invalid("SQS_WAIT_TIME_SECS", "SQS allows at most 20"));
-        }
-        if !(2..=43_200).contains(&self.sqs_visibility_timeout_secs) {
-            return Err(invalid(
-                "SQS_VISIBILITY_TIMEOUT_SECS",
-                "must be between 2 and 43200",
-            ));
-        }
         if self.aws_attempt_timeout_secs <= self.sqs_wait_time_secs {
             return Err(invalid(
                 "AWS_ATTEMPT_TIMEOUT_SECS",
                 "must be longer than SQS_WAIT_TIME_SECS, or every idle long poll times out",
             ));
         }
-        if self.retry_base_secs == 0
-            || self.retry_max_secs < self.retry_base_secs
-            || self.retry_max_secs > 43_200
-        {
+        if self.retry_max_secs < self.retry_base_secs {
             return Err(invalid(
                 "RETRY_MAX_SECS",
-                "need 0 < RETRY_BASE_SECS <= RETRY_MAX_SECS <= 43200",
+                "must be at least RETRY_BASE_SECS",
+            ));
+        }
+        if self.max_processing_secs < self.sqs_visibility_timeout_secs {
+            return Err(invalid(
+                "MAX_PROCESSING_SECS",
+                "must be at least SQS_VISIBILITY_TIMEOUT_SECS",
             ));
         }
         Ok(())
     }
 
-    /// Every value with a range of its own: name, value, least, most.
+    /// Every value with a range of its own, against [`RANGES`].
     fn check_ranges(&self) -> Result<(), ConfigError> {
         let db = &self.database;
         // A table: one line per value reads better than rustfmt's one line per field.
         #[rustfmt::skip]
-        let ranges = [
-            ("MAX_PROCESSING_SECS", self.max_processing_secs, self.sqs_visibility_timeout_secs, 43_200),
-            ("MAX_ATTEMPTS", self.max_attempts.into(), 1, 1000),
-            ("SHUTDOWN_GRACE_SECS", self.shutdown_grace_secs, 0, 3600),
-            ("SQS_RECEIVE_BATCH_WAIT_MS", self.sqs_receive_batch_wait_ms, 0, 1000),
-            ("SQS_DELETE_BATCH_WAIT_MS", self.sqs_delete_batch_wait_ms, 0, 1000),
-            ("DB_WRITERS", self.db_writers as u64, 1, 64),
-            ("DB_MAX_BATCH", self.db_max_batch as u64, 1, 10_000),
-            ("DATABASE_MAX_CONNECTIONS", db.database_max_connections.into(), 1, 1000),
-            ("DATABASE_ACQUIRE_TIMEOUT_SECS", db.database_acquire_timeout_secs, 1, 3600),
-            ("DATABASE_STATEMENT_TIMEOUT_SECS", db.database_statement_timeout_secs, 1, 3600),
-            ("DATABASE_IDLE_TIMEOUT_SECS", db.database_idle_timeout_secs, 1, 86_400),
-            ("AWS_ATTEMPT_TIMEOUT_SECS", self.aws_attempt_timeout_secs, 1, 3600),
-            ("QUEUE_SAMPLE_SECS", self.queue_sample_secs, 1, 3600),
-            ("RANGED_GET_PART_BYTES", self.ranged_get_part_bytes, 1 << 20, 5 << 30),
-            ("RANGED_GET_PARALLELISM", self.ranged_get_parallelism as u64, 1, 64),
-            ("RANGED_GET_STREAM_FLOOR_MIBPS", self.ranged_get_stream_floor_mibps, 0, 100_000),
+        let values = [
+            ("WORKER_CONCURRENCY", self.worker_concurrency as u64),
+            ("SQS_WAIT_TIME_SECS", self.sqs_wait_time_secs),
+            ("SQS_VISIBILITY_TIMEOUT_SECS", self.sqs_visibility_timeout_secs),
+            ("MAX_PROCESSING_SECS", self.max_processing_secs),
+            ("RETRY_BASE_SECS", self.retry_base_secs),
+            ("RETRY_MAX_SECS", self.retry_max_secs),
+            ("MAX_ATTEMPTS", self.max_attempts.into()),
+            ("SHUTDOWN_GRACE_SECS", self.shutdown_grace_secs),
+            ("SQS_RECEIVE_BATCH_WAIT_MS", self.sqs_receive_batch_wait_ms),
+            ("SQS_DELETE_BATCH_WAIT_MS", self.sqs_delete_batch_wait_ms),
+            ("DB_WRITERS", self.db_writers as u64),
+            ("DB_MAX_BATCH", self.db_max_batch as u64),
+            ("DATABASE_MAX_CONNECTIONS", db.database_max_connections.into()),
+            ("DATABASE_ACQUIRE_TIMEOUT_SECS", db.database_acquire_timeout_secs),
+            ("DATABASE_STATEMENT_TIMEOUT_SECS", db.database_statement_timeout_secs),
+            ("DATABASE_IDLE_TIMEOUT_SECS", db.database_idle_timeout_secs),
+            ("AWS_ATTEMPT_TIMEOUT_SECS", self.aws_attempt_timeout_secs),
+            ("QUEUE_SAMPLE_SECS", self.queue_sample_secs),
+            ("RANGED_GET_PART_BYTES", self.ranged_get_part_bytes),
+            ("RANGED_GET_PARALLELISM", self.ranged_get_parallelism as u64),
+            ("RANGED_GET_STREAM_FLOOR_MIBPS", self.ranged_get_stream_floor_mibps),
         ];
-        if !(0.0..=1.0).contains(&self.checksum_audit_ratio) {
+        let (least, most) = CHECKSUM_AUDIT_RATIO_RANGE;
+        if !(least..=most).contains(&self.checksum_audit_ratio) {
             return Err(invalid(
                 "CHECKSUM_AUDIT_RATIO",
                 format!(
-                    "{} is out of range: must be between 0.0 and 1.0",
+                    "{} is out of range: must be between {least:.1} and {most:.1}",
                     self.checksum_audit_ratio
                 ),
             ));
         }
-        let pollers = self
-            .worker_pollers
-            .map(|p| ("WORKER_POLLERS", p as u64, 1, 1024));
-        for (name, value, min, max) in pollers.into_iter().chain(ranges) {
-            if !(min..=max).contains(&value) {
-                return Err(invalid(
-                    name,
-                    format!("{value} is out of range: must be between {min} and {max}"),
-                ));
-            }
+        let pollers = self.worker_pollers.map(|p| ("WORKER_POLLERS", p as u64));
+        for (name, value) in pollers.into_iter().chain(values) {
+            check_range(name, value)?;
         }
         Ok(())
     }

@@ -13,7 +13,8 @@
 //! command line ([`cli`]) and environment; [`disposition`] is the failure vocabulary every layer
 //! speaks (what a failure means: retry, dead-letter with a reason, skip); [`aws`] builds the SDK
 //! clients; [`shutdown`] is the value every wait races; [`secret`] holds what must never print.
-//! [`commands`] holds the one-shot commands.
+//! [`commands`] holds the one-shot commands; [`reference`] renders the configuration reference
+//! from the command line's definitions.
 
 #![warn(unreachable_pub)]
 
@@ -26,6 +27,7 @@ pub mod disposition;
 pub mod intake;
 pub mod ops;
 pub mod process;
+pub mod reference;
 pub mod secret;
 pub mod shutdown;
 pub mod store;

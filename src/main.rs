@@ -30,7 +30,7 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Exit 2 (the README's "refused"): a configuration or a command's input that was refused before
+/// Exit 2 (docs/operating.md's "refused"): a configuration or a command's input that was refused before
 /// anything was tried; every other failure exits 1.
 fn refused(error: &anyhow::Error) -> bool {
     error.downcast_ref::<config::ConfigError>().is_some()

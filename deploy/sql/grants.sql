@@ -1,6 +1,6 @@
 -- What datapack_worker may do on the tables it uses: run as datapack_owner after every
 -- `datapack-worker migrate` (the owner grants on its own objects; no superuser needed).
--- Idempotent. See roles.sql for the roles, README "Deployment" for the order.
+-- Idempotent. See roles.sql for the roles, docs/deploying.md ("The database roles") for the order.
 --   psql "postgres://datapack_owner@host/datapack" -v ON_ERROR_STOP=1 -f deploy/sql/grants.sql
 --
 -- The worker (src/store.rs):

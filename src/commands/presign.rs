@@ -256,8 +256,11 @@ pub async fn presign_at(
     args: &PresignArgs,
     start: SystemTime,
 ) -> Result<Presigned, PresignError> {
-    if !(1..=604_800).contains(&args.expires_secs) {
-        return invalid("--expires-secs must be between 1 and 604800 (7 days)");
+    let (least, most) = crate::config::range_of("--expires-secs");
+    if !(least..=most).contains(&args.expires_secs) {
+        return invalid(format!(
+            "--expires-secs must be between {least} and {most} (7 days)"
+        ));
     }
     let upload = Upload::of(args)?;
     let config = PresigningConfig::builder()

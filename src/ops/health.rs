@@ -61,7 +61,7 @@ pub struct BreakerSettings {
 }
 
 impl BreakerSettings {
-    /// The documented thresholds (README, failure taxonomy).
+    /// The documented thresholds (docs/operating.md, failure taxonomy).
     pub const fn for_dependency(dependency: Dependency) -> Self {
         match dependency {
             // Objects: five different keys failing, most of the last twenty fetches, in a minute.

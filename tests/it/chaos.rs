@@ -114,7 +114,7 @@ async fn sigkill_at_random_points_loses_nothing() {
     // A moto of its own: its SQS slows down as the queue grows, and other tests share the other.
     let moto = Moto::start();
     let stack = Arc::new(Stack::new(&moto.endpoint).await);
-    // As the README recommends, the redrive limit sits well above the attempts the worker makes
+    // As docs/operating.md recommends, the redrive limit sits well above the attempts the worker makes
     // (5 kills each burn a receive of what is in hand, and a slow emulator can let a heartbeat
     // arrive late); what SQS would move without a reason is then only a crash loop.
     stack.set_max_receive_count(20).await;

@@ -1,5 +1,5 @@
-//! The README's claims about logs (colour, spans) and the pool gauges, checked on what the real
-//! binary writes to its stderr and serves on `/metrics`.
+//! docs/operating.md's claims about logs (colour, spans) and the pool gauges, checked on what the
+//! real binary writes to its stderr and serves on `/metrics`.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

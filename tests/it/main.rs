@@ -7,6 +7,7 @@ mod browser;
 mod chaos;
 mod db_credentials;
 mod dlq;
+mod docs;
 mod faults;
 mod fixtures;
 mod fleet_outage;

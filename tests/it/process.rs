@@ -91,6 +91,53 @@ async fn sigterm_releases_or_finishes_in_flight_work_and_a_256_mib_object_hashes
     );
 }
 
+/// `reconcile` reads the bucket as `run` does: `S3_BUCKET`, else the seed's `FILESYSTEM_S3_BUCKET`;
+/// its own ranges come from the same table as `run`'s.
+#[test]
+fn reconcile_reads_the_seed_bucket_and_checks_its_ranges() {
+    let bin = env!("CARGO_BIN_EXE_datapack-worker");
+    let reconcile = |envs: &[(&str, &str)]| {
+        let out = Command::new(bin)
+            .args(["reconcile", "--dry-run"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let url = ("DATABASE_URL", "postgres://app@127.0.0.1:1/db");
+    // A value checked only after the bucket is known: refused by name once the bucket is found.
+    let late = ("WORKER_CONCURRENCY", "0");
+
+    let (code, err) = reconcile(&[url, late]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("S3_BUCKET"),
+        "no bucket must be refused: {err}"
+    );
+
+    let (code, err) = reconcile(&[url, late, ("FILESYSTEM_S3_BUCKET", "uploads")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("WORKER_CONCURRENCY") && !err.contains("S3_BUCKET"),
+        "the seed's bucket must be read: {err}"
+    );
+
+    for (name, value) in [
+        ("RECONCILE_CONCURRENCY", "0"),
+        ("RECONCILE_CONCURRENCY", "257"),
+    ] {
+        let (code, err) = reconcile(&[url, ("S3_BUCKET", "uploads"), (name, value)]);
+        assert_eq!(code, Some(2), "{name}={value}: {err}");
+        assert!(err.contains(name), "{name}={value}: {err}");
+    }
+}
+
 #[test]
 fn refuses_bad_configuration_without_printing_secrets() {
     let bin = env!("CARGO_BIN_EXE_datapack-worker");
@@ -235,8 +282,8 @@ fn presign_prints_the_url_and_the_headers_the_browser_must_send() {
     );
 }
 
-/// The README's exit codes for `presign`: 2 when it refuses what it was asked (a flag S3 or the
-/// worker would refuse, a missing bucket), 1 when it cannot sign (no credentials anywhere in the
+/// The exit codes for `presign` (docs/operating.md): 2 when it refuses what it was asked (a flag
+/// S3 or the worker would refuse, a missing bucket), 1 when it cannot sign (no credentials anywhere in the
 /// chain); never a URL, never a panic.
 #[test]
 fn presign_exits_2_on_refused_input_and_1_when_it_cannot_sign() {

@@ -9,10 +9,10 @@
 //! (the same fetch, hash, filters, write, outcomes and metrics as a notification); live rows
 //! whose object S3 no longer shows are removed. No repair is ever newer than its source: a
 //! listing's repairs carry the time they were observed, an inventory's the time the report was
-//! taken, so anything S3 announced after still wins (see `docs/reconcile-safety.md`). Keys the
-//! database cannot hold (a NUL) are skipped and counted. Progress is checkpointed per page
-//! ([`checkpoint`]); the lease is released however the run ends; [`report`] counts and prints,
-//! and [`Stopped`] says how a run that did not complete ended, for the exit status.
+//! taken, so anything S3 announced after still wins (see `docs/operating.md`, "Reconcile: safe
+//! against every input"). Keys the database cannot hold (a NUL) are skipped and counted.
+//! Progress is checkpointed per page ([`checkpoint`]); the lease is released however the run
+//! ends; [`report`] counts and prints, and [`Stopped`] says how a run that did not complete ended, for the exit status.
 
 mod checkpoint;
 mod compare;
@@ -30,7 +30,7 @@ use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, RunArgs};
+use crate::config::{self, ConfigError, RunArgs};
 use crate::disposition::Failure;
 use crate::ops::health::Health;
 use crate::ops::watchdog::Watchdog;
@@ -48,7 +48,7 @@ pub use report::ProgressMode;
 use report::{Counts, Made, Progress, Report, printable};
 
 /// How a reconcile that did not complete ended; `main` turns it into the exit status (the
-/// table is in `docs/reconcile-safety.md`).
+/// table is in `docs/operating.md`, "Reconcile: safe against every input").
 #[derive(Debug, thiserror::Error)]
 pub enum Stopped {
     /// Interrupted, failed part-way, or some repairs kept failing: the next run continues.
@@ -120,7 +120,8 @@ impl ListingMode {
 pub struct ReconcileArgs {
     #[command(flatten)]
     pub run: RunArgs,
-    /// The bucket to reconcile (default: the one S3_BUCKET names).
+    /// The bucket to reconcile (default: the one `S3_BUCKET`, or the seed's `FILESYSTEM_S3_BUCKET`,
+    /// names).
     #[arg(long)]
     pub bucket: Option<String>,
     /// Only keys starting with this.
@@ -161,6 +162,7 @@ pub struct ReconcileArgs {
     /// Serve /metrics (and the health endpoints) on METRICS_ADDR while reconciling.
     #[arg(long)]
     pub serve_metrics: bool,
+    /// A progress line on a terminal (`auto`), always (`bar`), or log lines only (`log`).
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,
     /// Seconds between progress log lines (when there is no bar).
@@ -175,26 +177,22 @@ impl ReconcileArgs {
             name,
             problem: problem.into(),
         };
-        if !(1..=256).contains(&self.concurrency) {
-            return Err(invalid(
-                "RECONCILE_CONCURRENCY",
-                "must be between 1 and 256",
-            ));
-        }
-        if !(1..=1000).contains(&self.page_keys) {
-            return Err(invalid("--page-keys", "must be between 1 and 1000"));
-        }
-        if self.inventory_max_rows_per_key == 0 {
-            return Err(invalid(
-                "--inventory-max-rows-per-key",
-                "must be at least 1",
-            ));
-        }
-        let buckets = &self.run.s3_bucket;
+        config::check_range("RECONCILE_CONCURRENCY", self.concurrency as u64)?;
+        config::check_range("--page-keys", u64::try_from(self.page_keys).unwrap_or(0))?;
+        config::check_range(
+            "--inventory-max-rows-per-key",
+            self.inventory_max_rows_per_key,
+        )?;
+        // The buckets as `run` reads them: `S3_BUCKET`, else the seed's `FILESYSTEM_S3_BUCKET`.
+        let buckets = self.run.buckets();
         let bucket = match (&self.bucket, buckets.as_slice()) {
             (Some(b), _) => b.clone(),
-            (None, [one]) => one.trim().to_owned(),
-            (None, []) => return Err(ConfigError::Missing("--bucket (or S3_BUCKET)")),
+            (None, [one]) => one.clone(),
+            (None, []) => {
+                return Err(ConfigError::Missing(
+                    "--bucket (or S3_BUCKET, or FILESYSTEM_S3_BUCKET)",
+                ));
+            }
             (None, _) => {
                 return Err(invalid(
                     "--bucket",
