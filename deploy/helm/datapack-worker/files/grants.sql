@@ -9,7 +9,7 @@
 --                            UPDATE deleted_at when a newer upload or a removal replaces a row
 --   datapack_object_removal  the same upsert, per key
 --   sequences                nextval for the rows it inserts
---   datapack_event_newer     the ordering function both upserts call
+--   datapack_event_newer     the ordering functions the upserts call (both signatures)
 --   datapack_reconcile       `datapack-worker reconcile`: its checkpoint and lease, one row per scope
 -- plus transaction-scoped advisory locks (pg_advisory_xact_lock: open to every role). No DELETE,
 -- no TRUNCATE, no REFERENCES, no TRIGGER, no DDL.
@@ -26,6 +26,8 @@ GRANT USAGE ON SEQUENCE datapack_resource_id_seq TO datapack_worker;
 
 REVOKE ALL ON FUNCTION datapack_event_newer(text, timestamptz, text, timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION datapack_event_newer(text, timestamptz, text, timestamptz) TO datapack_worker;
+REVOKE ALL ON FUNCTION datapack_event_newer(text, timestamptz, integer, text, timestamptz, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION datapack_event_newer(text, timestamptz, integer, text, timestamptz, integer) TO datapack_worker;
 
 -- The migrations' bookkeeping is the owner's alone.
 REVOKE ALL ON _sqlx_migrations FROM PUBLIC;
