@@ -227,7 +227,7 @@ class LocalStack:
         env = dict(
             os.environ,
             GATEWAY_LISTEN=f"127.0.0.1:{self.port}",
-            SERVICES="s3,sqs,sns,events,cloudformation,iam",
+            SERVICES="s3,sqs,sns,events,cloudformation,iam,cloudwatch,ec2",
             LOCALSTACK_HOST=f"127.0.0.1:{self.port}",
             PERSISTENCE="0",
             FILESYSTEM_ROOT=str(state / "fs"),
