@@ -96,20 +96,7 @@ async fn sigterm_releases_or_finishes_in_flight_work_and_a_256_mib_object_hashes
 #[test]
 fn reconcile_reads_the_seed_bucket_and_checks_its_ranges() {
     let bin = env!("CARGO_BIN_EXE_datapack-worker");
-    let reconcile = |envs: &[(&str, &str)]| {
-        let out = Command::new(bin)
-            .args(["reconcile", "--dry-run"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let reconcile = |envs: &[(&str, &str)]| bare(bin, &["reconcile", "--dry-run"], envs);
     let url = ("DATABASE_URL", "postgres://app@127.0.0.1:1/db");
     // A value checked only after the bucket is known: refused by name once the bucket is found.
     let late = ("WORKER_CONCURRENCY", "0");
@@ -141,20 +128,7 @@ fn reconcile_reads_the_seed_bucket_and_checks_its_ranges() {
 #[test]
 fn refuses_bad_configuration_without_printing_secrets() {
     let bin = env!("CARGO_BIN_EXE_datapack-worker");
-    let run = |envs: &[(&str, &str)]| {
-        let out = Command::new(bin)
-            .arg("run")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |envs: &[(&str, &str)]| bare(bin, &["run"], envs);
     let queue = ("SQS_QUEUE_URL", "http://127.0.0.1:1/1/q");
     let dlq = ("SQS_DEAD_LETTER_QUEUE_URL", "http://127.0.0.1:1/1/dlq");
     let bucket = ("S3_BUCKET", "uploads");
@@ -374,4 +348,21 @@ fn presign_exits_2_on_refused_input_and_1_when_it_cannot_sign() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("could not presign"), "{err}");
     std::fs::remove_dir_all(&home).ok();
+}
+
+/// Runs the binary with `args` and only `envs` (and PATH) in its environment: its exit code and
+/// its standard error.
+fn bare(bin: &str, args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(bin)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
