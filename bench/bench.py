@@ -595,20 +595,26 @@ class Bench:
     # -- the database write path alone
 
     def db_write(self) -> dict:
-        url = fresh_database(self.admin, "datapack_bench_db_write")
-        env = dict(self.env, DATABASE_URL=url)
-        out = subprocess.run(
-            [os.environ["BENCH_DB_WRITE"], "--resources", str(self.args.db_resources), "--tasks", str(self.args.db_tasks)],
-            env=env, stdout=subprocess.PIPE, text=True, check=True,
-        ).stdout
-        value = json.loads(out.strip().splitlines()[-1])
-        first, second = value["passes"]
-        return {
-            "resources": first["resources"],
-            "per_s": first["per_s"],
-            "duplicate_per_s": second["per_s"],
-            "second_pass_duplicates": second["duplicate"],
-        }
+        """The write path twice, each on a fresh database: with change notifications (the
+        default) and without (`NOTIFY_CHANGES=false`, `--no-notify`)."""
+        result = {}
+        for suffix, extra in (("", []), ("_no_notify", ["--no-notify"])):
+            url = fresh_database(self.admin, "datapack_bench_db_write")
+            env = dict(self.env, DATABASE_URL=url)
+            out = subprocess.run(
+                [os.environ["BENCH_DB_WRITE"], "--resources", str(self.args.db_resources),
+                 "--tasks", str(self.args.db_tasks), *extra],
+                env=env, stdout=subprocess.PIPE, text=True, check=True,
+            ).stdout
+            value = json.loads(out.strip().splitlines()[-1])
+            first, second = value["passes"]
+            result.update({
+                "resources": first["resources"],
+                f"per_s{suffix}": first["per_s"],
+                f"duplicate_per_s{suffix}": second["per_s"],
+                f"second_pass_duplicates{suffix}": second["duplicate"],
+            })
+        return result
 
     # -- zero-read ingestion: S3's stored SHA-256 instead of a GET
 
@@ -878,9 +884,14 @@ def report(bench: Bench, started: float) -> str:
         out.append(f"| Database write path (examples/db_write.rs, {bench.args.db_tasks} concurrent submitters) | Resources | Resources/s | Second pass (all Duplicate) /s |")
         out.append("|---|---|---|---|")
         out.append(
-            f"| Writer::write → store::apply, fresh database | {runs[0]['resources']} "
+            f"| Writer::write → store::apply, fresh database, changes announced (default) | {runs[0]['resources']} "
             f"| {cell(runs, 'per_s', '.0f')} | {cell(runs, 'duplicate_per_s', '.0f')} |"
         )
+        if all("per_s_no_notify" in r for r in runs):
+            out.append(
+                f"| the same, `NOTIFY_CHANGES=false` | {runs[0]['resources']} "
+                f"| {cell(runs, 'per_s_no_notify', '.0f')} | {cell(runs, 'duplicate_per_s_no_notify', '.0f')} |"
+            )
     latency = paced.latency_table(R)
     if latency:
         out.append("")
@@ -1063,8 +1074,11 @@ def targets(R: dict) -> list[tuple[str, str, bool]]:
     if "db_write" in R:
         d = med(R["db_write"], "per_s")
         dup = min(r["second_pass_duplicates"] == r["resources"] for r in R["db_write"])
-        rows.append(("Database write path ≥ 10,000 resources/s (second pass all Duplicate)",
-                     f"{d:.0f} resources/s; idempotent: {'yes' if dup else 'NO'}", d >= 10_000 and dup))
+        rows.append(("Database write path ≥ 20,000 resources/s, changes announced (second pass all Duplicate)",
+                     f"{d:.0f} resources/s; idempotent: {'yes' if dup else 'NO'}", d >= 20_000 and dup))
+        again = med(R["db_write"], "duplicate_per_s")
+        rows.append(("Database write path, redelivery (all Duplicate) ≥ 40,000 resources/s and the cheapest case",
+                     f"{again:.0f} vs {d:.0f} resources/s", again >= 40_000 and again > d))
     if have("throttled 50 MB/s per connection: worker, single GET", "throttled 50 MB/s per connection: worker, ranged GETs"):
         s = med(R["throttled 50 MB/s per connection: worker, single GET"], "mb_per_s")
         r = med(R["throttled 50 MB/s per connection: worker, ranged GETs"], "mb_per_s")

@@ -89,6 +89,8 @@ COLUMNS = (
     ("delete_batches_per_object", "Delete batches/object", ".2f"),
     ("per_s", "Resources/s", ".0f"),
     ("duplicate_per_s", "Second pass /s", ".0f"),
+    ("per_s_no_notify", "Resources/s, NOTIFY_CHANGES=false", ".0f"),
+    ("duplicate_per_s_no_notify", "Second pass /s, NOTIFY_CHANGES=false", ".0f"),
 )
 
 
@@ -179,11 +181,16 @@ CAPACITY_INPUTS = (
      "objects_per_s", ".1f", "/s"),
     ("Lambda reproduction CPU per 1 KiB object", "latest.json", "baseline: seed Lambda, small",
      "cpu_ms_per_object", ".3g", "ms"),
-    ("Worker CPU per GB, 256 MiB objects, defaults", "adaptive.json",
+    ("Worker CPU per GB, 256 MiB objects, defaults", "latest.json",
      "worker: large, defaults (adaptive)", "cpu_s_per_gb", ".3g", "CPU-s/GB"),
-    ("Worker peak RSS, 256 MiB objects, defaults", "adaptive.json",
+    ("Worker peak RSS, 256 MiB objects, defaults", "latest.json",
      "worker: large, defaults (adaptive)", "peak_rss_mib", ".0f", "MiB"),
-    ("Database write path", "rerun-small-db.json", "db_write", "per_s", ".0f", "resources/s"),
+    ("Database write path, new rows, changes announced", "latest.json", "db_write", "per_s", ".0f",
+     "resources/s"),
+    ("Database write path, redelivery (all duplicates)", "latest.json", "db_write",
+     "duplicate_per_s", ".0f", "resources/s"),
+    ("Database write path, new rows, NOTIFY_CHANGES=false", "latest.json", "db_write",
+     "per_s_no_notify", ".0f", "resources/s"),
     ("SQS requests per object at full load (worker's own)", "latency.json", "latency: full load",
      "sqs_per_object", ".3f", ""),
     ("SQS requests per object at light load (10/s)", "latency.json", "latency: light load (10/s)",

@@ -7,7 +7,8 @@
 //!         --resources 50000 --tasks 64
 //!
 //! The database must be fresh (this migrates it). Writer settings are the worker's defaults
-//! (DB_WRITERS=4, DB_MAX_BATCH=256, DATABASE_MAX_CONNECTIONS=8) unless given as flags.
+//! (DB_WRITERS=4, DB_MAX_BATCH=256, DATABASE_MAX_CONNECTIONS=5) unless given as flags;
+//! `--no-notify` measures with announcements off (`NOTIFY_CHANGES=false`).
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -28,6 +29,10 @@ fn flag(name: &str, default: usize) -> usize {
                 .unwrap_or_else(|_| panic!("{name} takes a number"))
         })
         .unwrap_or(default)
+}
+
+fn flag_set(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
 }
 
 fn resource(i: usize, at: DateTime<Utc>) -> Write {
@@ -60,7 +65,7 @@ async fn main() {
     let tasks = flag("--tasks", 64);
     let writers = flag("--writers", 4);
     let max_batch = flag("--max-batch", 256);
-    let connections = flag("--connections", 8) as u32;
+    let connections = flag("--connections", 5) as u32;
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
     let pool = store::pool(
         PgConnectOptions::from_str(&url).expect("DATABASE_URL parses"),
@@ -82,7 +87,10 @@ async fn main() {
             WriterSettings {
                 writers,
                 max_batch,
-                create_datapacks: true,
+                options: store::WriteOptions {
+                    create_datapacks: true,
+                    notify: !flag_set("--no-notify"),
+                },
                 timeout: Duration::from_secs(35),
             },
             health.clone(),

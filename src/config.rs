@@ -16,7 +16,7 @@ use crate::process::fetch::Ranged;
 use crate::process::pipeline::PipelineSettings;
 pub use crate::secret::Secret;
 use crate::store::writer::WriterSettings;
-use crate::store::{Password, PoolSettings};
+use crate::store::{Password, PoolSettings, WriteOptions};
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -508,6 +508,10 @@ pub struct RunArgs {
     /// Create a datapack row for an unknown identifier instead of dead-lettering.
     #[arg(long, env = "CREATE_MISSING_DATAPACKS", default_value_t = false)]
     pub create_missing_datapacks: bool,
+    /// Announce every changed row on the channel `datapack_resource_changed` (LISTEN/NOTIFY, in
+    /// the writing transaction). `false` saves the database that work where nothing listens.
+    #[arg(long, env = "NOTIFY_CHANGES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub notify_changes: bool,
     /// Apply pending migrations before starting.
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = false)]
     pub migrate_on_start: bool,
@@ -596,7 +600,10 @@ impl RunArgs {
             writer: WriterSettings {
                 writers: self.db_writers,
                 max_batch: self.db_max_batch,
-                create_datapacks: self.create_missing_datapacks,
+                options: WriteOptions {
+                    create_datapacks: self.create_missing_datapacks,
+                    notify: self.notify_changes,
+                },
                 timeout: database.pool.statement_timeout + secs(5),
             },
             database,

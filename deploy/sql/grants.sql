@@ -9,7 +9,10 @@
 --                            UPDATE deleted_at when a newer upload or a removal replaces a row
 --   datapack_object_removal  the same upsert, per key
 --   sequences                nextval for the rows it inserts
---   datapack_event_newer     the ordering functions the upserts call (both signatures)
+--   datapack_write_batch     the write of a batch, one statement (runs with the worker's rights:
+--                            every table privilege above still applies)
+--   datapack_event_newer,    the ordering functions it calls (newer: both signatures, the older
+--   datapack_event_same      kept for anything that still calls it)
 --   datapack_reconcile       `datapack-worker reconcile`: its checkpoint and lease, one row per scope
 -- plus transaction-scoped advisory locks (pg_advisory_xact_lock: open to every role). No DELETE,
 -- no TRUNCATE, no REFERENCES, no TRIGGER, no DDL.
@@ -28,6 +31,15 @@ REVOKE ALL ON FUNCTION datapack_event_newer(text, timestamptz, text, timestamptz
 GRANT EXECUTE ON FUNCTION datapack_event_newer(text, timestamptz, text, timestamptz) TO datapack_worker;
 REVOKE ALL ON FUNCTION datapack_event_newer(text, timestamptz, integer, text, timestamptz, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION datapack_event_newer(text, timestamptz, integer, text, timestamptz, integer) TO datapack_worker;
+
+REVOKE ALL ON FUNCTION datapack_event_same(text, timestamptz, text, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION datapack_event_same(text, timestamptz, text, timestamptz) TO datapack_worker;
+REVOKE ALL ON FUNCTION datapack_write_batch(bigint[], boolean[], text[], text[], text[],
+    timestamptz[], text[], smallint[], text[], text[], text[], text[], bigint[], text[], text[],
+    text[], text[], timestamptz[], text[], text[], boolean, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION datapack_write_batch(bigint[], boolean[], text[], text[], text[],
+    timestamptz[], text[], smallint[], text[], text[], text[], text[], bigint[], text[], text[],
+    text[], text[], timestamptz[], text[], text[], boolean, boolean) TO datapack_worker;
 
 -- The migrations' bookkeeping is the owner's alone.
 REVOKE ALL ON _sqlx_migrations FROM PUBLIC;

@@ -18,7 +18,9 @@ pub mod write;
 pub mod writer;
 
 pub use connect::{Database, Password};
-pub use write::{NewResource, Removal, Sha256Source, Survivor, Write, WriteOutcome, apply};
+pub use write::{
+    NewResource, Removal, Sha256Source, Survivor, Write, WriteOptions, WriteOutcome, apply,
+};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -93,9 +95,11 @@ async fn check(connection: &mut PgConnection) -> Result<(), Failure> {
         "SELECT has_table_privilege('datapack_resource', 'SELECT, INSERT, UPDATE')
             AND has_table_privilege('datapack_object_removal', 'SELECT, INSERT, UPDATE')
             AND has_table_privilege('datapack', 'SELECT')
+            AND has_function_privilege($1, 'EXECUTE')
          FROM (SELECT 1 FROM datapack_resource LIMIT 0) AS readable
          RIGHT JOIN (VALUES (1)) AS one ON true",
     )
+    .bind(schema::WRITE_BATCH)
     .fetch_one(&mut *connection)
     .await
     .map_err(classify)?;
@@ -104,7 +108,8 @@ async fn check(connection: &mut PgConnection) -> Result<(), Failure> {
     } else {
         Err(Failure::transient(
             RetryReason::DatabaseMisconfigured,
-            "this role may not write datapack_resource / datapack_object_removal",
+            "this role may not write datapack_resource / datapack_object_removal, or not run \
+             datapack_write_batch",
         ))
     }
 }

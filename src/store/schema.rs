@@ -54,8 +54,16 @@ const COLUMNS: &[(&str, &[&str])] = &[
 const CONSTRAINTS: &[(&str, &str)] = &[("datapack_resource", "datapack_resource_upload_key")];
 
 /// Functions the statements call, with their argument types.
-const FUNCTIONS: &[&str] =
-    &["datapack_event_newer(text, timestamp with time zone, text, timestamp with time zone)"];
+const FUNCTIONS: &[&str] = &[
+    "datapack_event_newer(text, timestamp with time zone, text, timestamp with time zone)",
+    WRITE_BATCH,
+];
+
+/// The write path's one statement (migration `write_batch`), by its signature.
+pub(crate) const WRITE_BATCH: &str = "datapack_write_batch(bigint[], boolean[], text[], text[], \
+    text[], timestamp with time zone[], text[], smallint[], text[], text[], text[], text[], \
+    bigint[], text[], text[], text[], text[], timestamp with time zone[], text[], text[], boolean, \
+    boolean)";
 
 /// What the database lacks, one readable name each, looked up in the catalog (which, unlike
 /// `information_schema`, shows every column whatever this role's privileges on it) (`datapack_resource.sha256`,

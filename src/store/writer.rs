@@ -37,7 +37,8 @@ pub struct WriterSettings {
     pub writers: usize,
     /// Jobs (messages) per transaction at most.
     pub max_batch: usize,
-    pub create_datapacks: bool,
+    /// Create missing datapacks, announce changes: what every batch does besides writing.
+    pub options: store::write::WriteOptions,
     /// Client-side bound on one transaction: a silent database cannot hold a worker forever.
     pub timeout: Duration,
 }
@@ -103,14 +104,23 @@ async fn run(context: Context, receiver: Arc<Mutex<mpsc::Receiver<Job>>>) {
         if taken == 0 {
             return;
         }
-        let writes: Vec<Write> = jobs.iter().flat_map(|j| j.writes.iter().cloned()).collect();
+        // The writes move into one shared batch (no copy per try); each job keeps its range.
+        let mut writes = Vec::with_capacity(jobs.iter().map(|j| j.writes.len()).sum());
+        let mut ranges = Vec::with_capacity(jobs.len());
+        for job in &mut jobs {
+            let start = writes.len();
+            writes.append(&mut job.writes);
+            ranges.push(start..writes.len());
+        }
+        let writes = Arc::new(writes);
         let abandoned = || jobs.iter().all(|j| j.done.is_closed());
-        match commit(&context, writes, &abandoned).await {
-            Ok(outcomes) => answer(jobs.drain(..), outcomes),
+        match commit(&context, writes.clone(), &abandoned).await {
+            Ok(outcomes) => answer(jobs.drain(..), &ranges, outcomes),
             Err(failure) if failure.isolates() && jobs.len() > 1 => {
-                for job in jobs.drain(..) {
+                for (job, range) in jobs.drain(..).zip(ranges) {
                     let alone = || job.done.is_closed();
-                    let result = commit(&context, job.writes.clone(), &alone).await;
+                    let mine = Arc::new(writes[range].to_vec());
+                    let result = commit(&context, mine, &alone).await;
                     let _ = job.done.send(result);
                 }
             }
@@ -127,7 +137,7 @@ async fn run(context: Context, receiver: Arc<Mutex<mpsc::Receiver<Job>>>) {
 /// on a new connection if it lost its own; the outcome fed to the database breaker.
 async fn commit(
     context: &Context,
-    writes: Vec<Write>,
+    writes: Arc<Vec<Write>>,
     abandoned: &(dyn Fn() -> bool + Sync),
 ) -> Result<Vec<WriteOutcome>, Failure> {
     let started = Instant::now();
@@ -208,11 +218,13 @@ async fn connection(
 async fn transact(
     context: &Context,
     mut connection: PoolConnection<sqlx::Postgres>,
-    writes: Vec<Write>,
+    writes: Arc<Vec<Write>>,
 ) -> (Result<Vec<WriteOutcome>, Failure>, bool) {
-    let create = context.settings.create_datapacks;
+    let options = context.settings.options;
     let transaction =
-        tokio::spawn(async move { store::write::apply_on(&mut connection, &writes, create).await });
+        tokio::spawn(
+            async move { store::write::apply_on(&mut connection, &writes, options).await },
+        );
     let abort = transaction.abort_handle();
     match tokio::time::timeout(context.settings.timeout, transaction).await {
         Ok(Ok(Ok(outcomes))) => (Ok(outcomes), false),
@@ -250,11 +262,14 @@ async fn transact(
     }
 }
 
-/// Splits one batch's outcomes back to the jobs, in order.
-fn answer(jobs: impl Iterator<Item = Job>, outcomes: Vec<WriteOutcome>) {
-    let mut outcomes = outcomes.into_iter();
-    for job in jobs {
-        let mine: Vec<WriteOutcome> = outcomes.by_ref().take(job.writes.len()).collect();
+/// Splits one batch's outcomes back to the jobs, by the range of writes each brought.
+fn answer(
+    jobs: impl Iterator<Item = Job>,
+    ranges: &[std::ops::Range<usize>],
+    outcomes: Vec<WriteOutcome>,
+) {
+    for (job, range) in jobs.zip(ranges) {
+        let mine = outcomes.get(range.clone()).unwrap_or_default().to_vec();
         let _ = job.done.send(Ok(mine));
     }
 }

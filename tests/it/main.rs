@@ -29,4 +29,5 @@ mod s3_proxy_selftest;
 mod scale_in;
 mod sqs_brownout;
 mod versioned;
+mod write_path;
 mod zero_read;

@@ -11,7 +11,15 @@ use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
-use datapack_worker::store::{self, NewResource, Removal, Survivor, Write, WriteOutcome};
+use datapack_worker::store::{
+    self, NewResource, Removal, Survivor, Write, WriteOptions, WriteOutcome,
+};
+
+/// The writes of these tests: no datapack is created, changes are announced.
+const WRITE: WriteOptions = WriteOptions {
+    create_datapacks: false,
+    notify: true,
+};
 use serde_json::json;
 use sqlx::Row;
 
@@ -769,7 +777,7 @@ async fn one_batch_applies_the_same_rules() {
         resource(key, "e2", "v2", "20"),
         resource(key, "e1", "v1", "10"),
     ];
-    let outcomes = store::apply(&db.pool, &writes, false).await.unwrap();
+    let outcomes = store::apply(&db.pool, &writes, WRITE).await.unwrap();
     assert_eq!(
         outcomes,
         vec![
@@ -784,7 +792,7 @@ async fn one_batch_applies_the_same_rules() {
         resource(key, "e3", "v3", "50"),
         removal(key, "m1", None, "40"),
     ];
-    store::apply(&db.pool, &writes, false).await.unwrap();
+    store::apply(&db.pool, &writes, WRITE).await.unwrap();
     assert_eq!(live(&db, key).await, vec![("e3".into(), Some("v3".into()))]);
     // Everything again: duplicates and stale removals, nothing changes.
     let all = [
@@ -794,7 +802,7 @@ async fn one_batch_applies_the_same_rules() {
         resource(key, "e3", "v3", "50"),
         removal(key, "m1", None, "40"),
     ];
-    let outcomes = store::apply(&db.pool, &all, false).await.unwrap();
+    let outcomes = store::apply(&db.pool, &all, WRITE).await.unwrap();
     assert!(
         outcomes
             .iter()

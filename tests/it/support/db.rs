@@ -174,7 +174,10 @@ pub fn writer(db: &TestDb, max_batch: usize) -> (Writer, Health, Watchdog) {
         WriterSettings {
             writers: 1,
             max_batch,
-            create_datapacks: false,
+            options: datapack_worker::store::WriteOptions {
+                create_datapacks: false,
+                notify: true,
+            },
             timeout: Duration::from_secs(30),
         },
         health.clone(),
