@@ -11,10 +11,9 @@
 //! listing's repairs carry the time they were observed, an inventory's the time the report was
 //! taken, so anything S3 announced after still wins (see `docs/operating.md`, "Reconcile: safe
 //! against every input"). Keys the database cannot hold (a NUL) are skipped and counted.
-//! Progress is checkpointed per page ([`checkpoint`]); the lease is released however the run
+//! Progress is checkpointed per page ([`checkpoint`], in the store); the lease is released however the run
 //! ends; [`report`] counts and prints, and [`Stopped`] says how a run that did not complete ended, for the exit status.
 
-mod checkpoint;
 mod compare;
 mod inventory;
 mod listing;
@@ -37,11 +36,12 @@ use crate::ops::watchdog::Watchdog;
 use crate::ops::{self, http};
 use crate::process::canary::Canary;
 use crate::process::pipeline::Pipeline;
+use crate::store::reconcile::checkpoint::{self, Claim, Lease};
+use crate::store::reconcile::live::LiveRows;
 use crate::store::writer::Writer;
 use crate::{aws, shutdown, store};
 
-use checkpoint::{Claim, Lease};
-use compare::{Drift, LiveRows};
+use compare::Drift;
 use listing::{Source, Start};
 use repair::{Repaired, Work};
 pub use report::ProgressMode;
