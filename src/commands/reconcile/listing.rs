@@ -10,7 +10,8 @@
 //! characters XML 1.0 cannot carry (`\x01`), and an answer holding one raw would not parse, so
 //! one odd key would stop every run. Keys (and the next key marker) are decoded when the
 //! answer says it was encoded. A page never ends on a key PostgreSQL cannot hold (one with a
-//! NUL): [`Page::storable`] sets such keys aside, to be skipped and counted.
+//! NUL): [`Page::storable`] sets such keys aside, to be skipped and counted. Which source a run
+//! reads is chosen in [`super::source`].
 
 use aws_sdk_s3::types::{DeleteMarkerEntry, EncodingType, ObjectVersion};
 
@@ -18,8 +19,6 @@ use crate::aws;
 use crate::disposition::{DeadLetterReason, Dependency, Failure};
 use crate::process::event::{decode_key, unquote_etag};
 use crate::process::versions::Current;
-
-use super::inventory::Inventory;
 
 /// One key and the version S3 shows for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,32 +80,6 @@ fn key_of(raw: Option<&str>, encoding: Option<&EncodingType>) -> Option<String> 
     }
 }
 
-/// Where the listing comes from.
-pub(crate) enum Source {
-    Objects(Objects),
-    Versions(Versions),
-    Inventory(Box<Inventory>),
-}
-
-impl Source {
-    /// The next page, or `None` once the scope is exhausted.
-    pub(crate) async fn next_page(&mut self) -> Result<Option<Page>, Failure> {
-        match self {
-            Self::Objects(o) => o.next_page().await,
-            Self::Versions(v) => v.next_page().await,
-            Self::Inventory(i) => i.next_page().await,
-        }
-    }
-
-    pub(crate) fn name(&self) -> &'static str {
-        match self {
-            Self::Objects(_) => "objects",
-            Self::Versions(_) => "versions",
-            Self::Inventory(_) => "inventory",
-        }
-    }
-}
-
 /// Where a listing starts: the scope's prefix, after the checkpoint's key.
 #[derive(Debug, Clone)]
 pub(crate) struct Start {
@@ -134,7 +107,7 @@ impl Objects {
         }
     }
 
-    async fn next_page(&mut self) -> Result<Option<Page>, Failure> {
+    pub(crate) async fn next_page(&mut self) -> Result<Option<Page>, Failure> {
         loop {
             if self.done {
                 return Ok(None);
@@ -243,7 +216,7 @@ impl Versions {
         }
     }
 
-    async fn next_page(&mut self) -> Result<Option<Page>, Failure> {
+    pub(crate) async fn next_page(&mut self) -> Result<Option<Page>, Failure> {
         loop {
             if self.done {
                 return Ok(None);

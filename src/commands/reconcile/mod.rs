@@ -19,17 +19,18 @@ mod inventory;
 mod listing;
 mod repair;
 mod report;
+mod source;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clap::Args;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, ConfigError, RunArgs};
+use crate::cli::{ListingMode, ReconcileArgs};
+use crate::config::{self, ConfigError};
 use crate::disposition::Failure;
 use crate::ops::health::Health;
 use crate::ops::watchdog::Watchdog;
@@ -42,10 +43,10 @@ use crate::store::writer::Writer;
 use crate::{aws, shutdown, store};
 
 use compare::Drift;
-use listing::{Source, Start};
+use listing::Start;
 use repair::{Repaired, Work};
-pub use report::ProgressMode;
 use report::{Counts, Made, Progress, Report, printable};
+use source::Source;
 
 /// How a reconcile that did not complete ended; `main` turns it into the exit status (the
 /// table is in `docs/operating.md`, "Reconcile: safe against every input").
@@ -95,81 +96,8 @@ impl Stopped {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ListingMode {
-    /// ListObjectVersions when the bucket has versioning (enabled or suspended), else ListObjectsV2.
-    Auto,
-    Objects,
-    Versions,
-}
-
-impl ListingMode {
-    /// The name in the report and the checkpoint.
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Objects => "objects",
-            Self::Versions => "versions",
-        }
-    }
-}
-
-/// `reconcile` reads the same settings as `run` (so it runs from the worker's environment
-/// file), plus its own flags.
-#[derive(Debug, Args)]
-pub struct ReconcileArgs {
-    #[command(flatten)]
-    pub run: RunArgs,
-    /// The bucket to reconcile (default: the one `S3_BUCKET`, or the seed's `FILESYSTEM_S3_BUCKET`,
-    /// names).
-    #[arg(long)]
-    pub bucket: Option<String>,
-    /// Only keys starting with this.
-    #[arg(long, default_value = "")]
-    pub prefix: String,
-    /// Only this datapack's keys (the prefix `DATAPACK/`).
-    #[arg(long, conflicts_with = "prefix")]
-    pub datapack: Option<String>,
-    /// Find and report the differences; change nothing (no write, no checkpoint).
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// How many keys of each kind of difference (and of failures) the report names.
-    #[arg(long, default_value_t = 20)]
-    pub report_keys: usize,
-    /// Differences checked and repaired at once.
-    #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 16)]
-    pub concurrency: usize,
-    /// Keys per listing page (S3 answers at most 1,000); also the checkpoint's step.
-    #[arg(long, default_value_t = 1000)]
-    pub page_keys: i32,
-    /// Read the listing from an S3 Inventory report (CSV) instead of listing the bucket:
-    /// `s3://BUCKET/PATH/manifest.json`.
-    #[arg(long, value_name = "S3_URL")]
-    pub inventory: Option<String>,
-    /// How to list the bucket.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub listing: ListingMode,
-    /// Rows of one key an inventory report may hold (one per version); a report with more is
-    /// refused. Rows are folded as they are read, so this bounds time, not memory.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub inventory_max_rows_per_key: u64,
-    /// Start the scope over instead of continuing an interrupted run from its checkpoint.
-    #[arg(long)]
-    pub restart: bool,
-    /// Serve /metrics (and the health endpoints) on METRICS_ADDR while reconciling.
-    #[arg(long)]
-    pub serve_metrics: bool,
-    /// A progress line on a terminal (`auto`), always (`bar`), or log lines only (`log`).
-    #[arg(long, value_enum, default_value = "auto")]
-    pub progress: ProgressMode,
-    /// Seconds between progress log lines (when there is no bar).
-    #[arg(long, default_value_t = 10)]
-    pub progress_secs: u64,
-}
-
+/// The scope the flags name (an inherent impl beside the command that uses it: the flags are
+/// the command line's, in `cli`).
 impl ReconcileArgs {
     /// The bucket and prefix, checked.
     fn scope(&self) -> Result<(String, String), ConfigError> {

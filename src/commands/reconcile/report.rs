@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cli::ProgressMode;
+
 /// The kinds of difference between S3 and the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -333,14 +335,6 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProgressMode {
-    /// A bar on a terminal, log lines otherwise.
-    Auto,
-    Bar,
-    Log,
 }
 
 #[cfg(test)]
