@@ -13,6 +13,9 @@
 //! against every input"). Keys the database cannot hold (a NUL) are skipped and counted.
 //! Progress is checkpointed per page ([`checkpoint`], in the store); the lease is released however the run
 //! ends; [`report`] counts and prints, and [`Stopped`] says how a run that did not complete ended, for the exit status.
+//!
+//! The running parts (database, writers, pipeline, HTTP) are `run`'s own, built and stopped by
+//! [`crate::app::Parts`]; this module adds no start-up of its own.
 
 mod compare;
 mod inventory;
@@ -24,23 +27,19 @@ mod source;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::{Background, Parts, Wiring};
 use crate::cli::{ListingMode, ReconcileArgs};
 use crate::config::{self, ConfigError};
 use crate::disposition::Failure;
-use crate::ops::health::Health;
-use crate::ops::watchdog::Watchdog;
-use crate::ops::{self, http};
-use crate::process::canary::Canary;
+use crate::ops;
 use crate::process::pipeline::Pipeline;
 use crate::store::reconcile::checkpoint::{self, Claim, Lease};
 use crate::store::reconcile::live::LiveRows;
-use crate::store::writer::Writer;
-use crate::{aws, shutdown, store};
+use crate::{aws, shutdown};
 
 use compare::Drift;
 use listing::Start;
@@ -149,34 +148,15 @@ pub async fn execute(mut args: ReconcileArgs) -> anyhow::Result<()> {
     args.run.s3_bucket = vec![bucket.clone()];
     let settings = args.run.ingest_settings()?;
     let sdk = aws::load(&settings.aws).await;
-    let s3 = aws::s3(&sdk);
-    let database = crate::app::database(&settings.database, &sdk)?;
-    let pool = database.pool().clone();
-    if args.run.migrate_on_start {
-        store::migrate(&pool).await.context("applying migrations")?;
-    }
-    let metrics = ops::metrics::install();
-    let health = Health::new();
-    let watchdog = Watchdog::new(health.clone());
     let shutdown = shutdown::on_signals();
-    let stop_http = CancellationToken::new();
-    let server = if args.serve_metrics {
-        let addr = args.run.metrics_addr;
-        let server = http::serve(
-            addr,
-            metrics,
-            health.clone(),
-            shutdown.clone(),
-            stop_http.clone(),
-        )
-        .await
-        .with_context(|| format!("binding METRICS_ADDR {addr}"))?;
-        Some(server)
-    } else {
-        None
+    let wiring = Wiring {
+        ingest: settings,
+        migrate_on_start: args.run.migrate_on_start,
+        // A run whose writes fail reports them as failed repairs.
+        check_schema: false,
+        serve: args.serve_metrics.then_some(args.run.metrics_addr),
     };
-    let (writer, writers) =
-        Writer::spawn(database.clone(), settings.writer, health.clone(), &watchdog);
+    let parts = Parts::build(&sdk, &shutdown, wiring).await?;
     let started = Instant::now();
     let mut report = Report {
         bucket: bucket.clone(),
@@ -191,34 +171,19 @@ pub async fn execute(mut args: ReconcileArgs) -> anyhow::Result<()> {
         elapsed_secs: 0.0,
         counts: Counts::default(),
     };
-    let pipeline = Pipeline {
-        s3: s3.clone(),
-        writer,
-        settings: settings.pipeline,
-        health,
-        canary: Arc::new(Canary::default()),
-    };
     let run = Run {
-        pool: pool.clone(),
+        pool: parts.database.pool().clone(),
         prefix,
         args: &args,
-        s3,
+        s3: parts.pipeline.s3.clone(),
         bucket,
         shutdown: shutdown.clone(),
     };
-    let result = run.go(pipeline, &mut report).await;
-    // Past this point the writers are meant to end.
-    watchdog.stopping();
+    let result = run.go(parts.pipeline, &mut report).await;
     drop(run);
-    // Every pipeline handle is gone: the writers drain and stop.
-    for writer in writers {
-        let _ = writer.await;
-    }
-    stop_http.cancel();
-    if let Some(server) = server {
-        let _ = server.await;
-    }
-    pool.close().await;
+    // A supervised part that died has logged why; what it cost is in the report (failed
+    // repairs), so the run's own ending stands.
+    let _died = parts.stop.stop(Background::new(&parts.watchdog)).await;
     report.elapsed_secs = started.elapsed().as_secs_f64();
     let stopped = result.err().or_else(|| {
         let failed = report.counts.failures_total();
