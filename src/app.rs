@@ -1,15 +1,20 @@
 //! Start-up: builds the running parts from the settings, runs them until shutdown, and stops
-//! them in order.
+//! them in order. [`Parts`] are what every command that ingests shares (`run`, `reconcile`):
+//! one builder, one shutdown order ([`Stop`]); the worker adds the queue, its pollers, probes
+//! and sampler.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use aws_config::SdkConfig;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DatabaseSettings, QueueSettings, Settings};
+use crate::config::{DatabaseSettings, IngestSettings, QueueSettings, Settings};
 use crate::disposition::Dependency;
 use crate::intake;
 use crate::intake::pool::WorkerSettings;
@@ -69,88 +74,41 @@ pub async fn run_supervised(
     application.run_until_stopped(shutdown.into(), extra).await
 }
 
-/// The worker's parts, built and wired: the HTTP endpoint is bound and the writers wait for
-/// jobs, but no probe runs and nothing is received until [`Application::run_until_stopped`].
+/// The worker: the shared [`Parts`], the queue, and what the pollers and the sampler are set to.
+/// The HTTP endpoint is bound and the writers wait for jobs, but no probe runs and nothing is
+/// received until [`Application::run_until_stopped`].
 struct Application {
-    database: Database,
+    parts: Parts,
     queue: Queue,
-    health: Health,
-    watchdog: Watchdog,
-    pipeline: Pipeline,
-    writers: Vec<JoinHandle<()>>,
-    server: JoinHandle<()>,
-    stop_http: CancellationToken,
     worker: WorkerSettings,
     sample_every: Duration,
 }
 
 impl Application {
-    /// Everything that can fail at start fails here: migrations, binding the HTTP port.
+    /// Everything that can fail at start fails here: migrations, the schema, binding the HTTP
+    /// port.
     async fn build(
         settings: Settings,
         sdk: &SdkConfig,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Self> {
-        let metrics = ops::metrics::install();
-        ops::metrics::build_info(env!("CARGO_PKG_VERSION"), GIT_COMMIT);
-        tracing::info!(
-            database = %settings.database.redacted_url,
-            queue = settings.queue.url.as_str(),
-            buckets = ?settings.pipeline.buckets,
-            concurrency = settings.worker.concurrency,
-            "starting datapack-worker {}", env!("CARGO_PKG_VERSION")
-        );
-        let drain_poll = settings.queue.wait + intake::pool::POLL_SLACK;
-        if settings.worker.shutdown_grace < drain_poll {
-            tracing::warn!(
-                shutdown_grace_secs = settings.worker.shutdown_grace.as_secs(),
-                sqs_wait_time_secs = settings.queue.wait.as_secs(),
-                "SHUTDOWN_GRACE_SECS is shorter than SQS_WAIT_TIME_SECS + {}s: a long poll in \
-                 flight at shutdown may be dropped before it answers, and what SQS hands it stays \
-                 invisible for a visibility timeout",
-                intake::pool::POLL_SLACK.as_secs()
-            );
-        }
-        let database = database(&settings.database, sdk)?;
-        if settings.migrate_on_start {
-            store::migrate(database.pool())
-                .await
-                .context("applying migrations")?;
-        }
-        check_schema(&database).await?;
-        let health = Health::new();
-        let watchdog = Watchdog::new(health.clone());
-        let addr = settings.metrics_addr;
-        let stop_http = CancellationToken::new();
-        let server = http::serve(
-            addr,
-            metrics,
-            health.clone(),
-            shutdown.clone(),
-            stop_http.clone(),
-        )
-        .await
-        .with_context(|| format!("binding METRICS_ADDR {addr}"))?;
-        let server = watchdog.watch("http server", server);
-        let (writer, writers) =
-            Writer::spawn(database.clone(), settings.writer, health.clone(), &watchdog);
-        let pipeline = Pipeline {
-            s3: aws::s3(sdk),
-            writer,
-            settings: settings.pipeline,
-            health: health.clone(),
-            canary: Arc::new(Canary::default()),
+        announce(&settings);
+        let wiring = Wiring {
+            serve: Some(settings.metrics_addr),
+            // Every message would fail on a schema that lacks what the writes need.
+            check_schema: true,
+            migrate_on_start: settings.migrate_on_start,
+            ingest: IngestSettings {
+                database: settings.database,
+                aws: settings.aws,
+                pipeline: settings.pipeline,
+                writer: settings.writer,
+            },
         };
         Ok(Self {
+            parts: Parts::build(sdk, shutdown, wiring).await?,
             sample_every: settings.queue.sample_every,
-            database,
             queue: queue(sdk, settings.queue),
-            health,
-            watchdog,
-            pipeline,
-            writers,
-            server,
-            stop_http,
             worker: settings.worker,
         })
     }
@@ -166,65 +124,243 @@ impl Application {
             _ = read_queue_settings(&self.queue, self.worker.max_attempts) => {}
             _ = signals.stop.cancelled() => {}
         }
-        let stop_background = CancellationToken::new();
-        let background = self.spawn_background(extra, &stop_background);
-        let watchdog = self.watchdog.clone();
-        intake::pool::run(
-            self.pipeline,
-            self.queue,
-            self.health,
-            self.worker,
-            signals,
-            watchdog.clone(),
-        )
-        .await;
-
-        // Past this point tasks are meant to end.
-        watchdog.stopping();
-        // The pipeline (and so every writer handle) is gone: writers drain and stop.
-        for writer in self.writers {
-            let _ = writer.await;
-        }
-        stop_background.cancel();
-        for task in background {
-            let _ = task.await;
-        }
-        self.stop_http.cancel();
-        let _ = self.server.await;
-        self.database.close().await;
-        match watchdog.cause() {
+        let background = self.spawn_background(extra);
+        let Parts {
+            pipeline,
+            health,
+            watchdog,
+            stop,
+            ..
+        } = self.parts;
+        intake::pool::run(pipeline, self.queue, health, self.worker, signals, watchdog).await;
+        // The pipeline (and so every writer handle) is gone with the pool.
+        match stop.stop(background).await {
             Some(cause) => Err(anyhow::anyhow!("stopped because {cause}")),
             None => Ok(()),
         }
     }
 
-    /// The tasks that run beside the worker until `stop`: one prober per dependency, the queue
-    /// sampler, and the embedder's own.
-    fn spawn_background(
-        &self,
-        extra: Vec<ExtraTask>,
-        stop: &CancellationToken,
-    ) -> Vec<JoinHandle<()>> {
-        let watchdog = &self.watchdog;
-        let mut background = Vec::new();
+    /// The tasks that run beside the worker until shutdown: one prober per dependency, the
+    /// queue sampler, and the embedder's own.
+    fn spawn_background(&self, extra: Vec<ExtraTask>) -> Background {
+        let parts = &self.parts;
+        let mut background = Background::new(&parts.watchdog);
         let probes = probes(
-            &self.database,
+            &parts.database,
             &self.queue,
-            &self.pipeline,
+            &parts.pipeline,
             self.worker.max_attempts,
         );
         for (dependency, probe) in probes {
-            let health = self.health.clone();
-            let prober = health.run_prober(dependency, probe, PROBE_MAX_DELAY, stop.clone());
-            background.push(watchdog.spawn("prober", prober));
+            let stop = background.stopping();
+            let prober = parts
+                .health
+                .clone()
+                .run_prober(dependency, probe, PROBE_MAX_DELAY, stop);
+            background.spawn("prober", prober);
         }
-        let sampler =
-            intake::depth::sample_queues(self.queue.clone(), self.sample_every, stop.clone());
-        background.push(watchdog.spawn("queue sampler", sampler));
+        let stop = background.stopping();
+        let sampler = intake::depth::sample_queues(self.queue.clone(), self.sample_every, stop);
+        background.spawn("queue sampler", sampler);
         for (name, task) in extra {
-            background.push(watchdog.spawn(name, task));
+            background.spawn(name, task);
         }
         background
+    }
+}
+
+/// Says what the worker starts with, and warns about a grace shorter than a long poll.
+fn announce(settings: &Settings) {
+    tracing::info!(
+        database = %settings.database.redacted_url,
+        queue = settings.queue.url.as_str(),
+        buckets = ?settings.pipeline.buckets,
+        concurrency = settings.worker.concurrency,
+        "starting datapack-worker {}", env!("CARGO_PKG_VERSION")
+    );
+    let drain_poll = settings.queue.wait + intake::pool::POLL_SLACK;
+    if settings.worker.shutdown_grace < drain_poll {
+        tracing::warn!(
+            shutdown_grace_secs = settings.worker.shutdown_grace.as_secs(),
+            sqs_wait_time_secs = settings.queue.wait.as_secs(),
+            "SHUTDOWN_GRACE_SECS is shorter than SQS_WAIT_TIME_SECS + {}s: a long poll in \
+             flight at shutdown may be dropped before it answers, and what SQS hands it stays \
+             invisible for a visibility timeout",
+            intake::pool::POLL_SLACK.as_secs()
+        );
+    }
+}
+
+/// How the shared parts are wired for one command: what `run` and `reconcile` differ in is
+/// said here, as settings, and nowhere else.
+pub(crate) struct Wiring {
+    /// The database, the pipeline's rules and the writers.
+    pub(crate) ingest: IngestSettings,
+    /// Apply pending migrations first.
+    pub(crate) migrate_on_start: bool,
+    /// Refuse to start on a schema that lacks what the writes need.
+    pub(crate) check_schema: bool,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere.
+    pub(crate) serve: Option<SocketAddr>,
+}
+
+/// The running parts every command that ingests shares: the database, health and its watchdog,
+/// the HTTP endpoint (when served), the group-commit writers and the pipeline that feeds them.
+/// Built once by [`Parts::build`]; ended by [`Stop::stop`], in one order.
+pub(crate) struct Parts {
+    pub(crate) pipeline: Pipeline,
+    pub(crate) database: Database,
+    pub(crate) health: Health,
+    pub(crate) watchdog: Watchdog,
+    pub(crate) stop: Stop,
+}
+
+impl Parts {
+    /// Everything shared that can fail at start fails here: the database settings, migrations,
+    /// the schema (when checked), binding the HTTP port.
+    pub(crate) async fn build(
+        sdk: &SdkConfig,
+        shutdown: &CancellationToken,
+        wiring: Wiring,
+    ) -> anyhow::Result<Self> {
+        let metrics = ops::metrics::install();
+        ops::metrics::build_info(env!("CARGO_PKG_VERSION"), GIT_COMMIT);
+        let IngestSettings {
+            database,
+            pipeline,
+            writer,
+            ..
+        } = wiring.ingest;
+        let database = self::database(&database, sdk)?;
+        if wiring.migrate_on_start {
+            store::migrate(database.pool())
+                .await
+                .context("applying migrations")?;
+        }
+        if wiring.check_schema {
+            check_schema(&database).await?;
+        }
+        let health = Health::new();
+        let watchdog = Watchdog::new(health.clone());
+        let http = match wiring.serve {
+            Some(addr) => Some(Http::serve(addr, metrics, &health, shutdown, &watchdog).await?),
+            None => None,
+        };
+        let (writer, writers) = Writer::spawn(database.clone(), writer, health.clone(), &watchdog);
+        let pipeline = Pipeline {
+            s3: aws::s3(sdk),
+            writer,
+            settings: pipeline,
+            health: health.clone(),
+            canary: Arc::new(Canary::default()),
+        };
+        let stop = Stop {
+            watchdog: watchdog.clone(),
+            writers,
+            http,
+            database: database.clone(),
+        };
+        Ok(Self {
+            pipeline,
+            database,
+            health,
+            watchdog,
+            stop,
+        })
+    }
+}
+
+/// The HTTP endpoint, supervised, and the token that ends it.
+struct Http {
+    server: JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl Http {
+    async fn serve(
+        addr: SocketAddr,
+        metrics: PrometheusHandle,
+        health: &Health,
+        shutdown: &CancellationToken,
+        watchdog: &Watchdog,
+    ) -> anyhow::Result<Self> {
+        let stop = CancellationToken::new();
+        let server = http::serve(
+            addr,
+            metrics,
+            health.clone(),
+            shutdown.clone(),
+            stop.clone(),
+        )
+        .await
+        .with_context(|| format!("binding METRICS_ADDR {addr}"))?;
+        Ok(Self {
+            server: watchdog.watch("http server", server),
+            stop,
+        })
+    }
+}
+
+/// Supervised tasks that run beside the work until shutdown (probers, samplers, an embedder's
+/// own); [`Stop::stop`] ends them after the writers.
+pub(crate) struct Background {
+    watchdog: Watchdog,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Background {
+    pub(crate) fn new(watchdog: &Watchdog) -> Self {
+        Self {
+            watchdog: watchdog.clone(),
+            stop: CancellationToken::new(),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Fires when the tasks are to end.
+    pub(crate) fn stopping(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    pub(crate) fn spawn<F>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.push(self.watchdog.spawn(name, task));
+    }
+}
+
+/// The ends of the shared parts. Shutdown as a value: whoever holds it ends them, in one order.
+pub(crate) struct Stop {
+    watchdog: Watchdog,
+    writers: Vec<JoinHandle<()>>,
+    http: Option<Http>,
+    database: Database,
+}
+
+impl Stop {
+    /// Ends the parts in their one order, once the pipeline (and with it every writer handle)
+    /// is gone: supervision stands down, the writers drain what they were handed, the
+    /// `background` tasks end, then the HTTP endpoint (it answers until the work is done), and
+    /// the database's connections close last. Returns what a supervised task died of, if one
+    /// did before shutdown.
+    pub(crate) async fn stop(self, background: Background) -> Option<String> {
+        // Past this point tasks are meant to end.
+        self.watchdog.stopping();
+        for writer in self.writers {
+            let _ = writer.await;
+        }
+        background.stop.cancel();
+        for task in background.tasks {
+            let _ = task.await;
+        }
+        if let Some(http) = self.http {
+            http.stop.cancel();
+            let _ = http.server.await;
+        }
+        self.database.close().await;
+        self.watchdog.cause()
     }
 }
 
@@ -318,62 +454,65 @@ fn probes(
     pipeline: &Pipeline,
     max_attempts: u32,
 ) -> Vec<(Dependency, Probe)> {
-    let (database, s3, sqs, buckets) = (
-        database.clone(),
+    vec![
+        (Dependency::Postgres, postgres_probe(database.clone())),
+        (Dependency::S3, s3_probe(pipeline)),
+        (
+            Dependency::Sqs,
+            sqs_probe(queue.clone(), pipeline.health.clone(), max_attempts),
+        ),
+    ]
+}
+
+fn postgres_probe(database: Database) -> Probe {
+    probe(move || {
+        let database = database.clone();
+        async move { store::ping(&database).await }
+    })
+}
+
+fn s3_probe(pipeline: &Pipeline) -> Probe {
+    let (s3, buckets) = (
         pipeline.s3.clone(),
-        queue.clone(),
         Arc::new(pipeline.settings.buckets.clone()),
     );
     let (health, canary) = (pipeline.health.clone(), pipeline.canary.clone());
-    let sqs_health = health.clone();
-    vec![
-        (
-            Dependency::Postgres,
-            probe(move || {
-                let database = database.clone();
-                async move { store::ping(&database).await }
-            }),
-        ),
-        (
-            Dependency::S3,
-            probe(move || {
-                let (s3, buckets, health, canary) =
-                    (s3.clone(), buckets.clone(), health.clone(), canary.clone());
-                async move {
-                    for bucket in buckets.iter() {
-                        s3.head_bucket()
-                            .bucket(bucket)
-                            .send()
-                            .await
-                            .map_err(|e| aws::classify(Dependency::S3, e))?;
-                    }
-                    // In depth only when the breaker says most reads fail: a real read of an
-                    // object that was readable tells a brownout from a run of bad objects.
-                    if health.tripped(Dependency::S3) {
-                        canary.probe(&s3).await?;
-                    }
-                    Ok(())
-                }
-            }),
-        ),
-        (
-            Dependency::Sqs,
-            probe(move || {
-                let (queue, health) = (sqs.clone(), sqs_health.clone());
-                async move {
-                    let attributes = queue.attributes().await?;
-                    if !queue.learned() {
-                        adopt_queue_settings(&queue, &attributes, max_attempts);
-                    }
-                    queue.depth(&queue.dead_letter_url).await?;
-                    // In depth only when the breaker says most deletes or visibility changes
-                    // fail: GetQueueAttributes passing says nothing about those.
-                    if health.tripped(Dependency::Sqs) {
-                        queue.check_settling().await?;
-                    }
-                    Ok(())
-                }
-            }),
-        ),
-    ]
+    probe(move || {
+        let (s3, buckets, health, canary) =
+            (s3.clone(), buckets.clone(), health.clone(), canary.clone());
+        async move {
+            for bucket in buckets.iter() {
+                s3.head_bucket()
+                    .bucket(bucket)
+                    .send()
+                    .await
+                    .map_err(|e| aws::classify(Dependency::S3, e))?;
+            }
+            // In depth only when the breaker says most reads fail: a real read of an
+            // object that was readable tells a brownout from a run of bad objects.
+            if health.tripped(Dependency::S3) {
+                canary.probe(&s3).await?;
+            }
+            Ok(())
+        }
+    })
+}
+
+fn sqs_probe(queue: Queue, health: Health, max_attempts: u32) -> Probe {
+    probe(move || {
+        let (queue, health) = (queue.clone(), health.clone());
+        async move {
+            let attributes = queue.attributes().await?;
+            if !queue.learned() {
+                adopt_queue_settings(&queue, &attributes, max_attempts);
+            }
+            queue.depth(&queue.dead_letter_url).await?;
+            // In depth only when the breaker says most deletes or visibility changes
+            // fail: GetQueueAttributes passing says nothing about those.
+            if health.tripped(Dependency::Sqs) {
+                queue.check_settling().await?;
+            }
+            Ok(())
+        }
+    })
 }

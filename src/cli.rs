@@ -1,4 +1,5 @@
-//! The command line: `run`, `migrate`, `presign`, `dlq list`, `dlq redrive`, `reconcile`.
+//! The command line: `run`, `migrate`, `presign`, `dlq list`, `dlq redrive`, `reconcile`, and
+//! the flags of each (the commands themselves live in `commands`, which reads these).
 
 use clap::{Args, Parser, Subcommand};
 
@@ -48,7 +49,7 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Compare the bucket with the database and repair the difference (lost notifications,
     /// objects from before the worker, rows of objects deleted behind its back).
-    Reconcile(Box<crate::commands::reconcile::ReconcileArgs>),
+    Reconcile(Box<ReconcileArgs>),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -139,4 +140,87 @@ pub enum DlqCommand {
         #[arg(long, default_value_t = 1000)]
         max: usize,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListingMode {
+    /// ListObjectVersions when the bucket has versioning (enabled or suspended), else ListObjectsV2.
+    Auto,
+    Objects,
+    Versions,
+}
+
+impl ListingMode {
+    /// The name in the report and the checkpoint.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Objects => "objects",
+            Self::Versions => "versions",
+        }
+    }
+}
+
+/// `reconcile` reads the same settings as `run` (so it runs from the worker's environment
+/// file), plus its own flags.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// The bucket to reconcile (default: the one `S3_BUCKET`, or the seed's `FILESYSTEM_S3_BUCKET`,
+    /// names).
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// Only keys starting with this.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Only this datapack's keys (the prefix `DATAPACK/`).
+    #[arg(long, conflicts_with = "prefix")]
+    pub datapack: Option<String>,
+    /// Find and report the differences; change nothing (no write, no checkpoint).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// How many keys of each kind of difference (and of failures) the report names.
+    #[arg(long, default_value_t = 20)]
+    pub report_keys: usize,
+    /// Differences checked and repaired at once.
+    #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+    /// Keys per listing page (S3 answers at most 1,000); also the checkpoint's step.
+    #[arg(long, default_value_t = 1000)]
+    pub page_keys: i32,
+    /// Read the listing from an S3 Inventory report (CSV) instead of listing the bucket:
+    /// `s3://BUCKET/PATH/manifest.json`.
+    #[arg(long, value_name = "S3_URL")]
+    pub inventory: Option<String>,
+    /// How to list the bucket.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub listing: ListingMode,
+    /// Rows of one key an inventory report may hold (one per version); a report with more is
+    /// refused. Rows are folded as they are read, so this bounds time, not memory.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub inventory_max_rows_per_key: u64,
+    /// Start the scope over instead of continuing an interrupted run from its checkpoint.
+    #[arg(long)]
+    pub restart: bool,
+    /// Serve /metrics (and the health endpoints) on METRICS_ADDR while reconciling.
+    #[arg(long)]
+    pub serve_metrics: bool,
+    /// A progress line on a terminal (`auto`), always (`bar`), or log lines only (`log`).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
+    /// Seconds between progress log lines (when there is no bar).
+    #[arg(long, default_value_t = 10)]
+    pub progress_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// A bar on a terminal, log lines otherwise.
+    Auto,
+    Bar,
+    Log,
 }

@@ -41,9 +41,8 @@ const COMMANDS: &[&[&str]] = &[
 const HEADER: &str = "\
 # Configuration reference
 
-<!-- generated from the command-line definitions (src/cli.rs, src/config.rs, \
-src/commands/reconcile/mod.rs) and the ranges in src/config.rs; do not edit: regenerate with \
-`REGENERATE`. tests/it/docs.rs fails when this file differs from what the code generates. -->
+<!-- generated from the command-line definitions (src/cli.rs, src/config.rs) and the ranges \
+in src/config.rs; do not edit: regenerate with `REGENERATE`. tests/it/docs.rs fails when this file differs from what the code generates. -->
 
 Every setting is a flag and, where the table names one, an environment variable; the flag wins.
 Values are checked before anything starts: a value out of its range (inclusive), or one that

@@ -13,6 +13,7 @@ use crate::disposition::{DeadLetterReason, Failure, RetryReason};
 pub mod connect;
 pub mod iam;
 pub mod notify;
+pub(crate) mod reconcile;
 pub mod schema;
 pub mod write;
 pub mod writer;

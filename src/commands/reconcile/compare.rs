@@ -1,25 +1,13 @@
 //! One listing page against the database's live rows of the same key range: the differences.
 //!
-//! The rows are read in S3's key order (`COLLATE "C"`: bytes, as S3 orders UTF-8 keys), a chunk
-//! at a time, and merged with the page's keys, so neither side is ever held whole: a page whose
-//! range holds a million rows of deleted objects is still read a chunk at a time.
-
-use std::collections::VecDeque;
+//! Both sides come in S3's key order (the rows from [`crate::store::reconcile::live`]), so they
+//! are merged a key at a time and neither is ever held whole.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Row};
+
+use crate::store::reconcile::live::LiveRow;
 
 use super::listing::Listed;
-
-/// Live rows read per query.
-const CHUNK_ROWS: i64 = 1000;
-
-/// A live row's identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct LiveRow {
-    pub etag: String,
-    pub event_time: DateTime<Utc>,
-}
 
 /// What differs between S3 and the database for one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,147 +20,6 @@ pub(crate) enum Drift {
     Gone { key: String, rows: Vec<LiveRow> },
 }
 
-/// The live rows of `bucket` in the key range `(after, upto]` within `prefix`, one key (with all
-/// its live rows) at a time.
-pub(crate) struct LiveRows<'a> {
-    pool: &'a PgPool,
-    bucket: &'a str,
-    prefix: &'a str,
-    upto: Option<&'a str>,
-    /// Rows are read from this key on; `inclusive` says whether the key itself is still to come.
-    from: String,
-    inclusive: bool,
-    /// Complete keys only: a chunk's last key, which may continue, is read again with the next.
-    buffer: VecDeque<(String, LiveRow)>,
-    exhausted: bool,
-}
-
-/// A chunk of live rows in byte order after `$2` (`CHUNK_FROM`: from it), up to `$3` when set,
-/// found through the partial index on live rows (`datapack_resource_live_key_idx`).
-const CHUNK_AFTER: &str = "SELECT object_key, etag, event_time FROM datapack_resource
-     WHERE bucket = $1 AND deleted_at IS NULL
-       AND object_key COLLATE \"C\" > $2
-       AND ($3::text IS NULL OR object_key COLLATE \"C\" <= $3)
-       AND starts_with(object_key, $4)
-     ORDER BY object_key COLLATE \"C\" LIMIT $5";
-const CHUNK_FROM: &str = "SELECT object_key, etag, event_time FROM datapack_resource
-     WHERE bucket = $1 AND deleted_at IS NULL
-       AND object_key COLLATE \"C\" >= $2
-       AND ($3::text IS NULL OR object_key COLLATE \"C\" <= $3)
-       AND starts_with(object_key, $4)
-     ORDER BY object_key COLLATE \"C\" LIMIT $5";
-
-impl<'a> LiveRows<'a> {
-    pub(crate) fn new(
-        pool: &'a PgPool,
-        bucket: &'a str,
-        prefix: &'a str,
-        after: Option<&str>,
-        upto: Option<&'a str>,
-    ) -> Self {
-        let (from, inclusive) = match after {
-            Some(after) => (after.to_owned(), false),
-            None => (prefix.to_owned(), true),
-        };
-        Self {
-            pool,
-            bucket,
-            prefix,
-            upto,
-            from,
-            inclusive,
-            buffer: VecDeque::new(),
-            exhausted: false,
-        }
-    }
-
-    /// The next key in order with its live rows, or `None` past the range.
-    pub(crate) async fn next_key(&mut self) -> Result<Option<(String, Vec<LiveRow>)>, sqlx::Error> {
-        if self.buffer.is_empty() {
-            self.fill().await?;
-        }
-        let Some((key, row)) = self.buffer.pop_front() else {
-            return Ok(None);
-        };
-        let mut rows = vec![row];
-        while self.buffer.front().is_some_and(|(k, _)| *k == key) {
-            rows.push(self.buffer.pop_front().expect("front checked").1);
-        }
-        Ok(Some((key, rows)))
-    }
-
-    async fn fill(&mut self) -> Result<(), sqlx::Error> {
-        if self.exhausted {
-            return Ok(());
-        }
-        let query = if self.inclusive {
-            CHUNK_FROM
-        } else {
-            CHUNK_AFTER
-        };
-        let rows = sqlx::query(query)
-            .bind(self.bucket)
-            .bind(&self.from)
-            .bind(self.upto)
-            .bind(self.prefix)
-            .bind(CHUNK_ROWS)
-            .fetch_all(self.pool)
-            .await?;
-        let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= CHUNK_ROWS;
-        for row in rows {
-            let live = LiveRow {
-                etag: row.try_get("etag")?,
-                event_time: row.try_get("event_time")?,
-            };
-            self.buffer.push_back((row.try_get("object_key")?, live));
-        }
-        if !full {
-            self.exhausted = true;
-            return Ok(());
-        }
-        let last = self
-            .buffer
-            .back()
-            .map(|(k, _)| k.clone())
-            .unwrap_or_default();
-        if self.buffer.iter().all(|(k, _)| *k == last) {
-            // One key filled the chunk: take all of its rows, then go on after it.
-            self.buffer = self.whole_key(&last).await?;
-            self.from = last;
-            self.inclusive = false;
-            return Ok(());
-        }
-        while self.buffer.back().is_some_and(|(k, _)| *k == last) {
-            self.buffer.pop_back();
-        }
-        self.from = last;
-        self.inclusive = true;
-        Ok(())
-    }
-
-    async fn whole_key(&self, key: &str) -> Result<VecDeque<(String, LiveRow)>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT etag, event_time FROM datapack_resource
-             WHERE bucket = $1 AND deleted_at IS NULL AND object_key = $2 ORDER BY etag",
-        )
-        .bind(self.bucket)
-        .bind(key)
-        .fetch_all(self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    key.to_owned(),
-                    LiveRow {
-                        etag: row.try_get("etag")?,
-                        event_time: row.try_get("event_time")?,
-                    },
-                ))
-            })
-            .collect()
-    }
-}
-
 /// The difference for one key S3 lists and the key's live rows (none when the database has none).
 pub(crate) fn compare(listed: &Listed, rows: &[LiveRow]) -> Option<Drift> {
     match rows {
@@ -182,5 +29,143 @@ pub(crate) fn compare(listed: &Listed, rows: &[LiveRow]) -> Option<Drift> {
             listed: listed.clone(),
             rows: rows.to_vec(),
         }),
+    }
+}
+
+/// A page's listed keys merged with the live keys of its range, both in S3's key order (bytes,
+/// as Rust orders strings): each live key handed in yields the differences up to it.
+pub(crate) struct Merge<'a> {
+    entries: std::iter::Peekable<std::slice::Iter<'a, Listed>>,
+    /// When the listing was taken, for a source older than the run (an inventory report): rows
+    /// written after it cannot be judged by it.
+    listed_at: Option<DateTime<Utc>>,
+}
+
+impl<'a> Merge<'a> {
+    pub(crate) fn new(entries: &'a [Listed], listed_at: Option<DateTime<Utc>>) -> Self {
+        Self {
+            entries: entries.iter().peekable(),
+            listed_at,
+        }
+    }
+
+    /// The differences of the listed keys before `key`, then of `key` itself with its `live`
+    /// rows.
+    pub(crate) fn key(&mut self, key: String, live: Vec<LiveRow>) -> Vec<Drift> {
+        let mut drifts: Vec<Drift> = std::iter::from_fn(|| self.entries.next_if(|l| l.key < key))
+            .map(|listed| Drift::Missing(listed.clone()))
+            .collect();
+        if let Some(listed) = self.entries.next_if(|l| l.key == key) {
+            drifts.extend(compare(listed, &live));
+            return drifts;
+        }
+        let rows: Vec<LiveRow> = live
+            .into_iter()
+            .filter(|r| self.listed_at.is_none_or(|t| r.event_time <= t))
+            .collect();
+        if !rows.is_empty() {
+            drifts.push(Drift::Gone { key, rows });
+        }
+        drifts
+    }
+
+    /// The listed keys past the last live key: none has a live row.
+    pub(crate) fn rest(self) -> impl Iterator<Item = Drift> + 'a {
+        self.entries.map(|listed| Drift::Missing(listed.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+
+    use super::*;
+
+    fn listed(key: &str, etag: &str) -> Listed {
+        Listed {
+            key: key.into(),
+            etag: etag.into(),
+            version_id: None,
+            size: None,
+        }
+    }
+
+    fn row(etag: &str, event_time: DateTime<Utc>) -> LiveRow {
+        LiveRow {
+            etag: etag.into(),
+            event_time,
+        }
+    }
+
+    #[test]
+    fn one_live_row_of_the_listed_upload_agrees() {
+        let now = Utc::now();
+        let a = listed("dp/a", "e1");
+        assert_eq!(compare(&a, &[row("e1", now)]), None);
+        assert_eq!(compare(&a, &[]), Some(Drift::Missing(a.clone())));
+        for rows in [vec![row("e0", now)], vec![row("e1", now), row("e2", now)]] {
+            assert_eq!(
+                compare(&a, &rows),
+                Some(Drift::Changed {
+                    listed: a.clone(),
+                    rows
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn both_sides_merge_in_key_order() {
+        let now = Utc::now();
+        let entries = [
+            listed("dp/a", "ea"),
+            listed("dp/c", "ec"),
+            listed("dp/d", "ed"),
+            listed("dp/f", "ef"),
+        ];
+        let mut merge = Merge::new(&entries, None);
+        assert_eq!(
+            merge.key("dp/b".into(), vec![row("eb", now)]),
+            [
+                Drift::Missing(entries[0].clone()),
+                Drift::Gone {
+                    key: "dp/b".into(),
+                    rows: vec![row("eb", now)]
+                }
+            ]
+        );
+        assert_eq!(
+            merge.key("dp/d".into(), vec![row("ed", now)]),
+            [Drift::Missing(entries[1].clone())]
+        );
+        assert_eq!(
+            merge.rest().collect::<Vec<_>>(),
+            [Drift::Missing(entries[3].clone())]
+        );
+    }
+
+    #[test]
+    fn keys_compare_as_bytes_like_s3_orders_them() {
+        // Upper case before lower case, and a multi-byte character after both.
+        let entries = [listed("dp/B", "e"), listed("dp/é", "e")];
+        let mut merge = Merge::new(&entries, None);
+        let drifts = merge.key("dp/a".into(), vec![row("x", Utc::now())]);
+        assert!(matches!(&drifts[..], [Drift::Missing(b), Drift::Gone { .. }] if b.key == "dp/B"));
+        assert_eq!(merge.rest().count(), 1);
+    }
+
+    #[test]
+    fn an_old_listing_cannot_judge_rows_written_after_it() {
+        let taken = Utc::now();
+        let (before, after) = (taken - TimeDelta::hours(1), taken + TimeDelta::hours(1));
+        let mut merge = Merge::new(&[], Some(taken));
+        assert_eq!(merge.key("dp/new".into(), vec![row("e", after)]), []);
+        assert_eq!(
+            merge.key("dp/old".into(), vec![row("e", before), row("f", after)]),
+            [Drift::Gone {
+                key: "dp/old".into(),
+                rows: vec![row("e", before)]
+            }]
+        );
     }
 }

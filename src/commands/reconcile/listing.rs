@@ -10,16 +10,16 @@
 //! characters XML 1.0 cannot carry (`\x01`), and an answer holding one raw would not parse, so
 //! one odd key would stop every run. Keys (and the next key marker) are decoded when the
 //! answer says it was encoded. A page never ends on a key PostgreSQL cannot hold (one with a
-//! NUL): [`Page::storable`] sets such keys aside, to be skipped and counted.
+//! NUL): [`Page::storable`] sets such keys aside, to be skipped and counted. Which source a run
+//! reads is chosen in [`super::source`].
 
+use aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput;
 use aws_sdk_s3::types::{DeleteMarkerEntry, EncodingType, ObjectVersion};
 
 use crate::aws;
 use crate::disposition::{DeadLetterReason, Dependency, Failure};
 use crate::process::event::{decode_key, unquote_etag};
 use crate::process::versions::Current;
-
-use super::inventory::Inventory;
 
 /// One key and the version S3 shows for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,32 +81,6 @@ fn key_of(raw: Option<&str>, encoding: Option<&EncodingType>) -> Option<String> 
     }
 }
 
-/// Where the listing comes from.
-pub(crate) enum Source {
-    Objects(Objects),
-    Versions(Versions),
-    Inventory(Box<Inventory>),
-}
-
-impl Source {
-    /// The next page, or `None` once the scope is exhausted.
-    pub(crate) async fn next_page(&mut self) -> Result<Option<Page>, Failure> {
-        match self {
-            Self::Objects(o) => o.next_page().await,
-            Self::Versions(v) => v.next_page().await,
-            Self::Inventory(i) => i.next_page().await,
-        }
-    }
-
-    pub(crate) fn name(&self) -> &'static str {
-        match self {
-            Self::Objects(_) => "objects",
-            Self::Versions(_) => "versions",
-            Self::Inventory(_) => "inventory",
-        }
-    }
-}
-
 /// Where a listing starts: the scope's prefix, after the checkpoint's key.
 #[derive(Debug, Clone)]
 pub(crate) struct Start {
@@ -134,7 +108,7 @@ impl Objects {
         }
     }
 
-    async fn next_page(&mut self) -> Result<Option<Page>, Failure> {
+    pub(crate) async fn next_page(&mut self) -> Result<Option<Page>, Failure> {
         loop {
             if self.done {
                 return Ok(None);
@@ -209,6 +183,38 @@ struct Held {
 const MAX_HELD: usize = 100_000;
 
 impl Held {
+    /// The entries of one answer, their keys decoded (an entry whose key does not decode is
+    /// left out).
+    fn add(&mut self, answer: &ListObjectVersionsOutput) {
+        let encoding = answer.encoding_type();
+        self.versions
+            .extend(answer.versions().iter().filter_map(|v| {
+                let key = key_of(v.key(), encoding)?;
+                Some(
+                    ObjectVersion::builder()
+                        .key(key)
+                        .set_version_id(v.version_id().map(str::to_owned))
+                        .set_e_tag(v.e_tag().map(str::to_owned))
+                        .set_is_latest(v.is_latest())
+                        .set_size(v.size())
+                        .set_last_modified(v.last_modified().copied())
+                        .build(),
+                )
+            }));
+        self.markers
+            .extend(answer.delete_markers().iter().filter_map(|m| {
+                let key = key_of(m.key(), encoding)?;
+                Some(
+                    DeleteMarkerEntry::builder()
+                        .key(key)
+                        .set_version_id(m.version_id().map(str::to_owned))
+                        .set_is_latest(m.is_latest())
+                        .set_last_modified(m.last_modified().copied())
+                        .build(),
+                )
+            }));
+    }
+
     /// Keeps memory bounded for a key with many versions: once S3 has flagged the key's
     /// current entry (`IsLatest`, which S3 always sends), the older entries cannot change what
     /// is current and are dropped.
@@ -243,7 +249,7 @@ impl Versions {
         }
     }
 
-    async fn next_page(&mut self) -> Result<Option<Page>, Failure> {
+    pub(crate) async fn next_page(&mut self) -> Result<Option<Page>, Failure> {
         loop {
             if self.done {
                 return Ok(None);
@@ -268,32 +274,7 @@ impl Versions {
                 .map_err(|e| aws::classify(Dependency::S3, e))?;
             let encoding = answer.encoding_type();
             let mut held = std::mem::take(&mut self.held);
-            held.versions
-                .extend(answer.versions().iter().filter_map(|v| {
-                    let key = key_of(v.key(), encoding)?;
-                    Some(
-                        ObjectVersion::builder()
-                            .key(key)
-                            .set_version_id(v.version_id().map(str::to_owned))
-                            .set_e_tag(v.e_tag().map(str::to_owned))
-                            .set_is_latest(v.is_latest())
-                            .set_size(v.size())
-                            .set_last_modified(v.last_modified().copied())
-                            .build(),
-                    )
-                }));
-            held.markers
-                .extend(answer.delete_markers().iter().filter_map(|m| {
-                    let key = key_of(m.key(), encoding)?;
-                    Some(
-                        DeleteMarkerEntry::builder()
-                            .key(key)
-                            .set_version_id(m.version_id().map(str::to_owned))
-                            .set_is_latest(m.is_latest())
-                            .set_last_modified(m.last_modified().copied())
-                            .build(),
-                    )
-                }));
+            held.add(&answer);
             let truncated = answer.is_truncated() == Some(true);
             let next_key = key_of(answer.next_key_marker(), encoding);
             if truncated && next_key.is_some() {

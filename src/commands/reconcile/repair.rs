@@ -22,8 +22,9 @@ use crate::disposition::{Failure, Outcome};
 use crate::process::event::{EventKind, Item, ObjectEvent};
 use crate::process::pipeline::{Pipeline, Verdict};
 use crate::process::versions::{self, Current};
+use crate::store::reconcile::live::LiveRow;
 
-use super::compare::{Drift, LiveRow};
+use super::compare::Drift;
 use super::listing::Listed;
 use super::report::{Kind, Made};
 

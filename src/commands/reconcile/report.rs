@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cli::ProgressMode;
+
 /// The kinds of difference between S3 and the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -143,6 +145,31 @@ impl Counts {
         self.outcome(label);
     }
 
+    /// A finished repair of `key`: the difference it turned out to be (`None`: S3 agreed with
+    /// the rows after all) and what it made.
+    pub(crate) fn repaired(&mut self, key: &str, kind: Option<Kind>, made: &Made, limit: usize) {
+        let Some(kind) = kind else {
+            self.confirmed_present += 1;
+            return;
+        };
+        self.found(kind, key, limit);
+        match made {
+            Made::Nothing => {}
+            Made::Done(label) => self.outcome(label.clone()),
+            Made::Refused(_) | Made::Failed(_) => {
+                if let Some(label) = made.label() {
+                    self.failed(key, label, limit);
+                }
+            }
+        }
+    }
+
+    /// A page of `keys` listed keys went through.
+    pub(crate) fn paged(&mut self, keys: usize) {
+        self.keys_listed += keys as u64;
+        self.pages += 1;
+    }
+
     pub(crate) fn failures_total(&self) -> u64 {
         self.outcomes
             .iter()
@@ -179,6 +206,24 @@ pub(crate) struct Report {
 }
 
 impl Report {
+    /// The report of a run over `bucket`/`prefix` about to start: nothing found yet, ended
+    /// `complete` until told otherwise.
+    pub(crate) fn new(bucket: &str, prefix: &str, dry_run: bool) -> Self {
+        Self {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+            source: String::new(),
+            dry_run,
+            resumed_after: None,
+            complete: false,
+            busy: None,
+            ended: "complete",
+            error: None,
+            elapsed_secs: 0.0,
+            counts: Counts::default(),
+        }
+    }
+
     /// Prints the report on stdout. A stdout that is gone (a closed pipe) loses the report but
     /// never changes how the run ends: the exit status still tells.
     pub(crate) fn print(&self, json: bool) {
@@ -207,8 +252,6 @@ impl Report {
             let prefix = printable(&self.prefix);
             return writeln!(out, "reconcile s3://{}/{prefix}: {busy}", self.bucket);
         }
-        let c = &self.counts;
-        let n = |kind: &str| c.differences.get(kind).copied().unwrap_or(0);
         writeln!(
             out,
             "reconcile s3://{}/{} ({}){}{}",
@@ -232,6 +275,17 @@ impl Report {
         if let Some(after) = &self.resumed_after {
             writeln!(out, "  resumed after     {after}")?;
         }
+        self.counts.write_text(out)?;
+        writeln!(out, "  took {:.1} s", self.elapsed_secs)
+    }
+}
+
+impl Counts {
+    /// The counts' lines of the text report.
+    fn write_text(&self, out: &mut String) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        let c = self;
+        let n = |kind: &str| c.differences.get(kind).copied().unwrap_or(0);
         writeln!(out, "  keys listed       {}", c.keys_listed)?;
         writeln!(
             out,
@@ -266,7 +320,7 @@ impl Report {
         for (key, reason) in &c.failures {
             writeln!(out, "  not repaired: {key} ({reason})")?;
         }
-        writeln!(out, "  took {:.1} s", self.elapsed_secs)
+        Ok(())
     }
 }
 
@@ -335,14 +389,6 @@ impl Progress {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProgressMode {
-    /// A bar on a terminal, log lines otherwise.
-    Auto,
-    Bar,
-    Log,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,5 +405,63 @@ mod tests {
         let json = serde_json::to_string(&counts).unwrap();
         assert!(!json.contains("\\u0000"), "nothing jsonb refuses: {json}");
         assert_eq!(counts.outcomes[UNSTORABLE], 1);
+    }
+
+    #[test]
+    fn repairs_are_counted_by_kind_and_outcome_and_only_failures_fail_the_run() {
+        let mut counts = Counts::default();
+        let recorded = Made::Done("recorded".into());
+        counts.repaired("dp/a", Some(Kind::Missing), &recorded, 1);
+        counts.repaired("dp/b", Some(Kind::Missing), &recorded, 1);
+        counts.repaired("dp/c", Some(Kind::Gone), &Made::Done("removed".into()), 1);
+        counts.repaired("dp/d", None, &Made::Nothing, 1);
+        counts.repaired(
+            "dp/e",
+            Some(Kind::Changed),
+            &Made::Refused("unknown_datapack"),
+            1,
+        );
+        counts.repaired(
+            "dp/f",
+            Some(Kind::Changed),
+            &Made::Failed("s3_unavailable"),
+            1,
+        );
+        counts.repaired("dp/g", Some(Kind::Changed), &Made::Nothing, 1);
+        assert_eq!(counts.differences["missing"], 2);
+        assert_eq!(counts.differences["changed"], 3);
+        assert_eq!(counts.differences_total(), 6);
+        assert_eq!(counts.confirmed_present, 1);
+        assert_eq!(counts.outcomes["recorded"], 2);
+        assert_eq!(counts.outcomes["refused:unknown_datapack"], 1);
+        assert_eq!(counts.failures_total(), 1, "a refusal is no failure");
+        // The samples stop at the limit; the counts do not.
+        assert_eq!(counts.first_keys["missing"], ["dp/a"]);
+        assert_eq!(
+            counts.failures,
+            [("dp/e".into(), "refused:unknown_datapack".into())]
+        );
+        counts.paged(1000);
+        counts.paged(7);
+        assert_eq!((counts.keys_listed, counts.pages), (1007, 2));
+    }
+
+    #[test]
+    fn the_text_report_names_each_kind_and_what_stopped_the_run() {
+        let mut report = Report::new("b", "dp/\n", true);
+        report
+            .counts
+            .repaired("dp/a", Some(Kind::Gone), &Made::Nothing, 5);
+        report.ended = "failed";
+        report.error = Some("interrupted".into());
+        let text = report.text();
+        assert!(
+            text.starts_with("reconcile s3://b/dp/\\n (), dry run"),
+            "{text}"
+        );
+        assert!(text.contains("INCOMPLETE"), "{text}");
+        assert!(text.contains("  FAILED: interrupted\n"), "{text}");
+        assert!(text.contains("gone objects      1"), "{text}");
+        assert!(text.contains("first gone: dp/a"), "{text}");
     }
 }

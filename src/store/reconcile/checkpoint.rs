@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 
 /// How long a lease lasts without renewal: a crashed run's scope is free again after this.
 pub(crate) const LEASE: Duration = Duration::from_secs(60);
@@ -67,22 +67,8 @@ pub(crate) async fn claim(
         .bind(bucket)
         .execute(&mut *tx)
         .await?;
-    let busy = sqlx::query(
-        "SELECT prefix, owner, lease_until FROM datapack_reconcile
-         WHERE bucket = $1 AND finished_at IS NULL AND lease_until > now() AND owner IS NOT NULL
-           AND (starts_with($2, prefix) OR starts_with(prefix, $2))
-         LIMIT 1",
-    )
-    .bind(bucket)
-    .bind(prefix)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(row) = busy {
-        return Ok(Claim::Busy {
-            prefix: row.try_get("prefix")?,
-            owner: row.try_get("owner")?,
-            until: row.try_get("lease_until")?,
-        });
+    if let Some(busy) = busy(&mut tx, bucket, prefix).await? {
+        return Ok(busy);
     }
     let row = sqlx::query(
         "INSERT INTO datapack_reconcile AS r (bucket, prefix, source, owner, lease_until)
@@ -117,6 +103,32 @@ pub(crate) async fn claim(
         cursor: row.try_get("cursor")?,
         counts: row.try_get("counts")?,
     })
+}
+
+/// Another run's live lease on a scope overlapping `prefix` (the same, or one inside the other).
+async fn busy(
+    tx: &mut PgConnection,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Option<Claim>, sqlx::Error> {
+    let busy = sqlx::query(
+        "SELECT prefix, owner, lease_until FROM datapack_reconcile
+         WHERE bucket = $1 AND finished_at IS NULL AND lease_until > now() AND owner IS NOT NULL
+           AND (starts_with($2, prefix) OR starts_with(prefix, $2))
+         LIMIT 1",
+    )
+    .bind(bucket)
+    .bind(prefix)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = busy else {
+        return Ok(None);
+    };
+    Ok(Some(Claim::Busy {
+        prefix: row.try_get("prefix")?,
+        owner: row.try_get("owner")?,
+        until: row.try_get("lease_until")?,
+    }))
 }
 
 // Each names the row by scope and owner ($1-$3); $4 cursor, $5 counts, $6 the lease in seconds.
