@@ -13,16 +13,17 @@
 use std::time::Instant;
 
 use aws_sdk_s3::config::ResponseChecksumValidation;
-use aws_sdk_s3::operation::get_object::{GetObjectError, GetObjectOutput};
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::operation::head_object::{HeadObjectError, HeadObjectOutput};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ChecksumMode;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use tokio_util::bytes::Bytes;
 
 use crate::aws;
 use crate::disposition::{Dependency, Failure, RetryReason};
+pub use crate::process::body::hex;
+use crate::process::body::{Stop, classify_get, digest_hex, feed, next_chunk};
 pub use crate::process::checksum::Checksums;
 use crate::process::checksum::full_object_sha256;
 use crate::process::event::unquote_etag;
@@ -65,30 +66,6 @@ pub enum Fetched {
     Gone,
     /// 412: overwritten since the event; the newer upload has its own event.
     Superseded,
-}
-
-/// Why hashing stopped before the end: the object went away or changed (a part answered 404 or
-/// 412), or a failure.
-pub(crate) enum Stop {
-    Gone,
-    Superseded,
-    Failed(Failure),
-}
-
-impl Stop {
-    /// A part GET's answer that is not a body: 412 superseded, else (404) gone.
-    pub(crate) fn from_fetched(fetched: Fetched) -> Self {
-        match fetched {
-            Fetched::Superseded => Stop::Superseded,
-            _ => Stop::Gone,
-        }
-    }
-}
-
-impl From<Failure> for Stop {
-    fn from(failure: Failure) -> Self {
-        Stop::Failed(failure)
-    }
 }
 
 /// Reads what the event announced. Trust off: [`fetch`], exactly as without zero-read (no
@@ -285,9 +262,7 @@ pub async fn fetch(
             length,
             ..facts
         })),
-        Err(Stop::Gone) => Ok(Fetched::Gone),
-        Err(Stop::Superseded) => Ok(Fetched::Superseded),
-        Err(Stop::Failed(failure)) => Err(failure),
+        Err(stop) => answered(stop),
     }
 }
 
@@ -319,7 +294,7 @@ async fn first_get(
             Err(error) if first_part.is_some() && aws::status(&error) == Some(416) => {
                 first_part = None;
             }
-            Err(error) => return classify_get(error).map(Err),
+            Err(error) => return answered(classify_get(error)).map(Err),
         }
     }
 }
@@ -367,7 +342,7 @@ async fn hash_body(
             _ => hash(output.body, content_length).await?,
         },
     };
-    Ok((hex(&hasher.finalize()), length))
+    Ok((digest_hex(hasher), length))
 }
 
 /// S3's Last-Modified as a timestamp.
@@ -401,53 +376,11 @@ async fn hash(mut body: ByteStream, expected: Option<u64>) -> Result<(Sha256, u6
     Ok((hasher, length))
 }
 
-/// A body that breaks mid-read (reset, stall, a checksum the SDK found wrong) is a fact about
-/// this read of this object: the message is retried, and a probe decides whether S3 is down.
-pub(crate) async fn next_chunk(body: &mut ByteStream) -> Result<Option<Bytes>, Failure> {
-    body.try_next().await.map_err(|e| {
-        let text = crate::disposition::chain(&e).to_ascii_lowercase();
-        let reason = if text.contains("checksum mismatch") {
-            RetryReason::S3ChecksumMismatch
-        } else {
-            RetryReason::S3ReadFailed
-        };
-        Failure::transient(reason, e)
-    })
-}
-
-pub(crate) fn feed(hasher: &mut Sha256, length: &mut u64, chunk: &[u8]) {
-    hasher.update(chunk);
-    *length += chunk.len() as u64;
-    crate::ops::metrics::hashed_bytes(chunk.len());
-}
-
-/// Lower-case hex, the form the `sha256` column stores.
-pub fn hex(bytes: &[u8]) -> String {
-    // A table, not `write!("{b:02x}")` per byte: the formatting machinery 32 times per object.
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        // Both indexes are below 16 by construction.
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
-}
-
-pub(crate) fn classify_get(
-    error: aws_sdk_s3::error::SdkError<GetObjectError, aws_smithy_runtime_api::http::Response>,
-) -> Result<Fetched, Failure> {
-    let status = aws::status(&error);
-    let code = aws::code(&error).unwrap_or_default();
-    if let aws_sdk_s3::error::SdkError::ServiceError(e) = &error
-        && matches!(e.err(), GetObjectError::NoSuchKey(_))
-    {
-        return Ok(Fetched::Gone);
-    }
-    match (status, code.as_str()) {
-        (_, "NoSuchKey" | "NoSuchVersion") => Ok(Fetched::Gone),
-        (Some(404), c) if c != "NoSuchBucket" => Ok(Fetched::Gone),
-        (Some(412), _) | (_, "PreconditionFailed") => Ok(Fetched::Superseded),
-        _ => Err(aws::classify(Dependency::S3, error)),
+/// What a GET's error means for the fetch: an answer (gone, superseded) or a failure.
+fn answered(stop: Stop) -> Result<Fetched, Failure> {
+    match stop {
+        Stop::Gone => Ok(Fetched::Gone),
+        Stop::Superseded => Ok(Fetched::Superseded),
+        Stop::Failed(failure) => Err(failure),
     }
 }
