@@ -95,7 +95,8 @@ pub async fn read(
     if !checksums.audit() {
         return Ok(Fetched::Object(vouched));
     }
-    audit(s3, target, required_uploaded_by, ranged, &vouched).await
+    // Boxed: a rare path (a sample of trusted objects) that should not size the common one.
+    Box::pin(audit(s3, target, required_uploaded_by, ranged, &vouched)).await
 }
 
 /// What HeadObject told.
@@ -229,7 +230,7 @@ pub async fn fetch(
     required_uploaded_by: Option<&str>,
     ranged: &Ranged,
 ) -> Result<Fetched, Failure> {
-    let (output, first_part) = match first_get(s3, &target, ranged).await? {
+    let (mut output, first_part) = match first_get(s3, &target, ranged).await? {
         Ok(answer) => answer,
         Err(fetched) => return Ok(fetched),
     };
@@ -251,12 +252,20 @@ pub async fn fetch(
         sha256: String::new(),
         sha256_source: Sha256Source::Computed,
         length: 0,
-        content_type: output.content_type().map(str::to_owned),
+        // Taken, not copied: the answer is dropped here.
+        content_type: output.content_type.take(),
         last_modified: timestamp(output.last_modified()),
         version_id: version_of(output.version_id(), &target),
         uploader,
     };
-    match hash_body(s3, &target, output, first_part, &facts.etag, ranged).await {
+    // Only what the hash needs goes on: the whole answer (over a kilobyte of header fields)
+    // would be copied into the hashing future and held while it runs.
+    let opened = Opened {
+        content_length: output.content_length().and_then(|n| u64::try_from(n).ok()),
+        content_range: output.content_range.take(),
+        body: output.body,
+    };
+    match hash_body(s3, &target, opened, first_part, &facts.etag, ranged).await {
         Ok((sha256, length)) => Ok(Fetched::Object(Facts {
             sha256,
             length,
@@ -264,6 +273,13 @@ pub async fn fetch(
         })),
         Err(stop) => answered(stop),
     }
+}
+
+/// What of a GET's answer the hash reads.
+struct Opened {
+    body: ByteStream,
+    content_length: Option<u64>,
+    content_range: Option<String>,
 }
 
 /// The first GET, pinned to the announced version: of the first part when parts are read from
@@ -304,11 +320,16 @@ async fn first_get(
 async fn hash_body(
     s3: &aws_sdk_s3::Client,
     target: &Target<'_>,
-    output: GetObjectOutput,
+    opened: Opened,
     first_part: Option<u64>,
     etag: &str,
     ranged: &Ranged,
 ) -> Result<(String, u64), Stop> {
+    let Opened {
+        body,
+        content_length,
+        content_range,
+    } = opened;
     let pin = || Pin {
         s3: s3.clone(),
         bucket: target.bucket.to_owned(),
@@ -316,13 +337,10 @@ async fn hash_body(
         version_id: target.version_id.map(str::to_owned),
         if_match: format!("\"{etag}\""),
     };
-    let content_length = output.content_length().and_then(|n| u64::try_from(n).ok());
-    let (hasher, length) = match (first_part, output.content_range()) {
+    let (hasher, length) = match (first_part, content_range.as_deref()) {
         (Some(_), Some(range)) => match parse_content_range(range)? {
             (0, end, total) => {
-                Ranges::new(pin(), ranged, end + 1, total)
-                    .hash(output.body)
-                    .await?
+                Box::pin(Ranges::new(pin(), ranged, end + 1, total).hash(body)).await?
             }
             (start, ..) => {
                 return Err(Failure::transient(
@@ -335,11 +353,9 @@ async fn hash_body(
         // A whole object (or a server that ignored the range: 200 without Content-Range).
         _ => match (ranged.stream_floor, content_length) {
             (Some(floor), Some(total)) if first_part.is_none() && ranged.applies(Some(total)) => {
-                Ranges::new(pin(), ranged, 0, total)
-                    .hash_adaptive(output.body, floor)
-                    .await?
+                Box::pin(Ranges::new(pin(), ranged, 0, total).hash_adaptive(body, floor)).await?
             }
-            _ => hash(output.body, content_length).await?,
+            _ => hash(body, content_length).await?,
         },
     };
     Ok((digest_hex(hasher), length))
