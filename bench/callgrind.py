@@ -43,7 +43,9 @@ def queue_all(sqs, url: str, records: list[dict]) -> None:
 def run_one(bench: B.Bench, records: list[dict], out_file: Path) -> dict:
     db_url = B.fresh_database(bench.admin, "datapack_bench_callgrind")
     psql = B.Psql(db_url)
-    env = bench.worker_env({}, db_url=db_url)
+    # Under valgrind the first TLS connection to PostgreSQL can take longer than the default
+    # 5 s acquire timeout on a busy machine, and the worker would exit before its first object.
+    env = bench.worker_env({"DATABASE_ACQUIRE_TIMEOUT_SECS": "60"}, db_url=db_url)
     log_path = bench.state / f"worker-callgrind-{len(records)}.log"
     # The datapack row must exist before the first event is processed, and the tables before
     # that: a migration-only start creates them.

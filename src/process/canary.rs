@@ -22,6 +22,20 @@ impl ObjectRef {
             version_id: target.version_id.map(str::to_owned),
         }
     }
+
+    fn set(&mut self, target: &Target<'_>) {
+        self.bucket.clear();
+        self.bucket.push_str(target.bucket);
+        self.key.clear();
+        self.key.push_str(target.key);
+        match (&mut self.version_id, target.version_id) {
+            (Some(kept), Some(version)) => {
+                kept.clear();
+                kept.push_str(version);
+            }
+            (kept, version) => *kept = version.map(str::to_owned),
+        }
+    }
 }
 
 /// Objects to read when the S3 breaker trips: the last object read whole, and a few that failed
@@ -50,8 +64,14 @@ impl Canary {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Called for every object read: the last one's strings are overwritten in place, so this
+    /// allocates only when a name outgrows them.
     pub fn read_ok(&self, target: &Target<'_>) {
-        self.state().last_ok = Some(ObjectRef::of(target));
+        let mut state = self.state();
+        match &mut state.last_ok {
+            Some(last) => last.set(target),
+            None => state.last_ok = Some(ObjectRef::of(target)),
+        }
     }
 
     pub fn read_failed(&self, target: &Target<'_>) {
@@ -103,5 +123,34 @@ impl Canary {
             }
         }
         last.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target<'a>(key: &'a str, version_id: Option<&'a str>) -> Target<'a> {
+        Target {
+            bucket: "uploads",
+            key,
+            etag: None,
+            version_id,
+            size: None,
+        }
+    }
+
+    #[test]
+    fn the_last_object_read_is_the_one_kept() {
+        let canary = Canary::default();
+        for t in [
+            target("dp/a-longer-key.bin", Some("v1")),
+            target("dp/b", None),
+            target("dp/c", Some("v3")),
+            target("dp/d", Some("v4")),
+        ] {
+            canary.read_ok(&t);
+            assert_eq!(canary.state().last_ok, Some(ObjectRef::of(&t)));
+        }
     }
 }

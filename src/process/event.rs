@@ -9,10 +9,11 @@
 //! or too long is dropped (the event is ordered by its time) and noted ([`SequencerProblem`]),
 //! never a reason to refuse the record.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
-use serde_json::Value;
-
 use crate::disposition::DeadLetterReason;
+use chrono::{DateTime, NaiveDateTime, Utc};
+
+mod json;
+use json::Json;
 
 /// What a message body announces.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,25 +153,27 @@ fn parse_body(body: &str, notes: &mut Vec<SequencerProblem>) -> Result<Message, 
             limits::BODY_BYTES
         )));
     }
-    let value: Value =
+    // Borrowed from the body: the records' strings are read, never copied, until the few kept.
+    let value: Json<'_> =
         serde_json::from_str(body).map_err(|e| malformed(format!("body is not JSON: {e}")))?;
-    if value.get("Type").and_then(Value::as_str) == Some("Notification") {
+    if value.get("Type").and_then(Json::as_str) == Some("Notification") {
         let inner = value
             .get("Message")
-            .and_then(Value::as_str)
+            .and_then(Json::as_str)
             .ok_or_else(|| malformed("SNS notification without a string Message"))?;
-        let inner: Value = serde_json::from_str(inner)
+        let inner: Json<'_> = serde_json::from_str(inner)
             .map_err(|e| malformed(format!("SNS Message is not JSON: {e}")))?;
         return parse_value(&inner, notes);
     }
     parse_value(&value, notes)
 }
 
-fn parse_value(value: &Value, notes: &mut Vec<SequencerProblem>) -> Result<Message, ParseError> {
-    let Some(object) = value.as_object() else {
+fn parse_value(value: &Json<'_>, notes: &mut Vec<SequencerProblem>) -> Result<Message, ParseError> {
+    if !value.is_object() {
         return Err(malformed("body is not a JSON object"));
-    };
-    if object.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
+    }
+    let object = value;
+    if object.get("Event").and_then(Json::as_str) == Some("s3:TestEvent") {
         return Ok(Message::Test);
     }
     if let Some(records) = object.get("Records") {
@@ -193,7 +196,7 @@ fn parse_value(value: &Value, notes: &mut Vec<SequencerProblem>) -> Result<Messa
             .collect::<Result<_, _>>()
             .map(Message::Events);
     }
-    if object.contains_key("detail-type") {
+    if object.get("detail-type").is_some() {
         return parse_eventbridge(value, notes).map(|item| Message::Events(vec![item]));
     }
     Err(malformed(
@@ -227,7 +230,7 @@ fn classify_s3_name(name: &str) -> Option<Option<EventKind>> {
     }
 }
 
-fn parse_record(record: &Value, notes: &mut Vec<SequencerProblem>) -> Result<Item, ParseError> {
+fn parse_record(record: &Json<'_>, notes: &mut Vec<SequencerProblem>) -> Result<Item, ParseError> {
     let name =
         str_at(record, &["eventName"]).ok_or_else(|| malformed("record without eventName"))?;
     check_len("eventName", name, limits::EVENT_NAME_CHARS)?;
@@ -266,7 +269,10 @@ fn parse_record(record: &Value, notes: &mut Vec<SequencerProblem>) -> Result<Ite
     )
 }
 
-fn parse_eventbridge(value: &Value, notes: &mut Vec<SequencerProblem>) -> Result<Item, ParseError> {
+fn parse_eventbridge(
+    value: &Json<'_>,
+    notes: &mut Vec<SequencerProblem>,
+) -> Result<Item, ParseError> {
     let detail_type = str_at(value, &["detail-type"]).unwrap_or_default();
     if let Some(source) = str_at(value, &["source"])
         && source != "aws.s3"
@@ -314,7 +320,7 @@ fn parse_eventbridge(value: &Value, notes: &mut Vec<SequencerProblem>) -> Result
 }
 
 /// Reads the fields both S3-event shapes share once the caller located them.
-fn bucket_of(s3: &Value) -> Result<&str, ParseError> {
+fn bucket_of<'v>(s3: &'v Json<'_>) -> Result<&'v str, ParseError> {
     let bucket = str_at(s3, &["bucket", "name"]).ok_or_else(|| malformed("no bucket name"))?;
     check_len("bucket name", bucket, limits::BUCKET_CHARS)?;
     if !bucket
@@ -328,7 +334,7 @@ fn bucket_of(s3: &Value) -> Result<&str, ParseError> {
     Ok(bucket)
 }
 
-fn key_of(s3: &Value) -> Result<String, ParseError> {
+fn key_of(s3: &Json<'_>) -> Result<String, ParseError> {
     let raw_key = str_at(s3, &["object", "key"]).ok_or_else(|| malformed("no object key"))?;
     // Percent-encoding at most triples a key: anything longer cannot decode to a valid one.
     check_len("object key", raw_key, limits::KEY_BYTES * 3)?;
@@ -337,9 +343,9 @@ fn key_of(s3: &Value) -> Result<String, ParseError> {
     Ok(key)
 }
 
-fn size_of(s3: &Value) -> Result<Option<u64>, ParseError> {
+fn size_of(s3: &Json<'_>) -> Result<Option<u64>, ParseError> {
     match s3.get("object").and_then(|o| o.get("size")) {
-        None | Some(Value::Null) => Ok(None),
+        None | Some(Json::Null) => Ok(None),
         Some(v) => v
             .as_u64()
             .filter(|n| *n <= limits::OBJECT_BYTES)
@@ -349,17 +355,17 @@ fn size_of(s3: &Value) -> Result<Option<u64>, ParseError> {
 }
 
 /// The event's sequencer if it can order events; else `None`, noting why.
-fn sequencer_of(s3: &Value) -> Result<Option<String>, SequencerProblem> {
+fn sequencer_of(s3: &Json<'_>) -> Result<Option<String>, SequencerProblem> {
     match s3.get("object").and_then(|o| o.get("sequencer")) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Err(SequencerProblem::Empty),
-        Some(Value::String(s)) if s.len() > limits::SEQUENCER_CHARS => {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::String(s)) if s.is_empty() => Err(SequencerProblem::Empty),
+        Some(Json::String(s)) if s.len() > limits::SEQUENCER_CHARS => {
             Err(SequencerProblem::TooLong)
         }
-        Some(Value::String(s)) if !s.bytes().all(|b| b.is_ascii_hexdigit()) => {
+        Some(Json::String(s)) if !s.bytes().all(|b| b.is_ascii_hexdigit()) => {
             Err(SequencerProblem::NotHex)
         }
-        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Json::String(s)) => Ok(Some(s.as_ref().to_owned())),
         Some(_) => Err(SequencerProblem::NotText),
     }
 }
@@ -367,7 +373,7 @@ fn sequencer_of(s3: &Value) -> Result<Option<String>, SequencerProblem> {
 fn object_event(
     kind: EventKind,
     event_name: &str,
-    s3: &Value,
+    s3: &Json<'_>,
     etag_at: &[&str],
     version_at: &[&str],
     time: &str,
@@ -431,10 +437,10 @@ fn check_token(field: &str, value: &str, max: usize) -> Result<(), ParseError> {
     }
 }
 
-fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
+fn str_at<'v>(value: &'v Json<'_>, path: &[&str]) -> Option<&'v str> {
     path.iter()
         .try_fold(value, |v, field| v.get(field))
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
 }
 
 /// Keys in notifications are form-URL-encoded: `+` is a space, then percent-decoding, then UTF-8.

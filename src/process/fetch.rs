@@ -13,16 +13,17 @@
 use std::time::Instant;
 
 use aws_sdk_s3::config::ResponseChecksumValidation;
-use aws_sdk_s3::operation::get_object::{GetObjectError, GetObjectOutput};
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::operation::head_object::{HeadObjectError, HeadObjectOutput};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ChecksumMode;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use tokio_util::bytes::Bytes;
 
 use crate::aws;
 use crate::disposition::{Dependency, Failure, RetryReason};
+pub use crate::process::body::hex;
+use crate::process::body::{Stop, classify_get, digest_hex, feed, next_chunk};
 pub use crate::process::checksum::Checksums;
 use crate::process::checksum::full_object_sha256;
 use crate::process::event::unquote_etag;
@@ -67,30 +68,6 @@ pub enum Fetched {
     Superseded,
 }
 
-/// Why hashing stopped before the end: the object went away or changed (a part answered 404 or
-/// 412), or a failure.
-pub(crate) enum Stop {
-    Gone,
-    Superseded,
-    Failed(Failure),
-}
-
-impl Stop {
-    /// A part GET's answer that is not a body: 412 superseded, else (404) gone.
-    pub(crate) fn from_fetched(fetched: Fetched) -> Self {
-        match fetched {
-            Fetched::Superseded => Stop::Superseded,
-            _ => Stop::Gone,
-        }
-    }
-}
-
-impl From<Failure> for Stop {
-    fn from(failure: Failure) -> Self {
-        Stop::Failed(failure)
-    }
-}
-
 /// Reads what the event announced. Trust off: [`fetch`], exactly as without zero-read (no
 /// HeadObject is sent). Trust on: HeadObject first; a trusted SHA-256 makes the row without a GET
 /// (unless the audit draws the object); anything else is fetched and hashed, the HEAD wasted.
@@ -118,7 +95,8 @@ pub async fn read(
     if !checksums.audit() {
         return Ok(Fetched::Object(vouched));
     }
-    audit(s3, target, required_uploaded_by, ranged, &vouched).await
+    // Boxed: a rare path (a sample of trusted objects) that should not size the common one.
+    Box::pin(audit(s3, target, required_uploaded_by, ranged, &vouched)).await
 }
 
 /// What HeadObject told.
@@ -252,7 +230,7 @@ pub async fn fetch(
     required_uploaded_by: Option<&str>,
     ranged: &Ranged,
 ) -> Result<Fetched, Failure> {
-    let (output, first_part) = match first_get(s3, &target, ranged).await? {
+    let (mut output, first_part) = match first_get(s3, &target, ranged).await? {
         Ok(answer) => answer,
         Err(fetched) => return Ok(fetched),
     };
@@ -274,21 +252,34 @@ pub async fn fetch(
         sha256: String::new(),
         sha256_source: Sha256Source::Computed,
         length: 0,
-        content_type: output.content_type().map(str::to_owned),
+        // Taken, not copied: the answer is dropped here.
+        content_type: output.content_type.take(),
         last_modified: timestamp(output.last_modified()),
         version_id: version_of(output.version_id(), &target),
         uploader,
     };
-    match hash_body(s3, &target, output, first_part, &facts.etag, ranged).await {
+    // Only what the hash needs goes on: the whole answer (over a kilobyte of header fields)
+    // would be copied into the hashing future and held while it runs.
+    let opened = Opened {
+        content_length: output.content_length().and_then(|n| u64::try_from(n).ok()),
+        content_range: output.content_range.take(),
+        body: output.body,
+    };
+    match hash_body(s3, &target, opened, first_part, &facts.etag, ranged).await {
         Ok((sha256, length)) => Ok(Fetched::Object(Facts {
             sha256,
             length,
             ..facts
         })),
-        Err(Stop::Gone) => Ok(Fetched::Gone),
-        Err(Stop::Superseded) => Ok(Fetched::Superseded),
-        Err(Stop::Failed(failure)) => Err(failure),
+        Err(stop) => answered(stop),
     }
+}
+
+/// What of a GET's answer the hash reads.
+struct Opened {
+    body: ByteStream,
+    content_length: Option<u64>,
+    content_range: Option<String>,
 }
 
 /// The first GET, pinned to the announced version: of the first part when parts are read from
@@ -319,7 +310,7 @@ async fn first_get(
             Err(error) if first_part.is_some() && aws::status(&error) == Some(416) => {
                 first_part = None;
             }
-            Err(error) => return classify_get(error).map(Err),
+            Err(error) => return answered(classify_get(error)).map(Err),
         }
     }
 }
@@ -329,11 +320,16 @@ async fn first_get(
 async fn hash_body(
     s3: &aws_sdk_s3::Client,
     target: &Target<'_>,
-    output: GetObjectOutput,
+    opened: Opened,
     first_part: Option<u64>,
     etag: &str,
     ranged: &Ranged,
 ) -> Result<(String, u64), Stop> {
+    let Opened {
+        body,
+        content_length,
+        content_range,
+    } = opened;
     let pin = || Pin {
         s3: s3.clone(),
         bucket: target.bucket.to_owned(),
@@ -341,13 +337,10 @@ async fn hash_body(
         version_id: target.version_id.map(str::to_owned),
         if_match: format!("\"{etag}\""),
     };
-    let content_length = output.content_length().and_then(|n| u64::try_from(n).ok());
-    let (hasher, length) = match (first_part, output.content_range()) {
+    let (hasher, length) = match (first_part, content_range.as_deref()) {
         (Some(_), Some(range)) => match parse_content_range(range)? {
             (0, end, total) => {
-                Ranges::new(pin(), ranged, end + 1, total)
-                    .hash(output.body)
-                    .await?
+                Box::pin(Ranges::new(pin(), ranged, end + 1, total).hash(body)).await?
             }
             (start, ..) => {
                 return Err(Failure::transient(
@@ -360,14 +353,12 @@ async fn hash_body(
         // A whole object (or a server that ignored the range: 200 without Content-Range).
         _ => match (ranged.stream_floor, content_length) {
             (Some(floor), Some(total)) if first_part.is_none() && ranged.applies(Some(total)) => {
-                Ranges::new(pin(), ranged, 0, total)
-                    .hash_adaptive(output.body, floor)
-                    .await?
+                Box::pin(Ranges::new(pin(), ranged, 0, total).hash_adaptive(body, floor)).await?
             }
-            _ => hash(output.body, content_length).await?,
+            _ => hash(body, content_length).await?,
         },
     };
-    Ok((hex(&hasher.finalize()), length))
+    Ok((digest_hex(hasher), length))
 }
 
 /// S3's Last-Modified as a timestamp.
@@ -401,53 +392,11 @@ async fn hash(mut body: ByteStream, expected: Option<u64>) -> Result<(Sha256, u6
     Ok((hasher, length))
 }
 
-/// A body that breaks mid-read (reset, stall, a checksum the SDK found wrong) is a fact about
-/// this read of this object: the message is retried, and a probe decides whether S3 is down.
-pub(crate) async fn next_chunk(body: &mut ByteStream) -> Result<Option<Bytes>, Failure> {
-    body.try_next().await.map_err(|e| {
-        let text = crate::disposition::chain(&e).to_ascii_lowercase();
-        let reason = if text.contains("checksum mismatch") {
-            RetryReason::S3ChecksumMismatch
-        } else {
-            RetryReason::S3ReadFailed
-        };
-        Failure::transient(reason, e)
-    })
-}
-
-pub(crate) fn feed(hasher: &mut Sha256, length: &mut u64, chunk: &[u8]) {
-    hasher.update(chunk);
-    *length += chunk.len() as u64;
-    crate::ops::metrics::hashed_bytes(chunk.len());
-}
-
-/// Lower-case hex, the form the `sha256` column stores.
-pub fn hex(bytes: &[u8]) -> String {
-    // A table, not `write!("{b:02x}")` per byte: the formatting machinery 32 times per object.
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        // Both indexes are below 16 by construction.
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
-}
-
-pub(crate) fn classify_get(
-    error: aws_sdk_s3::error::SdkError<GetObjectError, aws_smithy_runtime_api::http::Response>,
-) -> Result<Fetched, Failure> {
-    let status = aws::status(&error);
-    let code = aws::code(&error).unwrap_or_default();
-    if let aws_sdk_s3::error::SdkError::ServiceError(e) = &error
-        && matches!(e.err(), GetObjectError::NoSuchKey(_))
-    {
-        return Ok(Fetched::Gone);
-    }
-    match (status, code.as_str()) {
-        (_, "NoSuchKey" | "NoSuchVersion") => Ok(Fetched::Gone),
-        (Some(404), c) if c != "NoSuchBucket" => Ok(Fetched::Gone),
-        (Some(412), _) | (_, "PreconditionFailed") => Ok(Fetched::Superseded),
-        _ => Err(aws::classify(Dependency::S3, error)),
+/// What a GET's error means for the fetch: an answer (gone, superseded) or a failure.
+fn answered(stop: Stop) -> Result<Fetched, Failure> {
+    match stop {
+        Stop::Gone => Ok(Fetched::Gone),
+        Stop::Superseded => Ok(Fetched::Superseded),
+        Stop::Failed(failure) => Err(failure),
     }
 }

@@ -30,7 +30,7 @@ use tokio_util::bytes::Bytes;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::disposition::{Failure, RetryReason};
-use crate::process::fetch::{Stop, classify_get, feed, next_chunk};
+use crate::process::body::{Stop, classify_get, feed, next_chunk};
 
 /// When and how to read an object as parallel ranged GETs.
 #[derive(Debug, Clone)]
@@ -397,12 +397,7 @@ async fn open_part(pin: &Pin, part: Part) -> Result<ByteStream, Stop> {
     // Boxed, as in `fetch`: keeps the SDK's large send future out of the caller's.
     let output = match Box::pin(pin.request(part).send()).await {
         Ok(output) => output,
-        Err(error) => {
-            return Err(match classify_get(error) {
-                Ok(fetched) => Stop::from_fetched(fetched),
-                Err(failure) => Stop::Failed(failure),
-            });
-        }
+        Err(error) => return Err(classify_get(error)),
     };
     match output.content_range().map(parse_content_range) {
         Some(Ok((start, end, _))) if start == part.start && end + 1 == part.end() => {

@@ -105,7 +105,9 @@ pub(crate) async fn current(
     bucket: &str,
     key: &str,
 ) -> Result<Current, Failure> {
-    match s3.head_object().bucket(bucket).key(key).send().await {
+    // Boxed, as in `fetch`: inline, the SDK's large send future would grow every future that
+    // awaits this one (the pipeline's, and the task spawned per message, copied when spawned).
+    match Box::pin(s3.head_object().bucket(bucket).key(key).send()).await {
         Ok(head) => {
             let etag = head
                 .e_tag()
