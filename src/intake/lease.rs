@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
-use crate::disposition::{Failure, RetryReason};
+use crate::disposition::{Failure, MessageDisposition, RetryReason};
 use crate::intake::deleter::DeleteRequest;
 use crate::intake::pool::{Context, backoff};
 use crate::intake::queue::{Received, VisibilityError};
@@ -70,11 +70,11 @@ impl Lease {
         self.observe_queue_wait();
         match self.hold().await {
             Held::Done(verdict) => self.settle(verdict).await,
-            Held::Stopped => self.release("release").await,
+            Held::Stopped => self.release(MessageDisposition::Release).await,
             Held::Lost => {
                 // Nothing to settle, and no processing time: the work did not finish here.
                 self.settled = true;
-                metrics::message_disposition("lost");
+                metrics::message_disposition(MessageDisposition::Lost);
                 return;
             }
         }
@@ -170,14 +170,14 @@ impl Lease {
 
     async fn settle(self, verdict: Verdict) {
         match verdict {
-            Verdict::Ack(outcomes) => self.ack(outcomes, "ack").await,
+            Verdict::Ack(outcomes) => self.ack(outcomes, MessageDisposition::Ack).await,
             Verdict::DeadLetter { outcomes, failure } => self.dead_letter(outcomes, failure).await,
             Verdict::Retry(failure) => self.retry(failure).await,
         }
     }
 
     /// Deletes the message; on success its disposition and record outcomes are counted.
-    async fn ack(mut self, outcomes: Vec<Done>, disposition: &'static str) {
+    async fn ack(mut self, outcomes: Vec<Done>, disposition: MessageDisposition) {
         if self.delete().await {
             metrics::message_disposition(disposition);
             outcomes.into_iter().for_each(Done::report);
@@ -185,7 +185,7 @@ impl Lease {
     }
 
     async fn dead_letter(self, outcomes: Vec<Done>, failure: Failure) {
-        let reason = failure.reason();
+        let reason = failure.dead_letter_reason();
         let detail = match &failure {
             Failure::Permanent { detail, .. } => detail.clone(),
             other => crate::disposition::chain(other),
@@ -198,13 +198,13 @@ impl Lease {
         match self
             .context
             .queue
-            .dead_letter(&self.message, reason, &detail)
+            .dead_letter(&self.message, reason.as_str(), &detail)
             .await
         {
             Ok(()) => {
                 metrics::record_failure(&failure, true);
                 metrics::dead_lettered(reason);
-                self.ack(outcomes, "dead_letter").await;
+                self.ack(outcomes, MessageDisposition::DeadLetter).await;
             }
             Err(send_failure) => Box::pin(self.retry(send_failure)).await,
         }
@@ -222,7 +222,7 @@ impl Lease {
                 .await;
             if verdict != Some(health::Verdict::Up) {
                 metrics::record_failure(&failure, false);
-                return self.release("release").await;
+                return self.release(MessageDisposition::Release).await;
             }
         }
         let attempts = self.context.max_attempts();
@@ -248,10 +248,10 @@ impl Lease {
         if let Err(e) = self.set_visibility(delay).await {
             tracing::warn!(error = %e, "could not set the retry delay; the message returns after its visibility timeout");
         }
-        metrics::message_disposition("retry");
+        metrics::message_disposition(MessageDisposition::Retry);
     }
 
-    async fn release(mut self, disposition: &'static str) {
+    async fn release(mut self, disposition: MessageDisposition) {
         self.settled = true;
         if let Err(e) = self.set_visibility(Duration::ZERO).await {
             tracing::warn!(error = %e, "could not release the message; it returns after its visibility timeout");
@@ -299,7 +299,7 @@ impl Lease {
                 // The work is committed; the message comes back and the idempotent write
                 // absorbs it.
                 tracing::warn!(error = %crate::disposition::chain(&failure), "delete failed; the message will be redelivered");
-                metrics::message_disposition("retry");
+                metrics::message_disposition(MessageDisposition::Retry);
                 false
             }
         }
@@ -319,7 +319,7 @@ impl Drop for Lease {
             runtime.spawn(async move {
                 let _ = queue.set_visibility(&receipt, Duration::ZERO).await;
             });
-            metrics::message_disposition("release");
+            metrics::message_disposition(MessageDisposition::Release);
         }
     }
 }

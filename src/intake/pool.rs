@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::disposition::Failure;
+use crate::disposition::{Failure, MessageDisposition};
 use crate::intake::deleter::DeleteRequest;
 use crate::intake::lease::Lease;
 use crate::intake::queue::{Queue, Received};
@@ -290,7 +290,7 @@ async fn hand_back_poll(
     match released {
         Ok(n) => {
             for _ in 0..n {
-                metrics::message_disposition("handed_back");
+                metrics::message_disposition(MessageDisposition::HandedBack);
             }
             tracing::info!(
                 received = handles.len(),
