@@ -4,11 +4,13 @@
 //! of a message is decided apart from carrying it out (`settle`, pure). The SQS calls go through
 //! one small seam (`sqs`), which [`queue`] (the SQS client: receive, visibility, the dead-letter
 //! send, depth) implements; the deleter and the visibility batcher gather the settling calls
-//! into batches of ten, and [`depth`] samples the queues' depth and the oldest message's age.
+//! into batches of ten. [`dlq`] pages through the dead-letter queue for the `dlq` commands, and
+//! [`depth`] samples the queues' depth and the oldest message's age.
 
 mod batch;
 pub(crate) mod deleter;
 pub(crate) mod depth;
+pub mod dlq;
 mod lease;
 pub mod pool;
 pub mod queue;
