@@ -480,8 +480,9 @@ pub struct RunArgs {
     /// receives for fewer; 0 receives for whatever is free.
     #[arg(long, env = "SQS_RECEIVE_BATCH_WAIT_MS", default_value_t = 100)]
     pub sqs_receive_batch_wait_ms: u64,
-    /// How long a delete waits for nine others to share its DeleteMessageBatch (never more than
-    /// a tenth of the visibility timeout); 0 sends whatever is waiting.
+    /// How long a delete or a visibility change waits for nine others to share its
+    /// DeleteMessageBatch or ChangeMessageVisibilityBatch (never more than a tenth of the
+    /// visibility timeout; none once shutdown begins); 0 sends whatever is waiting.
     #[arg(long, env = "SQS_DELETE_BATCH_WAIT_MS", default_value_t = 200)]
     pub sqs_delete_batch_wait_ms: u64,
     /// Cap on how long one message's visibility is extended while it is worked on.

@@ -251,6 +251,47 @@ impl Outcome {
     }
 }
 
+/// How a received message was settled: the `disposition` label of `messages_total`. One closed
+/// set, so every series starts at 0 and the intake and the metric cannot spell a label apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageDisposition {
+    /// Deleted after its commit (or skipped on purpose).
+    Ack = 0,
+    /// Left invisible for a backoff, or its delete failed after the commit.
+    Retry = 1,
+    /// Copied to the dead-letter queue with its reason, then deleted.
+    DeadLetter = 2,
+    /// Handed back at once (visibility 0): a dependency is down, or the grace period ran out.
+    Release = 3,
+    /// Its receipt handle expired while it was worked on: another receiver owns it.
+    Lost = 4,
+    /// Returned by a long poll in flight at shutdown and handed back unworked.
+    HandedBack = 5,
+}
+
+impl MessageDisposition {
+    /// Every value, in the order of the discriminants (a table indexed by `self as usize`).
+    pub const ALL: [MessageDisposition; 6] = [
+        Self::Ack,
+        Self::Retry,
+        Self::DeadLetter,
+        Self::Release,
+        Self::Lost,
+        Self::HandedBack,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ack => "ack",
+            Self::Retry => "retry",
+            Self::DeadLetter => "dead_letter",
+            Self::Release => "release",
+            Self::Lost => "lost",
+            Self::HandedBack => "handed_back",
+        }
+    }
+}
+
 /// The dependencies whose loss pauses the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dependency {
@@ -370,6 +411,15 @@ impl Failure {
         }
     }
 
+    /// The reason a dead letter for this failure carries: its own when permanent, the reason a
+    /// transient failure comes to once it has used up its attempts otherwise.
+    pub fn dead_letter_reason(&self) -> DeadLetterReason {
+        match self {
+            Self::Permanent { reason, .. } => *reason,
+            Self::Transient { reason, .. } => reason.exhausted(),
+        }
+    }
+
     /// The dependency to probe before this failure counts against the message.
     pub fn dependency(&self) -> Option<Dependency> {
         match self {
@@ -434,4 +484,31 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_dispositions_are_listed_in_the_order_of_their_discriminants() {
+        for (i, disposition) in MessageDisposition::ALL.into_iter().enumerate() {
+            assert_eq!(disposition as usize, i, "{disposition:?}");
+        }
+        let labels: Vec<&str> = MessageDisposition::ALL
+            .map(MessageDisposition::as_str)
+            .into();
+        assert_eq!(
+            labels,
+            [
+                "ack",
+                "retry",
+                "dead_letter",
+                "release",
+                "lost",
+                "handed_back"
+            ],
+            "the label values dashboards and alerts use"
+        );
+    }
 }

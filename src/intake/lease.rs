@@ -1,39 +1,75 @@
 //! The lease on one received message: its receipt, its worker slot, the heartbeat that keeps it
 //! invisible while it is worked on, and its settlement, as one value that settles itself.
 //!
-//! A lease ends in exactly one way: deleted (after its commit, or after its dead letter was
-//! sent), retried (visibility set to its backoff), or released (visibility 0: shutdown, a
-//! dependency proven down). One that is dropped unsettled (its task aborted) releases itself, so
-//! another replica takes the message at once instead of after its visibility timeout.
+//! What to do is [`settle::decide`]'s (pure); the lease only asks the probe first and carries the
+//! decision out. A lease ends in exactly one way: deleted (after its commit, or after its dead
+//! letter was sent), retried (visibility set to its backoff), or released (visibility 0:
+//! shutdown, a dependency proven down). One that is dropped unsettled (its task aborted)
+//! releases itself, so another replica takes the message at once instead of after its
+//! visibility timeout.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::disposition::{Failure, RetryReason};
+use crate::disposition::{Failure, MessageDisposition, RetryReason};
 use crate::intake::deleter::DeleteRequest;
-use crate::intake::pool::{Context, backoff};
-use crate::intake::queue::{Received, VisibilityError};
-use crate::ops::health;
+use crate::intake::queue::RedriveLimit;
+use crate::intake::settle::{self, Ended, Limits, Probe, Settlement};
+use crate::intake::sqs::{Received, Sqs, VisibilityChange, VisibilityError};
+use crate::intake::visibility::VisibilityRequest;
+use crate::ops::health::{self, Health};
 use crate::ops::metrics::{self, Raised};
 use crate::process::pipeline::{Done, Verdict};
 
+/// What every lease needs: the SQS seam (for the dead-letter send), the deleter's and the
+/// visibility batcher's queues, health (the probes and the SQS breaker) and the limits.
+pub(crate) struct Context {
+    pub(crate) sqs: Arc<dyn Sqs>,
+    pub(crate) health: Health,
+    pub(crate) deletes: mpsc::Sender<DeleteRequest>,
+    pub(crate) visibility: mpsc::Sender<VisibilityRequest>,
+    /// The visibility each heartbeat sets; it comes every half of it.
+    pub(crate) visibility_timeout: Duration,
+    /// Longest time a message's visibility is extended while it is worked on.
+    pub(crate) max_extension: Duration,
+    /// Retry delays, and the configured attempts (before the queue's own limit).
+    pub(crate) limits: Limits,
+    pub(crate) redrive: RedriveLimit,
+    /// Fired when the grace period is over: unfinished work is released.
+    pub(crate) hard_stop: CancellationToken,
+}
+
+impl Context {
+    /// The limits as they stand now: the queue's redrive limit is learned after start.
+    fn current_limits(&self) -> Limits {
+        Limits {
+            max_attempts: settle::max_attempts(self.limits.max_attempts, self.redrive.get()),
+            ..self.limits
+        }
+    }
+}
+
 /// A worker slot and its gauge. Given back as soon as the message needs no more work, i.e. once
-/// its delete is queued after the commit: waiting for SQS to confirm the delete is no reason to
-/// keep another message waiting. The deleter's bounded channel still limits how many wait.
+/// its delete (or its retry or release) is queued: waiting for SQS's answer is no reason to keep
+/// another message waiting. The batchers' bounded channels still limit how many wait.
 struct Slot {
     _permit: OwnedSemaphorePermit,
     _busy: Raised,
 }
 
-pub(super) struct Lease {
+pub(crate) struct Lease {
     context: Arc<Context>,
     message: Received,
     slot: Option<Slot>,
     settled: bool,
-    /// In-flight: from receipt until the lease is settled (the delete confirmed, or the retry or
-    /// release decided); outlives the slot by the wait for SQS's answer to the delete.
+    /// In-flight: from receipt until the lease is settled (SQS has answered its delete, retry or
+    /// release); outlives the slot by the wait for that answer.
     _in_flight: Raised,
 }
 
@@ -47,7 +83,7 @@ enum Held {
 }
 
 impl Lease {
-    pub(super) fn new(
+    pub(crate) fn new(
         context: Arc<Context>,
         message: Received,
         permit: OwnedSemaphorePermit,
@@ -64,21 +100,26 @@ impl Lease {
         }
     }
 
-    /// Works the message to a verdict while keeping it invisible, then settles it.
-    pub(super) async fn work(mut self) {
+    /// Runs `work` (the message's processing) to a verdict while keeping the message invisible,
+    /// then settles it.
+    pub(crate) async fn work(self, work: impl Future<Output = Verdict> + Send + 'static) {
         let started = Instant::now();
         self.observe_queue_wait();
-        match self.hold().await {
-            Held::Done(verdict) => self.settle(verdict).await,
-            Held::Stopped => self.release("release").await,
-            Held::Lost => {
-                // Nothing to settle, and no processing time: the work did not finish here.
-                self.settled = true;
-                metrics::message_disposition("lost");
-                return;
+        let (ended, outcomes) = match self.hold(work).await {
+            Held::Done(Verdict::Ack(outcomes)) => (Ended::Done, outcomes),
+            Held::Done(Verdict::DeadLetter { outcomes, failure }) => {
+                (Ended::Failed(failure), outcomes)
             }
+            Held::Done(Verdict::Retry(failure)) => (Ended::Failed(failure), Vec::new()),
+            Held::Stopped => (Ended::Stopped, Vec::new()),
+            Held::Lost => (Ended::Lost, Vec::new()),
+        };
+        let lost = matches!(ended, Ended::Lost);
+        self.settle(ended, outcomes).await;
+        // A lost message's work did not finish here: no processing time.
+        if !lost {
+            metrics::object_processing(started.elapsed());
         }
-        metrics::object_processing(started.elapsed());
     }
 
     fn observe_queue_wait(&self) {
@@ -94,36 +135,29 @@ impl Lease {
         }
     }
 
-    /// Runs the message's work in a task of its own (so a panic on this message's data is a
-    /// fact about this message, never the end of a worker) and extends the message's visibility
-    /// every half timeout until the work ends, the processing cap is reached, or the grace
-    /// period is over.
-    async fn hold(&self) -> Held {
-        let work = {
-            let (pipeline, body) = (self.context.pipeline.clone(), self.message.body.clone());
-            tokio::spawn(tracing::Instrument::in_current_span(async move {
-                pipeline.process(&body).await
-            }))
-        };
+    /// Runs the work in a task of its own (so a panic on this message's data is a fact about
+    /// this message, never the end of a worker) and extends the message's visibility every half
+    /// timeout until the work ends, the processing cap is reached, or the grace period is over.
+    async fn hold(&self, work: impl Future<Output = Verdict> + Send + 'static) -> Held {
+        let work = tokio::spawn(tracing::Instrument::in_current_span(work));
         let abort = work.abort_handle();
         tokio::pin!(work);
         let started = Instant::now();
-        let timeout = self.context.queue.visibility_timeout;
+        let timeout = self.context.visibility_timeout;
         let period = (timeout / 2).max(Duration::from_secs(1));
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
         let held = loop {
             tokio::select! {
-                joined = &mut work => break Held::Done(match joined {
-                    Ok(verdict) => verdict,
-                    Err(e) => Verdict::Retry(Failure::transient(
+                joined = &mut work => break Held::Done(joined.unwrap_or_else(|e| {
+                    Verdict::Retry(Failure::transient(
                         RetryReason::ProcessingPanicked,
                         if e.is_panic() {
                             format!("processing panicked: {}", crate::disposition::panic_text(e.into_panic().as_ref()))
                         } else {
                             format!("processing stopped: {e}")
                         },
-                    )),
-                }),
+                    ))
+                })),
                 _ = heartbeat.tick() => {
                     if let Some(held) = self.beat(started, timeout).await {
                         break held;
@@ -138,11 +172,11 @@ impl Lease {
 
     /// One heartbeat: extend the visibility, unless the processing cap says this attempt ends.
     async fn beat(&self, started: Instant, timeout: Duration) -> Option<Held> {
-        if started.elapsed() + timeout > self.context.settings.max_extension {
+        if started.elapsed() + timeout > self.context.max_extension {
             // Extending further would break the promise of MAX_PROCESSING_SECS; the attempt ends
             // here and counts, like any other failure of this message.
             tracing::warn!(
-                max_processing_secs = self.context.settings.max_extension.as_secs(),
+                max_processing_secs = self.context.max_extension.as_secs(),
                 "processing cap reached: abandoning this attempt"
             );
             return Some(Held::Done(Verdict::Retry(Failure::transient(
@@ -153,129 +187,160 @@ impl Lease {
                 ),
             ))));
         }
-        match self.set_visibility(timeout).await {
-            Ok(()) => metrics::visibility_extended(),
-            Err(VisibilityError::Lost) => {
-                tracing::warn!(
-                    "receipt handle no longer valid: another receiver owns the message; stopping"
-                );
-                return Some(Held::Lost);
-            }
-            Err(VisibilityError::Failed(f)) => {
+        match self.queue_visibility(timeout).await {
+            Ok(answer) => match answer.await {
+                Ok(()) => metrics::visibility_extended(),
+                Err(VisibilityError::Lost) => {
+                    tracing::warn!(
+                        "receipt handle no longer valid: another receiver owns the message; stopping"
+                    );
+                    return Some(Held::Lost);
+                }
+                Err(VisibilityError::Failed(f)) => {
+                    tracing::warn!(error = %crate::disposition::chain(&f), "visibility extension failed")
+                }
+            },
+            Err(f) => {
                 tracing::warn!(error = %crate::disposition::chain(&f), "visibility extension failed")
             }
         }
         None
     }
 
-    async fn settle(self, verdict: Verdict) {
-        match verdict {
-            Verdict::Ack(outcomes) => self.ack(outcomes, "ack").await,
-            Verdict::DeadLetter { outcomes, failure } => self.dead_letter(outcomes, failure).await,
-            Verdict::Retry(failure) => self.retry(failure).await,
+    /// Decides what becomes of the message (asking the dependency's probe first when the
+    /// failure names one) and carries it out.
+    async fn settle(mut self, mut ended: Ended, mut outcomes: Vec<Done>) {
+        // At most twice: a dead letter that could not be sent is decided again, and that
+        // decision never sends one (see `Ended::DeadLetterUnsent`).
+        loop {
+            let probe = match settle::probe_for(&ended) {
+                None => Probe::NotAsked,
+                Some(dependency) => {
+                    let health = &self.context.health;
+                    match health.confirm(dependency, &self.context.hard_stop).await {
+                        Some(health::Verdict::Up) => Probe::Up,
+                        _ => Probe::Down,
+                    }
+                }
+            };
+            let limits = self.context.current_limits();
+            let receive_count = self.message.receive_count;
+            let settlement = settle::decide(ended, receive_count, probe, &limits, fastrand::f64());
+            // The outcomes of a message whose dead letter was not sent are not reported: it
+            // is not settled by this attempt.
+            match self
+                .carry_out(settlement, std::mem::take(&mut outcomes))
+                .await
+            {
+                Some(unsent) => ended = unsent,
+                None => return,
+            }
         }
     }
 
+    /// Carries `settlement` out; `Some` when a dead letter could not be sent, to decide again.
+    async fn carry_out(&mut self, settlement: Settlement, outcomes: Vec<Done>) -> Option<Ended> {
+        match settlement {
+            Settlement::Delete => self.ack(outcomes, MessageDisposition::Ack).await,
+            Settlement::DeadLetter(failure) => return self.dead_letter(outcomes, failure).await,
+            Settlement::Retry { delay, failure } => {
+                metrics::record_failure(&failure, false);
+                self.set_visibility(delay, "could not set the retry delay")
+                    .await;
+                metrics::message_disposition(MessageDisposition::Retry);
+            }
+            Settlement::Release(failure) => {
+                if let Some(failure) = failure {
+                    metrics::record_failure(&failure, false);
+                }
+                self.set_visibility(Duration::ZERO, "could not release the message")
+                    .await;
+                metrics::message_disposition(MessageDisposition::Release);
+            }
+            Settlement::Abandon => {
+                self.settled = true;
+                metrics::message_disposition(MessageDisposition::Lost);
+            }
+        }
+        None
+    }
+
+    /// Sends the dead letter, then deletes the message; `Some` (what to decide again on) when
+    /// the send failed.
+    async fn dead_letter(&mut self, outcomes: Vec<Done>, failure: Failure) -> Option<Ended> {
+        let reason = failure.dead_letter_reason();
+        let detail = settle::dead_letter_detail(&failure);
+        let sent = self
+            .context
+            .sqs
+            .send_dead_letter(&self.message, reason, &detail)
+            .await;
+        if let Err(unsent) = sent {
+            return Some(Ended::DeadLetterUnsent(unsent));
+        }
+        metrics::record_failure(&failure, true);
+        metrics::dead_lettered(reason);
+        self.ack(outcomes, MessageDisposition::DeadLetter).await;
+        None
+    }
+
     /// Deletes the message; on success its disposition and record outcomes are counted.
-    async fn ack(mut self, outcomes: Vec<Done>, disposition: &'static str) {
+    async fn ack(&mut self, outcomes: Vec<Done>, disposition: MessageDisposition) {
         if self.delete().await {
             metrics::message_disposition(disposition);
             outcomes.into_iter().for_each(Done::report);
         }
     }
 
-    async fn dead_letter(self, outcomes: Vec<Done>, failure: Failure) {
-        let reason = failure.reason();
-        let detail = match &failure {
-            Failure::Permanent { detail, .. } => detail.clone(),
-            other => crate::disposition::chain(other),
+    /// Sets the visibility to settle the message (a retry's delay, or 0 to release it): queues
+    /// the change, gives the slot back, and waits for SQS's answer. A failure is logged with
+    /// `failed`: the message then comes back after its visibility timeout.
+    async fn set_visibility(&mut self, timeout: Duration, failed: &str) {
+        self.settled = true;
+        let answer = self.queue_visibility(timeout).await;
+        self.slot = None;
+        let result = match answer {
+            Ok(answer) => answer.await,
+            Err(stopped) => Err(VisibilityError::Failed(stopped)),
         };
-        // A message may announce several objects: the dead letter says which one failed.
-        let detail = match failure.object() {
-            Some(object) => format!("{object}: {detail}"),
-            None => detail,
-        };
-        match self
-            .context
-            .queue
-            .dead_letter(&self.message, reason, &detail)
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "{failed}; it returns after its visibility timeout");
+        }
+    }
+
+    /// Queues a change of this message's visibility; the answer comes on the returned future.
+    async fn queue_visibility(
+        &self,
+        timeout: Duration,
+    ) -> Result<impl Future<Output = Result<(), VisibilityError>> + use<>, Failure> {
+        let (done, answer) = oneshot::channel();
+        let request = self.visibility_request(timeout, done);
+        let stopped = || Failure::transient(RetryReason::SqsError, "visibility batcher stopped");
+        self.context
+            .visibility
+            .send(request)
             .await
-        {
-            Ok(()) => {
-                metrics::record_failure(&failure, true);
-                metrics::dead_lettered(reason);
-                self.ack(outcomes, "dead_letter").await;
-            }
-            Err(send_failure) => Box::pin(self.retry(send_failure)).await,
-        }
+            .map_err(|_| stopped())?;
+        Ok(async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(VisibilityError::Failed(stopped())))
+        })
     }
 
-    /// A failure of this message: first ask the dependency's probe. Down: release the message
-    /// (the pause keeps it and everything else from burning attempts). Up: the failure is about
-    /// this message: back off, or, on its last attempt, dead-letter it with the reason.
-    async fn retry(mut self, failure: Failure) {
-        if let Some(dependency) = failure.dependency() {
-            let verdict = self
-                .context
-                .health
-                .confirm(dependency, &self.context.hard_stop)
-                .await;
-            if verdict != Some(health::Verdict::Up) {
-                metrics::record_failure(&failure, false);
-                return self.release("release").await;
-            }
+    fn visibility_request(
+        &self,
+        timeout: Duration,
+        done: oneshot::Sender<Result<(), VisibilityError>>,
+    ) -> VisibilityRequest {
+        VisibilityRequest {
+            message_id: self.message.message_id.clone(),
+            change: VisibilityChange {
+                receipt_handle: self.message.receipt_handle.clone(),
+                timeout,
+            },
+            done,
         }
-        let attempts = self.context.max_attempts();
-        let receive_count = self.message.receive_count;
-        if receive_count >= attempts
-            && let Failure::Transient { reason, .. } = &failure
-        {
-            let mut exhausted = Failure::permanent(
-                reason.exhausted(),
-                format!(
-                    "failed on attempt {receive_count} of {attempts}: {}",
-                    crate::disposition::chain(&failure)
-                ),
-            );
-            if let Some(object) = failure.object() {
-                exhausted = exhausted.about(&object.bucket, &object.key);
-            }
-            return self.dead_letter(Vec::new(), exhausted).await;
-        }
-        metrics::record_failure(&failure, false);
-        let delay = backoff(&self.context.settings, receive_count);
-        self.settled = true;
-        if let Err(e) = self.set_visibility(delay).await {
-            tracing::warn!(error = %e, "could not set the retry delay; the message returns after its visibility timeout");
-        }
-        metrics::message_disposition("retry");
-    }
-
-    async fn release(mut self, disposition: &'static str) {
-        self.settled = true;
-        if let Err(e) = self.set_visibility(Duration::ZERO).await {
-            tracing::warn!(error = %e, "could not release the message; it returns after its visibility timeout");
-        }
-        metrics::message_disposition(disposition);
-    }
-
-    /// Changes the message's visibility; the answer feeds the SQS breaker (a lost receipt is a
-    /// fact about this message, not about SQS).
-    async fn set_visibility(&self, timeout: Duration) -> Result<(), VisibilityError> {
-        let result = self
-            .context
-            .queue
-            .set_visibility(&self.message.receipt_handle, timeout)
-            .await;
-        let identity = &self.message.message_id;
-        match &result {
-            Ok(()) => self.context.health.observe_sqs(identity, Ok(())),
-            Err(VisibilityError::Failed(failure)) => {
-                self.context.health.observe_sqs(identity, Err(failure))
-            }
-            Err(VisibilityError::Lost) => {}
-        }
-        result
     }
 
     /// Queues the delete, gives the slot back, and waits for SQS's answer.
@@ -299,7 +364,7 @@ impl Lease {
                 // The work is committed; the message comes back and the idempotent write
                 // absorbs it.
                 tracing::warn!(error = %crate::disposition::chain(&failure), "delete failed; the message will be redelivered");
-                metrics::message_disposition("retry");
+                metrics::message_disposition(MessageDisposition::Retry);
                 false
             }
         }
@@ -312,14 +377,28 @@ impl Drop for Lease {
             return;
         }
         // Dropped mid-work (its task was aborted): give the message back at once rather than
-        // leave it invisible for the rest of its timeout.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let queue = self.context.queue.clone();
-            let receipt = std::mem::take(&mut self.message.receipt_handle);
-            runtime.spawn(async move {
-                let _ = queue.set_visibility(&receipt, Duration::ZERO).await;
-            });
-            metrics::message_disposition("release");
+        // leave it invisible for the rest of its timeout. Nobody waits for the answer.
+        let (done, _) = oneshot::channel();
+        let request = self.visibility_request(Duration::ZERO, done);
+        let queued = match self.context.visibility.try_send(request) {
+            Ok(()) => true,
+            Err(TrySendError::Full(request)) => {
+                let sender = self.context.visibility.clone();
+                tokio::runtime::Handle::try_current()
+                    .map(|runtime| {
+                        runtime.spawn(async move {
+                            let _ = sender.send(request).await;
+                        })
+                    })
+                    .is_ok()
+            }
+            Err(TrySendError::Closed(_)) => false,
+        };
+        if queued {
+            metrics::message_disposition(MessageDisposition::Release);
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -26,16 +26,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::disposition::Failure;
-use crate::intake::deleter::DeleteRequest;
-use crate::intake::lease::Lease;
-use crate::intake::queue::{Queue, Received};
+use crate::disposition::{Failure, MessageDisposition};
+use crate::intake::lease::{self, Lease};
+use crate::intake::queue::Queue;
+use crate::intake::settle::Limits;
+use crate::intake::sqs::{BATCH, Received, Sqs};
+use crate::intake::{batch, deleter, visibility};
 use crate::ops::health::{self, Health};
 use crate::ops::metrics::{self, Raised};
 use crate::ops::watchdog::Watchdog;
@@ -62,24 +64,24 @@ pub struct WorkerSettings {
     /// While receives come back full (a backlog), how long a poller holding fewer free slots
     /// than a full receive waits for more before it receives (see [`gather`]).
     pub receive_batch_wait: Duration,
-    /// How long a delete waits for nine others (see [`crate::intake::deleter`]).
+    /// How long a delete or a visibility change waits for nine others (see `intake::batch`).
     pub delete_batch_wait: Duration,
 }
 
-/// What every lease needs: the pipeline, the queue, health, the deleter and the settings.
-pub(super) struct Context {
-    pub(super) pipeline: Pipeline,
-    pub(super) queue: Queue,
-    pub(super) health: Health,
-    pub(super) deletes: mpsc::Sender<DeleteRequest>,
-    pub(super) settings: WorkerSettings,
-    /// Fired when the grace period is over: unfinished work is released.
-    pub(super) hard_stop: CancellationToken,
+/// What the pollers share: the pipeline each message's work runs through, the SQS seam, what
+/// every lease needs, and the settings.
+struct Pollers {
+    pipeline: Pipeline,
+    sqs: Arc<dyn Sqs>,
+    leases: Arc<lease::Context>,
+    settings: WorkerSettings,
+    /// The long poll's window (`SQS_WAIT_TIME_SECS`).
+    wait: Duration,
 }
 
 /// Runs until `signals.stop` fires and in-flight work is drained or released. If `watchdog`
 /// fires (a supervised task died) or `signals.now` does, what is held is released at once.
-pub async fn run(
+pub(crate) async fn run(
     pipeline: Pipeline,
     queue: Queue,
     health: Health,
@@ -88,28 +90,20 @@ pub async fn run(
     watchdog: Watchdog,
 ) {
     // Receiving stops on shutdown, or at once when a supervised task died; cancelled only after
-    // the watchdog knows the pollers are meant to end. From then on deletes wait for no batch.
+    // the watchdog knows the pollers are meant to end. From then on deletes and visibility
+    // changes wait for no batch.
     let receiving = CancellationToken::new();
-    let (deletes, delete_requests) = mpsc::channel(settings.concurrency.max(10) * 2);
-    let deleter = watchdog.spawn(
-        "deleter",
-        crate::intake::deleter::run_deleter(
-            queue.clone(),
-            health.clone(),
-            delete_requests,
-            crate::intake::deleter::linger(settings.delete_batch_wait, queue.visibility_timeout),
-            receiving.clone(),
-        ),
-    );
+    let sqs: Arc<dyn Sqs> = Arc::new(queue.clone());
+    let (leases, settlers) = settling(&sqs, &queue, health, &settings, &watchdog, &receiving);
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     metrics::concurrency(settings.concurrency);
-    let context = Arc::new(Context {
+    let hard_stop = leases.hard_stop.clone();
+    let context = Arc::new(Pollers {
         pipeline,
-        queue,
-        health,
-        deletes,
+        sqs,
+        leases,
         settings: settings.clone(),
-        hard_stop: CancellationToken::new(),
+        wait: queue.wait,
     });
     let tasks = TaskTracker::new();
     let gathering = Arc::new(Gathering::default());
@@ -137,7 +131,7 @@ pub async fn run(
         _ = fatal.cancelled() => hurry.cancel(),
     }
     let stopping = Instant::now();
-    // From here on the pollers, then the deleter, are meant to end.
+    // From here on the pollers, then the deleter and the visibility batcher, are meant to end.
     watchdog.stopping();
     receiving.cancel();
     // The polls in flight finish while in-flight work goes on; both share the grace period.
@@ -149,10 +143,63 @@ pub async fn run(
     } else {
         settings.shutdown_grace.saturating_sub(stopping.elapsed())
     };
-    drain(&tasks, grace, &context.hard_stop, &hurry).await;
+    drain(&tasks, grace, &hard_stop, &hurry).await;
+    // The last senders: the batchers send what is queued and end.
     drop(context);
-    let _ = deleter.await;
+    for settler in settlers {
+        let _ = settler.await;
+    }
     tracing::info!("worker stopped");
+}
+
+/// The deleter and the visibility batcher, supervised, and what every lease settles through.
+/// Both gather for the same short wait; from `stopping` on, neither waits.
+fn settling(
+    sqs: &Arc<dyn Sqs>,
+    queue: &Queue,
+    health: Health,
+    settings: &WorkerSettings,
+    watchdog: &Watchdog,
+    stopping: &CancellationToken,
+) -> (Arc<lease::Context>, [JoinHandle<()>; 2]) {
+    let linger = batch::linger(settings.delete_batch_wait, queue.visibility_timeout);
+    let capacity = settings.concurrency.max(BATCH) * 2;
+    let (deletes, delete_requests) = mpsc::channel(capacity);
+    let deleter = deleter::run_deleter(
+        sqs.clone(),
+        health.clone(),
+        delete_requests,
+        linger,
+        stopping.clone(),
+    );
+    let (visibility, visibility_requests) = mpsc::channel(capacity);
+    let batcher = visibility::run_batcher(
+        sqs.clone(),
+        health.clone(),
+        visibility_requests,
+        linger,
+        stopping.clone(),
+    );
+    let settlers = [
+        watchdog.spawn("deleter", deleter),
+        watchdog.spawn("visibility batcher", batcher),
+    ];
+    let leases = lease::Context {
+        sqs: sqs.clone(),
+        health,
+        deletes,
+        visibility,
+        visibility_timeout: queue.visibility_timeout,
+        max_extension: settings.max_extension,
+        limits: Limits {
+            max_attempts: settings.max_attempts,
+            retry_base: settings.retry_base,
+            retry_max: settings.retry_max,
+        },
+        redrive: queue.redrive_limit(),
+        hard_stop: CancellationToken::new(),
+    };
+    (Arc::new(leases), settlers)
 }
 
 /// Lets in-flight work finish within `grace` (or until `hurry`), then has every lease still
@@ -184,7 +231,7 @@ async fn drain(
 }
 
 async fn poll(
-    context: Arc<Context>,
+    context: Arc<Pollers>,
     slots: Arc<Semaphore>,
     gathering: Arc<Gathering>,
     tasks: TaskTracker,
@@ -193,7 +240,7 @@ async fn poll(
 ) {
     let target = receive_target(context.settings.concurrency);
     loop {
-        if !context.health.wait_ready(&shutdown).await {
+        if !context.leases.health.wait_ready(&shutdown).await {
             return;
         }
         let Some(mut permits) = gathering
@@ -210,7 +257,7 @@ async fn poll(
         let asked = permits.len();
         let received = {
             let _receiving = Raised::new(metrics::POLLERS_RECEIVING);
-            let receive = context.queue.receive(asked);
+            let receive = context.sqs.receive(asked);
             tokio::pin!(receive);
             tokio::select! {
                 r = &mut receive => r,
@@ -234,15 +281,29 @@ async fn poll(
             let permit = permits
                 .pop()
                 .expect("never more messages than slots asked for");
-            // ERROR level so that a filter keeping only warnings still shows the message each
-            // line is about. The object fields are filled in when the message fails on one.
-            let span = tracing::error_span!("message", message_id = %message.message_id, receive_count = message.receive_count, bucket = tracing::field::Empty, key = tracing::field::Empty, etag = tracing::field::Empty);
-            tasks.spawn(
-                Lease::new(context.clone(), message, permit)
-                    .work()
-                    .instrument(span),
-            );
+            tasks.spawn(context.work_on(message, permit));
         }
+    }
+}
+
+impl Pollers {
+    /// The task that works on `message` in `permit`'s slot: its lease, running it through the
+    /// pipeline, inside the message's span.
+    fn work_on(
+        &self,
+        message: Received,
+        permit: OwnedSemaphorePermit,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        // ERROR level so that a filter keeping only warnings still shows the message each line
+        // is about. The object fields are filled in when the message fails on one.
+        let span = tracing::error_span!("message", message_id = %message.message_id, receive_count = message.receive_count, bucket = tracing::field::Empty, key = tracing::field::Empty, etag = tracing::field::Empty);
+        let work = {
+            let (pipeline, body) = (self.pipeline.clone(), message.body.clone());
+            async move { pipeline.process(&body).await }
+        };
+        Lease::new(self.leases.clone(), message, permit)
+            .work(work)
+            .instrument(span)
     }
 }
 
@@ -252,11 +313,11 @@ async fn poll(
 /// on them: the grace period belongs to the work already in hand, and the other replicas are
 /// polling right now. `hurry` drops the poll at once.
 async fn hand_back_poll(
-    context: &Context,
+    context: &Pollers,
     receive: std::pin::Pin<&mut impl Future<Output = Result<Vec<Received>, Failure>>>,
     hurry: &CancellationToken,
 ) {
-    let bound = (context.queue.wait + POLL_SLACK).min(context.settings.shutdown_grace);
+    let bound = (context.wait + POLL_SLACK).min(context.settings.shutdown_grace);
     let answered = tokio::select! {
         r = tokio::time::timeout(bound, receive) => r,
         _ = hurry.cancelled() => {
@@ -280,35 +341,29 @@ async fn hand_back_poll(
     if messages.is_empty() {
         return;
     }
-    let handles: Vec<String> = messages.into_iter().map(|m| m.receipt_handle).collect();
-    let released = context.queue.release_batch(&handles).await;
-    if let Some(first) = handles.first() {
-        context
-            .health
-            .observe_sqs(first, released.as_ref().map(drop));
+    let health = &context.leases.health;
+    let (handed_back, failed) =
+        visibility::hand_back(context.sqs.as_ref(), health, &messages).await;
+    for _ in 0..handed_back {
+        metrics::message_disposition(MessageDisposition::HandedBack);
     }
-    match released {
-        Ok(n) => {
-            for _ in 0..n {
-                metrics::message_disposition("handed_back");
-            }
-            tracing::info!(
-                received = handles.len(),
-                handed_back = n,
-                "a long poll in flight at shutdown returned messages: handed back at once"
-            );
-        }
-        Err(failure) => tracing::warn!(
-            received = handles.len(),
-            error = %crate::disposition::chain(&failure),
-            "could not hand back what a long poll returned at shutdown; it returns after its visibility timeout"
-        ),
+    tracing::info!(
+        received = messages.len(),
+        handed_back,
+        "a long poll in flight at shutdown returned messages: handed back at once"
+    );
+    if let Some(first) = failed.first() {
+        tracing::warn!(
+            not_handed_back = failed.len(),
+            error = %crate::disposition::chain(first),
+            "could not hand back some of what a long poll returned at shutdown; they return after their visibility timeout"
+        );
     }
 }
 
 /// The most messages one receive asks for: SQS's limit, or every slot of a smaller pool.
 pub(crate) fn receive_target(concurrency: usize) -> usize {
-    concurrency.clamp(1, 10)
+    concurrency.clamp(1, BATCH)
 }
 
 /// What a poller holding `held` free slots does next.
@@ -400,10 +455,10 @@ impl Gathering {
 
 /// After a failed receive, asks the probe: if SQS is down, the poller's wait for readiness holds
 /// it; if not, a short pause keeps a persistent error from spinning. False on shutdown.
-async fn pause_after(context: &Context, failure: Failure, shutdown: &CancellationToken) -> bool {
+async fn pause_after(context: &Pollers, failure: Failure, shutdown: &CancellationToken) -> bool {
     tracing::warn!(error = %crate::disposition::chain(&failure), "receive failed");
     if let Some(dependency) = failure.dependency()
-        && context.health.confirm(dependency, shutdown).await == Some(health::Verdict::Down)
+        && context.leases.health.confirm(dependency, shutdown).await == Some(health::Verdict::Down)
     {
         return true;
     }
@@ -413,60 +468,9 @@ async fn pause_after(context: &Context, failure: Failure, shutdown: &Cancellatio
     }
 }
 
-impl Context {
-    /// The attempt on which a failure dead-letters the message: the configured number, but
-    /// never beyond the queue's own `maxReceiveCount` (SQS would move it without a reason).
-    pub(super) fn max_attempts(&self) -> u32 {
-        match self.queue.max_receive_count() {
-            Some(limit) => self.settings.max_attempts.min(limit),
-            None => self.settings.max_attempts,
-        }
-        .max(1)
-    }
-}
-
-/// Visibility delay before the next attempt: exponential on the receive count, jittered, capped.
-pub fn backoff(settings: &WorkerSettings, receive_count: u32) -> Duration {
-    ExponentialBuilder::default()
-        .with_min_delay(settings.retry_base)
-        .with_max_delay(settings.retry_max)
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build()
-        .nth(receive_count.saturating_sub(1) as usize)
-        .unwrap_or(settings.retry_max)
-        .min(settings.retry_max)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_the_receive_count_and_stays_capped() {
-        let settings = WorkerSettings {
-            concurrency: 1,
-            pollers: 1,
-            retry_base: Duration::from_secs(5),
-            retry_max: Duration::from_secs(900),
-            max_extension: Duration::from_secs(3600),
-            shutdown_grace: Duration::from_secs(1),
-            max_attempts: 10,
-            receive_batch_wait: Duration::from_millis(100),
-            delete_batch_wait: Duration::from_millis(200),
-        };
-        for _ in 0..50 {
-            let first = backoff(&settings, 1);
-            assert!(
-                first >= Duration::from_secs(5) && first <= Duration::from_secs(10),
-                "{first:?}"
-            );
-            let fifth = backoff(&settings, 5);
-            assert!(fifth >= Duration::from_secs(80), "{fifth:?}");
-            assert!(backoff(&settings, 30) <= Duration::from_secs(900));
-        }
-    }
 
     const MS: Duration = Duration::from_millis(1);
 

@@ -1,10 +1,12 @@
-//! SQS: receive, batched delete, visibility changes, the dead-letter send, queue depth, the
-//! queue's own settings read at start, and the in-depth check that settling is allowed again.
+//! SQS: receive, batched delete, batched visibility changes, the dead-letter send, queue depth,
+//! the queue's own settings read at start, and the in-depth check that settling is allowed again.
+//! [`Queue`] is the real side of the [`Sqs`] seam.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aws_sdk_sqs::operation::change_message_visibility_batch::ChangeMessageVisibilityBatchOutput;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
     MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
@@ -12,18 +14,20 @@ use aws_sdk_sqs::types::{
 use chrono::{DateTime, Utc};
 
 use crate::aws;
-use crate::disposition::{Dependency, Failure};
+use crate::disposition::{DeadLetterReason, Dependency, Failure};
+pub use crate::intake::sqs::Received;
+use crate::intake::sqs::{BATCH, Call, Sqs, VisibilityChange, VisibilityError};
 
-/// A received message with the attributes the worker uses.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub message_id: String,
-    pub receipt_handle: String,
-    pub body: String,
-    pub receive_count: u32,
-    pub sent_at: Option<DateTime<Utc>>,
-    pub first_received_at: Option<DateTime<Utc>>,
+/// The message attributes a dead letter carries (the `dlq` commands read them back).
+pub(crate) mod attribute {
+    pub(crate) const REASON: &str = "error_reason";
+    pub(crate) const DETAIL: &str = "error_detail";
+    pub(crate) const SOURCE_MESSAGE_ID: &str = "source_message_id";
+    pub(crate) const RECEIVE_COUNT: &str = "receive_count";
 }
+
+/// SQS's longest visibility timeout (12 h).
+const MAX_VISIBILITY_SECS: u64 = 43_200;
 
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -32,9 +36,7 @@ pub struct Queue {
     pub dead_letter_url: String,
     pub wait: Duration,
     pub visibility_timeout: Duration,
-    /// The main queue's redrive `maxReceiveCount`, read from its attributes at start (or, if
-    /// SQS did not answer then, on the first probe that passed). 0: unknown, or no redrive.
-    max_receive_count: Arc<AtomicU32>,
+    max_receive_count: RedriveLimit,
     /// Whether the queue's attributes have been read once (see [`Queue::adopt`]).
     learned: Arc<std::sync::atomic::AtomicBool>,
     /// The oldest SentTimestamp received since the depth sampler last took it (see
@@ -42,14 +44,21 @@ pub struct Queue {
     oldest_received: Arc<Mutex<Option<DateTime<Utc>>>>,
 }
 
-/// Why a visibility change did not happen.
-#[derive(Debug, thiserror::Error)]
-pub enum VisibilityError {
-    /// The receipt handle no longer holds the message (it expired and was redelivered).
-    #[error("receipt handle is no longer valid")]
-    Lost,
-    #[error(transparent)]
-    Failed(Failure),
+/// The main queue's redrive `maxReceiveCount`, read from its attributes at start (or, if SQS did
+/// not answer then, on the first probe that passed); shared by every clone of the queue.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RedriveLimit(Arc<AtomicU32>);
+
+impl RedriveLimit {
+    /// The limit, once the queue's attributes have been read; `None` before, or without a
+    /// redrive policy.
+    pub(crate) fn get(&self) -> Option<u32> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|n| *n > 0)
+    }
+
+    pub(crate) fn set(&self, limit: Option<u32>) {
+        self.0.store(limit.unwrap_or(0), Ordering::Relaxed);
+    }
 }
 
 /// The main queue's own settings, as the worker needs them.
@@ -117,15 +126,15 @@ impl Queue {
             dead_letter_url,
             wait,
             visibility_timeout,
-            max_receive_count: Arc::new(AtomicU32::new(0)),
+            max_receive_count: RedriveLimit::default(),
             learned: Arc::default(),
             oldest_received: Arc::default(),
         }
     }
 
-    /// The main queue's redrive `maxReceiveCount`, once its attributes have been read.
-    pub fn max_receive_count(&self) -> Option<u32> {
-        Some(self.max_receive_count.load(Ordering::Relaxed)).filter(|n| *n > 0)
+    /// The main queue's redrive `maxReceiveCount`, as [`Queue::adopt`] learns it.
+    pub(crate) fn redrive_limit(&self) -> RedriveLimit {
+        self.max_receive_count.clone()
     }
 
     /// One long poll for at most `max` messages (1..=10).
@@ -134,7 +143,7 @@ impl Queue {
             .client
             .receive_message()
             .queue_url(&self.url)
-            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .max_number_of_messages(max.clamp(1, BATCH) as i32)
             .wait_time_seconds(self.wait.as_secs() as i32)
             .visibility_timeout(self.visibility_timeout.as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::All)
@@ -212,36 +221,37 @@ impl Queue {
             .collect())
     }
 
-    pub async fn set_visibility(
+    /// Changes the visibility of up to ten messages in one call; answers each entry's outcome,
+    /// in order (see [`Sqs::change_visibility_batch`]).
+    pub(crate) async fn change_visibility_batch(
         &self,
-        receipt_handle: &str,
-        timeout: Duration,
-    ) -> Result<(), VisibilityError> {
+        changes: &[VisibilityChange],
+    ) -> Result<Vec<Result<(), VisibilityError>>, Failure> {
         let result = self
             .client
-            .change_message_visibility()
+            .change_message_visibility_batch()
             .queue_url(&self.url)
-            .receipt_handle(receipt_handle)
-            .visibility_timeout(timeout.as_secs().min(43_200) as i32)
+            .set_entries(Some(visibility_entries(changes)))
             .send()
             .await;
         match result {
-            Ok(_) => Ok(()),
-            Err(e) => match aws::code(&e).as_deref() {
-                Some("ReceiptHandleIsInvalid" | "MessageNotInflight" | "InvalidParameterValue")
-                | Some("AWS.SimpleQueueService.MessageNotInflight") => Err(VisibilityError::Lost),
-                _ => Err(VisibilityError::Failed(aws::classify(Dependency::Sqs, e))),
-            },
+            Ok(output) => Ok(entry_outcomes(changes.len(), &output)),
+            // An emulator may answer a lone entry's refusal for the whole call; with one entry
+            // that is still an answer about that message.
+            Err(e) if changes.len() == 1 && aws::code(&e).as_deref().is_some_and(is_lost) => {
+                Ok(vec![Err(VisibilityError::Lost)])
+            }
+            Err(e) => Err(aws::classify(Dependency::Sqs, e)),
         }
     }
 
     /// Sends the original body, unchanged, to the dead-letter queue with why it failed.
     /// At-least-once: a crash between this send and the delete sends it again, so the source
     /// message id travels along to tell such copies apart.
-    pub async fn dead_letter(
+    pub(crate) async fn dead_letter(
         &self,
         message: &Received,
-        reason: &str,
+        reason: DeadLetterReason,
         detail: &str,
     ) -> Result<(), Failure> {
         let text = |v: &str| {
@@ -256,13 +266,16 @@ impl Queue {
             .send_message()
             .queue_url(&self.dead_letter_url)
             .message_body(&message.body)
-            .message_attributes("error_reason", text(reason))
+            .message_attributes(attribute::REASON, text(reason.as_str()))
             .message_attributes(
-                "error_detail",
+                attribute::DETAIL,
                 text(if detail.is_empty() { "-" } else { &detail }),
             )
-            .message_attributes("source_message_id", text(&message.message_id))
-            .message_attributes("receive_count", text(&message.receive_count.to_string()))
+            .message_attributes(attribute::SOURCE_MESSAGE_ID, text(&message.message_id))
+            .message_attributes(
+                attribute::RECEIVE_COUNT,
+                text(&message.receive_count.to_string()),
+            )
             .send()
             .await
             .map_err(|e| aws::classify(Dependency::Sqs, e))?;
@@ -316,8 +329,7 @@ impl Queue {
     /// Keeps what [`Queue::attributes`] read, for the worker's lifetime (a changed redrive policy
     /// is picked up at the next start, as every other setting is).
     pub fn adopt(&self, attributes: &QueueAttributes) {
-        self.max_receive_count
-            .store(attributes.max_receive_count.unwrap_or(0), Ordering::Relaxed);
+        self.max_receive_count.set(attributes.max_receive_count);
         self.learned.store(true, Ordering::Relaxed);
     }
 
@@ -326,38 +338,8 @@ impl Queue {
         self.learned.load(Ordering::Relaxed)
     }
 
-    /// Hands messages back at once (visibility 0), ten per call. Returns how many SQS accepted.
-    /// For what a long poll returned after shutdown: nobody here will work on it.
-    pub async fn release_batch(&self, handles: &[String]) -> Result<usize, Failure> {
-        let mut released = 0;
-        for chunk in handles.chunks(10) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, h)| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(h)
-                        .visibility_timeout(0)
-                        .build()
-                        .expect("id and receipt handle are set")
-                })
-                .collect::<Vec<_>>();
-            let output = self
-                .client
-                .change_message_visibility_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| aws::classify(Dependency::Sqs, e))?;
-            released += output.successful.len();
-        }
-        Ok(released)
-    }
-
     /// The in-depth SQS probe, for when the breaker says most settlements fail while the queue
-    /// still answers GetQueueAttributes: are DeleteMessageBatch and ChangeMessageVisibility
+    /// still answers GetQueueAttributes: are DeleteMessageBatch and ChangeMessageVisibilityBatch
     /// allowed again? Both are asked about a receipt handle that holds no message, so no message
     /// is touched: SQS checks the caller's permission before it looks at the handle, so "this
     /// handle is invalid" means the call would have worked, and a refusal means it still fails.
@@ -375,15 +357,103 @@ impl Queue {
             .send()
             .await
             .map_err(|e| aws::classify(Dependency::Sqs, e))?;
-        match self.set_visibility(NO_MESSAGE, Duration::ZERO).await {
-            Ok(()) | Err(VisibilityError::Lost) => Ok(()),
-            Err(VisibilityError::Failed(failure)) => Err(failure),
+        let change = VisibilityChange {
+            receipt_handle: NO_MESSAGE.to_owned(),
+            timeout: Duration::ZERO,
+        };
+        match self.change_visibility_batch(&[change]).await?.pop() {
+            Some(Err(VisibilityError::Failed(failure))) => Err(failure),
+            _ => Ok(()),
         }
     }
+}
 
-    pub fn client(&self) -> &aws_sdk_sqs::Client {
-        &self.client
+impl Sqs for Queue {
+    fn receive(&self, max: usize) -> Call<'_, Vec<Received>> {
+        Box::pin(Queue::receive(self, max))
     }
+
+    fn delete_batch<'a>(&'a self, receipt_handles: &'a [String]) -> Call<'a, Vec<String>> {
+        Box::pin(Queue::delete_batch(self, receipt_handles))
+    }
+
+    fn change_visibility_batch<'a>(
+        &'a self,
+        changes: &'a [VisibilityChange],
+    ) -> Call<'a, Vec<Result<(), VisibilityError>>> {
+        Box::pin(Queue::change_visibility_batch(self, changes))
+    }
+
+    fn send_dead_letter<'a>(
+        &'a self,
+        message: &'a Received,
+        reason: DeadLetterReason,
+        detail: &'a str,
+    ) -> Call<'a, ()> {
+        Box::pin(Queue::dead_letter(self, message, reason, detail))
+    }
+}
+
+/// The entries of one `ChangeMessageVisibilityBatch`, identified by their position.
+pub(crate) fn visibility_entries(
+    changes: &[VisibilityChange],
+) -> Vec<ChangeMessageVisibilityBatchRequestEntry> {
+    changes
+        .iter()
+        .enumerate()
+        .map(|(i, change)| {
+            let secs = change.timeout.as_secs().min(MAX_VISIBILITY_SECS);
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(&change.receipt_handle)
+                .visibility_timeout(secs as i32)
+                .build()
+                .expect("id and receipt handle are set")
+        })
+        .collect()
+}
+
+/// Each of `entries` entries' outcome, from the batch's answer: refused entries are named by
+/// their position; one SQS names in neither list is taken as changed (SQS lists every entry).
+fn entry_outcomes(
+    entries: usize,
+    output: &ChangeMessageVisibilityBatchOutput,
+) -> Vec<Result<(), VisibilityError>> {
+    let mut outcomes: Vec<Result<(), VisibilityError>> = (0..entries).map(|_| Ok(())).collect();
+    for failed in &output.failed {
+        let Some(outcome) = failed
+            .id
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| outcomes.get_mut(i))
+        else {
+            continue;
+        };
+        *outcome = Err(if is_lost(&failed.code) {
+            VisibilityError::Lost
+        } else {
+            VisibilityError::Failed(Failure::transient(
+                crate::disposition::RetryReason::SqsError,
+                format!(
+                    "ChangeMessageVisibilityBatch refused this entry: {}: {}",
+                    failed.code,
+                    failed.message.as_deref().unwrap_or("-")
+                ),
+            ))
+        });
+    }
+    outcomes
+}
+
+/// Whether SQS's error code says the receipt handle no longer holds the message.
+fn is_lost(code: &str) -> bool {
+    matches!(
+        code,
+        "ReceiptHandleIsInvalid"
+            | "MessageNotInflight"
+            | "InvalidParameterValue"
+            | "AWS.SimpleQueueService.MessageNotInflight"
+    )
 }
 
 #[cfg(test)]
@@ -397,6 +467,66 @@ mod tests {
         assert_eq!(max_receive_count(r#"{"maxReceiveCount":0}"#), None);
         assert_eq!(max_receive_count("not json"), None);
         assert_eq!(max_receive_count(r#"{"deadLetterTargetArn":"x"}"#), None);
+    }
+
+    #[test]
+    fn a_batch_answer_is_read_entry_by_entry() {
+        use aws_sdk_sqs::types::BatchResultErrorEntry;
+        let refused = |id: &str, code: &str| {
+            BatchResultErrorEntry::builder()
+                .id(id)
+                .code(code)
+                .sender_fault(true)
+                .build()
+                .expect("id, code and sender fault are set")
+        };
+        let output = ChangeMessageVisibilityBatchOutput::builder()
+            .set_successful(Some(Vec::new()))
+            .failed(refused("1", "ReceiptHandleIsInvalid"))
+            .failed(refused("2", "InternalError"))
+            .failed(refused("3", "AWS.SimpleQueueService.MessageNotInflight"))
+            .failed(refused("17", "InternalError"))
+            .failed(refused("not a position", "InternalError"))
+            .build()
+            .expect("both lists are set");
+        let outcomes = entry_outcomes(5, &output);
+        let shape: Vec<&str> = outcomes
+            .iter()
+            .map(|o| match o {
+                Ok(()) => "changed",
+                Err(VisibilityError::Lost) => "lost",
+                Err(VisibilityError::Failed(_)) => "failed",
+            })
+            .collect();
+        assert_eq!(shape, ["changed", "lost", "failed", "lost", "changed"]);
+        let Err(VisibilityError::Failed(failure)) = &outcomes[2] else {
+            unreachable!("checked above");
+        };
+        assert_eq!(
+            failure.dependency(),
+            Some(Dependency::Sqs),
+            "feeds the SQS breaker"
+        );
+    }
+
+    #[test]
+    fn visibility_entries_are_numbered_and_capped_at_twelve_hours() {
+        let change = |handle: &str, secs| VisibilityChange {
+            receipt_handle: handle.to_owned(),
+            timeout: Duration::from_secs(secs),
+        };
+        let entries = visibility_entries(&[change("a", 0), change("b", 100_000)]);
+        let seen: Vec<(&str, &str, i32)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e.id(),
+                    e.receipt_handle(),
+                    e.visibility_timeout().unwrap_or(-1),
+                )
+            })
+            .collect();
+        assert_eq!(seen, [("0", "a", 0), ("1", "b", 43_200)]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::disposition::{Dependency, Failure, Outcome};
+use crate::disposition::{DeadLetterReason, Dependency, Failure, MessageDisposition, Outcome};
 
 mod aws_requests;
 mod hot;
@@ -311,9 +311,8 @@ fn zero() {
     for result in TIE_RESULTS {
         counter!(ORDER_TIES, "result" => result).absolute(0);
     }
-    let dispositions = ["ack", "retry", "dead_letter", "release", "lost"];
-    for disposition in dispositions {
-        counter!(MESSAGES, "disposition" => disposition).absolute(0);
+    for disposition in MessageDisposition::ALL {
+        counter!(MESSAGES, "disposition" => disposition.as_str()).absolute(0);
     }
     let mut records = Vec::new();
     for reason in D::ALL {
@@ -344,7 +343,7 @@ fn zero() {
     for &(outcome, reason) in &records {
         counter!(RECORDS, "outcome" => outcome, "reason" => reason).absolute(0);
     }
-    hot::install(records, &dispositions);
+    hot::install(records);
 }
 
 /// An object event's sequencer could not be used (`reason`, one of [`SEQUENCER_PROBLEMS`]): it
@@ -406,14 +405,15 @@ pub fn record_failure(failure: &Failure, dead_lettered: bool) {
     }
 }
 
-pub fn message_disposition(disposition: &'static str) {
+/// One message settled this way.
+pub fn message_disposition(disposition: MessageDisposition) {
     if let Some(hot) = hot::get() {
         hot.message(disposition);
     }
 }
 
-pub fn dead_lettered(reason: &'static str) {
-    counter!(DEAD_LETTERS, "reason" => reason).increment(1);
+pub fn dead_lettered(reason: DeadLetterReason) {
+    counter!(DEAD_LETTERS, "reason" => reason.as_str()).increment(1);
 }
 
 pub fn hashed_bytes(n: usize) {

@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 
 use metrics::{Counter, Histogram, counter, histogram};
 
+use crate::disposition::MessageDisposition;
+
 pub(super) struct Hot {
     pub(super) hashed_bytes: Counter,
     pub(super) object_processing: Histogram,
@@ -19,7 +21,8 @@ pub(super) struct Hot {
     pub(super) object_size: Histogram,
     pub(super) records_per_message: Histogram,
     records: HashMap<(&'static str, &'static str), Counter>,
-    messages: Vec<(&'static str, Counter)>,
+    /// Indexed by `MessageDisposition as usize`: every value has its handle.
+    messages: Vec<Counter>,
     phases: Vec<(&'static str, Histogram)>,
 }
 
@@ -28,11 +31,8 @@ const PHASES: [&str; 4] = ["fetch_hash", "s3_head", "db_write", "sqs_delete"];
 
 static HOT: OnceLock<Hot> = OnceLock::new();
 
-/// Registers the handles; `records` and `dispositions` are the label values `zero` created.
-pub(super) fn install(
-    records: impl IntoIterator<Item = (&'static str, &'static str)>,
-    dispositions: &[&'static str],
-) {
+/// Registers the handles; `records` are the label values `zero` created.
+pub(super) fn install(records: impl IntoIterator<Item = (&'static str, &'static str)>) {
     use super::*;
     HOT.get_or_init(|| Hot {
         hashed_bytes: counter!(HASHED_BYTES),
@@ -48,9 +48,9 @@ pub(super) fn install(
                 ((outcome, reason), c)
             })
             .collect(),
-        messages: dispositions
+        messages: MessageDisposition::ALL
             .iter()
-            .map(|&d| (d, counter!(MESSAGES, "disposition" => d)))
+            .map(|d| counter!(MESSAGES, "disposition" => d.as_str()))
             .collect(),
         phases: PHASES
             .iter()
@@ -72,11 +72,8 @@ impl Hot {
         }
     }
 
-    pub(super) fn message(&self, disposition: &'static str) {
-        match self.messages.iter().find(|(d, _)| *d == disposition) {
-            Some((_, c)) => c.increment(1),
-            None => counter!(super::MESSAGES, "disposition" => disposition).increment(1),
-        }
+    pub(super) fn message(&self, disposition: MessageDisposition) {
+        self.messages[disposition as usize].increment(1);
     }
 
     pub(super) fn phase(&self, name: &'static str, seconds: f64) {
