@@ -19,13 +19,13 @@ use crate::{aws, config};
 const BATCH: usize = 10;
 
 #[derive(Debug, Serialize)]
-pub struct Entry {
-    pub message_id: String,
-    pub source_message_id: Option<String>,
-    pub reason: String,
-    pub detail: Option<String>,
-    pub key: Option<String>,
-    pub age_secs: Option<i64>,
+pub(crate) struct Entry {
+    pub(crate) message_id: String,
+    pub(crate) source_message_id: Option<String>,
+    pub(crate) reason: String,
+    pub(crate) detail: Option<String>,
+    pub(crate) key: Option<String>,
+    pub(crate) age_secs: Option<i64>,
 }
 
 fn first_key(body: &str) -> Option<String> {
@@ -59,7 +59,7 @@ fn reason_of(letter: &DeadLetter) -> String {
 /// command pages through the queue and handed back (visibility 0) at the end. SQS has no true
 /// peek, so each look raises the message's receive count on the dead-letter queue, which has no
 /// redrive policy of its own.
-pub async fn list(
+pub(crate) async fn list(
     client: &aws_sdk_sqs::Client,
     dlq_url: &str,
     max: usize,
@@ -98,20 +98,20 @@ pub async fn list(
 
 /// What a redrive did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Redriven {
+pub(crate) struct Redriven {
     /// Messages moved to the main queue.
-    pub moved: usize,
+    pub(crate) moved: usize,
     /// Messages looked at and left in the dead-letter queue, handed back (visible) at the end.
-    pub handed_back: usize,
+    pub(crate) handed_back: usize,
     /// Whether a signal stopped it before the queue was exhausted or `max` reached.
-    pub interrupted: bool,
+    pub(crate) interrupted: bool,
 }
 
 /// Moves up to `max` messages (optionally only those with `reason`) back to the main queue, body
 /// unchanged. Each is sent before it is deleted, so a crash can duplicate but never lose one
 /// (and a signal, which lets the message in hand finish, neither); messages with another reason,
 /// or seen after a signal, are held while the command pages and handed back at the end.
-pub async fn redrive(
+pub(crate) async fn redrive(
     client: &aws_sdk_sqs::Client,
     dlq_url: &str,
     main_url: &str,

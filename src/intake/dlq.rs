@@ -23,16 +23,16 @@ const FRUITLESS_RECEIVES: u32 = 3;
 
 /// One dead-lettered message, with what the worker wrote on it.
 #[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub message_id: String,
-    pub receipt_handle: String,
-    pub body: String,
+pub(crate) struct DeadLetter {
+    pub(crate) message_id: String,
+    pub(crate) receipt_handle: String,
+    pub(crate) body: String,
     /// Why the worker dead-lettered it; `None` when SQS's own redrive moved it.
-    pub reason: Option<String>,
-    pub detail: Option<String>,
+    pub(crate) reason: Option<String>,
+    pub(crate) detail: Option<String>,
     /// The id the message had in the main queue (copies sent twice share it).
-    pub source_message_id: Option<String>,
-    pub sent_at: Option<DateTime<Utc>>,
+    pub(crate) source_message_id: Option<String>,
+    pub(crate) sent_at: Option<DateTime<Utc>>,
 }
 
 impl DeadLetter {
@@ -71,7 +71,7 @@ fn sqs_failure(e: impl Into<aws_sdk_sqs::Error>) -> Failure {
 /// returns new messages, until the queue's visible count (read at the start) has been seen,
 /// receives come back with nothing new three times in a row, or a signal comes. What the caller
 /// holds is handed back by [`Pager::release`].
-pub struct Pager {
+pub(crate) struct Pager {
     client: aws_sdk_sqs::Client,
     url: String,
     /// Visible messages when the command started: new arrivals are not waited for.
@@ -83,7 +83,7 @@ pub struct Pager {
 }
 
 impl Pager {
-    pub async fn open(
+    pub(crate) async fn open(
         client: aws_sdk_sqs::Client,
         url: String,
         interrupted: CancellationToken,
@@ -110,14 +110,14 @@ impl Pager {
         })
     }
 
-    pub fn interrupted(&self) -> bool {
+    pub(crate) fn interrupted(&self) -> bool {
         self.interrupted.is_cancelled()
     }
 
     /// The next page of at most `want` messages not seen before; `None` once the queue is
     /// exhausted or a signal came. A receive is never dropped half-way: what it returns after a
     /// signal is held (and so handed back), instead of staying invisible for [`HOLD_SECS`].
-    pub async fn next(&mut self, want: usize) -> Result<Option<Vec<DeadLetter>>, Failure> {
+    pub(crate) async fn next(&mut self, want: usize) -> Result<Option<Vec<DeadLetter>>, Failure> {
         let mut fruitless = 0;
         while (self.seen.len() as u64) < self.target
             && fruitless < FRUITLESS_RECEIVES
@@ -163,13 +163,13 @@ impl Pager {
     }
 
     /// Keeps `letter` to hand back at the end.
-    pub fn hold(&mut self, letter: &DeadLetter) {
+    pub(crate) fn hold(&mut self, letter: &DeadLetter) {
         self.held.push(letter.receipt_handle.clone());
     }
 
     /// Sends `letter`'s body, unchanged, to `main_url`, then deletes it here: a crash in between
     /// duplicates it, never loses it.
-    pub async fn move_to(&self, main_url: &str, letter: &DeadLetter) -> Result<(), Failure> {
+    pub(crate) async fn move_to(&self, main_url: &str, letter: &DeadLetter) -> Result<(), Failure> {
         self.client
             .send_message()
             .queue_url(main_url)
@@ -188,7 +188,7 @@ impl Pager {
     }
 
     /// Hands every held message back at once, ten per call; returns how many.
-    pub async fn release(self) -> Result<usize, Failure> {
+    pub(crate) async fn release(self) -> Result<usize, Failure> {
         for chunk in self.held.chunks(BATCH) {
             let changes: Vec<VisibilityChange> = chunk
                 .iter()

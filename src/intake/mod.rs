@@ -8,9 +8,9 @@
 //! [`depth`] samples the queues' depth and the oldest message's age.
 
 mod batch;
-pub(crate) mod deleter;
+mod deleter;
 pub(crate) mod depth;
-pub mod dlq;
+pub(crate) mod dlq;
 mod lease;
 pub mod pool;
 pub mod queue;

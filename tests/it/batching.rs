@@ -1,13 +1,15 @@
 //! SQS requests per object: under a backlog the worker receives and deletes ten at a time (its
-//! own request counter says so), and at light load a single upload is still recorded at once,
-//! not held back for a batch that never fills.
+//! own request counter says so), the heartbeats of messages worked on together share their
+//! visibility calls, and at light load a single upload is still recorded at once, not held back
+//! for a batch that never fills.
 
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use crate::support::scrape::samples;
-use crate::support::{BinaryWorker, Stack, TestDb, setup, wait_until};
+use crate::support::s3_proxy::{Action, Match, Rule, S3Proxy};
+use crate::support::scrape::{samples, sum};
+use crate::support::{BinaryWorker, Launch, Moto, Stack, TestDb, setup, wait_until};
 
 /// The SQS operations that move messages (receive, delete, visibility); the probe's and the
 /// depth sampler's `GetQueueAttributes` are a fixed cost per replica, not per object.
@@ -111,6 +113,55 @@ async fn a_backlog_costs_at_most_three_tenths_of_an_sqs_request_per_object() {
     assert!(
         per_object <= 0.3,
         "{per_object:.3} SQS requests per object under a backlog: {requests:?}"
+    );
+}
+
+/// Ten messages whose objects take longer to read than half the visibility timeout (a proxy holds
+/// each GetObject answer back 3 s; the timeout is 2 s, so a heartbeat every second): the
+/// heartbeats that keep them invisible go out together, several messages per
+/// ChangeMessageVisibilityBatch, instead of one ChangeMessageVisibility per message and beat.
+#[tokio::test(flavor = "multi_thread")]
+async fn heartbeats_of_messages_worked_on_together_share_their_calls() {
+    let objects = 10;
+    let (stack, db) = setup("dp-1").await;
+    let keys: Vec<String> = (0..objects)
+        .map(|i| format!("dp-1/heartbeats/{i}.bin"))
+        .collect();
+    upload_all(&stack, keys).await;
+    wait_until(
+        "every notification queued",
+        Duration::from_secs(60),
+        || async { (stack.depth().await.0 >= objects as u64).then_some(()) },
+    )
+    .await;
+    let proxy = S3Proxy::start(Moto::shared().addr).await;
+    proxy.add(Rule::new(
+        Match::get("dp-1/heartbeats/"),
+        Action::Delay(Duration::from_secs(3)),
+    ));
+    let worker = Launch::new(&stack, &db, &["--sqs-visibility-timeout-secs", "2"])
+        .via(&proxy.endpoint())
+        .binary()
+        .await;
+    db.wait_rows(objects, Duration::from_secs(120)).await;
+    stack.wait_drained(Duration::from_secs(60)).await;
+
+    let scrape = worker.http.scrape().await;
+    let extensions = sum(&scrape, "datapack_worker_visibility_extensions_total", "");
+    let calls: f64 = sqs_requests(&worker)
+        .await
+        .iter()
+        .filter(|(op, _)| op.starts_with("ChangeMessageVisibility"))
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!(
+        "{objects} objects held past their heartbeats: {extensions} extensions in {calls} visibility calls"
+    );
+    assert_eq!(db.count().await, objects, "one row per object");
+    assert!(extensions >= objects as f64, "{extensions} extensions");
+    assert!(
+        calls * 3.0 <= extensions,
+        "{calls} visibility calls for {extensions} extensions: not batched"
     );
 }
 
