@@ -5,6 +5,7 @@
 //! protocols, so the same proxy stands in front of PostgreSQL and of moto (S3 + SQS).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -40,6 +41,8 @@ pub struct Proxy {
     target: SocketAddr,
     control: watch::Sender<Control>,
     stop: CancellationToken,
+    /// Bytes forwarded to clients, over every connection.
+    delivered: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -55,12 +58,20 @@ impl Proxy {
             stall_min_bytes: 0,
         });
         let stop = CancellationToken::new();
-        tokio::spawn(accept_loop(listener, target, control.clone(), stop.clone()));
+        let delivered = Arc::new(AtomicU64::new(0));
+        tokio::spawn(accept_loop(
+            listener,
+            target,
+            control.clone(),
+            stop.clone(),
+            delivered.clone(),
+        ));
         Proxy {
             addr,
             target,
             control,
             stop,
+            delivered,
         }
     }
 
@@ -71,6 +82,13 @@ impl Proxy {
 
     pub fn target(&self) -> SocketAddr {
         self.target
+    }
+
+    /// Bytes forwarded to clients so far, over every connection: evidence that this proxy's
+    /// client (and no other) is reading an answer, where a metric would be shared by every
+    /// worker in the test process.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
     }
 
     /// Drops every live connection (with a reset) and resets new ones until [`Proxy::restore`].
@@ -134,6 +152,7 @@ async fn accept_loop(
     target: SocketAddr,
     control: watch::Sender<Control>,
     stop: CancellationToken,
+    total: Arc<AtomicU64>,
 ) {
     loop {
         let (client, _) = tokio::select! {
@@ -146,16 +165,22 @@ async fn accept_loop(
         let _ = client.set_nodelay(true);
         let rx = control.subscribe();
         let stop = stop.clone();
+        let total = total.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = connection(client, target, rx) => {}
+                _ = connection(client, target, rx, &total) => {}
                 _ = stop.cancelled() => {}
             }
         });
     }
 }
 
-async fn connection(client: TcpStream, target: SocketAddr, mut rx: watch::Receiver<Control>) {
+async fn connection(
+    client: TcpStream,
+    target: SocketAddr,
+    mut rx: watch::Receiver<Control>,
+    total: &AtomicU64,
+) {
     let start = *rx.borrow_and_update();
     match start.mode {
         Mode::Cut => return reset(&client),
@@ -171,23 +196,17 @@ async fn connection(client: TcpStream, target: SocketAddr, mut rx: watch::Receiv
     let tainted = AtomicBool::new(false);
     let stalled = AtomicBool::new(false);
     let delivered = AtomicU64::new(0);
+    let to_client = [&delivered, total];
     let mut pumps = Box::pin(async {
         tokio::join!(
-            pump(
-                &mut client_rd,
-                &mut server_wr,
-                &rx,
-                &tainted,
-                &stalled,
-                None
-            ),
+            pump(&mut client_rd, &mut server_wr, &rx, &tainted, &stalled, &[]),
             pump(
                 &mut server_rd,
                 &mut client_wr,
                 &rx,
                 &tainted,
                 &stalled,
-                Some(&delivered)
+                &to_client
             ),
         )
     });
@@ -252,7 +271,7 @@ async fn pump(
     rx: &watch::Receiver<Control>,
     tainted: &AtomicBool,
     stalled: &AtomicBool,
-    delivered: Option<&AtomicU64>,
+    delivered: &[&AtomicU64],
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -281,8 +300,8 @@ async fn pump(
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
-        if let Some(delivered) = delivered {
-            delivered.fetch_add(n as u64, Ordering::Relaxed);
+        for counter in delivered {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 }
