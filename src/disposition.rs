@@ -395,14 +395,6 @@ impl Failure {
         }
     }
 
-    /// Orders failures of one message: the most conservative disposition wins.
-    pub fn severity(&self) -> u8 {
-        match self {
-            Self::Permanent { .. } => 1,
-            Self::Transient { .. } => 2,
-        }
-    }
-
     /// The stable code for logs and the `reason` label.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -28,6 +28,6 @@ pub mod intake;
 pub mod ops;
 pub mod process;
 pub mod reference;
-pub mod secret;
+pub(crate) mod secret;
 pub mod shutdown;
 pub mod store;

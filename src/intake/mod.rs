@@ -12,7 +12,7 @@ mod deleter;
 pub(crate) mod depth;
 pub(crate) mod dlq;
 mod lease;
-pub mod pool;
+pub(crate) mod pool;
 pub mod queue;
 mod settle;
 mod sqs;

@@ -117,7 +117,7 @@ pub async fn serve(
                 runtime.block_on(accept_loop(listener, app, stop));
                 drop(runtime);
             }));
-            let _ = done.send(ran.map_err(|panic| panic_message(panic.as_ref())));
+            let _ = done.send(ran.map_err(|panic| crate::disposition::panic_text(panic.as_ref())));
         })?;
     // The address actually bound: with port 0 in METRICS_ADDR the kernel picks a free port, and
     // this line is how the operator (or a test, or the demo) learns it.
@@ -129,14 +129,6 @@ pub async fn serve(
             Err(_) => panic!("the HTTP endpoint's thread ended without reporting"),
         }
     }))
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 async fn render(State(state): State<AppState>) -> ([(&'static str, &'static str); 1], String) {

@@ -7,8 +7,8 @@
 //! Nothing here talks to SQS; the store is reached only through the group-commit writer.
 
 pub(crate) mod body;
-pub mod canary;
-pub mod checksum;
+pub(crate) mod canary;
+pub(crate) mod checksum;
 pub mod event;
 pub mod fetch;
 pub mod key;

@@ -22,7 +22,7 @@ use crate::store::PoolSettings;
 use crate::store::iam::{Target, Tokens};
 
 /// Least time between two connections this process opens (jittered ±50 %): ten a second at most.
-pub const RAMP_SPACING: Duration = Duration::from_millis(100);
+pub(crate) const RAMP_SPACING: Duration = Duration::from_millis(100);
 
 /// Where the password of a new connection comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub enum CredentialError {
 }
 
 /// Reads the password file: the whole file, less one trailing line end.
-pub fn read_password_file(path: &Path) -> Result<String, CredentialError> {
+pub(crate) fn read_password_file(path: &Path) -> Result<String, CredentialError> {
     let problem = |problem: String| CredentialError::File {
         path: path.display().to_string(),
         problem,
@@ -282,7 +282,7 @@ impl Opener {
 /// than a failure: the database said so (`too_many_connections`, also the "remaining connection
 /// slots are reserved" refusal), or the pool timed out while other acquires of this process were
 /// served. Never the fault of the work that waited.
-pub fn refused(error: &sqlx::Error, served_meanwhile: bool) -> bool {
+pub(crate) fn refused(error: &sqlx::Error, served_meanwhile: bool) -> bool {
     match error {
         sqlx::Error::Database(db) => db.code().as_deref() == Some("53300"),
         sqlx::Error::PoolTimedOut => served_meanwhile,
@@ -298,7 +298,7 @@ fn signed_in_wrongly(error: &sqlx::Error) -> bool {
 /// Whether the error lost the connection itself (terminated by an administrator, the server
 /// restarting, the network): a transaction that failed so committed nothing and may be tried
 /// again at once on another connection.
-pub fn lost_connection(error: &sqlx::Error) -> bool {
+pub(crate) fn lost_connection(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => {

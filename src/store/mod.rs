@@ -10,11 +10,11 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::disposition::{DeadLetterReason, Failure, RetryReason};
 
-pub mod connect;
-pub mod iam;
+pub(crate) mod connect;
+pub(crate) mod iam;
 pub mod notify;
 pub(crate) mod reconcile;
-pub mod schema;
+pub(crate) mod schema;
 pub mod write;
 pub mod writer;
 

@@ -68,7 +68,7 @@ pub(crate) const WRITE_BATCH: &str = "datapack_write_batch(bigint[], boolean[], 
 /// What the database lacks, one readable name each, looked up in the catalog (which, unlike
 /// `information_schema`, shows every column whatever this role's privileges on it) (`datapack_resource.sha256`,
 /// `function datapack_event_newer(…)`); empty when the schema serves the writes.
-pub async fn missing(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+pub(crate) async fn missing(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
     let (tables, columns): (Vec<&str>, Vec<&str>) = COLUMNS
         .iter()
         .flat_map(|(t, cs)| cs.iter().map(move |c| (*t, *c)))
@@ -111,7 +111,7 @@ pub async fn missing(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error
 }
 
 /// The sentence for a log line or an exit message.
-pub fn describe(missing: &[String]) -> String {
+pub(crate) fn describe(missing: &[String]) -> String {
     format!(
         "the database schema lacks what this version writes: {} (run `datapack-worker migrate`, \
          or restore what was dropped by hand)",
@@ -122,4 +122,4 @@ pub fn describe(missing: &[String]) -> String {
 /// A schema that lacks something the writes need.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", describe(.0))]
-pub struct Drift(pub Vec<String>);
+pub(crate) struct Drift(pub Vec<String>);
