@@ -33,7 +33,7 @@ use crate::{aws, store};
 /// call each, so recovery is noticed within seconds even after a long outage.
 const PROBE_MAX_DELAY: Duration = Duration::from_secs(10);
 
-pub const GIT_COMMIT: &str = match option_env!("DATAPACK_WORKER_GIT_COMMIT") {
+pub(crate) const GIT_COMMIT: &str = match option_env!("DATAPACK_WORKER_GIT_COMMIT") {
     Some(c) => c,
     None => "unknown",
 };
@@ -44,15 +44,6 @@ pub async fn run(settings: Settings, signals: Signals) -> anyhow::Result<()> {
     let sdk = aws::load(&settings.aws).await;
     let application = Application::build(settings, &sdk, &signals.stop).await?;
     application.run_until_stopped(signals, Vec::new()).await
-}
-
-/// Runs the worker with AWS settings made by the caller (tests, embedders).
-pub async fn run_with(
-    settings: Settings,
-    sdk: SdkConfig,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    run_supervised(settings, sdk, shutdown, Vec::new()).await
 }
 
 /// A task an embedder runs beside the worker, supervised like the worker's own.

@@ -40,8 +40,8 @@ pub struct AwsSettings {
 /// An access key pair given explicitly.
 #[derive(Debug, Clone)]
 pub struct StaticKeys {
-    pub access_key_id: String,
-    pub secret_access_key: Secret,
+    pub(crate) access_key_id: String,
+    pub(crate) secret_access_key: Secret,
 }
 
 impl Default for AwsSettings {

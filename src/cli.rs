@@ -14,10 +14,10 @@ use crate::config::{self, ConfigError, DatabaseArgs, RunArgs};
 pub struct Cli {
     /// `text` (default) or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
-    pub log_format: String,
+    pub(crate) log_format: String,
     /// Which lines to log, in `tracing`'s filter syntax (default: info, SDK and sqlx at warn).
     #[arg(long, env = "RUST_LOG", global = true, hide = true)]
-    pub log_filter: Option<String>,
+    pub(crate) log_filter: Option<String>,
     /// Any non-empty value turns colour off even on a terminal (no-color.org).
     #[arg(long, env = "NO_COLOR", global = true, hide = true)]
     pub no_color: Option<String>,
@@ -101,15 +101,15 @@ impl PresignArgs {
 pub struct DlqArgs {
     /// The main queue, where `redrive` moves messages back to (`list` does not need it).
     #[arg(long, env = "SQS_QUEUE_URL")]
-    pub sqs_queue_url: Option<String>,
+    pub(crate) sqs_queue_url: Option<String>,
     /// The dead-letter queue to read.
     #[arg(long, env = "SQS_DEAD_LETTER_QUEUE_URL")]
-    pub sqs_dead_letter_queue_url: String,
+    pub(crate) sqs_dead_letter_queue_url: String,
 }
 
 impl DlqArgs {
     /// The main queue, which only a redrive needs.
-    pub fn main_url(&self) -> Result<&str, ConfigError> {
+    pub(crate) fn main_url(&self) -> Result<&str, ConfigError> {
         self.sqs_queue_url
             .as_deref()
             .ok_or(ConfigError::Missing("SQS_QUEUE_URL"))
@@ -185,13 +185,13 @@ pub struct ReconcileArgs {
     pub json: bool,
     /// How many keys of each kind of difference (and of failures) the report names.
     #[arg(long, default_value_t = 20)]
-    pub report_keys: usize,
+    pub(crate) report_keys: usize,
     /// Differences checked and repaired at once.
     #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
     /// Keys per listing page (S3 answers at most 1,000); also the checkpoint's step.
     #[arg(long, default_value_t = 1000)]
-    pub page_keys: i32,
+    pub(crate) page_keys: i32,
     /// Read the listing from an S3 Inventory report (CSV) instead of listing the bucket:
     /// `s3://BUCKET/PATH/manifest.json`.
     #[arg(long, value_name = "S3_URL")]
@@ -202,19 +202,19 @@ pub struct ReconcileArgs {
     /// Rows of one key an inventory report may hold (one per version); a report with more is
     /// refused. Rows are folded as they are read, so this bounds time, not memory.
     #[arg(long, default_value_t = 1_000_000)]
-    pub inventory_max_rows_per_key: u64,
+    pub(crate) inventory_max_rows_per_key: u64,
     /// Start the scope over instead of continuing an interrupted run from its checkpoint.
     #[arg(long)]
-    pub restart: bool,
+    pub(crate) restart: bool,
     /// Serve /metrics (and the health endpoints) on METRICS_ADDR while reconciling.
     #[arg(long)]
-    pub serve_metrics: bool,
+    pub(crate) serve_metrics: bool,
     /// A progress line on a terminal (`auto`), always (`bar`), or log lines only (`log`).
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,
     /// Seconds between progress log lines (when there is no bar).
     #[arg(long, default_value_t = 10)]
-    pub progress_secs: u64,
+    pub(crate) progress_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -117,19 +117,19 @@ pub(crate) fn check_range(name: &'static str, value: u64) -> Result<(), ConfigEr
 pub struct Settings {
     pub database: DatabaseSettings,
     /// Apply pending migrations before starting.
-    pub migrate_on_start: bool,
+    pub(crate) migrate_on_start: bool,
     pub queue: QueueSettings,
     pub aws: AwsSettings,
     pub worker: WorkerSettings,
     pub pipeline: PipelineSettings,
     pub writer: WriterSettings,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
-    pub metrics_addr: SocketAddr,
+    pub(crate) metrics_addr: SocketAddr,
 }
 
 /// What ingesting an object needs, queue aside: built by [`RunArgs::ingest_settings`].
 #[derive(Debug, Clone)]
-pub struct IngestSettings {
+pub(crate) struct IngestSettings {
     pub database: DatabaseSettings,
     pub aws: AwsSettings,
     pub pipeline: PipelineSettings,
@@ -142,7 +142,7 @@ pub struct IngestSettings {
 pub struct DatabaseSettings {
     pub connect: PgConnectOptions,
     /// The URL with its password replaced, for logs.
-    pub redacted_url: String,
+    pub(crate) redacted_url: String,
     pub password: Password,
     pub pool: PoolSettings,
 }
@@ -162,12 +162,12 @@ impl fmt::Debug for DatabaseSettings {
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
     pub url: String,
-    pub dead_letter_url: String,
+    pub(crate) dead_letter_url: String,
     /// Long-poll wait of one receive.
     pub wait: Duration,
     pub visibility_timeout: Duration,
     /// How often both queues' depth is sampled for the dashboard and alerts.
-    pub sample_every: Duration,
+    pub(crate) sample_every: Duration,
 }
 
 /// An environment variable's value, unless unset or empty. Only the seed's fallback names are
@@ -213,28 +213,28 @@ pub struct DatabaseArgs {
     /// `sslmode=verify-full&sslrootcert=PATH`; a password with `@:/?#` percent-encoded, or in
     /// `DATABASE_PASSWORD_FILE`. The seed's `DB_DSN` is read when this is unset.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<Secret>,
+    pub(crate) database_url: Option<Secret>,
     /// A file holding the password, read again for every new connection (a rotated Kubernetes
     /// Secret takes effect without a restart). Not with a password in the URL.
     #[arg(long, env = "DATABASE_PASSWORD_FILE")]
-    pub database_password_file: Option<PathBuf>,
+    pub(crate) database_password_file: Option<PathBuf>,
     /// Sign in with an RDS IAM token from the AWS credential chain (needs sslmode=require or
     /// verify-*). Not with a password in the URL or DATABASE_PASSWORD_FILE.
     #[arg(long, env = "DATABASE_IAM_AUTH", default_value_t = false)]
-    pub database_iam_auth: bool,
+    pub(crate) database_iam_auth: bool,
     /// Connections per replica at most: the writers' plus the probe's (DB_WRITERS + 1).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 5)]
-    pub database_max_connections: u32,
+    pub(crate) database_max_connections: u32,
     /// How long a write waits for a free connection before the attempt fails.
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
-    pub database_acquire_timeout_secs: u64,
+    pub(crate) database_acquire_timeout_secs: u64,
     /// Bound on every statement, set on each connection; a transaction is also bounded client-side
     /// (this + 5 s), so a silent database cannot hold a worker.
     #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_SECS", default_value_t = 30)]
-    pub database_statement_timeout_secs: u64,
+    pub(crate) database_statement_timeout_secs: u64,
     /// A connection idle this long is closed, giving its slot back to the fleet.
     #[arg(long, env = "DATABASE_IDLE_TIMEOUT_SECS", default_value_t = 60)]
-    pub database_idle_timeout_secs: u64,
+    pub(crate) database_idle_timeout_secs: u64,
 }
 
 impl DatabaseArgs {
@@ -246,7 +246,7 @@ impl DatabaseArgs {
     /// Checks the URL and the credentials' settings and turns the flags into what the pool
     /// needs. The limits are only raised to at least 1 here; `run` refuses values out of range
     /// (see [`RunArgs::into_settings`]).
-    pub fn to_settings(&self) -> Result<DatabaseSettings, ConfigError> {
+    pub(crate) fn to_settings(&self) -> Result<DatabaseSettings, ConfigError> {
         let url = self.url()?;
         let connect = connect_options(&url)?;
         let password = self.password(&url, &connect)?;
@@ -373,7 +373,7 @@ fn names_user(url: &str) -> bool {
 /// The URL with its password replaced, for messages. Whatever the password holds (`/`, `?`,
 /// `@`, `#`, `:`), it ends at the last `@` of the URL's authority: everything between the first
 /// `:` after the user and that `@` goes.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<unparseable url>".into();
     };
@@ -451,49 +451,49 @@ pub struct RunArgs {
     pub database: DatabaseArgs,
     /// The queue S3 notifies. Required by `run`; `dlq redrive` moves messages back to it.
     #[arg(long, env = "SQS_QUEUE_URL")]
-    pub sqs_queue_url: Option<String>,
+    pub(crate) sqs_queue_url: Option<String>,
     /// Where messages that can never succeed go, with their reason. Required; must differ from
     /// `SQS_QUEUE_URL`.
     #[arg(long, env = "SQS_DEAD_LETTER_QUEUE_URL")]
-    pub sqs_dead_letter_queue_url: Option<String>,
+    pub(crate) sqs_dead_letter_queue_url: Option<String>,
     /// Required. Buckets served, comma-separated; events for other buckets are skipped
     /// (`foreign_bucket`). The seed's `FILESYSTEM_S3_BUCKET` is read when this is unset.
     #[arg(long, env = "S3_BUCKET", value_delimiter = ',')]
-    pub s3_bucket: Vec<String>,
+    pub(crate) s3_bucket: Vec<String>,
     /// Messages processed at once (worker slots); pollers ask SQS only for as many as are idle.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16)]
-    pub worker_concurrency: usize,
+    pub(crate) worker_concurrency: usize,
     /// Concurrent long polls; default one per ten worker slots, rounded up.
     #[arg(long, env = "WORKER_POLLERS")]
-    pub worker_pollers: Option<usize>,
+    pub(crate) worker_pollers: Option<usize>,
     /// Address of `/metrics`, `/healthz` and `/readyz` (plain HTTP). Port 0 lets the kernel pick
     /// one; the `listening on` log line names it.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9898")]
-    pub metrics_addr: SocketAddr,
+    pub(crate) metrics_addr: SocketAddr,
     /// Long-poll wait of each ReceiveMessage.
     #[arg(long, env = "SQS_WAIT_TIME_SECS", default_value_t = 20)]
-    pub sqs_wait_time_secs: u64,
+    pub(crate) sqs_wait_time_secs: u64,
     /// Visibility set at receive; extended every half of it while a message is worked on.
     #[arg(long, env = "SQS_VISIBILITY_TIMEOUT_SECS", default_value_t = 60)]
-    pub sqs_visibility_timeout_secs: u64,
+    pub(crate) sqs_visibility_timeout_secs: u64,
     /// While receives come back full, how long a poller waits for ten free slots before it
     /// receives for fewer; 0 receives for whatever is free.
     #[arg(long, env = "SQS_RECEIVE_BATCH_WAIT_MS", default_value_t = 100)]
-    pub sqs_receive_batch_wait_ms: u64,
+    pub(crate) sqs_receive_batch_wait_ms: u64,
     /// How long a delete or a visibility change waits for nine others to share its
     /// DeleteMessageBatch or ChangeMessageVisibilityBatch (never more than a tenth of the
     /// visibility timeout; none once shutdown begins); 0 sends whatever is waiting.
     #[arg(long, env = "SQS_DELETE_BATCH_WAIT_MS", default_value_t = 200)]
-    pub sqs_delete_batch_wait_ms: u64,
+    pub(crate) sqs_delete_batch_wait_ms: u64,
     /// Cap on how long one message's visibility is extended while it is worked on.
     #[arg(long, env = "MAX_PROCESSING_SECS", default_value_t = 3600)]
-    pub max_processing_secs: u64,
+    pub(crate) max_processing_secs: u64,
     /// Retry backoff: the first delay, doubled per receive, jittered, capped at `RETRY_MAX_SECS`.
     #[arg(long, env = "RETRY_BASE_SECS", default_value_t = 5)]
-    pub retry_base_secs: u64,
+    pub(crate) retry_base_secs: u64,
     /// Retry backoff: the longest delay.
     #[arg(long, env = "RETRY_MAX_SECS", default_value_t = 900)]
-    pub retry_max_secs: u64,
+    pub(crate) retry_max_secs: u64,
     /// Attempts a message gets before a failure dead-letters it with its reason; capped by the
     /// queue's redrive maxReceiveCount.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 10)]
@@ -502,58 +502,58 @@ pub struct RunArgs {
     /// `SQS_WAIT_TIME_SECS` + 5 s, and what they return is handed back at once) and to in-flight
     /// work; a second signal stops at once. Keep below Kubernetes' `terminationGracePeriodSeconds`.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 25)]
-    pub shutdown_grace_secs: u64,
+    pub(crate) shutdown_grace_secs: u64,
     /// Required `uploaded-by` metadata value; `off` (or empty) records every upload.
     #[arg(long, env = "REQUIRE_UPLOADED_BY", default_value = "presigned-url")]
-    pub require_uploaded_by: String,
+    pub(crate) require_uploaded_by: String,
     /// Create a datapack row for an unknown identifier instead of dead-lettering.
     #[arg(long, env = "CREATE_MISSING_DATAPACKS", default_value_t = false)]
-    pub create_missing_datapacks: bool,
+    pub(crate) create_missing_datapacks: bool,
     /// Announce every changed row on the channel `datapack_resource_changed` (LISTEN/NOTIFY, in
     /// the writing transaction). `false` saves the database that work where nothing listens.
     #[arg(long, env = "NOTIFY_CHANGES", default_value_t = true, action = clap::ArgAction::Set)]
-    pub notify_changes: bool,
+    pub(crate) notify_changes: bool,
     /// Apply pending migrations before starting.
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = false)]
-    pub migrate_on_start: bool,
+    pub(crate) migrate_on_start: bool,
     /// Group commit: concurrent write transactions.
     #[arg(long, env = "DB_WRITERS", default_value_t = 4)]
-    pub db_writers: usize,
+    pub(crate) db_writers: usize,
     /// Group commit: messages per transaction at most.
     #[arg(long, env = "DB_MAX_BATCH", default_value_t = 256)]
-    pub db_max_batch: usize,
+    pub(crate) db_max_batch: usize,
     /// Bound on every AWS call attempt; must exceed the long poll (the SDK has none by default, and
     /// a silent peer would hang forever).
     #[arg(long, env = "AWS_ATTEMPT_TIMEOUT_SECS", default_value_t = 30)]
-    pub aws_attempt_timeout_secs: u64,
+    pub(crate) aws_attempt_timeout_secs: u64,
     /// How often queue depth is sampled for the metrics.
     #[arg(long, env = "QUEUE_SAMPLE_SECS", default_value_t = 15)]
-    pub queue_sample_secs: u64,
+    pub(crate) queue_sample_secs: u64,
     /// Endpoint for S3 and SQS (MinIO, moto, a VPC endpoint); the AWS chain reads it too.
     #[arg(long, env = "AWS_ENDPOINT_URL")]
-    pub aws_endpoint_url: Option<String>,
+    pub(crate) aws_endpoint_url: Option<String>,
     /// Objects announced at least this large are read as parallel ranged GETs; 0 turns that off.
     #[arg(long, env = "RANGED_GET_THRESHOLD_BYTES", default_value_t = 64 << 20)]
-    pub ranged_get_threshold_bytes: u64,
+    pub(crate) ranged_get_threshold_bytes: u64,
     /// Size of one ranged GET part.
     #[arg(long, env = "RANGED_GET_PART_BYTES", default_value_t = 8 << 20)]
-    pub ranged_get_part_bytes: u64,
+    pub(crate) ranged_get_part_bytes: u64,
     /// Part GETs in flight per object; also the process-wide number of part buffers, so part
     /// memory stays under RANGED_GET_PARALLELISM × RANGED_GET_PART_BYTES.
     #[arg(long, env = "RANGED_GET_PARALLELISM", default_value_t = 4)]
-    pub ranged_get_parallelism: usize,
+    pub(crate) ranged_get_parallelism: usize,
     /// Large objects are first read as one GET; only if that stream is slower than this many MiB/s
     /// (and a part proves faster) is the rest read in parallel parts. 0: parts from the first byte.
     #[arg(long, env = "RANGED_GET_STREAM_FLOOR_MIBPS", default_value_t = 64)]
-    pub ranged_get_stream_floor_mibps: u64,
+    pub(crate) ranged_get_stream_floor_mibps: u64,
     /// Record a single-part upload's SHA-256 from S3's stored checksum (HeadObject) without
     /// reading the object. Only where the store verifies checksums at upload (AWS S3 does; an
     /// S3-compatible store or emulator may not). Off: every object is read and hashed.
     #[arg(long, env = "S3_CHECKSUMS_TRUSTED", default_value_t = false)]
-    pub s3_checksums_trusted: bool,
+    pub(crate) s3_checksums_trusted: bool,
     /// Share of trusted objects read and hashed anyway to audit the store (0.0–1.0).
     #[arg(long, env = "CHECKSUM_AUDIT_RATIO", default_value_t = 0.01)]
-    pub checksum_audit_ratio: f64,
+    pub(crate) checksum_audit_ratio: f64,
 }
 
 impl RunArgs {
@@ -589,7 +589,7 @@ impl RunArgs {
 
     /// What ingesting an object needs, without a queue: the database, S3, the pipeline's rules
     /// and the writer. `reconcile` is built from this, with the same checks as `run`.
-    pub fn ingest_settings(&self) -> Result<IngestSettings, ConfigError> {
+    pub(crate) fn ingest_settings(&self) -> Result<IngestSettings, ConfigError> {
         let database = self.database.to_settings()?;
         let buckets = self.buckets();
         if buckets.is_empty() {

@@ -164,7 +164,7 @@ impl RetryReason {
     }
 
     /// The dead-letter reason once the message has failed this way on its last attempt.
-    pub const fn exhausted(self) -> DeadLetterReason {
+    pub(crate) const fn exhausted(self) -> DeadLetterReason {
         match self {
             Self::S3AccessDenied => DeadLetterReason::ObjectAccessDenied,
             Self::S3Error
@@ -254,7 +254,7 @@ impl Outcome {
 /// How a received message was settled: the `disposition` label of `messages_total`. One closed
 /// set, so every series starts at 0 and the intake and the metric cannot spell a label apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MessageDisposition {
+pub(crate) enum MessageDisposition {
     /// Deleted after its commit (or skipped on purpose).
     Ack = 0,
     /// Left invisible for a backoff, or its delete failed after the commit.
@@ -271,7 +271,7 @@ pub enum MessageDisposition {
 
 impl MessageDisposition {
     /// Every value, in the order of the discriminants (a table indexed by `self as usize`).
-    pub const ALL: [MessageDisposition; 6] = [
+    pub(crate) const ALL: [MessageDisposition; 6] = [
         Self::Ack,
         Self::Retry,
         Self::DeadLetter,
@@ -280,7 +280,7 @@ impl MessageDisposition {
         Self::HandedBack,
     ];
 
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Ack => "ack",
             Self::Retry => "retry",
@@ -360,7 +360,7 @@ impl fmt::Display for Dependency {
 }
 
 impl Failure {
-    pub fn permanent(reason: DeadLetterReason, detail: impl Into<String>) -> Self {
+    pub(crate) fn permanent(reason: DeadLetterReason, detail: impl Into<String>) -> Self {
         Self::Permanent {
             reason,
             detail: detail.into(),
@@ -368,7 +368,7 @@ impl Failure {
         }
     }
 
-    pub fn transient(reason: RetryReason, source: impl Into<BoxError>) -> Self {
+    pub(crate) fn transient(reason: RetryReason, source: impl Into<BoxError>) -> Self {
         Self::Transient {
             reason,
             source: source.into(),
@@ -405,7 +405,7 @@ impl Failure {
 
     /// The reason a dead letter for this failure carries: its own when permanent, the reason a
     /// transient failure comes to once it has used up its attempts otherwise.
-    pub fn dead_letter_reason(&self) -> DeadLetterReason {
+    pub(crate) fn dead_letter_reason(&self) -> DeadLetterReason {
         match self {
             Self::Permanent { reason, .. } => *reason,
             Self::Transient { reason, .. } => reason.exhausted(),
@@ -422,7 +422,7 @@ impl Failure {
 
     /// Whether a group-commit batch that failed this way should be retried job by job, so only
     /// the job that caused it fails: data refused (class 22, 23) or a panic on someone's data.
-    pub fn isolates(&self) -> bool {
+    pub(crate) fn isolates(&self) -> bool {
         matches!(
             self,
             Self::Permanent { .. }
@@ -455,7 +455,7 @@ impl Failure {
 }
 
 /// The text of a panic payload, for the log line and the dead letter's detail.
-pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

@@ -15,6 +15,25 @@
 //! clients; [`shutdown`] is the value every wait races; [`secret`] holds what must never print.
 //! [`commands`] holds the one-shot commands; [`reference`] renders the configuration reference
 //! from the command line's definitions.
+//!
+//! ## The public surface
+//!
+//! What is `pub` here is what a user outside the crate needs, and nothing more; everything else
+//! is `pub(crate)` or narrower, and `unreachable_pub` (below) warns when that slips:
+//!
+//! - **the binary** (`main.rs`): [`cli`], [`app::run`], [`commands`], [`config`],
+//!   [`ops::telemetry`], [`shutdown`];
+//! - **embedders and the integration tests**: [`app::run_supervised`] with [`app::ExtraTask`],
+//!   [`aws::load`], the [`process`] parts a test drives alone ([`process::event`],
+//!   [`process::key`], [`process::metadata`], [`process::fetch`], [`process::pipeline`]), the
+//!   [`store`] write path ([`store::migrate`], [`store::writer`], [`store::write`]) and its
+//!   notification contract ([`store::notify`]), [`intake::queue::Queue`], [`ops::health`],
+//!   [`ops::http`]'s limits, [`ops::metrics`], [`ops::watchdog`], [`commands::presign`],
+//!   [`reference`];
+//! - **the benchmark examples**: the same write path and queue (`examples/db_write.rs`,
+//!   `examples/ceiling.rs`);
+//! - **the fuzz targets**: [`process::event::parse`], [`process::event::decode_key`],
+//!   [`process::metadata`]'s RFC 2047 decoding.
 
 #![warn(unreachable_pub)]
 

@@ -8,7 +8,7 @@ use std::str::FromStr;
 pub struct Secret(pub(crate) String);
 
 impl Secret {
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

@@ -22,7 +22,7 @@ impl From<CancellationToken> for Signals {
 }
 
 /// Returns a token that is cancelled when the process receives SIGTERM or SIGINT.
-pub fn on_signals() -> CancellationToken {
+pub(crate) fn on_signals() -> CancellationToken {
     signals().stop
 }
 

@@ -24,13 +24,13 @@ use crate::process::metadata;
 use crate::{aws, config};
 
 /// The header that makes S3 verify the body's SHA-256 (base64 of the 32-byte digest).
-pub const CHECKSUM_SHA256: &str = "x-amz-checksum-sha256";
+pub(crate) const CHECKSUM_SHA256: &str = "x-amz-checksum-sha256";
 
 /// S3's limit on user metadata: the `x-amz-meta-*` header names and values, summed in bytes.
-pub const MAX_USER_METADATA_BYTES: usize = 2048;
+pub(crate) const MAX_USER_METADATA_BYTES: usize = 2048;
 
 /// S3's limit on an object key, in bytes of UTF-8.
-pub const MAX_KEY_BYTES: usize = 1024;
+pub(crate) const MAX_KEY_BYTES: usize = 1024;
 
 #[derive(Debug, Serialize)]
 pub struct Presigned {
@@ -177,7 +177,7 @@ pub fn checksum_sha256(hex: &str) -> Result<String, PresignError> {
 }
 
 /// The user metadata an upload carries, as `(name without "x-amz-meta-", header value)`.
-pub fn user_metadata(name: &str, email: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn user_metadata(name: &str, email: &str) -> Vec<(&'static str, String)> {
     vec![
         (metadata::UPLOADED_BY, metadata::PRESIGNED_URL.to_owned()),
         (metadata::UPLOADER_NAME, metadata::encode(name)),
@@ -187,7 +187,7 @@ pub fn user_metadata(name: &str, email: &str) -> Vec<(&'static str, String)> {
 
 /// Refuses metadata S3 would refuse: over 2 KB counting the whole `x-amz-meta-*` header names and
 /// their values as sent (the stricter reading of S3's rule, so no URL handed out fails on it).
-pub fn check_metadata_size(entries: &[(&str, String)]) -> Result<(), PresignError> {
+pub(crate) fn check_metadata_size(entries: &[(&str, String)]) -> Result<(), PresignError> {
     let total: usize = entries
         .iter()
         .map(|(name, value)| "x-amz-meta-".len() + name.len() + value.len())
@@ -202,7 +202,7 @@ pub fn check_metadata_size(entries: &[(&str, String)]) -> Result<(), PresignErro
     Ok(())
 }
 
-pub fn guess_content_type(file: &str) -> &'static str {
+pub(crate) fn guess_content_type(file: &str) -> &'static str {
     let ext = file
         .rsplit_once('.')
         .map(|(_, e)| e.to_ascii_lowercase())

@@ -53,19 +53,19 @@ pub(crate) const POLL_SLACK: Duration = Duration::from_secs(5);
 pub struct WorkerSettings {
     pub concurrency: usize,
     pub pollers: usize,
-    pub retry_base: Duration,
-    pub retry_max: Duration,
+    pub(crate) retry_base: Duration,
+    pub(crate) retry_max: Duration,
     /// Longest time a message's visibility is extended while it is worked on.
-    pub max_extension: Duration,
-    pub shutdown_grace: Duration,
+    pub(crate) max_extension: Duration,
+    pub(crate) shutdown_grace: Duration,
     /// Attempts a message gets before a failure dead-letters it with its reason (capped by the
     /// queue's own `maxReceiveCount`, so SQS never moves it first without a reason).
     pub max_attempts: u32,
     /// While receives come back full (a backlog), how long a poller holding fewer free slots
     /// than a full receive waits for more before it receives (see [`gather`]).
-    pub receive_batch_wait: Duration,
+    pub(crate) receive_batch_wait: Duration,
     /// How long a delete or a visibility change waits for nine others (see `intake::batch`).
-    pub delete_batch_wait: Duration,
+    pub(crate) delete_batch_wait: Duration,
 }
 
 /// What the pollers share: the pipeline each message's work runs through, the SQS seam, what

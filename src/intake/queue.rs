@@ -33,7 +33,7 @@ const MAX_VISIBILITY_SECS: u64 = 43_200;
 pub struct Queue {
     client: aws_sdk_sqs::Client,
     pub url: String,
-    pub dead_letter_url: String,
+    pub(crate) dead_letter_url: String,
     pub wait: Duration,
     pub visibility_timeout: Duration,
     max_receive_count: RedriveLimit,
@@ -84,7 +84,7 @@ fn max_receive_count(policy: &str) -> Option<u32> {
 /// receive counts, and a message is also received, without being charged an attempt, when it
 /// is released during an outage or a shutdown; five receives of slack keep those from making
 /// SQS move a message to the dead-letter queue without a reason.
-pub fn max_receive_count_too_low(
+pub(crate) fn max_receive_count_too_low(
     max_receive_count: Option<u32>,
     max_attempts: u32,
 ) -> Option<(u32, u32)> {
@@ -181,7 +181,7 @@ impl Queue {
     }
 
     /// Takes (and clears) the oldest SentTimestamp received since the last call.
-    pub fn take_oldest_received(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn take_oldest_received(&self) -> Option<DateTime<Utc>> {
         self.oldest_lock().take()
     }
 
@@ -328,13 +328,13 @@ impl Queue {
 
     /// Keeps what [`Queue::attributes`] read, for the worker's lifetime (a changed redrive policy
     /// is picked up at the next start, as every other setting is).
-    pub fn adopt(&self, attributes: &QueueAttributes) {
+    pub(crate) fn adopt(&self, attributes: &QueueAttributes) {
         self.max_receive_count.set(attributes.max_receive_count);
         self.learned.store(true, Ordering::Relaxed);
     }
 
     /// Whether [`Queue::adopt`] has run.
-    pub fn learned(&self) -> bool {
+    pub(crate) fn learned(&self) -> bool {
         self.learned.load(Ordering::Relaxed)
     }
 
@@ -343,7 +343,7 @@ impl Queue {
     /// allowed again? Both are asked about a receipt handle that holds no message, so no message
     /// is touched: SQS checks the caller's permission before it looks at the handle, so "this
     /// handle is invalid" means the call would have worked, and a refusal means it still fails.
-    pub async fn check_settling(&self) -> Result<(), Failure> {
+    pub(crate) async fn check_settling(&self) -> Result<(), Failure> {
         const NO_MESSAGE: &str = "datapack-worker-probe-holds-no-message";
         let entry = DeleteMessageBatchRequestEntry::builder()
             .id("probe")

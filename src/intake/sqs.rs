@@ -27,8 +27,8 @@ pub struct Received {
     pub receipt_handle: String,
     pub body: String,
     pub receive_count: u32,
-    pub sent_at: Option<DateTime<Utc>>,
-    pub first_received_at: Option<DateTime<Utc>>,
+    pub(crate) sent_at: Option<DateTime<Utc>>,
+    pub(crate) first_received_at: Option<DateTime<Utc>>,
 }
 
 /// One entry of a `ChangeMessageVisibilityBatch`.

@@ -54,15 +54,15 @@ pub enum Verdict {
 /// messages) failed among the last `window` outcomes seen within `horizon`, and failures are
 /// the majority of them. One bad object can never trip it, however often it is retried.
 #[derive(Debug, Clone, Copy)]
-pub struct BreakerSettings {
+pub(crate) struct BreakerSettings {
     pub window: usize,
-    pub horizon: Duration,
-    pub min_failed_identities: usize,
+    pub(crate) horizon: Duration,
+    pub(crate) min_failed_identities: usize,
 }
 
 impl BreakerSettings {
     /// The documented thresholds (docs/operating.md, failure taxonomy).
-    pub const fn for_dependency(dependency: Dependency) -> Self {
+    pub(crate) const fn for_dependency(dependency: Dependency) -> Self {
         match dependency {
             // Objects: five different keys failing, most of the last twenty fetches, in a minute.
             Dependency::S3 => Self {
@@ -82,14 +82,14 @@ impl BreakerSettings {
 
 /// Recent outcomes of real work against one dependency.
 #[derive(Debug)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     settings: BreakerSettings,
     outcomes: VecDeque<(Instant, String, bool)>,
     tripped: bool,
 }
 
 impl Breaker {
-    pub fn new(settings: BreakerSettings) -> Self {
+    pub(crate) fn new(settings: BreakerSettings) -> Self {
         Self {
             settings,
             outcomes: VecDeque::with_capacity(settings.window),
@@ -98,7 +98,7 @@ impl Breaker {
     }
 
     /// Adds one outcome; returns true when this outcome trips the breaker.
-    pub fn record(&mut self, identity: &str, ok: bool, now: Instant) -> bool {
+    pub(crate) fn record(&mut self, identity: &str, ok: bool, now: Instant) -> bool {
         self.outcomes.push_back((now, identity.to_owned(), ok));
         while self.outcomes.len() > self.settings.window
             || self
@@ -123,12 +123,12 @@ impl Breaker {
         self.tripped
     }
 
-    pub fn tripped(&self) -> bool {
+    pub(crate) fn tripped(&self) -> bool {
         self.tripped
     }
 
     /// A probe in its deep form passed: the failures were about the objects, start over.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.outcomes.clear();
         self.tripped = false;
     }
@@ -216,7 +216,7 @@ impl Health {
         self.inner.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.states().values().all(|s| s.down_since.is_none())
     }
 
@@ -249,7 +249,7 @@ impl Health {
 
     /// Feeds the dependency's breaker with the outcome of real work on `identity` (an object, a
     /// batch, a message). A trip asks for a probe at once.
-    pub fn observe(&self, dependency: Dependency, identity: &str, ok: bool) {
+    pub(crate) fn observe(&self, dependency: Dependency, identity: &str, ok: bool) {
         let tripped = {
             let mut states = self.states();
             let Some(state) = states.get_mut(&dependency) else {
@@ -276,7 +276,7 @@ impl Health {
     /// the probe's GetQueueAttributes passes are a brownout only these calls can show. A
     /// throttle is backpressure, not a failure, and says nothing either way; an answer about the
     /// message itself (its receipt handle expired) is not a failure of SQS.
-    pub fn observe_sqs(&self, identity: &str, outcome: Result<(), &Failure>) {
+    pub(crate) fn observe_sqs(&self, identity: &str, outcome: Result<(), &Failure>) {
         match outcome {
             Ok(()) => self.observe(Dependency::Sqs, identity, true),
             Err(Failure::Transient {
@@ -291,7 +291,7 @@ impl Health {
     }
 
     /// Whether the dependency's breaker has tripped and no deep probe has passed since.
-    pub fn tripped(&self, dependency: Dependency) -> bool {
+    pub(crate) fn tripped(&self, dependency: Dependency) -> bool {
         self.states()
             .get(&dependency)
             .is_some_and(|s| s.breaker.tripped())
@@ -299,7 +299,7 @@ impl Health {
 
     /// Asks for a probe that starts after this call and waits for its answer. A dependency
     /// already down answers `Down` at once. `None` if `cancel` fired first.
-    pub async fn confirm(
+    pub(crate) async fn confirm(
         &self,
         dependency: Dependency,
         cancel: &CancellationToken,
@@ -449,7 +449,7 @@ impl Health {
     /// Probes one dependency whenever it is down or a probe was asked for, until shutdown. While
     /// it is down, probes repeat with jittered exponential backoff. Every wait is raced against
     /// shutdown.
-    pub async fn run_prober(
+    pub(crate) async fn run_prober(
         self,
         dependency: Dependency,
         probe: Probe,

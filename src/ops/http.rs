@@ -54,12 +54,12 @@ pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Longest life of one connection, however busy. Bounds what the header timeout cannot see: a
 /// client that reads its response very slowly, or sends a request body forever. A scraper
 /// reusing its connection reconnects once a minute.
-pub const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+pub(crate) const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// When a connection is ended (stop, or its lifetime is over), time given to finish the
 /// response in progress before the socket is closed regardless. Responses are rendered in
 /// memory and small, so 1 s is plenty and keeps shutdown prompt.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Pause after an accept fails for lack of descriptors or memory. The pending connection stays
 /// in the backlog, so retrying at once would spin a core; 100 ms keeps probes answered soon

@@ -15,47 +15,46 @@ use crate::disposition::{DeadLetterReason, Dependency, Failure, MessageDispositi
 
 mod aws_requests;
 mod hot;
-pub use aws_requests::AWS_REQUESTS;
 pub(crate) use aws_requests::{AwsOutcome, AwsService, aws_request};
 
-pub const MESSAGES_RECEIVED: &str = "datapack_worker_messages_received_total";
-pub const MESSAGES: &str = "datapack_worker_messages_total";
-pub const RECORDS: &str = "datapack_worker_records_total";
-pub const DEAD_LETTERS: &str = "datapack_worker_dead_letters_total";
-pub const HASHED_BYTES: &str = "datapack_worker_hashed_bytes_total";
-pub const RECEIVES: &str = "datapack_worker_receives_total";
-pub const EMPTY_RECEIVES: &str = "datapack_worker_empty_receives_total";
-pub const VISIBILITY_EXTENSIONS: &str = "datapack_worker_visibility_extensions_total";
-pub const PAUSED_SECONDS: &str = "datapack_worker_paused_seconds_total";
-pub const DB_COMMITS: &str = "datapack_worker_db_commits_total";
-pub const RECORDS_PER_MESSAGE: &str = "datapack_worker_records_per_message";
-pub const OBJECT_SIZE: &str = "datapack_worker_object_size_bytes";
-pub const OBJECT_PROCESSING: &str = "datapack_worker_object_processing_seconds";
-pub const PHASE: &str = "datapack_worker_phase_seconds";
-pub const EVENT_TO_COMMIT: &str = "datapack_worker_event_to_commit_seconds";
-pub const QUEUE_WAIT: &str = "datapack_worker_queue_wait_seconds";
-pub const DB_BATCH_SIZE: &str = "datapack_worker_db_batch_size";
-pub const IN_FLIGHT: &str = "datapack_worker_in_flight_messages";
-pub const WORKERS_BUSY: &str = "datapack_worker_workers_busy";
-pub const CONCURRENCY: &str = "datapack_worker_worker_concurrency";
-pub const POLLERS_IDLE: &str = "datapack_worker_pollers_idle";
-pub const POLLERS_RECEIVING: &str = "datapack_worker_pollers_receiving";
-pub const DEPENDENCY_UP: &str = "datapack_worker_dependency_up";
-pub const PAUSED: &str = "datapack_worker_paused";
-pub const QUEUE_MESSAGES: &str = "datapack_worker_queue_messages";
-pub const QUEUE_OLDEST_AGE: &str = "datapack_worker_queue_oldest_message_age_seconds";
-pub const BUILD_INFO: &str = "datapack_worker_build_info";
-pub const CHECKSUM_AUDITS: &str = "datapack_worker_checksum_audit_total";
-pub const RECONCILE_KEYS: &str = "datapack_worker_reconcile_keys_listed_total";
-pub const RECONCILE_PAGES: &str = "datapack_worker_reconcile_pages_total";
-pub const RECONCILE_DIFFERENCES: &str = "datapack_worker_reconcile_differences_total";
-pub const SEQUENCER_UNUSABLE: &str = "datapack_worker_sequencer_unusable_total";
-pub const ORDER_TIES: &str = "datapack_worker_order_ties_total";
+pub(crate) const MESSAGES_RECEIVED: &str = "datapack_worker_messages_received_total";
+pub(crate) const MESSAGES: &str = "datapack_worker_messages_total";
+pub(crate) const RECORDS: &str = "datapack_worker_records_total";
+pub(crate) const DEAD_LETTERS: &str = "datapack_worker_dead_letters_total";
+pub(crate) const HASHED_BYTES: &str = "datapack_worker_hashed_bytes_total";
+pub(crate) const RECEIVES: &str = "datapack_worker_receives_total";
+pub(crate) const EMPTY_RECEIVES: &str = "datapack_worker_empty_receives_total";
+pub(crate) const VISIBILITY_EXTENSIONS: &str = "datapack_worker_visibility_extensions_total";
+pub(crate) const PAUSED_SECONDS: &str = "datapack_worker_paused_seconds_total";
+pub(crate) const DB_COMMITS: &str = "datapack_worker_db_commits_total";
+pub(crate) const RECORDS_PER_MESSAGE: &str = "datapack_worker_records_per_message";
+pub(crate) const OBJECT_SIZE: &str = "datapack_worker_object_size_bytes";
+pub(crate) const OBJECT_PROCESSING: &str = "datapack_worker_object_processing_seconds";
+pub(crate) const PHASE: &str = "datapack_worker_phase_seconds";
+pub(crate) const EVENT_TO_COMMIT: &str = "datapack_worker_event_to_commit_seconds";
+pub(crate) const QUEUE_WAIT: &str = "datapack_worker_queue_wait_seconds";
+pub(crate) const DB_BATCH_SIZE: &str = "datapack_worker_db_batch_size";
+pub(crate) const IN_FLIGHT: &str = "datapack_worker_in_flight_messages";
+pub(crate) const WORKERS_BUSY: &str = "datapack_worker_workers_busy";
+pub(crate) const CONCURRENCY: &str = "datapack_worker_worker_concurrency";
+pub(crate) const POLLERS_IDLE: &str = "datapack_worker_pollers_idle";
+pub(crate) const POLLERS_RECEIVING: &str = "datapack_worker_pollers_receiving";
+pub(crate) const DEPENDENCY_UP: &str = "datapack_worker_dependency_up";
+pub(crate) const PAUSED: &str = "datapack_worker_paused";
+pub(crate) const QUEUE_MESSAGES: &str = "datapack_worker_queue_messages";
+pub(crate) const QUEUE_OLDEST_AGE: &str = "datapack_worker_queue_oldest_message_age_seconds";
+pub(crate) const BUILD_INFO: &str = "datapack_worker_build_info";
+pub(crate) const CHECKSUM_AUDITS: &str = "datapack_worker_checksum_audit_total";
+pub(crate) const RECONCILE_KEYS: &str = "datapack_worker_reconcile_keys_listed_total";
+pub(crate) const RECONCILE_PAGES: &str = "datapack_worker_reconcile_pages_total";
+pub(crate) const RECONCILE_DIFFERENCES: &str = "datapack_worker_reconcile_differences_total";
+pub(crate) const SEQUENCER_UNUSABLE: &str = "datapack_worker_sequencer_unusable_total";
+pub(crate) const ORDER_TIES: &str = "datapack_worker_order_ties_total";
 
 /// The `reason` values of [`SEQUENCER_UNUSABLE`] (the parser's `SequencerProblem::as_str`).
-pub const SEQUENCER_PROBLEMS: [&str; 4] = ["not_text", "empty", "not_hex", "too_long"];
+pub(crate) const SEQUENCER_PROBLEMS: [&str; 4] = ["not_text", "empty", "not_hex", "too_long"];
 /// The `result` values of [`ORDER_TIES`].
-pub const TIE_RESULTS: [&str; 2] = ["current", "not_current"];
+pub(crate) const TIE_RESULTS: [&str; 2] = ["current", "not_current"];
 
 // Fine below 100 ms (1 ms steps to 5 ms, then 2.5-10 ms), where a healthy worker's latencies
 // sit: a p99 of 11 ms and one of 17 ms must not both read as "10-25 ms". Coarse above.
@@ -348,7 +347,7 @@ fn zero() {
 
 /// An object event's sequencer could not be used (`reason`, one of [`SEQUENCER_PROBLEMS`]): it
 /// is ordered by its event time instead.
-pub fn sequencer_unusable(reason: &'static str) {
+pub(crate) fn sequencer_unusable(reason: &'static str) {
     tracing::debug!(
         reason,
         "the event's sequencer is unusable; ordering by event time"
@@ -358,18 +357,18 @@ pub fn sequencer_unusable(reason: &'static str) {
 
 /// A write tied with a different object and S3's answer settled it (`result`, one of
 /// [`TIE_RESULTS`]).
-pub fn order_tie(result: &'static str) {
+pub(crate) fn order_tie(result: &'static str) {
     counter!(ORDER_TIES, "result" => result).increment(1);
 }
 
 /// A reconcile finished a page of `keys` keys (compared, repaired, checkpointed).
-pub fn reconcile_page(keys: usize) {
+pub(crate) fn reconcile_page(keys: usize) {
     counter!(RECONCILE_PAGES).increment(1);
     counter!(RECONCILE_KEYS).increment(keys as u64);
 }
 
 /// A reconcile found a difference of this kind; the repair's outcome is counted as a record's.
-pub fn reconcile_difference(kind: &'static str) {
+pub(crate) fn reconcile_difference(kind: &'static str) {
     counter!(RECONCILE_DIFFERENCES, "kind" => kind).increment(1);
 }
 
@@ -377,7 +376,7 @@ pub fn build_info(version: &'static str, git_commit: &'static str) {
     gauge!(BUILD_INFO, "version" => version, "git_commit" => git_commit).set(1.0);
 }
 
-pub fn record_outcome(outcome: Outcome) {
+pub(crate) fn record_outcome(outcome: Outcome) {
     let (label, reason) = outcome.label();
     tracing::info!(outcome = label, reason, "record done");
     if let Some(hot) = hot::get() {
@@ -386,7 +385,7 @@ pub fn record_outcome(outcome: Outcome) {
 }
 
 /// Logs a failure once, with its cause chain, where its disposition is decided.
-pub fn record_failure(failure: &Failure, dead_lettered: bool) {
+pub(crate) fn record_failure(failure: &Failure, dead_lettered: bool) {
     let reason = failure.reason();
     let detail = crate::disposition::chain(failure);
     let outcome = if dead_lettered {
@@ -406,7 +405,7 @@ pub fn record_failure(failure: &Failure, dead_lettered: bool) {
 }
 
 /// One message settled this way.
-pub fn message_disposition(disposition: MessageDisposition) {
+pub(crate) fn message_disposition(disposition: MessageDisposition) {
     if let Some(hot) = hot::get() {
         hot.message(disposition);
     }
@@ -416,7 +415,7 @@ pub fn dead_lettered(reason: DeadLetterReason) {
     counter!(DEAD_LETTERS, "reason" => reason.as_str()).increment(1);
 }
 
-pub fn hashed_bytes(n: usize) {
+pub(crate) fn hashed_bytes(n: usize) {
     if let Some(hot) = hot::get() {
         hot.hashed_bytes.increment(n as u64);
     }
@@ -425,7 +424,7 @@ pub fn hashed_bytes(n: usize) {
 /// One audit of a trusted S3 checksum: the SHA-256 S3 stored against the one computed from the
 /// bytes. A mismatch is logged loudly, naming the object: S3 (or the store behind the endpoint)
 /// kept a checksum it did not verify, so rows taken from its checksums alone may be wrong.
-pub fn checksum_audit(object: &str, etag: &str, stored: &str, computed: &str) {
+pub(crate) fn checksum_audit(object: &str, etag: &str, stored: &str, computed: &str) {
     if stored == computed {
         tracing::debug!(object, etag, sha256 = computed, "checksum audit: match");
         counter!(CHECKSUM_AUDITS, "result" => "match").increment(1);
@@ -452,35 +451,35 @@ pub fn received(messages: usize) {
 }
 
 /// One depth sample: `queue` is `main` or `dead_letter`, `state` one of SQS's three counts.
-pub fn queue_messages(queue: &'static str, state: &'static str, value: u64) {
+pub(crate) fn queue_messages(queue: &'static str, state: &'static str, value: u64) {
     gauge!(QUEUE_MESSAGES, "queue" => queue, "state" => state).set(value as f64);
 }
 
-pub fn queue_oldest_age(queue: &'static str, age_secs: f64) {
+pub(crate) fn queue_oldest_age(queue: &'static str, age_secs: f64) {
     gauge!(QUEUE_OLDEST_AGE, "queue" => queue).set(age_secs);
 }
 
-pub fn records_per_message(records: usize) {
+pub(crate) fn records_per_message(records: usize) {
     if let Some(hot) = hot::get() {
         hot.records_per_message.record(records as f64);
     }
 }
 
 /// From the event's time to the commit of what it announced.
-pub fn event_to_commit(lag: Duration) {
+pub(crate) fn event_to_commit(lag: Duration) {
     if let Some(hot) = hot::get() {
         hot.event_to_commit.record(lag.as_secs_f64());
     }
 }
 
-pub fn object_size(bytes: u64) {
+pub(crate) fn object_size(bytes: u64) {
     if let Some(hot) = hot::get() {
         hot.object_size.record(bytes as f64);
     }
 }
 
 /// One committed group-commit transaction of `writes` writes.
-pub fn db_commit(writes: usize) {
+pub(crate) fn db_commit(writes: usize) {
     counter!(DB_COMMITS).increment(1);
     histogram!(DB_BATCH_SIZE).record(writes as f64);
 }
@@ -490,18 +489,18 @@ pub fn concurrency(slots: usize) {
 }
 
 /// From SentTimestamp to the start of processing.
-pub fn queue_wait(wait: Duration) {
+pub(crate) fn queue_wait(wait: Duration) {
     if let Some(hot) = hot::get() {
         hot.queue_wait.record(wait.as_secs_f64());
     }
 }
 
-pub fn visibility_extended() {
+pub(crate) fn visibility_extended() {
     counter!(VISIBILITY_EXTENSIONS).increment(1);
 }
 
 /// From the start of a message's work to its settlement.
-pub fn object_processing(elapsed: Duration) {
+pub(crate) fn object_processing(elapsed: Duration) {
     if let Some(hot) = hot::get() {
         hot.object_processing.record(elapsed.as_secs_f64());
     }
@@ -528,7 +527,7 @@ pub fn paused(paused: bool) {
 /// The `metrics` crate's counters are whole numbers, and adding a pause only when it ends would
 /// leave the counter flat during an outage; so it is written here at scrape time: it grows
 /// while paused, in fractional seconds, and never goes backwards.
-pub fn render(handle: &PrometheusHandle, paused: &[(Dependency, Duration)]) -> String {
+pub(crate) fn render(handle: &PrometheusHandle, paused: &[(Dependency, Duration)]) -> String {
     use std::fmt::Write;
     let mut out = handle.render();
     if paused.is_empty() {
@@ -554,10 +553,10 @@ pub fn render(handle: &PrometheusHandle, paused: &[(Dependency, Duration)]) -> S
 }
 
 /// A gauge raised for as long as the guard lives (busy workers, in-flight messages, pollers).
-pub struct Raised(&'static str);
+pub(crate) struct Raised(&'static str);
 
 impl Raised {
-    pub fn new(name: &'static str) -> Self {
+    pub(crate) fn new(name: &'static str) -> Self {
         gauge!(name).increment(1.0);
         Self(name)
     }

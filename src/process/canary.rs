@@ -66,7 +66,7 @@ impl Canary {
 
     /// Called for every object read: the last one's strings are overwritten in place, so this
     /// allocates only when a name outgrows them.
-    pub fn read_ok(&self, target: &Target<'_>) {
+    pub(crate) fn read_ok(&self, target: &Target<'_>) {
         let mut state = self.state();
         match &mut state.last_ok {
             Some(last) => last.set(target),
@@ -74,7 +74,7 @@ impl Canary {
         }
     }
 
-    pub fn read_failed(&self, target: &Target<'_>) {
+    pub(crate) fn read_failed(&self, target: &Target<'_>) {
         let object = ObjectRef::of(target);
         let mut state = self.state();
         state.failed.retain(|o| *o != object);

@@ -21,7 +21,7 @@ pub struct Checksums {
     pub trusted: bool,
     /// The share (0.0–1.0) of trusted objects read and hashed anyway, to catch a store that does
     /// not verify what it stores.
-    pub audit_ratio: f64,
+    pub(crate) audit_ratio: f64,
 }
 
 impl Checksums {

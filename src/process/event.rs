@@ -51,7 +51,7 @@ pub enum EventKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectEvent {
     pub kind: EventKind,
-    pub event_name: String,
+    pub(crate) event_name: String,
     pub bucket: String,
     pub key: String,
     /// Without quotes.
@@ -64,7 +64,7 @@ pub struct ObjectEvent {
 
 /// Why an event's sequencer cannot order it (the `reason` of `sequencer_unusable_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SequencerProblem {
+pub(crate) enum SequencerProblem {
     /// A JSON value that is not a string.
     NotText,
     Empty,
@@ -75,9 +75,11 @@ pub enum SequencerProblem {
 }
 
 impl SequencerProblem {
-    pub const ALL: [Self; 4] = [Self::NotText, Self::Empty, Self::NotHex, Self::TooLong];
+    /// Every problem: a test holds them equal to the metric's pre-registered labels.
+    #[cfg(test)]
+    pub(crate) const ALL: [Self; 4] = [Self::NotText, Self::Empty, Self::NotHex, Self::TooLong];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::NotText => "not_text",
             Self::Empty => "empty",
@@ -89,9 +91,9 @@ impl SequencerProblem {
 
 /// A parsed body, with the sequencers the parser had to drop (one per event that carried one).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Parsed {
+pub(crate) struct Parsed {
     pub message: Message,
-    pub unusable_sequencers: Vec<SequencerProblem>,
+    pub(crate) unusable_sequencers: Vec<SequencerProblem>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,22 +107,22 @@ pub struct ParseError {
 /// comes near these, and every later step (headers, SQL, comparisons) can rely on them.
 pub mod limits {
     /// SQS's own maximum message size.
-    pub const BODY_BYTES: usize = 1 << 20;
+    pub(crate) const BODY_BYTES: usize = 1 << 20;
     /// S3 sends one record per message; the format allows more.
-    pub const RECORDS: usize = 100;
+    pub(crate) const RECORDS: usize = 100;
     /// S3's limit on a key, in bytes of UTF-8, after decoding.
-    pub const KEY_BYTES: usize = 1024;
+    pub(crate) const KEY_BYTES: usize = 1024;
     /// Bucket names: 3–63 today, up to 255 for legacy us-east-1 buckets.
-    pub const BUCKET_CHARS: usize = 255;
+    pub(crate) const BUCKET_CHARS: usize = 255;
     /// An ETag: 32 hex digits, `-N` for multipart; other stores use other forms of similar size.
-    pub const ETAG_CHARS: usize = 128;
+    pub(crate) const ETAG_CHARS: usize = 128;
     /// S3 version ids are at most 1,024 bytes.
-    pub const VERSION_ID_CHARS: usize = 1024;
+    pub(crate) const VERSION_ID_CHARS: usize = 1024;
     /// S3 sequencers are 16–18 hex digits today. A longer one is dropped, not refused.
-    pub const SEQUENCER_CHARS: usize = 64;
+    pub(crate) const SEQUENCER_CHARS: usize = 64;
     /// S3's largest object (50 TB).
-    pub const OBJECT_BYTES: u64 = 50_000_000_000_000;
-    pub const EVENT_NAME_CHARS: usize = 128;
+    pub(crate) const OBJECT_BYTES: u64 = 50_000_000_000_000;
+    pub(crate) const EVENT_NAME_CHARS: usize = 128;
 }
 
 fn malformed(detail: impl Into<String>) -> ParseError {
@@ -136,7 +138,7 @@ pub fn parse(body: &str) -> Result<Message, ParseError> {
 }
 
 /// [`parse`], saying which sequencers were unusable (the worker counts them).
-pub fn parse_noting(body: &str) -> Result<Parsed, ParseError> {
+pub(crate) fn parse_noting(body: &str) -> Result<Parsed, ParseError> {
     let mut unusable_sequencers = Vec::new();
     let message = parse_body(body, &mut unusable_sequencers)?;
     Ok(Parsed {

@@ -52,7 +52,7 @@ pub struct Facts {
     pub sha256_source: Sha256Source,
     pub length: u64,
     pub content_type: Option<String>,
-    pub last_modified: Option<DateTime<Utc>>,
+    pub(crate) last_modified: Option<DateTime<Utc>>,
     pub version_id: Option<String>,
     pub uploader: Uploader,
 }

@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-pub const UPLOADED_BY: &str = "uploaded-by";
-pub const UPLOADER_NAME: &str = "uploader-name";
-pub const UPLOADER_EMAIL: &str = "uploader-email";
-pub const PRESIGNED_URL: &str = "presigned-url";
+pub(crate) const UPLOADED_BY: &str = "uploaded-by";
+pub(crate) const UPLOADER_NAME: &str = "uploader-name";
+pub(crate) const UPLOADER_EMAIL: &str = "uploader-email";
+pub(crate) const PRESIGNED_URL: &str = "presigned-url";
 
 /// Encodes a value for an `x-amz-meta-*` header: ASCII as is, anything else as one encoded word.
 pub fn encode(value: &str) -> String {
@@ -95,14 +95,14 @@ fn decode_q(text: &str) -> Option<Vec<u8>> {
 /// The metadata that decides whether and how an upload is recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uploader {
-    pub uploaded_by: Option<String>,
+    pub(crate) uploaded_by: Option<String>,
     pub name: Option<String>,
     pub email: Option<String>,
 }
 
 impl Uploader {
     /// Reads from the SDK's metadata map, whose keys are lower-case without `x-amz-meta-`.
-    pub fn from_metadata(metadata: Option<&HashMap<String, String>>) -> Self {
+    pub(crate) fn from_metadata(metadata: Option<&HashMap<String, String>>) -> Self {
         let get = |k: &str| {
             metadata
                 .and_then(|m| m.iter().find(|(key, _)| key.eq_ignore_ascii_case(k)))

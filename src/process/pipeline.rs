@@ -102,7 +102,7 @@ impl Pipeline {
 
     /// Records already parsed → the verdict: what a message's body comes to, and what `reconcile`
     /// hands over for each difference it finds, so both take the same fetch, filters and write.
-    pub async fn process_items(&self, items: &[Item]) -> Verdict {
+    pub(crate) async fn process_items(&self, items: &[Item]) -> Verdict {
         let mut tally = Tally::default();
         for item in items {
             let span = record_span(item);

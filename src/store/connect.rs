@@ -201,7 +201,7 @@ impl Database {
     }
 
     /// Options for a new connection, with the password as it is now.
-    pub async fn current_options(&self) -> Result<PgConnectOptions, sqlx::Error> {
+    pub(crate) async fn current_options(&self) -> Result<PgConnectOptions, sqlx::Error> {
         let base = self.opener.base.clone();
         Ok(match &self.opener.source {
             Source::Fixed => base,
@@ -236,7 +236,7 @@ impl Database {
     /// One connection outside the pool, with fresh credentials, to learn why the pool could not
     /// give one: its error is the cause ("connection refused", "too many connections for role",
     /// "password authentication failed") where the pool only says it timed out.
-    pub async fn connect_directly(&self) -> Result<PgConnection, sqlx::Error> {
+    pub(crate) async fn connect_directly(&self) -> Result<PgConnection, sqlx::Error> {
         let options = self.current_options().await?;
         match tokio::time::timeout(self.opener.acquire_timeout, options.connect()).await {
             Ok(result) => result,

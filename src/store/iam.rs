@@ -32,9 +32,9 @@ pub(crate) struct Target {
 
 /// The signing keys of one credential set.
 pub(crate) struct Keys<'a> {
-    pub access_key_id: &'a str,
-    pub secret_access_key: &'a str,
-    pub session_token: Option<&'a str>,
+    pub(crate) access_key_id: &'a str,
+    pub(crate) secret_access_key: &'a str,
+    pub(crate) session_token: Option<&'a str>,
 }
 
 /// The token for `target`, signed with `keys` at `at`: `HOST:PORT/?Action=connect&DBUser=…`

@@ -23,7 +23,7 @@ pub use write::{
     NewResource, Removal, Sha256Source, Survivor, Write, WriteOptions, WriteOutcome, apply,
 };
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -64,7 +64,7 @@ const PROBE_ACQUIRE: Duration = Duration::from_secs(4);
 /// write while a plain SELECT still passes: the database's form of a brownout). When the pool
 /// has no connection to give, the error is the database's own answer to a direct connection
 /// ("connection refused", "password authentication failed"), not the pool's timeout.
-pub async fn ping(db: &Database) -> Result<(), Failure> {
+pub(crate) async fn ping(db: &Database) -> Result<(), Failure> {
     let pooled = match tokio::time::timeout(PROBE_ACQUIRE, db.acquire()).await {
         Ok(Ok(connection)) => Some(connection),
         Ok(Err(error)) if !matches!(error, sqlx::Error::PoolTimedOut) => {

@@ -160,7 +160,7 @@ impl Write {
         }
     }
 
-    pub fn set_tiebreak(&mut self, tiebreak: Tiebreak) {
+    pub(crate) fn set_tiebreak(&mut self, tiebreak: Tiebreak) {
         match self {
             Self::Resource(r) => r.tiebreak = Some(tiebreak),
             Self::Removal(r) => r.tiebreak = Some(tiebreak),
@@ -245,7 +245,7 @@ const WRITE_BATCH: &str = "SELECT datapack_write_batch($1::bigint[], $2::boolean
     $18::timestamptz[], $19::text[], $20::text[], $21, $22)";
 
 /// Writes a batch on `connection`, one statement that is its own transaction (see [`apply`]).
-pub async fn apply_on(
+pub(crate) async fn apply_on(
     connection: &mut PgConnection,
     writes: &[Write],
     options: WriteOptions,

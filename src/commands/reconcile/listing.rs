@@ -37,7 +37,7 @@ pub(crate) struct Listed {
 pub(crate) struct Page {
     pub entries: Vec<Listed>,
     /// The last key the page covers; `None`: everything to the end of the scope.
-    pub upto: Option<String>,
+    pub(crate) upto: Option<String>,
 }
 
 impl Page {
@@ -87,7 +87,7 @@ pub(crate) struct Start {
     pub bucket: String,
     pub prefix: String,
     pub after: Option<String>,
-    pub page_keys: i32,
+    pub(crate) page_keys: i32,
 }
 
 /// ListObjectsV2: each key once, with its current ETag.

@@ -69,7 +69,7 @@ pub(crate) struct Work {
     /// When the listing was taken, for a source older than the run (an inventory report): the
     /// latest time a repair of what it lists may carry. `None`: the listing is read as the run
     /// goes.
-    pub listed_at: Option<DateTime<Utc>>,
+    pub(crate) listed_at: Option<DateTime<Utc>>,
 }
 
 /// What one repair came to.

@@ -200,7 +200,7 @@ pub(crate) struct Report {
     pub ended: &'static str,
     /// Why it did not complete.
     pub error: Option<String>,
-    pub elapsed_secs: f64,
+    pub(crate) elapsed_secs: f64,
     #[serde(flatten)]
     pub counts: Counts,
 }

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use metrics::{Counter, Unit, counter, describe_counter};
 
-pub const AWS_REQUESTS: &str = "datapack_worker_aws_requests_total";
+pub(crate) const AWS_REQUESTS: &str = "datapack_worker_aws_requests_total";
 
 /// The AWS service a client talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use super::Write;
 
 /// (sequencer, event time, tie rank).
-pub type Position<'a> = (Option<&'a str>, DateTime<Utc>, i32);
+pub(crate) type Position<'a> = (Option<&'a str>, DateTime<Utc>, i32);
 
 /// The order of two events of one key, the same rule as the SQL function `datapack_event_newer`:
 /// sequencers when both have one and they differ, else event times, else tie ranks. A missing
