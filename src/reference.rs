@@ -71,28 +71,65 @@ and `NO_COLOR` (see the table for every command above).
 pub fn configuration() -> Reference {
     let mut root = Cli::command();
     root.build();
-    let mut out = HEADER.replace("REGENERATE", REGENERATE);
-    let mut seen: BTreeMap<String, String> = BTreeMap::new();
-    let mut used_ranges: Vec<&'static str> = Vec::new();
-    let mut flags = Vec::new();
+    let mut page = Page {
+        out: HEADER.replace("REGENERATE", REGENERATE),
+        seen: BTreeMap::new(),
+        used_ranges: Vec::new(),
+        flags: Vec::new(),
+    };
+    page.globals(&root);
+    for path in COMMANDS {
+        if let Some(command) = find(&root, path) {
+            page.command(path, command);
+        }
+    }
+    page.out.push('\n');
+    page.out.push_str(AWS);
 
-    out.push_str("## Every command\n\n");
-    let globals: Vec<&Arg> = documented(&root).filter(|a| a.is_global_set()).collect();
-    table(&mut out, &globals, &mut used_ranges);
-    for arg in &globals {
-        let flag = long(arg);
-        seen.insert(flag.clone(), "every command".into());
-        flags.push(format!("datapack-worker {flag}"));
+    let unmatched_ranges = RANGES
+        .iter()
+        .map(|(name, _, _)| *name)
+        .chain(RULES.iter().map(|(name, _)| *name))
+        .filter(|name| !page.used_ranges.contains(name))
+        .map(str::to_owned)
+        .collect();
+    Reference {
+        markdown: page.out,
+        unmatched_ranges,
+        flags: page.flags,
+    }
+}
+
+/// The reference while it is written: the text, and what it has documented so far.
+struct Page {
+    out: String,
+    /// Each setting documented, by flag, variable, default and help: where it was first.
+    seen: BTreeMap<String, String>,
+    used_ranges: Vec<&'static str>,
+    /// `datapack-worker [COMMAND] --flag`, one per setting documented.
+    flags: Vec<String>,
+}
+
+impl Page {
+    /// The settings every command reads.
+    fn globals(&mut self, root: &Command) {
+        self.out.push_str("## Every command\n\n");
+        let globals: Vec<&Arg> = documented(root).filter(|a| a.is_global_set()).collect();
+        table(&mut self.out, &globals, &mut self.used_ranges);
+        for arg in &globals {
+            let flag = long(arg);
+            self.seen.insert(flag.clone(), "every command".into());
+            self.flags.push(format!("datapack-worker {flag}"));
+        }
     }
 
-    for path in COMMANDS {
-        let Some(command) = find(&root, path) else {
-            continue;
-        };
+    /// One command's section: its own settings in a table, the ones an earlier section
+    /// documented named with a link back.
+    fn command(&mut self, path: &[&str], command: &Command) {
         let name = format!("datapack-worker {}", path.join(" "));
-        let _ = writeln!(out, "\n## `{name}`\n");
+        let _ = writeln!(self.out, "\n## `{name}`\n");
         if let Some(about) = command.get_long_about().or(command.get_about()) {
-            let _ = writeln!(out, "{}\n", one_line(&about.to_string()));
+            let _ = writeln!(self.out, "{}\n", one_line(&about.to_string()));
         }
         let mut own = Vec::new();
         let mut shared = Vec::new();
@@ -103,42 +140,27 @@ pub fn configuration() -> Reference {
                 .or(arg.get_help())
                 .map(ToString::to_string);
             let key = format!("{flag}|{:?}|{}|{help:?}", env(arg), defaults(arg));
-            match seen.get(&key) {
+            match self.seen.get(&key) {
                 Some(first) => shared.push(format!("`{flag}` ({first})")),
                 None => {
-                    seen.insert(key, format!("`{}`", path.join(" ")));
-                    flags.push(format!("{name} {flag}"));
+                    self.seen.insert(key, format!("`{}`", path.join(" ")));
+                    self.flags.push(format!("{name} {flag}"));
                     own.push(arg);
                 }
             }
         }
         if own.is_empty() {
-            out.push_str("No settings of its own.\n");
+            self.out.push_str("No settings of its own.\n");
         } else {
-            table(&mut out, &own, &mut used_ranges);
+            table(&mut self.out, &own, &mut self.used_ranges);
         }
         if !shared.is_empty() {
             let _ = writeln!(
-                out,
+                self.out,
                 "\nAlso reads, as documented there: {}.",
                 shared.join(", ")
             );
         }
-    }
-    out.push('\n');
-    out.push_str(AWS);
-
-    let unmatched_ranges = RANGES
-        .iter()
-        .map(|(name, _, _)| *name)
-        .chain(RULES.iter().map(|(name, _)| *name))
-        .filter(|name| !used_ranges.contains(name))
-        .map(str::to_owned)
-        .collect();
-    Reference {
-        markdown: out,
-        unmatched_ranges,
-        flags,
     }
 }
 

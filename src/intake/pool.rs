@@ -81,6 +81,8 @@ struct Pollers {
 
 /// Runs until `signals.stop` fires and in-flight work is drained or released. If `watchdog`
 /// fires (a supervised task died) or `signals.now` does, what is held is released at once.
+///
+/// One function on purpose: it is the pool's start and shutdown order, read top to bottom.
 pub(crate) async fn run(
     pipeline: Pipeline,
     queue: Queue,
@@ -111,17 +113,15 @@ pub(crate) async fn run(
     let hurry = signals.now.child_token();
     let pollers: Vec<_> = (0..settings.pollers.max(1))
         .map(|_| {
-            watchdog.spawn(
-                "poller",
-                poll(
-                    context.clone(),
-                    slots.clone(),
-                    gathering.clone(),
-                    tasks.clone(),
-                    receiving.clone(),
-                    hurry.clone(),
-                ),
-            )
+            let poller = poll(
+                context.clone(),
+                slots.clone(),
+                gathering.clone(),
+                tasks.clone(),
+                receiving.clone(),
+                hurry.clone(),
+            );
+            watchdog.spawn("poller", poller)
         })
         .collect();
 
@@ -138,12 +138,8 @@ pub(crate) async fn run(
     for poller in pollers {
         let _ = poller.await;
     }
-    let grace = if hurry.is_cancelled() {
-        Duration::ZERO
-    } else {
-        settings.shutdown_grace.saturating_sub(stopping.elapsed())
-    };
-    drain(&tasks, grace, &hard_stop, &hurry).await;
+    let grace_left = settings.shutdown_grace.saturating_sub(stopping.elapsed());
+    drain(&tasks, grace_left, &hard_stop, &hurry).await;
     // The last senders: the batchers send what is queued and end.
     drop(context);
     for settler in settlers {
@@ -165,21 +161,15 @@ fn settling(
     let linger = batch::linger(settings.delete_batch_wait, queue.visibility_timeout);
     let capacity = settings.concurrency.max(BATCH) * 2;
     let (deletes, delete_requests) = mpsc::channel(capacity);
-    let deleter = deleter::run_deleter(
-        sqs.clone(),
-        health.clone(),
-        delete_requests,
-        linger,
-        stopping.clone(),
-    );
     let (visibility, visibility_requests) = mpsc::channel(capacity);
-    let batcher = visibility::run_batcher(
-        sqs.clone(),
-        health.clone(),
-        visibility_requests,
+    let sink = batch::Sink {
+        sqs: sqs.clone(),
+        health: health.clone(),
         linger,
-        stopping.clone(),
-    );
+        stopping: stopping.clone(),
+    };
+    let deleter = deleter::run_deleter(sink.clone(), delete_requests);
+    let batcher = visibility::run_batcher(sink, visibility_requests);
     let settlers = [
         watchdog.spawn("deleter", deleter),
         watchdog.spawn("visibility batcher", batcher),
@@ -210,6 +200,12 @@ async fn drain(
     hard_stop: &CancellationToken,
     hurry: &CancellationToken,
 ) {
+    // A supervised task died, or a second signal: no grace at all.
+    let grace = if hurry.is_cancelled() {
+        Duration::ZERO
+    } else {
+        grace
+    };
     tasks.close();
     tracing::info!(
         in_flight = tasks.len(),

@@ -133,6 +133,8 @@ fn spawn_upkeep(handle: PrometheusHandle) {
     }
 }
 
+/// Every metric's description and unit, in one list on purpose: it reads as the table of what
+/// the worker exports.
 fn describe() {
     describe_counter!(
         RECONCILE_KEYS,
