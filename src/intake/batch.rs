@@ -8,13 +8,47 @@
 //! queues up while a call is under way goes out together in the next.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::intake::sqs::BATCH;
+use crate::intake::sqs::{BATCH, Sqs};
+use crate::ops::health::Health;
+
+/// What the deleter and the visibility batcher share: the SQS seam their calls go to, the
+/// health their answers feed (the SQS breaker), how long a request waits for its batch, and
+/// when waiting stops.
+#[derive(Clone)]
+pub(crate) struct Sink {
+    pub(crate) sqs: Arc<dyn Sqs>,
+    pub(crate) health: Health,
+    pub(crate) linger: Duration,
+    pub(crate) stopping: CancellationToken,
+}
+
+impl Sink {
+    /// Gathers `requests` into batches and makes one call of each with `send`, until every
+    /// sender is gone.
+    pub(crate) async fn serve<R, F, Sent>(self, requests: mpsc::Receiver<R>, send: F)
+    where
+        F: Fn(Arc<dyn Sqs>, Health, Vec<R>) -> Sent,
+        Sent: Future<Output = ()>,
+    {
+        let Self {
+            sqs,
+            health,
+            linger,
+            stopping,
+        } = self;
+        gather(requests, linger, stopping, |batch| {
+            send(sqs.clone(), health.clone(), batch)
+        })
+        .await;
+    }
+}
 
 /// When the requests queued so far go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

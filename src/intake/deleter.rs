@@ -5,14 +5,12 @@
 //! throughput (the message's slot is given back when its delete is queued).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::disposition::{Failure, RetryReason};
-use crate::intake::batch;
+use crate::intake::batch::Sink;
 use crate::intake::sqs::Sqs;
 use crate::ops::health::Health;
 
@@ -24,21 +22,12 @@ pub(crate) struct DeleteRequest {
 
 /// Batches deletes until every sender is gone. Each call's answer feeds the SQS breaker (a
 /// refused delete leaves the message to be processed again and again while every probe passes).
-pub(crate) async fn run_deleter(
-    sqs: Arc<dyn Sqs>,
-    health: Health,
-    requests: mpsc::Receiver<DeleteRequest>,
-    linger: Duration,
-    stopping: CancellationToken,
-) {
-    batch::gather(requests, linger, stopping, |batch| {
-        send(sqs.as_ref(), &health, batch)
-    })
-    .await;
+pub(crate) async fn run_deleter(sink: Sink, requests: mpsc::Receiver<DeleteRequest>) {
+    sink.serve(requests, send).await;
 }
 
 /// One `DeleteMessageBatch` for `batch`, each request told its own answer.
-async fn send(sqs: &dyn Sqs, health: &Health, batch: Vec<DeleteRequest>) {
+async fn send(sqs: Arc<dyn Sqs>, health: Health, batch: Vec<DeleteRequest>) {
     let handles: Vec<String> = batch.iter().map(|r| r.receipt_handle.clone()).collect();
     let started = Instant::now();
     let result = sqs.delete_batch(&handles).await;
@@ -63,6 +52,10 @@ async fn send(sqs: &dyn Sqs, health: &Health, batch: Vec<DeleteRequest>) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
     use super::*;
     use crate::intake::sqs::memory::{Memory, Seen};
 
@@ -70,13 +63,13 @@ mod tests {
     async fn delete(sqs: Arc<Memory>, handles: &[&str]) -> Vec<Result<(), Failure>> {
         let (tx, rx) = mpsc::channel(32);
         let stopping = CancellationToken::new();
-        let deleter = tokio::spawn(run_deleter(
+        let sink = Sink {
             sqs,
-            Health::new(),
-            rx,
-            Duration::from_secs(60),
-            stopping.clone(),
-        ));
+            health: Health::new(),
+            linger: Duration::from_secs(60),
+            stopping: stopping.clone(),
+        };
+        let deleter = tokio::spawn(run_deleter(sink, rx));
         let mut answers = Vec::new();
         for handle in handles {
             let (done, answer) = oneshot::channel();

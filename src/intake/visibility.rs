@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
-use crate::intake::batch;
+use crate::intake::batch::Sink;
 use crate::intake::sqs::{BATCH, Received, Sqs, VisibilityChange, VisibilityError};
 use crate::ops::health::Health;
 
@@ -27,26 +26,17 @@ pub(crate) struct VisibilityRequest {
 }
 
 /// Batches visibility changes until every sender is gone.
-pub(crate) async fn run_batcher(
-    sqs: Arc<dyn Sqs>,
-    health: Health,
-    requests: mpsc::Receiver<VisibilityRequest>,
-    linger: Duration,
-    stopping: CancellationToken,
-) {
-    batch::gather(requests, linger, stopping, |batch| {
-        send(sqs.as_ref(), &health, batch)
-    })
-    .await;
+pub(crate) async fn run_batcher(sink: Sink, requests: mpsc::Receiver<VisibilityRequest>) {
+    sink.serve(requests, send).await;
 }
 
 /// One `ChangeMessageVisibilityBatch` for `batch`, each request told its own answer.
-async fn send(sqs: &dyn Sqs, health: &Health, batch: Vec<VisibilityRequest>) {
+async fn send(sqs: Arc<dyn Sqs>, health: Health, batch: Vec<VisibilityRequest>) {
     let (ids, changes): (Vec<String>, Vec<VisibilityChange>) = batch
         .iter()
         .map(|r| (r.message_id.clone(), r.change.clone()))
         .unzip();
-    let outcomes = change(sqs, health, &ids, &changes).await;
+    let outcomes = change(sqs.as_ref(), &health, &ids, &changes).await;
     for (request, outcome) in batch.into_iter().zip(outcomes) {
         let _ = request.done.send(outcome);
     }
@@ -113,6 +103,8 @@ pub(crate) async fn hand_back(
 
 #[cfg(test)]
 mod tests {
+    use tokio_util::sync::CancellationToken;
+
     use super::*;
     use crate::intake::sqs::memory::{self, Memory};
 
@@ -145,13 +137,13 @@ mod tests {
         sqs.state().lost.insert("receipt-m1".into());
         sqs.state().refuse_entries.insert("receipt-m2".into());
         let (tx, rx) = mpsc::channel(32);
-        let batcher = tokio::spawn(run_batcher(
-            sqs.clone(),
-            Health::new(),
-            rx,
-            Duration::from_millis(200),
-            CancellationToken::new(),
-        ));
+        let sink = Sink {
+            sqs: sqs.clone(),
+            health: Health::new(),
+            linger: Duration::from_millis(200),
+            stopping: CancellationToken::new(),
+        };
+        let batcher = tokio::spawn(run_batcher(sink, rx));
         let mut answers = Vec::new();
         for i in 0..4 {
             let (request, answer) = request(&format!("m{i}"), 60);
@@ -181,13 +173,13 @@ mod tests {
         let (tx, rx) = mpsc::channel(8);
         let stopping = CancellationToken::new();
         stopping.cancel();
-        let batcher = tokio::spawn(run_batcher(
-            sqs.clone(),
-            Health::new(),
-            rx,
-            Duration::from_secs(3600),
+        let sink = Sink {
+            sqs: sqs.clone(),
+            health: Health::new(),
+            linger: Duration::from_secs(3600),
             stopping,
-        ));
+        };
+        let batcher = tokio::spawn(run_batcher(sink, rx));
         let (request, answer) = request("m", 0);
         let queued = tokio::time::Instant::now();
         tx.send(request).await.unwrap();

@@ -61,6 +61,19 @@ impl Page {
     }
 }
 
+/// A listing request for one page of the run's prefix: keys URL-encoded (a key with a control
+/// character is unreadable in XML otherwise), `page_keys` of them at most. One macro for both
+/// listings: the SDK's two builders share these setters but no trait.
+macro_rules! page_of {
+    ($request:expr, $start:expr) => {
+        $request
+            .bucket(&$start.bucket)
+            .prefix(&$start.prefix)
+            .encoding_type(EncodingType::Url)
+            .max_keys($start.page_keys)
+    };
+}
+
 /// The key S3 sent, decoded when the answer says keys are URL-encoded (`None`: not UTF-8,
 /// which S3 never sends; such an entry is left out).
 fn key_of(raw: Option<&str>, encoding: Option<&EncodingType>) -> Option<String> {
@@ -109,17 +122,8 @@ impl Objects {
     }
 
     pub(crate) async fn next_page(&mut self) -> Result<Option<Page>, Failure> {
-        loop {
-            if self.done {
-                return Ok(None);
-            }
-            let mut request = self
-                .s3
-                .list_objects_v2()
-                .bucket(&self.start.bucket)
-                .prefix(&self.start.prefix)
-                .encoding_type(EncodingType::Url)
-                .max_keys(self.start.page_keys);
+        while !self.done {
+            let mut request = page_of!(self.s3.list_objects_v2(), self.start);
             request = match (&self.token, &self.start.after) {
                 (Some(token), _) => request.continuation_token(token),
                 (None, Some(after)) => request.start_after(after),
@@ -157,6 +161,7 @@ impl Objects {
                 return Ok(Some(Page { entries, upto }));
             }
         }
+        Ok(None)
     }
 }
 
@@ -250,17 +255,8 @@ impl Versions {
     }
 
     pub(crate) async fn next_page(&mut self) -> Result<Option<Page>, Failure> {
-        loop {
-            if self.done {
-                return Ok(None);
-            }
-            let mut request = self
-                .s3
-                .list_object_versions()
-                .bucket(&self.start.bucket)
-                .prefix(&self.start.prefix)
-                .encoding_type(EncodingType::Url)
-                .max_keys(self.start.page_keys);
+        while !self.done {
+            let mut request = page_of!(self.s3.list_object_versions(), self.start);
             request = match (&self.markers, &self.start.after) {
                 (Some((key, version)), _) => request
                     .key_marker(key)
@@ -294,6 +290,7 @@ impl Versions {
                 return Ok(Some(page));
             }
         }
+        Ok(None)
     }
 }
 

@@ -6,6 +6,7 @@ use tokio::sync::Semaphore;
 
 use super::*;
 use crate::disposition::{DeadLetterReason, Dependency};
+use crate::intake::batch::Sink;
 use crate::intake::sqs::memory::{self, Memory, Seen};
 use crate::intake::{deleter, visibility};
 
@@ -33,20 +34,14 @@ fn rig(up: &[Dependency]) -> Rig {
     let (visibility, visibility_requests) = mpsc::channel(32);
     let linger = Duration::from_millis(200);
     let stopping = CancellationToken::new();
-    tokio::spawn(deleter::run_deleter(
-        sqs.clone(),
-        health.clone(),
-        delete_requests,
-        linger,
-        stopping.clone(),
-    ));
-    tokio::spawn(visibility::run_batcher(
-        sqs.clone(),
-        health.clone(),
-        visibility_requests,
+    let sink = Sink {
+        sqs: sqs.clone(),
+        health: health.clone(),
         linger,
         stopping,
-    ));
+    };
+    tokio::spawn(deleter::run_deleter(sink.clone(), delete_requests));
+    tokio::spawn(visibility::run_batcher(sink, visibility_requests));
     let context = Arc::new(Context {
         sqs: sqs.clone(),
         health,
