@@ -12,8 +12,8 @@ use aws_sdk_s3::types::NotificationConfiguration;
 use serde_json::Value;
 
 use crate::support::stack::s3_event;
+use crate::support::versioning::{Version, enable_versioning, put};
 use crate::support::{Stack, TestDb, TestWorker, setup};
-use crate::versioned::{Version, enable_versioning, put};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 

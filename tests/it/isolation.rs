@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::faults::{Rig, readyz, wait_ready};
 use crate::support::db::sha256_hex;
+use crate::support::rig::{Rig, readyz, wait_ready};
 use crate::support::s3_proxy::{Action, Match, Rule, S3Proxy};
 use crate::support::scrape::sum;
 use crate::support::worker::Endpoint;

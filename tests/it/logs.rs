@@ -1,140 +1,37 @@
 //! docs/operating.md's claims about logs (colour, spans) and the pool gauges, checked on what the
 //! real binary writes to its stderr and serves on `/metrics`.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::support::proxy::Proxy;
 use crate::support::scrape::metric;
-use crate::support::worker::{Launch, listening, moto_env};
-use crate::support::{Moto, Stack, TestDb, setup, wait_until};
+use crate::support::{Launch, Moto, setup, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// The real binary with its stderr on a pipe, read line by line as it comes.
-struct Logged {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-    metrics_addr: SocketAddr,
-}
-
-impl Logged {
-    /// Runs the worker against `endpoint` (moto, or a proxy in front of it) with `env` on top
-    /// of the test flags and `extra` flags; returns once it has said where it listens.
-    async fn spawn(
-        stack: &Stack,
-        db: &TestDb,
-        endpoint: &str,
-        env: &[(&str, &str)],
-        extra: &[&str],
-    ) -> Logged {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_datapack-worker"));
-        moto_env(&mut command, endpoint)
-            .args(Launch::new(stack, db, extra).via(endpoint).argv())
-            // Whatever the caller's shell says, the defaults first; then the test's own.
-            .env_remove("NO_COLOR")
-            .env_remove("LOG_FORMAT")
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            // The start-up line (the address bound) is logged at info, whatever the filter.
-            .env(
-                "RUST_LOG",
-                format!(
-                    "{},datapack_worker::ops::http=info",
-                    env.iter()
-                        .find(|(name, _)| *name == "RUST_LOG")
-                        .map_or("info", |(_, value)| value)
-                ),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("spawn datapack-worker");
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let reader = std::thread::spawn(move || {
-            let mut stderr = BufReader::new(stderr);
-            let mut line = Vec::new();
-            while stderr.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-                let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-                sink.lock().unwrap().push(text);
-                line.clear();
-            }
-        });
-        let said = lines.clone();
-        let metrics_addr = wait_until("the worker's address", DEADLINE, || {
-            let addr = said.lock().unwrap().iter().find_map(|l| listening(l));
-            async move { addr }
-        })
-        .await;
-        Logged {
-            child,
-            lines,
-            reader: Some(reader),
-            metrics_addr,
-        }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    /// A scrape, or `None` while the endpoint is not up yet.
-    async fn scrape(&self) -> Option<String> {
-        let response = reqwest::get(format!("http://{}/metrics", self.metrics_addr))
-            .await
-            .ok()?;
-        response.text().await.ok()
-    }
-
-    /// SIGTERM, a clean exit, and every line it wrote.
-    async fn stop(mut self) -> Vec<String> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let child = &mut self.child;
-        let exited = wait_until("the worker to exit", DEADLINE, || {
-            let status = child.try_wait().unwrap();
-            async move { status }
-        })
-        .await;
-        assert!(exited.success(), "clean exit: {exited}");
-        // The pipe closes with the process: the reader has everything.
-        self.reader.take().unwrap().join().unwrap();
-        self.lines()
-    }
-}
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn text_logs_on_a_pipe_have_no_colour_and_name_the_object() {
     let (stack, db) = setup("dp-1").await;
-    let worker = Logged::spawn(&stack, &db, &stack.endpoint, &[], &[]).await;
+    let worker = Launch::new(&stack, &db, &[])
+        .binary_keeping_log(&[("RUST_LOG", "info")])
+        .await;
     let key = "dp-1/logs/plain.txt";
     let etag = stack.put(key, b"plain text logs").await;
     let done = wait_until("a `record done` line", DEADLINE, || {
         let line = worker
+            .log()
             .lines()
-            .into_iter()
-            .find(|l| l.contains("record done"));
+            .find(|l| l.contains("record done"))
+            .map(str::to_owned);
         async move { line }
     })
     .await;
-    let lines = worker.stop().await;
+    let log = worker.stop(DEADLINE).await;
+    let lines: Vec<&str> = log.lines().collect();
     assert!(lines.len() > 3, "{lines:#?}");
     let coloured: Vec<_> = lines.iter().filter(|l| l.contains('\x1b')).collect();
     assert!(coloured.is_empty(), "escapes on a pipe: {coloured:#?}");
@@ -208,17 +105,12 @@ fn message(line: &Value) -> &str {
 async fn json_lines_about_an_object_carry_its_record_and_message_spans() {
     let (stack, db) = setup("dp-1").await;
     // Warnings only, except the outcome lines: the spans are kept at any level a line is kept.
-    let worker = Logged::spawn(
-        &stack,
-        &db,
-        &stack.endpoint,
-        &[
+    let worker = Launch::new(&stack, &db, &[])
+        .binary_keeping_log(&[
             ("LOG_FORMAT", "json"),
             ("RUST_LOG", "warn,datapack_worker::ops::metrics=info"),
-        ],
-        &[],
-    )
-    .await;
+        ])
+        .await;
     let recorded = (
         "dp-1/logs/recorded.txt",
         stack.put("dp-1/logs/recorded.txt", b"recorded").await,
@@ -244,9 +136,9 @@ async fn json_lines_about_an_object_carry_its_record_and_message_spans() {
         },
     )
     .await;
-    let text = worker.stop().await;
+    let text = worker.stop(DEADLINE).await;
     let lines: Vec<Value> = text
-        .iter()
+        .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
@@ -308,14 +200,10 @@ async fn pool_gauges_during_and_after_work() {
     let moto: SocketAddr = Moto::shared().addr;
     let proxy = Proxy::start(moto).await;
     // One slot: the default is then one poller (concurrency / 10, rounded up).
-    let worker = Logged::spawn(
-        &stack,
-        &db,
-        &proxy.endpoint(),
-        &[("RUST_LOG", "warn")],
-        &["--worker-concurrency", "1"],
-    )
-    .await;
+    let worker = Launch::new(&stack, &db, &["--worker-concurrency", "1"])
+        .via(&proxy.endpoint())
+        .binary_keeping_log(&[("RUST_LOG", "warn")])
+        .await;
     let gauges = |s: &str| {
         [
             "datapack_worker_worker_concurrency",
@@ -329,7 +217,7 @@ async fn pool_gauges_during_and_after_work() {
 
     // Idle: the one poller is in a long poll, nothing is worked on.
     wait_until("the poller in a long poll", DEADLINE, || async {
-        let s = worker.scrape().await?;
+        let s = worker.http.try_scrape().await?;
         (gauges(&s) == [1.0, 0.0, 0.0, 0.0, 1.0]).then_some(())
     })
     .await;
@@ -343,7 +231,7 @@ async fn pool_gauges_during_and_after_work() {
         "busy slot, message in flight, idle poller",
         DEADLINE,
         || async {
-            let s = worker.scrape().await?;
+            let s = worker.http.try_scrape().await?;
             (gauges(&s) == [1.0, 1.0, 1.0, 1.0, 0.0]).then_some(s)
         },
     )
@@ -353,7 +241,7 @@ async fn pool_gauges_during_and_after_work() {
     assert_eq!(utilisation, 1.0);
     // SQS counts the received message as in flight too, on the next sample (every second).
     wait_until("the queue's in-flight count sampled", DEADLINE, || async {
-        let s = worker.scrape().await?;
+        let s = worker.http.try_scrape().await?;
         let series = "datapack_worker_queue_messages{queue=\"main\",state=\"in_flight\"}";
         (metric(&s, series) == 1.0).then_some(())
     })
@@ -364,7 +252,7 @@ async fn pool_gauges_during_and_after_work() {
     proxy.blackhole();
     lock.commit().await.unwrap();
     wait_until("a free slot while the delete waits", DEADLINE, || async {
-        let s = worker.scrape().await?;
+        let s = worker.http.try_scrape().await?;
         (metric(&s, "datapack_worker_workers_busy") == 0.0
             && metric(&s, "datapack_worker_in_flight_messages") == 1.0)
             .then_some(())
@@ -376,7 +264,7 @@ async fn pool_gauges_during_and_after_work() {
     // either way nothing is in flight any more.
     proxy.restore();
     wait_until("nothing in flight, nothing busy", DEADLINE, || async {
-        let s = worker.scrape().await?;
+        let s = worker.http.try_scrape().await?;
         (metric(&s, "datapack_worker_workers_busy") == 0.0
             && metric(&s, "datapack_worker_in_flight_messages") == 0.0)
             .then_some(())

@@ -5,96 +5,20 @@
 //! worker nothing is recorded twice; a versioned bucket converges to its current versions; an S3
 //! Inventory report gives the same database as the listing.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use async_compression::tokio::write::GzipEncoder;
 use aws_sdk_s3::primitives::ByteStream;
-use serde_json::Value;
-use sqlx::Row;
 use tokio::io::AsyncWriteExt;
 
 use crate::support::db::sha256_hex;
+use crate::support::reconcile_run::{command, live_keys, n, reconcile, reconcile_via, rows};
 use crate::support::s3_proxy::{Action, Match, Rule, S3Proxy};
-use crate::support::worker::moto_env;
+use crate::support::versioning::{enable_versioning, put};
 use crate::support::{Launch, Stack, TestDb, wait_until};
-use crate::versioned::{enable_versioning, put};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-pub(crate) fn command(stack: &Stack, db: &TestDb, endpoint: &str, extra: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_datapack-worker"));
-    moto_env(&mut command, endpoint)
-        .args([
-            "reconcile",
-            "--database-url",
-            &db.url,
-            "--s3-bucket",
-            &stack.bucket,
-            "--json",
-            "--progress",
-            "log",
-        ])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    command
-}
-
-/// Runs a reconcile to its end; its exit status and JSON report.
-pub(crate) async fn reconcile(stack: &Stack, db: &TestDb, extra: &[&str]) -> (Output, Value) {
-    reconcile_via(stack, db, &stack.endpoint, extra).await
-}
-
-async fn reconcile_via(
-    stack: &Stack,
-    db: &TestDb,
-    endpoint: &str,
-    extra: &[&str],
-) -> (Output, Value) {
-    let mut command = command(stack, db, endpoint, extra);
-    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
-        .await
-        .unwrap();
-    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON report ({e}): stdout {} stderr {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    (output, report)
-}
-
-pub(crate) fn n(report: &Value, path: &[&str]) -> u64 {
-    path.iter()
-        .fold(report, |v, p| &v[*p])
-        .as_u64()
-        .unwrap_or(0)
-}
-
-/// (key, etag, sha256, live) of every row, in key order.
-pub(crate) async fn rows(db: &TestDb) -> Vec<(String, String, String, bool)> {
-    sqlx::query(
-        "SELECT object_key, etag, sha256, deleted_at IS NULL FROM datapack_resource
-         ORDER BY object_key, etag",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-    .collect()
-}
-
-pub(crate) async fn live_keys(db: &TestDb) -> Vec<(String, String)> {
-    rows(db)
-        .await
-        .into_iter()
-        .filter(|r| r.3)
-        .map(|r| (r.0, r.1))
-        .collect()
-}
 
 /// A stack whose notifications are lost: uploads leave no message behind.
 async fn lost_notifications() -> (Stack, TestDb) {

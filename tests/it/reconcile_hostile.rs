@@ -12,10 +12,10 @@ use aws_sdk_s3::primitives::ByteStream;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use crate::reconcile::{command, live_keys, n, reconcile};
 use crate::support::Stack;
+use crate::support::reconcile_run::{command, live_keys, n, reconcile, rows};
+use crate::support::versioning::{Version, enable_versioning, put};
 use crate::support::worker::{moto_env, status_kib};
-use crate::versioned::{enable_versioning, put};
 
 /// A reconcile's resident memory must stay under this whatever the input (the binary itself,
 /// its runtime and the AWS SDK take a few tens of MiB).
@@ -131,7 +131,7 @@ async fn a_stale_inventory_changes_no_row_that_a_newer_event_or_listing_set() {
     assert!(out.status.success(), "{first}");
     // The report S3 would have taken now: the V1s are latest.
     let taken = now_ms();
-    let row = |key: &str, v: &crate::versioned::Version| {
+    let row = |key: &str, v: &Version| {
         format!(
             "\"{}\",\"{key}\",\"{}\",\"true\",\"false\",\"5\",\"2026-11-30T00:00:00.000Z\",\"{}\"\n",
             stack.bucket, v.id, v.etag
@@ -149,7 +149,7 @@ async fn a_stale_inventory_changes_no_row_that_a_newer_event_or_listing_set() {
         live_keys(&db).await,
         vec![("dp/k.txt".into(), k2.etag.clone())]
     );
-    let before = crate::reconcile::rows(&db).await;
+    let before = rows(&db).await;
 
     // The old report arrives: it changes nothing.
     let reports = stack.inventory_bucket().await;
@@ -164,7 +164,7 @@ async fn a_stale_inventory_changes_no_row_that_a_newer_event_or_listing_set() {
     let (out, stale) = reconcile(&stack, &db, &["--inventory", &manifest]).await;
     assert!(out.status.success(), "{stale}");
     assert_eq!(
-        crate::reconcile::rows(&db).await,
+        rows(&db).await,
         before,
         "a stale inventory changed rows: {stale}"
     );

@@ -9,8 +9,6 @@
 
 use std::time::Duration;
 
-use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
 use datapack_worker::store::{
     self, NewResource, Removal, Survivor, Write, WriteOptions, WriteOutcome,
 };
@@ -25,6 +23,7 @@ use sqlx::Row;
 
 use crate::support::s3_proxy::{Match, S3Proxy};
 use crate::support::stack::form_encode;
+use crate::support::versioning::{Version, enable_versioning, put};
 use crate::support::{Moto, Stack, TestDb, TestWorker, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -34,47 +33,6 @@ async fn setup() -> (Stack, TestDb) {
     let (stack, db) = crate::support::setup("dp").await;
     enable_versioning(&stack).await;
     (stack, db)
-}
-
-pub(crate) async fn enable_versioning(stack: &Stack) {
-    stack
-        .s3
-        .put_bucket_versioning()
-        .bucket(&stack.bucket)
-        .versioning_configuration(
-            VersioningConfiguration::builder()
-                .status(BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-}
-
-/// One upload as the browser makes it; its ETag (bare) and version id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Version {
-    pub(crate) etag: String,
-    pub(crate) id: String,
-    size: usize,
-}
-
-pub(crate) async fn put(stack: &Stack, key: &str, body: &[u8]) -> Version {
-    let out = stack
-        .s3
-        .put_object()
-        .bucket(&stack.bucket)
-        .key(key)
-        .body(ByteStream::from(body.to_vec()))
-        .metadata("uploaded-by", "presigned-url")
-        .send()
-        .await
-        .unwrap();
-    Version {
-        etag: datapack_worker::process::event::unquote_etag(out.e_tag().unwrap()),
-        id: out.version_id().expect("a versioned bucket").to_owned(),
-        size: body.len(),
-    }
 }
 
 /// Deletes one version (or delete marker) for good.
@@ -139,7 +97,6 @@ fn s3_record(name: &str, bucket: &str, object: serde_json::Value, time: &str) ->
     json!({ "Records": [record] }).to_string()
 }
 
-/// `ObjectCreated:Put` of one version.
 /// A versioned bucket whose `key` has two versions, both announced and recorded, and a worker
 /// running on it.
 async fn two_versions(

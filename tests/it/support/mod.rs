@@ -7,9 +7,12 @@ pub mod listen;
 pub mod moto;
 pub mod own_pg;
 pub mod proxy;
+pub mod reconcile_run;
+pub mod rig;
 pub mod s3_proxy;
 pub mod scrape;
 pub mod stack;
+pub mod versioning;
 pub mod wait;
 pub mod worker;
 

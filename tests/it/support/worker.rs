@@ -138,7 +138,8 @@ impl<'a> Launch<'a> {
     }
 
     /// The real binary with `env` added, its log kept for [`BinaryWorker::log`] instead of
-    /// passed on to the test's stderr.
+    /// passed on to the test's stderr. The log is in the format `env` asks for: `NO_COLOR` and
+    /// `LOG_FORMAT` are not inherited from the test's environment.
     pub async fn binary_keeping_log(self, env: &[(&str, &str)]) -> BinaryWorker {
         let command = Command::new(env!("CARGO_BIN_EXE_datapack-worker"));
         self.binary_via(command, env, true).await
@@ -159,6 +160,9 @@ impl<'a> Launch<'a> {
             .map(|(_, value)| value.to_string())
             .or_else(|| std::env::var("TEST_WORKER_LOG").ok())
             .unwrap_or_else(|| "warn".into());
+        if keep_log {
+            command.env_remove("NO_COLOR").env_remove("LOG_FORMAT");
+        }
         let mut child = moto_env(&mut command, &self.endpoint)
             .args(self.argv())
             .envs(env.iter().copied())
@@ -475,6 +479,15 @@ impl BinaryWorker {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// SIGTERM, a clean exit within `deadline`, and everything the worker logged (if it was
+    /// launched to keep its log).
+    pub async fn stop(mut self, deadline: Duration) -> String {
+        self.signal("TERM");
+        let exited = self.wait(deadline).await;
+        assert!(exited.success(), "clean exit: {exited}");
+        self.log()
     }
 }
 
