@@ -18,10 +18,22 @@
 # The tests that start a server of their own (TLS, scram passwords, stopped and
 # started by the test: tests/it/support/own_pg.rs) use this installation's
 # initdb and pg_ctl, and openssl for their certificates; step 0 makes sure
-# openssl is there (the postgresql package usually brings it).
+# openssl is there (the postgresql package usually brings it). With
+# --server-tools (scripts/test.sh) it also makes sure initdb and pg_ctl are
+# installed when the server that answers is not this machine's own (a
+# container, the host of a chroot): the server package is installed without
+# creating a cluster, so nothing starts beside the server that answers.
 #
 # Environment: POSTGRES_PORT (default 5432).
 set -euo pipefail
+
+server_tools=0
+for arg in "$@"; do
+    case "$arg" in
+        --server-tools) server_tools=1 ;;
+        *) echo "ensure-postgres: unknown argument '$arg'" >&2; exit 2 ;;
+    esac
+done
 
 HOST=127.0.0.1
 PORT="${POSTGRES_PORT:-5432}"
@@ -72,6 +84,27 @@ if ! command -v openssl >/dev/null 2>&1; then
     log "installing openssl with apt-get"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl >&2 \
         || die "apt-get install openssl failed"
+fi
+
+# --- 0. the server's tools without a cluster (--server-tools) ---------------
+# Debian's server package creates and starts a cluster when it is installed, unless
+# createcluster.conf says not to: say so for this install only, then put the file back.
+if ((server_tools)) && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    log "installing PostgreSQL's server tools (initdb, pg_ctl) for the tests' own servers, without a cluster"
+    apt_ensure postgresql-common || die "cannot install postgresql-common"
+    conf=/etc/postgresql-common/createcluster.conf
+    saved="$(mktemp)"
+    as_root cp "$conf" "$saved"
+    as_root sed -i 's/^[#[:space:]]*create_main_cluster[[:space:]]*=.*/create_main_cluster = false/' "$conf"
+    grep -q '^create_main_cluster = false' "$conf" \
+        || echo 'create_main_cluster = false' | as_root tee -a "$conf" >/dev/null
+    installed=0
+    apt_ensure postgresql && installed=1
+    as_root cp "$saved" "$conf"
+    rm -f "$saved"
+    ((installed)) || die "cannot install the PostgreSQL server package (initdb, pg_ctl)"
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+        || die "postgresql installed but no initdb under /usr/lib/postgresql/*/bin"
 fi
 
 if can_connect; then

@@ -5,6 +5,8 @@
 #
 #   scripts/fresh-debian-check.sh                 demo.sh cold, warm, then over a broken venv
 #   scripts/fresh-debian-check.sh --tests         the same, then scripts/test.sh
+#   scripts/fresh-debian-check.sh --tests-only    only scripts/test.sh, cold (it builds everything
+#                                                 itself: the demo runs are not needed first)
 #   scripts/fresh-debian-check.sh --setup-only    only the set-up steps (demo.sh --setup-only:
 #                                                 PostgreSQL, moto, C compiler, curl, procps),
 #                                                 cold, warm, then over a broken venv
@@ -44,6 +46,7 @@ while (($#)); do
     case "$1" in
         --setup-only) mode=setup ;;
         --tests) mode=tests ;;
+        --tests-only) mode=tests-only ;;
         --keep) keep=1 ;;
         --root) root_parent="${2:?--root needs a directory}"; shift ;;
         --mirror) mirror="${2:?--mirror needs a URL}"; shift ;;
@@ -234,29 +237,39 @@ run() { # run LABEL COMMAND
     [[ -z "$left" ]] || die "'$2' left processes running: $(ps -o pid=,args= -p "$(echo "$left" | paste -sd,)")"
 }
 
-run "$command (cold)" "$command"
-run "$command (warm)" "$command"
-# What an interrupted first run left behind before ensure-moto repaired venvs: one without pip.
-inside "rm -rf $venv && python3 -m venv --without-pip $venv" || die "cannot break the venv"
-log "replaced $venv by a virtualenv without pip"
-run "$command (venv without pip)" "$command"
-inside "$venv/bin/python3 -c 'import boto3, moto' && $venv/bin/python3 -m pip --version >/dev/null" \
-    || die "the virtualenv was not repaired"
+if [[ "$mode" != tests-only ]]; then
+    run "$command (cold)" "$command"
+    run "$command (warm)" "$command"
+    # What an interrupted first run left behind before ensure-moto repaired venvs: one without pip.
+    inside "rm -rf $venv && python3 -m venv --without-pip $venv" || die "cannot break the venv"
+    log "replaced $venv by a virtualenv without pip"
+    run "$command (venv without pip)" "$command"
+    inside "$venv/bin/python3 -c 'import boto3, moto' && $venv/bin/python3 -m pip --version >/dev/null" \
+        || die "the virtualenv was not repaired"
+fi
 
 if [[ "$mode" == setup ]]; then
     inside 'cargo --version && cc --version | head -n 1 && curl --version | head -n 1 && psql --version' \
         || die "the build tools are not usable inside"
 fi
-if [[ "$mode" == tests ]]; then
-    run "scripts/test.sh" scripts/test.sh
+if [[ "$mode" == tests || "$mode" == tests-only ]]; then
+    run "scripts/test.sh (cold)" scripts/test.sh
 fi
 
 # ---------------------------------------------------------------------------- 6. PostgreSQL
 if timeout 3 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5432' 2>/dev/null; then
-    if inside "dpkg-query -W -f='\${db:Status-Status}' postgresql 2>/dev/null | grep -qx installed"; then
-        die "a server answered on 127.0.0.1:5432, yet the set-up installed the postgresql server package"
+    if [[ "$mode" == tests* ]]; then
+        # The tests' own servers need initdb and pg_ctl: the server package, but no cluster of it.
+        clusters="$(inside 'pg_lsclusters -h 2>/dev/null' || true)"
+        [[ -z "$clusters" ]] \
+            || die "a server answered on 127.0.0.1:5432, yet the set-up created a cluster: $clusters"
+        log "a server answered on 127.0.0.1:5432: the client and the server's tools were installed, no cluster ($(inside 'psql --version'))"
+    else
+        if inside "dpkg-query -W -f='\${db:Status-Status}' postgresql 2>/dev/null | grep -qx installed"; then
+            die "a server answered on 127.0.0.1:5432, yet the set-up installed the postgresql server package"
+        fi
+        log "a server answered on 127.0.0.1:5432: only the client was installed ($(inside 'psql --version'))"
     fi
-    log "a server answered on 127.0.0.1:5432: only the client was installed ($(inside 'psql --version'))"
 fi
 added="$(comm -13 <(echo "$packages_before") <(inside "dpkg-query -W -f='\${Package}\n' | sort") | paste -sd' ')"
 log "packages the set-up installed ($(wc -w <<<"$added")): $added"

@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 
 # Set-up: installs what is missing on Debian/Ubuntu, as root or with password-less sudo.
 scripts/ensure-build-tools.sh
-scripts/ensure-postgres.sh
+# --server-tools: the tests that run a PostgreSQL of their own need initdb and pg_ctl, also
+# where the server that answers on 5432 is not this machine's.
+scripts/ensure-postgres.sh --server-tools
 scripts/ensure-moto.sh
 scripts/ensure-chromium.sh
 # procps: `kill` (the tests stop real processes); prometheus (promtool), nodejs and npm: the
