@@ -31,6 +31,19 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+from common import (
+    DATAPACK,
+    Feeder,
+    Psql,
+    cell,
+    fresh_database,
+    log,
+    proc_cpu,
+    proc_hwm_mib,
+    settle,
+    stop,
+)
+
 LIGHT_RATE = 10.0
 HIGH_SHARE = 0.8
 SOAK_SHARE = 0.5
@@ -139,7 +152,6 @@ def paced_run(bench, records: list[dict], rate: float | None) -> dict:
     if bench.tables_exist():
         bench.psql.scalar("TRUNCATE datapack_resource, datapack_object_removal")
     proc, log_path, offset = bench.start_worker(f"paced-{rate or 0:.0f}", env)
-    from bench import Feeder, proc_cpu, proc_hwm_mib, settle, stop
     try:
         addr = bench.wait_ready(log_path, offset, proc)
         bench.psql.scalar(f"INSERT INTO datapack (identifier) VALUES ('{bench_datapack()}') "
@@ -172,7 +184,6 @@ def paced_run(bench, records: list[dict], rate: float | None) -> dict:
 
 
 def bench_datapack() -> str:
-    from bench import DATAPACK
     return DATAPACK
 
 
@@ -191,7 +202,6 @@ class LiveUploader(threading.Thread):
         self.lock = threading.Lock()
 
     def one(self, i: int) -> None:
-        from bench import DATAPACK
         b = self.bench
         key = f"{DATAPACK}/soak/object {i % self.keys:05d}.bin"
         out = b.s3.put_object(
@@ -262,7 +272,6 @@ SOAK_SERIES = (("rss_mib", "RSS MiB"), ("fds", "open file descriptors"), ("threa
 
 def soak(bench, capacity: float, minutes: float) -> dict:
     """One worker at SOAK_SHARE of capacity for `minutes`, sampled every SAMPLE_EVERY_S."""
-    from bench import fresh_database, Psql, settle, stop
     rate = SOAK_SHARE * capacity
     db_url = fresh_database(bench.admin, "datapack_bench_soak")
     psql = Psql(db_url)
@@ -293,7 +302,6 @@ def soak(bench, capacity: float, minutes: float) -> dict:
             sample = {"t_s": time.monotonic() - t0, **proc_sample(proc.pid), "db_connections": conns,
                       "rows": n, "latency_p50_ms": p50, "latency_p99_ms": p99, "latency_max_ms": mx}
             samples.append(sample)
-            from bench import log
             log("soak: " + ", ".join(f"{k}={v:.4g}" for k, v in sample.items()))
         stop_feed.set()
         feeder.join()
@@ -323,7 +331,6 @@ def latency_table(R: dict) -> list[str]:
     names = [n for n in R if n.startswith("latency: ")]
     if not names:
         return []
-    from bench import cell
     out = ["| Latency: event → row (ms), one worker, 1 KiB objects | Objects | Offered /s "
            "| Achieved objects/s | p50 | p99 | max | CPU ms/object | SQS requests/object "
            "| of which ReceiveMessage / DeleteMessageBatch / ChangeMessageVisibility(Batch) "
