@@ -18,11 +18,11 @@ use crate::config::{DatabaseSettings, IngestSettings, QueueSettings, Settings};
 use crate::disposition::Dependency;
 use crate::intake;
 use crate::intake::pool::WorkerSettings;
-use crate::intake::queue::{self as sqs_queue, Queue, QueueAttributes};
-use crate::ops::health::{Health, PROBE_TIMEOUT, Probe, probe};
+use crate::intake::queue::Queue;
+use crate::ops::health::{Health, Probe, probe};
 use crate::ops::watchdog::Watchdog;
 use crate::ops::{self, http};
-use crate::process::canary::Canary;
+use crate::process::canary::{self, Canary};
 use crate::process::pipeline::Pipeline;
 use crate::shutdown::Signals;
 use crate::store::writer::Writer;
@@ -112,7 +112,7 @@ impl Application {
         extra: Vec<ExtraTask>,
     ) -> anyhow::Result<()> {
         tokio::select! {
-            _ = read_queue_settings(&self.queue, self.worker.max_attempts) => {}
+            _ = intake::probe::read_queue_settings(&self.queue, self.worker.max_attempts) => {}
             _ = signals.stop.cancelled() => {}
         }
         let background = self.spawn_background(extra);
@@ -398,47 +398,10 @@ fn queue(sdk: &SdkConfig, settings: QueueSettings) -> Queue {
     )
 }
 
-/// Reads the queue's own settings once, at start, and warns about a redrive policy that would
-/// dead-letter messages without a reason. If SQS does not answer now, the SQS probe reads them
-/// on its first pass (see [`probes`]), and the warning comes then.
-async fn read_queue_settings(queue: &Queue, max_attempts: u32) {
-    match tokio::time::timeout(PROBE_TIMEOUT, queue.attributes()).await {
-        Ok(Ok(attributes)) => adopt_queue_settings(queue, &attributes, max_attempts),
-        Ok(Err(failure)) => tracing::warn!(
-            error = %crate::disposition::chain(&failure),
-            "could not read the queue's settings at start; they are read when SQS answers its probe"
-        ),
-        Err(_) => tracing::warn!(
-            "the queue's settings did not arrive within {PROBE_TIMEOUT:?}; they are read when SQS answers its probe"
-        ),
-    }
-}
-
-fn adopt_queue_settings(queue: &Queue, attributes: &QueueAttributes, max_attempts: u32) {
-    queue.adopt(attributes);
-    tracing::info!(
-        max_receive_count = attributes.max_receive_count,
-        max_attempts,
-        "read the queue's settings"
-    );
-    if let Some((max_receive_count, safe)) =
-        sqs_queue::max_receive_count_too_low(attributes.max_receive_count, max_attempts)
-    {
-        tracing::warn!(
-            max_receive_count,
-            max_attempts,
-            "the queue's redrive maxReceiveCount ({max_receive_count}) is lower than MAX_ATTEMPTS \
-             ({max_attempts}) + 5: releases during outages and shutdowns also count as receives, \
-             so SQS can move a message to the dead-letter queue without a reason before the \
-             worker dead-letters it with one; set maxReceiveCount to at least {safe}"
-        );
-    }
-}
-
 /// One probe per dependency: PostgreSQL, S3 (the served buckets, and in depth the canary object
 /// while the breaker is tripped), SQS (both queues, and in depth the calls that settle messages
 /// while its breaker is tripped). The SQS probe also reads the queue's settings if start-up
-/// could not.
+/// could not. Each lives with the layer that owns its dependency.
 fn probes(
     database: &Database,
     queue: &Queue,
@@ -447,10 +410,18 @@ fn probes(
 ) -> Vec<(Dependency, Probe)> {
     vec![
         (Dependency::Postgres, postgres_probe(database.clone())),
-        (Dependency::S3, s3_probe(pipeline)),
+        (
+            Dependency::S3,
+            canary::s3_probe(
+                pipeline.s3.clone(),
+                pipeline.settings.buckets.clone(),
+                pipeline.health.clone(),
+                pipeline.canary.clone(),
+            ),
+        ),
         (
             Dependency::Sqs,
-            sqs_probe(queue.clone(), pipeline.health.clone(), max_attempts),
+            intake::probe::sqs_probe(queue.clone(), pipeline.health.clone(), max_attempts),
         ),
     ]
 }
@@ -459,51 +430,5 @@ fn postgres_probe(database: Database) -> Probe {
     probe(move || {
         let database = database.clone();
         async move { store::ping(&database).await }
-    })
-}
-
-fn s3_probe(pipeline: &Pipeline) -> Probe {
-    let (s3, buckets) = (
-        pipeline.s3.clone(),
-        Arc::new(pipeline.settings.buckets.clone()),
-    );
-    let (health, canary) = (pipeline.health.clone(), pipeline.canary.clone());
-    probe(move || {
-        let (s3, buckets, health, canary) =
-            (s3.clone(), buckets.clone(), health.clone(), canary.clone());
-        async move {
-            for bucket in buckets.iter() {
-                s3.head_bucket()
-                    .bucket(bucket)
-                    .send()
-                    .await
-                    .map_err(|e| aws::classify(Dependency::S3, e))?;
-            }
-            // In depth only when the breaker says most reads fail: a real read of an
-            // object that was readable tells a brownout from a run of bad objects.
-            if health.tripped(Dependency::S3) {
-                canary.probe(&s3).await?;
-            }
-            Ok(())
-        }
-    })
-}
-
-fn sqs_probe(queue: Queue, health: Health, max_attempts: u32) -> Probe {
-    probe(move || {
-        let (queue, health) = (queue.clone(), health.clone());
-        async move {
-            let attributes = queue.attributes().await?;
-            if !queue.learned() {
-                adopt_queue_settings(&queue, &attributes, max_attempts);
-            }
-            queue.depth(&queue.dead_letter_url).await?;
-            // In depth only when the breaker says most deletes or visibility changes
-            // fail: GetQueueAttributes passing says nothing about those.
-            if health.tripped(Dependency::Sqs) {
-                queue.check_settling().await?;
-            }
-            Ok(())
-        }
     })
 }

@@ -5,7 +5,8 @@
 //! one small seam (`sqs`), which [`queue`] (the SQS client: receive, visibility, the dead-letter
 //! send, depth) implements; the deleter and the visibility batcher gather the settling calls
 //! into batches of ten. [`dlq`] pages through the dead-letter queue for the `dlq` commands, and
-//! [`depth`] samples the queues' depth and the oldest message's age.
+//! [`depth`] samples the queues' depth and the oldest message's age; [`probe`] reads the queue's
+//! settings at start and probes SQS for the health of the fleet.
 
 mod batch;
 mod deleter;
@@ -13,6 +14,7 @@ pub(crate) mod depth;
 pub(crate) mod dlq;
 mod lease;
 pub(crate) mod pool;
+pub(crate) mod probe;
 pub mod queue;
 mod settle;
 mod sqs;

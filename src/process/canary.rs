@@ -1,10 +1,43 @@
-//! The S3 breaker's deep probe: reads of objects that were readable a moment ago.
+//! The S3 probe, and in it the breaker's deep probe: reads of objects that were readable a
+//! moment ago.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use crate::aws;
 use crate::disposition::{Dependency, Failure, RetryReason};
+use crate::ops::health::{Health, Probe, probe};
 use crate::process::fetch::Target;
+
+/// The S3 probe: every served bucket answers HeadBucket, and while the S3 breaker is tripped
+/// (most reads fail), the canary reads an object that was readable, which tells a brownout (a
+/// policy or KMS grant refusing every GetObject while the bucket answers) from a run of bad
+/// objects.
+pub(crate) fn s3_probe(
+    s3: aws_sdk_s3::Client,
+    buckets: Vec<String>,
+    health: Health,
+    canary: Arc<Canary>,
+) -> Probe {
+    let buckets = Arc::new(buckets);
+    probe(move || {
+        let (s3, buckets, health, canary) =
+            (s3.clone(), buckets.clone(), health.clone(), canary.clone());
+        async move {
+            for bucket in buckets.iter() {
+                s3.head_bucket()
+                    .bucket(bucket)
+                    .send()
+                    .await
+                    .map_err(|e| aws::classify(Dependency::S3, e))?;
+            }
+            if health.tripped(Dependency::S3) {
+                canary.probe(&s3).await?;
+            }
+            Ok(())
+        }
+    })
+}
 
 /// One object the S3 probe may read in depth.
 #[derive(Debug, Clone, PartialEq, Eq)]
