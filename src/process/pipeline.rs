@@ -3,9 +3,9 @@
 //! The pipeline never touches the queue; it returns a [`Verdict`] and the worker settles it. That
 //! keeps the rule "delete only after commit" in one place and lets tests drive one message.
 
-use std::time::Instant;
-
+use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::Utc;
 use tracing::{Instrument, Span};
@@ -106,25 +106,13 @@ impl Pipeline {
         let mut tally = Tally::default();
         for item in items {
             let span = record_span(item);
-            match self.prepare(item).instrument(span.clone()).await {
-                Ok(Prepared::Done(outcome)) => tally.outcomes.push(Done { outcome, span }),
-                Ok(Prepared::Write(write)) => tally.writes.push((write, item, span)),
-                Err(failure @ Failure::Permanent { .. }) => tally.refuse(item, failure),
-                // Nothing later in this message can change a retry: stop here.
-                Err(failure) => {
-                    blame(item);
-                    return Verdict::Retry(failure);
-                }
+            let prepared = self.prepare(item).instrument(span.clone()).await;
+            if let ControlFlow::Break(verdict) = tally.take(item, span, prepared) {
+                return verdict;
             }
         }
-        match self.commit(&mut tally).await {
-            Ok(()) => tally.verdict(),
-            Err(failure @ Failure::Permanent { .. }) => Verdict::DeadLetter {
-                outcomes: tally.outcomes,
-                failure,
-            },
-            Err(failure) => Verdict::Retry(failure),
-        }
+        let committed = self.commit(&mut tally).await;
+        tally.conclude(committed)
     }
 
     /// Writes the message's writes in one group commit and adds what became of each.
@@ -364,7 +352,27 @@ struct Tally<'a> {
     refused: Option<Failure>,
 }
 
-impl Tally<'_> {
+impl<'a> Tally<'a> {
+    /// Adds what preparing one record came to; `Break` with the verdict when it settles the
+    /// whole message: a failure that may pass (nothing later in the message can change a retry).
+    fn take(
+        &mut self,
+        item: &'a Item,
+        span: Span,
+        prepared: Result<Prepared, Failure>,
+    ) -> ControlFlow<Verdict> {
+        match prepared {
+            Ok(Prepared::Done(outcome)) => self.outcomes.push(Done { outcome, span }),
+            Ok(Prepared::Write(write)) => self.writes.push((write, item, span)),
+            Err(failure @ Failure::Permanent { .. }) => self.refuse(item, failure),
+            Err(failure) => {
+                blame(item);
+                return ControlFlow::Break(Verdict::Retry(failure));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
     /// A record that can never succeed: the message is dead-lettered for the first one, named
     /// in the message span, once the rest is done.
     fn refuse(&mut self, item: &Item, failure: Failure) {
@@ -374,13 +382,19 @@ impl Tally<'_> {
         }
     }
 
-    fn verdict(self) -> Verdict {
-        match self.refused {
-            Some(failure) => Verdict::DeadLetter {
-                outcomes: self.outcomes,
-                failure,
-            },
-            None => Verdict::Ack(self.outcomes),
+    /// The verdict once the writes were committed, or not: a commit that can never succeed
+    /// dead-letters the message, one that may yet succeed retries it; after a commit, the first
+    /// refused record dead-letters it, with every other record's outcome kept.
+    fn conclude(self, committed: Result<(), Failure>) -> Verdict {
+        match (committed, self.refused) {
+            (Err(failure @ Failure::Permanent { .. }), _) | (Ok(()), Some(failure)) => {
+                Verdict::DeadLetter {
+                    outcomes: self.outcomes,
+                    failure,
+                }
+            }
+            (Err(failure), _) => Verdict::Retry(failure),
+            (Ok(()), None) => Verdict::Ack(self.outcomes),
         }
     }
 }
@@ -411,5 +425,114 @@ fn event_time(write: &Write) -> chrono::DateTime<Utc> {
     match write {
         Write::Resource(r) => r.event_time,
         Write::Removal(r) => r.event_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unsupported(name: &str) -> Item {
+        Item::Unsupported {
+            event_name: name.into(),
+        }
+    }
+
+    fn done(outcome: Outcome) -> Result<Prepared, Failure> {
+        Ok(Prepared::Done(outcome))
+    }
+
+    fn refused(detail: &str) -> Result<Prepared, Failure> {
+        Err(Failure::permanent(DeadLetterReason::InvalidKey, detail))
+    }
+
+    fn passing() -> Failure {
+        Failure::transient(RetryReason::S3Unavailable, "S3 did not answer")
+    }
+
+    fn outcomes(verdict: &Verdict) -> Vec<Outcome> {
+        match verdict {
+            Verdict::Ack(done) | Verdict::DeadLetter { outcomes: done, .. } => {
+                done.iter().map(|d| d.outcome).collect()
+            }
+            Verdict::Retry(_) => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn records_that_all_end_well_ack_the_message_with_their_outcomes_in_order() {
+        let (a, b) = (unsupported("a"), unsupported("b"));
+        let mut tally = Tally::default();
+        assert!(
+            tally
+                .take(&a, Span::none(), done(Outcome::Duplicate))
+                .is_continue()
+        );
+        assert!(
+            tally
+                .take(&b, Span::none(), done(Outcome::Stale))
+                .is_continue()
+        );
+        let verdict = tally.conclude(Ok(()));
+        assert!(matches!(verdict, Verdict::Ack(_)));
+        assert_eq!(outcomes(&verdict), [Outcome::Duplicate, Outcome::Stale]);
+    }
+
+    #[test]
+    fn the_first_refused_record_dead_letters_the_message_and_the_others_keep_their_outcomes() {
+        let items = [unsupported("a"), unsupported("b"), unsupported("c")];
+        let mut tally = Tally::default();
+        assert!(
+            tally
+                .take(&items[0], Span::none(), refused("first"))
+                .is_continue()
+        );
+        assert!(
+            tally
+                .take(&items[1], Span::none(), done(Outcome::Removed))
+                .is_continue()
+        );
+        assert!(
+            tally
+                .take(&items[2], Span::none(), refused("second"))
+                .is_continue()
+        );
+        let verdict = tally.conclude(Ok(()));
+        let Verdict::DeadLetter { failure, .. } = &verdict else {
+            panic!("{verdict:?}");
+        };
+        assert!(failure.to_string().contains("first"), "{failure}");
+        assert_eq!(outcomes(&verdict), [Outcome::Removed]);
+    }
+
+    #[test]
+    fn a_failure_that_may_pass_retries_the_message_at_once() {
+        let (a, b) = (unsupported("a"), unsupported("b"));
+        let mut tally = Tally::default();
+        assert!(tally.take(&a, Span::none(), refused("bad")).is_continue());
+        let ControlFlow::Break(verdict) = tally.take(&b, Span::none(), Err(passing())) else {
+            panic!("a retry ends the message's work");
+        };
+        assert!(matches!(verdict, Verdict::Retry(_)), "{verdict:?}");
+    }
+
+    #[test]
+    fn a_commit_that_fails_retries_or_dead_letters_by_what_the_failure_is() {
+        let a = unsupported("a");
+        let with_one = || {
+            let mut tally = Tally::default();
+            let _ = tally.take(&a, Span::none(), done(Outcome::Duplicate));
+            tally
+        };
+        assert!(matches!(
+            with_one().conclude(Err(passing())),
+            Verdict::Retry(_)
+        ));
+        let verdict = with_one().conclude(Err(Failure::permanent(
+            DeadLetterReason::UnknownDatapack,
+            "no datapack dp-9",
+        )));
+        assert!(matches!(verdict, Verdict::DeadLetter { .. }), "{verdict:?}");
+        assert_eq!(outcomes(&verdict), [Outcome::Duplicate]);
     }
 }
