@@ -84,13 +84,7 @@ async fn a_backlog_costs_at_most_three_tenths_of_an_sqs_request_per_object() {
     let keys: Vec<String> = (0..objects)
         .map(|i| format!("dp-1/batching/{i:04}.bin"))
         .collect();
-    upload_all(&stack, keys).await;
-    wait_until(
-        "every notification queued",
-        Duration::from_secs(60),
-        || async { (stack.depth().await.0 >= objects as u64).then_some(()) },
-    )
-    .await;
+    queue_uploads(&stack, keys).await;
 
     let worker = BinaryWorker::spawn(&stack, &db, &[]).await;
     let started = Instant::now();
@@ -127,13 +121,7 @@ async fn heartbeats_of_messages_worked_on_together_share_their_calls() {
     let keys: Vec<String> = (0..objects)
         .map(|i| format!("dp-1/heartbeats/{i}.bin"))
         .collect();
-    upload_all(&stack, keys).await;
-    wait_until(
-        "every notification queued",
-        Duration::from_secs(60),
-        || async { (stack.depth().await.0 >= objects as u64).then_some(()) },
-    )
-    .await;
+    queue_uploads(&stack, keys).await;
     let proxy = S3Proxy::start(Moto::shared().addr).await;
     proxy.add(Rule::new(
         Match::get("dp-1/heartbeats/"),
@@ -198,4 +186,16 @@ async fn at_light_load_each_upload_is_recorded_at_once() {
         (1.0..=10.0).contains(&deletes),
         "{deletes} DeleteMessageBatch calls for 10 messages"
     );
+}
+
+/// Uploads `keys` and waits until the notification of each is in the queue.
+async fn queue_uploads(stack: &Stack, keys: Vec<String>) {
+    let queued = keys.len() as u64;
+    upload_all(stack, keys).await;
+    wait_until(
+        "every notification queued",
+        Duration::from_secs(60),
+        || async { (stack.depth().await.0 >= queued).then_some(()) },
+    )
+    .await;
 }

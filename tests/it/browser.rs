@@ -379,13 +379,7 @@ async fn a_page_from_an_origin_the_cors_rule_does_not_allow_is_refused() {
     );
 
     // Nothing reached the bucket, so nothing was announced and no row appeared.
-    let listed = stack
-        .s3
-        .list_objects_v2()
-        .bucket(&stack.bucket)
-        .send()
-        .await
-        .unwrap();
+    let listed = stack.listing().await;
     assert_eq!(listed.key_count, Some(0), "{:?}", listed.contents);
     assert_eq!(stack.depth().await, (0, 0));
     worker.stop().await;

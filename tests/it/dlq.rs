@@ -131,15 +131,7 @@ async fn list_and_redrive_page_through_more_than_ten_messages() {
 async fn drain_queue(stack: &Stack, url: &str) -> Vec<String> {
     let mut bodies = Vec::new();
     for m in stack.receive_all(url).await {
-        stack
-            .sqs
-            .delete_message()
-            .queue_url(url)
-            .receipt_handle(m.receipt_handle.unwrap())
-            .send()
-            .await
-            .unwrap();
-        bodies.push(m.body.unwrap_or_default());
+        bodies.push(stack.delete_received(url, m).await);
     }
     bodies
 }

@@ -315,13 +315,7 @@ async fn a_versioned_bucket_converges_to_its_current_versions() {
 /// CSV files with every field quoted and keys URL-encoded) under `inventory/` in `into`, split
 /// into files of `per_file` rows listed in the manifest in reverse; its manifest's URL.
 async fn write_inventory(stack: &Stack, into: &str, per_file: usize) -> String {
-    let listed = stack
-        .s3
-        .list_objects_v2()
-        .bucket(&stack.bucket)
-        .send()
-        .await
-        .unwrap();
+    let listed = stack.listing().await;
     let rows: Vec<String> = listed
         .contents()
         .iter()

@@ -123,13 +123,14 @@ impl Objects {
 
     pub(crate) async fn next_page(&mut self) -> Result<Option<Page>, Failure> {
         while !self.done {
-            let mut request = page_of!(self.s3.list_objects_v2(), self.start);
-            request = match (&self.token, &self.start.after) {
-                (Some(token), _) => request.continuation_token(token),
-                (None, Some(after)) => request.start_after(after),
-                (None, None) => request,
+            // The next page: where the last one ended, else where the run starts.
+            let start_after = match &self.token {
+                Some(_) => None,
+                None => self.start.after.clone(),
             };
-            let answer = request
+            let answer = page_of!(self.s3.list_objects_v2(), self.start)
+                .set_continuation_token(self.token.clone())
+                .set_start_after(start_after)
                 .send()
                 .await
                 .map_err(|e| aws::classify(Dependency::S3, e))?;
@@ -256,15 +257,14 @@ impl Versions {
 
     pub(crate) async fn next_page(&mut self) -> Result<Option<Page>, Failure> {
         while !self.done {
-            let mut request = page_of!(self.s3.list_object_versions(), self.start);
-            request = match (&self.markers, &self.start.after) {
-                (Some((key, version)), _) => request
-                    .key_marker(key)
-                    .set_version_id_marker(version.clone()),
-                (None, Some(after)) => request.key_marker(after),
-                (None, None) => request,
+            // The next page: after the last key and version seen, else where the run starts.
+            let (key_marker, version_marker) = match &self.markers {
+                Some((key, version)) => (Some(key.clone()), version.clone()),
+                None => (self.start.after.clone(), None),
             };
-            let answer = request
+            let answer = page_of!(self.s3.list_object_versions(), self.start)
+                .set_key_marker(key_marker)
+                .set_version_id_marker(version_marker)
                 .send()
                 .await
                 .map_err(|e| aws::classify(Dependency::S3, e))?;

@@ -364,16 +364,31 @@ impl Stack {
             .unwrap_or_default();
         let mut bodies = Vec::new();
         for m in messages {
-            self.sqs
-                .delete_message()
-                .queue_url(&self.queue_url)
-                .receipt_handle(m.receipt_handle.unwrap())
-                .send()
-                .await
-                .unwrap();
-            bodies.push(m.body.unwrap_or_default());
+            bodies.push(self.delete_received(&self.queue_url, m).await);
         }
         bodies
+    }
+
+    /// Deletes `message`, received from `url`: its body.
+    pub async fn delete_received(&self, url: &str, message: aws_sdk_sqs::types::Message) -> String {
+        self.sqs
+            .delete_message()
+            .queue_url(url)
+            .receipt_handle(message.receipt_handle.unwrap())
+            .send()
+            .await
+            .unwrap();
+        message.body.unwrap_or_default()
+    }
+
+    /// The bucket's listing (its first page, up to 1,000 keys).
+    pub async fn listing(&self) -> aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output {
+        self.s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .unwrap()
     }
 }
 
