@@ -65,7 +65,9 @@ def git_meta() -> dict:
         out = subprocess.run(["git", *argv], capture_output=True, text=True, cwd=HERE)
         return out.stdout.strip() if out.returncode == 0 else None
     commit = git("rev-parse", "--short", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # The result files are written during the run; they are not the code measured.
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                 ":(top,exclude)bench/results")
     return {
         "commit": commit or "unknown",
         "dirty": bool(status) if status is not None else None,
