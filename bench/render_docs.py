@@ -175,27 +175,29 @@ def readme(files: dict[str, dict]) -> str:
 
 
 # Each capacity input: what it is, the result file and scenario it comes from, the key, format.
+# From the full run (bench/run.sh), so the inputs are of one commit and one machine; the
+# scale-out group has its own file (bench/run.sh --only scaleout --out bench/results/scaleout.md).
 CAPACITY_INPUTS = (
     ("Worker CPU per 1 KiB object", "latest.json", "worker: small", "cpu_ms_per_object", ".3g", "ms"),
     ("Worker objects/s, 1 KiB, one process on the emulator", "latest.json", "worker: small",
      "objects_per_s", ".1f", "/s"),
     ("Lambda reproduction CPU per 1 KiB object", "latest.json", "baseline: seed Lambda, small",
      "cpu_ms_per_object", ".3g", "ms"),
-    ("Worker CPU per GB, 256 MiB objects, defaults", "adaptive.json",
+    ("Worker CPU per GB, 256 MiB objects, defaults", "latest.json",
      "worker: large, defaults (adaptive)", "cpu_s_per_gb", ".3g", "CPU-s/GB"),
-    ("Worker peak RSS, 256 MiB objects, defaults", "adaptive.json",
+    ("Worker peak RSS, 256 MiB objects, defaults", "latest.json",
      "worker: large, defaults (adaptive)", "peak_rss_mib", ".0f", "MiB"),
-    ("Database write path, new rows, changes announced", "db.json", "db_write", "per_s", ".0f",
+    ("Database write path, new rows, changes announced", "latest.json", "db_write", "per_s", ".0f",
      "resources/s"),
-    ("Database write path, redelivery (all duplicates)", "db.json", "db_write",
+    ("Database write path, redelivery (all duplicates)", "latest.json", "db_write",
      "duplicate_per_s", ".0f", "resources/s"),
-    ("Database write path, new rows, NOTIFY_CHANGES=false", "db.json", "db_write",
+    ("Database write path, new rows, NOTIFY_CHANGES=false", "latest.json", "db_write",
      "per_s_no_notify", ".0f", "resources/s"),
-    ("SQS requests per object at full load (worker's own)", "latency.json", "latency: full load",
+    ("SQS requests per object at full load (worker's own)", "latest.json", "latency: full load",
      "sqs_per_object", ".3f", ""),
-    ("SQS requests per object at light load (10/s)", "latency.json", "latency: light load (10/s)",
+    ("SQS requests per object at light load (10/s)", "latest.json", "latency: light load (10/s)",
      "sqs_per_object", ".3f", ""),
-    ("Event → row p99 at 80 % of capacity", "latency.json", "latency: 80 % of capacity",
+    ("Event → row p99 at 80 % of capacity", "latest.json", "latency: 80 % of capacity",
      "latency_p99_ms", ".1f", "ms"),
     ("Worker CPU per 1 KiB object, scale-out, 1 process", "scaleout.json",
      "scale-out: 1 worker process, small", "cpu_ms_per_object", ".3g", "ms"),
