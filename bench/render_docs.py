@@ -21,6 +21,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from common import cell_of
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 README = ROOT / "bench" / "README.md"
@@ -58,13 +60,9 @@ def fmt(value: float | None, spec: str) -> str:
 
 
 def cell(runs: list[dict], key: str, spec: str) -> str:
-    values = [r[key] for r in runs if isinstance(r.get(key), (int, float)) and r[key] == r[key]]
-    if not values:
-        return "–"
-    m = statistics.median(values)
-    if len(values) == 1:
-        return format(m, spec)
-    return f"{format(m, spec)} ({format(min(values), spec)}–{format(max(values), spec)})"
+    """Median (min–max) of the numbers recorded under `key`, NaN left out."""
+    return cell_of([r[key] for r in runs
+                    if isinstance(r.get(key), (int, float)) and r[key] == r[key]], spec)
 
 
 def size(n: int) -> str:
