@@ -200,6 +200,17 @@ run_check "WorkerPolicy = what the worker's SDK calls need = deploy/aws/iam-poli
   "$py" deploy/tools/policy_match.py deploy/aws/stack.yaml deploy/aws/iam-policy.json --src src
 run_check "ReconcilePolicy = what reconcile's SDK calls need = deploy/aws/reconcile-policy.json" \
   "$py" deploy/tools/policy_match.py deploy/aws/stack.yaml deploy/aws/reconcile-policy.json --src src --reconcile
+# The scanner must see calls built through a request macro too (reconcile's listings are):
+# with ListBucketVersions taken out of both the stack and the JSON, the check must say it is
+# missing, not pass.
+without_list_versions() {
+  sed 's/s3:ListBucket, s3:ListBucketVersions, /s3:ListBucket, /' deploy/aws/stack.yaml >"$out/stack.no-lv.yaml"
+  sed 's/"s3:ListBucket", "s3:ListBucketVersions", /"s3:ListBucket", /' deploy/aws/reconcile-policy.json >"$out/reconcile.no-lv.json"
+  ! grep -q ListBucketVersions "$out/reconcile.no-lv.json" || return 1
+  expect_failure "$py" deploy/tools/policy_match.py "$out/stack.no-lv.yaml" "$out/reconcile.no-lv.json" --src src --reconcile &&
+    grep -q "missing \['s3:ListBucketVersions'\]" "$out/negative.log"
+}
+run_check "the policy check finds reconcile's versioned listing (built through a macro)" without_list_versions
 # Queue settings that decide whether a dead letter carries its reason and outlives its source.
 queue_settings() {
   "$py" - deploy/aws/stack.yaml src/config.rs <<'PY'

@@ -5,7 +5,9 @@ With --src, also that WorkerPolicy's actions are exactly those the worker's AWS 
 (every `.operation()` call under the source tree, the operator commands dlq, presign and
 reconcile left out); an operation this script does not know fails, so a new call cannot go
 unnoticed. A call is recognised as the SDK's builder: `.operation()` followed by its first
-parameter setter (`.bucket(`, `.key(`, `.queue_url(`, `.entries(`, `.receipt_handle(`).
+parameter setter (`.bucket(`, `.key(`, `.queue_url(`, `.entries(`, `.receipt_handle(`), or
+as the first argument of a macro of the same file whose body applies such a setter to it
+(`page_of!(self.s3.list_object_versions(), …)`).
 
 With --reconcile the same for the stack's ReconcilePolicy and reconcile-policy.json against
 what `datapack-worker reconcile` calls: its own calls (src/commands/reconcile/) and the S3
@@ -59,6 +61,18 @@ ACTIONS = {
     "send_message_batch": {"sqs:SendMessage"},
 }
 SDK_CALL = re.compile(r"\.(\w+)\(\)\s*(?://[^\n]*)?\s*\.(?:bucket|key|queue_url|entries|receipt_handle)\(")
+SETTER = re.compile(r"\.(?:bucket|key|queue_url|entries|receipt_handle)\(")
+# A macro that finishes a request: `macro_rules! name { ($request:expr …) => { $request.bucket(…`.
+REQUEST_MACRO = re.compile(r"macro_rules!\s*(\w+)\s*\{\s*\(\$(\w+):expr[^)]*\)\s*=>\s*\{\s*\$\2\s*((?:\.[^;{}]*)?)")
+
+
+def sdk_calls(text: str) -> list[str]:
+    """The SDK operations a source file builds requests for, in either recognised form."""
+    calls = SDK_CALL.findall(text)
+    for name, _, body in REQUEST_MACRO.findall(text):
+        if SETTER.match(body.lstrip()):
+            calls += re.findall(rf"\b{name}!\(\s*[\w.]+\.(\w+)\(\)\s*,", text)
+    return calls
 
 
 def needed(src: Path, reconcile: bool = False) -> tuple[set[str], list[str]]:
@@ -73,7 +87,7 @@ def needed(src: Path, reconcile: bool = False) -> tuple[set[str], list[str]]:
         own = parts[:2] == ("commands", "reconcile")
         if "commands" in parts and not (reconcile and own):
             continue
-        for operation in SDK_CALL.findall(path.read_text()):
+        for operation in sdk_calls(path.read_text()):
             if operation not in ACTIONS:
                 unknown.append(f"{path}: {operation}")
                 continue
