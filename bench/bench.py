@@ -39,6 +39,7 @@ from common import (
     cell_of,
     Feeder,
     fresh_database,
+    git_meta,
     log,
     med,
     proc_cpu,
@@ -56,27 +57,6 @@ CONCURRENCY = 16
 # The scale-out group: worker processes per run, and the database each run gets afresh.
 SCALEOUT_WORKERS = (1, 2, 3)
 SCALEOUT_DB = "datapack_bench_scaleout"
-
-
-def git_meta() -> dict:
-    """What every result file records about the code that produced it: the commit, and whether
-    the working tree had uncommitted changes (a figure from a dirty tree names no commit)."""
-    def git(*argv):
-        out = subprocess.run(["git", *argv], capture_output=True, text=True, cwd=HERE)
-        return out.stdout.strip() if out.returncode == 0 else None
-    commit = git("rev-parse", "--short", "HEAD")
-    # The result files are written during the run; they are not the code measured.
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
-                 ":(top,exclude)bench/results")
-    return {
-        "commit": commit or "unknown",
-        "dirty": bool(status) if status is not None else None,
-        "utc": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
-        "cpus": os.cpu_count(),
-        "load_average": list(os.getloadavg()),
-        # Absolute paths (an --out outside the checkout) by their name only: no machine's layout.
-        "argv": [Path(a).name if a.startswith("/") else a for a in sys.argv[1:]],
-    }
 
 
 # The measured binary's own build_info labels (version, git_commit), read from the first worker

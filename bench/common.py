@@ -1,6 +1,7 @@
 """What the benchmark's orchestrator (bench.py) and its paced load (load.py) share: process
-accounting and stopping, a long-lived psql session, fresh databases, the queue feeder, and the
-median (min–max) cells of the report. Imports neither of them.
+accounting and stopping, a long-lived psql session, fresh databases, the queue feeder, the
+median (min–max) cells of the report, and what a result file records about the code measured.
+Imports neither of them.
 """
 
 from __future__ import annotations
@@ -174,3 +175,25 @@ def cell_of(values: list[float], fmt: str) -> str:
     if len(values) == 1:
         return format(m, fmt)
     return f"{format(m, fmt)} ({format(min(values), fmt)}–{format(max(values), fmt)})"
+
+
+def git_meta() -> dict:
+    """What every result file records about the code that produced it: the commit, and whether
+    the working tree had uncommitted changes (a figure from a dirty tree names no commit)."""
+    def git(*argv):
+        out = subprocess.run(["git", *argv], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() if out.returncode == 0 else None
+    commit = git("rev-parse", "--short", "HEAD")
+    # The result files are written during the run; they are not the code measured.
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                 ":(top,exclude)bench/results")
+    return {
+        "commit": commit or "unknown",
+        "dirty": bool(status) if status is not None else None,
+        "utc": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
+        "cpus": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
+        # Absolute paths (an --out outside the checkout) by their name only: no machine's layout.
+        "argv": [Path(a).name if a.startswith("/") else a for a in sys.argv[1:]],
+    }

@@ -89,6 +89,8 @@ COLUMNS = (
     ("duplicate_per_s", "Second pass /s", ".0f"),
     ("per_s_no_notify", "Resources/s, NOTIFY_CHANGES=false", ".0f"),
     ("duplicate_per_s_no_notify", "Second pass /s, NOTIFY_CHANGES=false", ".0f"),
+    ("rows_per_s", "Rows/s (PostgreSQL alone)", ".0f"),
+    ("batch_ms", "Batch ms (mean)", ".2f"),
 )
 
 
@@ -197,6 +199,12 @@ CAPACITY_INPUTS = (
      "sqs_per_object", ".3f", ""),
     ("Event → row p99 at 80 % of capacity", "latest.json", "latency: 80 % of capacity",
      "latency_p99_ms", ".1f", "ms"),
+    ("PostgreSQL alone: bare INSERT of the same rows (the floor)", "db-floor.json",
+     "floor: bare INSERT of the same rows, no rules", "rows_per_s", ".0f", "rows/s"),
+    ("PostgreSQL alone: datapack_write_batch, new rows, changes announced", "db-floor.json",
+     "datapack_write_batch, new rows, changes announced (default)", "rows_per_s", ".0f", "rows/s"),
+    ("PostgreSQL alone: datapack_write_batch, redeliveries", "db-floor.json",
+     "datapack_write_batch, redeliveries (all Duplicate)", "rows_per_s", ".0f", "rows/s"),
     ("Worker CPU per 1 KiB object, scale-out, 1 process", "scaleout.json",
      "scale-out: 1 worker process, small", "cpu_ms_per_object", ".3g", "ms"),
 )
