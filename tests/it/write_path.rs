@@ -267,3 +267,45 @@ async fn ties_inside_a_batch_follow_the_rust_rule() {
     }
     assert_eq!(outcomes[0], WriteOutcome::Recorded);
 }
+
+/// The table keeps its digest rule (64 lower-case hex digits) for writers other than the
+/// worker: the check that replaced the regex accepts and refuses exactly what the regex did.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_digest_column_holds_64_lower_case_hex_digits() {
+    let db = TestDb::new().await;
+    store::apply(&db.pool, &[resource("dp/ok", "e", None, 10)], ANNOUNCED)
+        .await
+        .unwrap();
+    let candidates = [
+        ("a".repeat(64), true),
+        ("0123456789abcdef".repeat(4), true),
+        ("A".repeat(64), false),
+        ("a".repeat(63), false),
+        ("a".repeat(65), false),
+        (format!("{}é", "a".repeat(62)), false),
+        (format!("{}\n", "a".repeat(63)), false),
+        (format!("{} ", "a".repeat(63)), false),
+        (String::new(), false),
+    ];
+    for (digest, accepted) in candidates {
+        let regex: bool = sqlx::query_scalar("SELECT $1 ~ '^[0-9a-f]{64}$'")
+            .bind(&digest)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(regex, accepted, "{digest:?}: the old rule");
+        let written =
+            sqlx::query("UPDATE datapack_resource SET sha256 = $1 WHERE object_key = 'dp/ok'")
+                .bind(&digest)
+                .execute(&db.pool)
+                .await;
+        match written {
+            Ok(_) => assert!(accepted, "{digest:?} was accepted"),
+            Err(error) => {
+                assert!(!accepted, "{digest:?} was refused: {error}");
+                let code = error.as_database_error().and_then(|e| e.code());
+                assert_eq!(code.as_deref(), Some("23514"), "a check violation: {error}");
+            }
+        }
+    }
+}
