@@ -7,6 +7,11 @@
 -- together they accept exactly what the old check accepted (only ASCII hex digits remain, so
 -- 64 bytes are 64 characters).
 --
+-- The swap takes a brief ACCESS EXCLUSIVE lock on the table. Behind a long reader it would wait,
+-- and every writer and reader would queue behind it: within 10 s it fails instead (the migration
+-- runs in a transaction, so nothing is left half done), and `migrate` can simply be run again.
+SET LOCAL lock_timeout = '10s';
+
 -- NOT VALID: every existing row already passed the equivalent check this replaces, so there is
 -- nothing to scan; new and updated rows are checked as before.
 ALTER TABLE datapack_resource
