@@ -21,7 +21,7 @@ use crate::disposition::{Failure, MessageDisposition, RetryReason};
 use crate::intake::deleter::DeleteRequest;
 use crate::intake::queue::RedriveLimit;
 use crate::intake::settle::{self, Ended, Limits, Probe, Settlement};
-use crate::intake::sqs::{Received, Sqs, VisibilityChange, VisibilityError};
+use crate::intake::sqs::{DeadLetter, Received, Sqs, VisibilityChange, VisibilityError};
 use crate::intake::visibility::VisibilityRequest;
 use crate::ops::health::{self, Health};
 use crate::ops::metrics::{self, Raised};
@@ -273,7 +273,11 @@ impl Lease {
         let sent = self
             .context
             .sqs
-            .send_dead_letter(&self.message, reason, &detail)
+            .send_dead_letter(DeadLetter {
+                message: &self.message,
+                reason,
+                detail: &detail,
+            })
             .await;
         if let Err(unsent) = sent {
             return Some(Ended::DeadLetterUnsent(unsent));

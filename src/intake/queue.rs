@@ -14,9 +14,9 @@ use aws_sdk_sqs::types::{
 use chrono::{DateTime, Utc};
 
 use crate::aws;
-use crate::disposition::{DeadLetterReason, Dependency, Failure};
+use crate::disposition::{Dependency, Failure};
 pub use crate::intake::sqs::Received;
-use crate::intake::sqs::{BATCH, Call, Sqs, VisibilityChange, VisibilityError};
+use crate::intake::sqs::{BATCH, Call, DeadLetter, Sqs, VisibilityChange, VisibilityError};
 
 /// The message attributes a dead letter carries (the `dlq` commands read them back).
 pub(crate) mod attribute {
@@ -248,12 +248,12 @@ impl Queue {
     /// Sends the original body, unchanged, to the dead-letter queue with why it failed.
     /// At-least-once: a crash between this send and the delete sends it again, so the source
     /// message id travels along to tell such copies apart.
-    pub(crate) async fn dead_letter(
-        &self,
-        message: &Received,
-        reason: DeadLetterReason,
-        detail: &str,
-    ) -> Result<(), Failure> {
+    pub(crate) async fn dead_letter(&self, letter: DeadLetter<'_>) -> Result<(), Failure> {
+        let DeadLetter {
+            message,
+            reason,
+            detail,
+        } = letter;
         let text = |v: &str| {
             MessageAttributeValue::builder()
                 .data_type("String")
@@ -384,13 +384,8 @@ impl Sqs for Queue {
         Box::pin(Queue::change_visibility_batch(self, changes))
     }
 
-    fn send_dead_letter<'a>(
-        &'a self,
-        message: &'a Received,
-        reason: DeadLetterReason,
-        detail: &'a str,
-    ) -> Call<'a, ()> {
-        Box::pin(Queue::dead_letter(self, message, reason, detail))
+    fn send_dead_letter<'a>(&'a self, letter: DeadLetter<'a>) -> Call<'a, ()> {
+        Box::pin(Queue::dead_letter(self, letter))
     }
 }
 

@@ -59,6 +59,15 @@ impl VisibilityError {
     }
 }
 
+/// A message on its way to the dead-letter queue: its body goes unchanged, with why it failed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeadLetter<'a> {
+    pub(crate) message: &'a Received,
+    pub(crate) reason: DeadLetterReason,
+    /// A line for whoever reads the dead letter (an operator); truncated when sent.
+    pub(crate) detail: &'a str,
+}
+
 /// The SQS calls the intake makes. Each is one request (the SDK's own retries aside), so what
 /// the worker costs in requests is what its callers make of these.
 pub(crate) trait Sqs: Send + Sync {
@@ -76,12 +85,7 @@ pub(crate) trait Sqs: Send + Sync {
     ) -> Call<'a, Vec<Result<(), VisibilityError>>>;
 
     /// Sends the message's body, unchanged, to the dead-letter queue with why it failed.
-    fn send_dead_letter<'a>(
-        &'a self,
-        message: &'a Received,
-        reason: DeadLetterReason,
-        detail: &'a str,
-    ) -> Call<'a, ()>;
+    fn send_dead_letter<'a>(&'a self, letter: DeadLetter<'a>) -> Call<'a, ()>;
 }
 
 #[cfg(test)]
@@ -210,20 +214,20 @@ pub(crate) mod memory {
             })
         }
 
-        fn send_dead_letter<'a>(
-            &'a self,
-            message: &'a Received,
-            reason: DeadLetterReason,
-            detail: &'a str,
-        ) -> Call<'a, ()> {
+        fn send_dead_letter<'a>(&'a self, letter: DeadLetter<'a>) -> Call<'a, ()> {
             Box::pin(async move {
+                let DeadLetter {
+                    message,
+                    reason,
+                    detail,
+                } = letter;
                 let seen = Seen::DeadLetter(message.message_id.clone(), reason);
                 let mut state = self.call(seen)?;
                 if state.refuse_dead_letters {
                     return Err(refused());
                 }
-                let letter = (message.message_id.clone(), reason, detail.to_owned());
-                state.dead_letters.push(letter);
+                let sent = (message.message_id.clone(), reason, detail.to_owned());
+                state.dead_letters.push(sent);
                 Ok(())
             })
         }

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::aws;
-use crate::disposition::{Dependency, Failure, RetryReason};
+use crate::disposition::{Dependency, Failure, ObjectName, RetryReason};
 use crate::ops::health::{Health, Probe, probe};
 use crate::process::fetch::Target;
 
@@ -39,36 +39,39 @@ pub(crate) fn s3_probe(
     })
 }
 
-/// One object the S3 probe may read in depth.
+/// One object the S3 probe may read in depth: the name a failure would carry, and the version
+/// that was read (a versioned bucket's later upload may not be readable yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ObjectRef {
-    bucket: String,
-    key: String,
+    name: ObjectName,
     version_id: Option<String>,
 }
 
 impl ObjectRef {
     fn of(target: &Target<'_>) -> Self {
         Self {
-            bucket: target.bucket.to_owned(),
-            key: target.key.to_owned(),
+            name: ObjectName {
+                bucket: target.bucket.to_owned(),
+                key: target.key.to_owned(),
+            },
             version_id: target.version_id.map(str::to_owned),
         }
     }
 
+    /// Becomes `target`, reusing its strings (this runs for every object read).
     fn set(&mut self, target: &Target<'_>) {
-        self.bucket.clear();
-        self.bucket.push_str(target.bucket);
-        self.key.clear();
-        self.key.push_str(target.key);
+        overwrite(&mut self.name.bucket, target.bucket);
+        overwrite(&mut self.name.key, target.key);
         match (&mut self.version_id, target.version_id) {
-            (Some(kept), Some(version)) => {
-                kept.clear();
-                kept.push_str(version);
-            }
+            (Some(kept), Some(version)) => overwrite(kept, version),
             (kept, version) => *kept = version.map(str::to_owned),
         }
     }
+}
+
+fn overwrite(kept: &mut String, with: &str) {
+    kept.clear();
+    kept.push_str(with);
 }
 
 /// Objects to read when the S3 breaker trips: the last object read whole, and a few that failed
@@ -132,8 +135,8 @@ impl Canary {
         for object in candidates {
             let mut request = s3
                 .get_object()
-                .bucket(&object.bucket)
-                .key(&object.key)
+                .bucket(&object.name.bucket)
+                .key(&object.name.key)
                 .range("bytes=0-0");
             if let Some(version) = &object.version_id {
                 request = request.version_id(version);
