@@ -357,7 +357,7 @@ impl Stop {
 
 /// The database as the settings describe it: a lazy pool whose new connections get fresh
 /// credentials (with RDS IAM tokens signed from `sdk`'s credential chain and region).
-pub fn database(settings: &DatabaseSettings, sdk: &SdkConfig) -> anyhow::Result<Database> {
+pub(crate) fn database(settings: &DatabaseSettings, sdk: &SdkConfig) -> anyhow::Result<Database> {
     let signer = match (&settings.password, sdk.credentials_provider(), sdk.region()) {
         (Password::RdsIam, Some(credentials), Some(region)) => Some(connect::AwsSigner {
             credentials,

@@ -121,7 +121,7 @@ impl Intercept for CountRequests {
 }
 
 /// The service's error code, or the HTTP status when the body had none.
-pub fn code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> Option<String> {
+pub(crate) fn code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> Option<String> {
     match error {
         SdkError::ServiceError(e) => e.err().code().map(str::to_owned),
         _ => None,
@@ -133,7 +133,7 @@ pub fn code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> Option<String
 /// and server errors are retried, and the worker asks the dependency's probe before it charges
 /// the message an attempt (see `health`). A request that cannot even be built from the message
 /// (a header value S3 would never accept) can never succeed: dead-letter it.
-pub fn classify<E>(dependency: Dependency, error: SdkError<E, HttpResponse>) -> Failure
+pub(crate) fn classify<E>(dependency: Dependency, error: SdkError<E, HttpResponse>) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -226,6 +226,6 @@ fn is_throttled(code: &str, status: Option<u16>) -> bool {
 }
 
 /// The HTTP status of a service error, if the service answered at all.
-pub fn status<E>(error: &SdkError<E, HttpResponse>) -> Option<u16> {
+pub(crate) fn status<E>(error: &SdkError<E, HttpResponse>) -> Option<u16> {
     error.raw_response().map(|r| r.status().as_u16())
 }

@@ -20,7 +20,7 @@ pub struct Cli {
     pub(crate) log_filter: Option<String>,
     /// Any non-empty value turns colour off even on a terminal (no-color.org).
     #[arg(long, env = "NO_COLOR", global = true, hide = true)]
-    pub no_color: Option<String>,
+    pub(crate) no_color: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -89,7 +89,7 @@ pub struct PresignArgs {
 
 impl PresignArgs {
     /// The bucket from `--bucket` or `S3_BUCKET`, else the seed's `FILESYSTEM_S3_BUCKET`.
-    pub fn bucket(&self) -> Result<String, ConfigError> {
+    pub(crate) fn bucket(&self) -> Result<String, ConfigError> {
         self.bucket
             .clone()
             .or_else(config::seed_bucket)
@@ -166,39 +166,39 @@ impl ListingMode {
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
     #[command(flatten)]
-    pub run: RunArgs,
+    pub(crate) run: RunArgs,
     /// The bucket to reconcile (default: the one `S3_BUCKET`, or the seed's `FILESYSTEM_S3_BUCKET`,
     /// names).
     #[arg(long)]
-    pub bucket: Option<String>,
+    pub(crate) bucket: Option<String>,
     /// Only keys starting with this.
     #[arg(long, default_value = "")]
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// Only this datapack's keys (the prefix `DATAPACK/`).
     #[arg(long, conflicts_with = "prefix")]
-    pub datapack: Option<String>,
+    pub(crate) datapack: Option<String>,
     /// Find and report the differences; change nothing (no write, no checkpoint).
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Print the report as JSON.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// How many keys of each kind of difference (and of failures) the report names.
     #[arg(long, default_value_t = 20)]
     pub(crate) report_keys: usize,
     /// Differences checked and repaired at once.
     #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 16)]
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Keys per listing page (S3 answers at most 1,000); also the checkpoint's step.
     #[arg(long, default_value_t = 1000)]
     pub(crate) page_keys: i32,
     /// Read the listing from an S3 Inventory report (CSV) instead of listing the bucket:
     /// `s3://BUCKET/PATH/manifest.json`.
     #[arg(long, value_name = "S3_URL")]
-    pub inventory: Option<String>,
+    pub(crate) inventory: Option<String>,
     /// How to list the bucket.
     #[arg(long, value_enum, default_value = "auto")]
-    pub listing: ListingMode,
+    pub(crate) listing: ListingMode,
     /// Rows of one key an inventory report may hold (one per version); a report with more is
     /// refused. Rows are folded as they are read, so this bounds time, not memory.
     #[arg(long, default_value_t = 1_000_000)]
@@ -211,7 +211,7 @@ pub struct ReconcileArgs {
     pub(crate) serve_metrics: bool,
     /// A progress line on a terminal (`auto`), always (`bar`), or log lines only (`log`).
     #[arg(long, value_enum, default_value = "auto")]
-    pub progress: ProgressMode,
+    pub(crate) progress: ProgressMode,
     /// Seconds between progress log lines (when there is no bar).
     #[arg(long, default_value_t = 10)]
     pub(crate) progress_secs: u64,

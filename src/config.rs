@@ -14,7 +14,7 @@ use crate::aws::{AwsSettings, StaticKeys};
 use crate::intake::pool::WorkerSettings;
 use crate::process::fetch::Ranged;
 use crate::process::pipeline::PipelineSettings;
-pub use crate::secret::Secret;
+pub(crate) use crate::secret::Secret;
 use crate::store::writer::WriterSettings;
 use crate::store::{Password, PoolSettings, WriteOptions};
 
@@ -115,14 +115,14 @@ pub(crate) fn check_range(name: &'static str, value: u64) -> Result<(), ConfigEr
 /// [`RunArgs::into_settings`] and passed down; nothing below reads the environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub database: DatabaseSettings,
+    pub(crate) database: DatabaseSettings,
     /// Apply pending migrations before starting.
     pub(crate) migrate_on_start: bool,
-    pub queue: QueueSettings,
+    pub(crate) queue: QueueSettings,
     pub aws: AwsSettings,
-    pub worker: WorkerSettings,
-    pub pipeline: PipelineSettings,
-    pub writer: WriterSettings,
+    pub(crate) worker: WorkerSettings,
+    pub(crate) pipeline: PipelineSettings,
+    pub(crate) writer: WriterSettings,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub(crate) metrics_addr: SocketAddr,
 }
@@ -130,21 +130,21 @@ pub struct Settings {
 /// What ingesting an object needs, queue aside: built by [`RunArgs::ingest_settings`].
 #[derive(Debug, Clone)]
 pub(crate) struct IngestSettings {
-    pub database: DatabaseSettings,
-    pub aws: AwsSettings,
-    pub pipeline: PipelineSettings,
-    pub writer: WriterSettings,
+    pub(crate) database: DatabaseSettings,
+    pub(crate) aws: AwsSettings,
+    pub(crate) pipeline: PipelineSettings,
+    pub(crate) writer: WriterSettings,
 }
 
 /// PostgreSQL: where to connect (the URL checked to name its user), where each new connection's
 /// password comes from, and the pool's limits.
 #[derive(Clone)]
 pub struct DatabaseSettings {
-    pub connect: PgConnectOptions,
+    pub(crate) connect: PgConnectOptions,
     /// The URL with its password replaced, for logs.
     pub(crate) redacted_url: String,
-    pub password: Password,
-    pub pool: PoolSettings,
+    pub(crate) password: Password,
+    pub(crate) pool: PoolSettings,
 }
 
 impl fmt::Debug for DatabaseSettings {
@@ -161,11 +161,11 @@ impl fmt::Debug for DatabaseSettings {
 /// The main queue and its dead-letter queue, and how the worker talks to them.
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
-    pub url: String,
+    pub(crate) url: String,
     pub(crate) dead_letter_url: String,
     /// Long-poll wait of one receive.
-    pub wait: Duration,
-    pub visibility_timeout: Duration,
+    pub(crate) wait: Duration,
+    pub(crate) visibility_timeout: Duration,
     /// How often both queues' depth is sampled for the dashboard and alerts.
     pub(crate) sample_every: Duration,
 }
@@ -448,7 +448,7 @@ fn scrub(text: &str, url: &str) -> String {
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    pub database: DatabaseArgs,
+    pub(crate) database: DatabaseArgs,
     /// The queue S3 notifies. Required by `run`; `dlq redrive` moves messages back to it.
     #[arg(long, env = "SQS_QUEUE_URL")]
     pub(crate) sqs_queue_url: Option<String>,
@@ -497,7 +497,7 @@ pub struct RunArgs {
     /// Attempts a message gets before a failure dead-letters it with its reason; capped by the
     /// queue's redrive maxReceiveCount.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 10)]
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
     /// Time given after SIGTERM to the long polls in flight (they finish, at most
     /// `SQS_WAIT_TIME_SECS` + 5 s, and what they return is handed back at once) and to in-flight
     /// work; a second signal stops at once. Keep below Kubernetes' `terminationGracePeriodSeconds`.

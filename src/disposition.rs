@@ -26,7 +26,7 @@ pub enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 9] = [
+    pub(crate) const ALL: [DeadLetterReason; 9] = [
         Self::MalformedMessage,
         Self::UnknownEvent,
         Self::InvalidKey,
@@ -38,7 +38,7 @@ impl DeadLetterReason {
         Self::ProcessingFailed,
     ];
 
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::MalformedMessage => "malformed_message",
             Self::UnknownEvent => "unknown_event",
@@ -87,7 +87,7 @@ pub enum RetryReason {
 }
 
 impl RetryReason {
-    pub const ALL: [RetryReason; 21] = [
+    pub(crate) const ALL: [RetryReason; 21] = [
         Self::S3Error,
         Self::S3Throttled,
         Self::S3AccessDenied,
@@ -111,7 +111,7 @@ impl RetryReason {
         Self::ProcessingTimeout,
     ];
 
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::S3Error => "s3_error",
             Self::S3Throttled => "s3_throttled",
@@ -139,7 +139,7 @@ impl RetryReason {
 
     /// The dependency a probe must ask before this failure may count against the message: if
     /// the probe fails too, the dependency is down and the message is released, not charged.
-    pub const fn dependency(self) -> Option<Dependency> {
+    pub(crate) const fn dependency(self) -> Option<Dependency> {
         match self {
             Self::S3Error
             | Self::S3Throttled
@@ -208,7 +208,7 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::TestEvent => "test_event",
             Self::NotPresigned => "not_presigned",
@@ -294,16 +294,16 @@ impl MessageDisposition {
 
 /// The dependencies whose loss pauses the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Dependency {
+pub(crate) enum Dependency {
     Postgres,
     S3,
     Sqs,
 }
 
 impl Dependency {
-    pub const ALL: [Dependency; 3] = [Self::Postgres, Self::S3, Self::Sqs];
+    pub(crate) const ALL: [Dependency; 3] = [Self::Postgres, Self::S3, Self::Sqs];
 
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Postgres => "postgres",
             Self::S3 => "s3",
@@ -343,8 +343,8 @@ pub enum Failure {
 /// for a metric label.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectName {
-    pub bucket: String,
-    pub key: String,
+    pub(crate) bucket: String,
+    pub(crate) key: String,
 }
 
 impl fmt::Display for ObjectName {
@@ -377,7 +377,7 @@ impl Failure {
     }
 
     /// Names the object this failure is about.
-    pub fn about(mut self, bucket: &str, key: &str) -> Self {
+    pub(crate) fn about(mut self, bucket: &str, key: &str) -> Self {
         let name = Some(Box::new(ObjectName {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
@@ -389,7 +389,7 @@ impl Failure {
     }
 
     /// The object this failure is about, if it is about one.
-    pub fn object(&self) -> Option<&ObjectName> {
+    pub(crate) fn object(&self) -> Option<&ObjectName> {
         match self {
             Self::Permanent { object, .. } | Self::Transient { object, .. } => object.as_deref(),
         }
@@ -413,7 +413,7 @@ impl Failure {
     }
 
     /// The dependency to probe before this failure counts against the message.
-    pub fn dependency(&self) -> Option<Dependency> {
+    pub(crate) fn dependency(&self) -> Option<Dependency> {
         match self {
             Self::Permanent { .. } => None,
             Self::Transient { reason, .. } => reason.dependency(),
@@ -434,7 +434,7 @@ impl Failure {
     }
 
     /// The same failure told to several waiters: same disposition, the cause kept as text.
-    pub fn copy(&self) -> Failure {
+    pub(crate) fn copy(&self) -> Failure {
         match self {
             Self::Permanent {
                 reason,
@@ -464,7 +464,7 @@ pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Renders an error with its whole cause chain on one line, for the one log line that decides.
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

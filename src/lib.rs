@@ -12,28 +12,32 @@
 //! At the root: [`app`] wires the layers and [`config`] builds the typed settings from the
 //! command line ([`cli`]) and environment; [`disposition`] is the failure vocabulary every layer
 //! speaks (what a failure means: retry, dead-letter with a reason, skip); [`aws`] builds the SDK
-//! clients; [`shutdown`] is the value every wait races; [`secret`] holds what must never print.
-//! [`commands`] holds the one-shot commands; [`reference`] renders the configuration reference
+//! clients; [`shutdown`] is the value every wait races; `secret` holds what must never print.
+//! [`commands`] holds the one-shot commands; [`reference`](mod@reference) renders the configuration reference
 //! from the command line's definitions.
 //!
 //! ## The public surface
 //!
-//! What is `pub` here is what a user outside the crate needs, and nothing more; everything else
-//! is `pub(crate)` or narrower, and `unreachable_pub` (below) warns when that slips:
+//! What is `pub` here is what a user outside the crate needs, and nothing more: every item was
+//! narrowed to `pub(crate)` and only what the binary, the tests, the examples or the fuzz targets
+//! failed to compile without was given back. `unreachable_pub` (below) warns when that slips.
 //!
-//! - **the binary** (`main.rs`): [`cli`], [`app::run`], [`commands`], [`config`],
-//!   [`ops::telemetry`], [`shutdown`];
+//! - **the binary** (`main.rs`): [`cli`], [`app::run`], [`commands`] (`dlq`, `presign`,
+//!   `reconcile`), [`config`], [`ops::telemetry`], [`shutdown`];
 //! - **embedders and the integration tests**: [`app::run_supervised`] with [`app::ExtraTask`],
-//!   [`aws::load`], the [`process`] parts a test drives alone ([`process::event`],
-//!   [`process::key`], [`process::metadata`], [`process::fetch`], [`process::pipeline`]), the
-//!   [`store`] write path ([`store::migrate`], [`store::writer`], [`store::write`]) and its
-//!   notification contract ([`store::notify`]), [`intake::queue::Queue`], [`ops::health`],
-//!   [`ops::http`]'s limits, [`ops::metrics`], [`ops::watchdog`], [`commands::presign`],
-//!   [`reference`];
+//!   [`aws::load`] and the SDK clients, the [`process`] parts a test drives alone
+//!   ([`process::event`], [`process::key`], [`process::metadata`], [`process::fetch`],
+//!   [`process::pipeline`]), the [`store`] write path ([`store::migrate`], [`store::writer`],
+//!   [`store::write`] and its ordering rules) and its notification contract ([`store::notify`]),
+//!   [`intake::queue::Queue`], [`ops::health`], [`ops::http`]'s limits, [`ops::watchdog`],
+//!   [`reference`](mod@reference);
 //! - **the benchmark examples**: the same write path and queue (`examples/db_write.rs`,
 //!   `examples/ceiling.rs`);
-//! - **the fuzz targets**: [`process::event::parse`], [`process::event::decode_key`],
-//!   [`process::metadata`]'s RFC 2047 decoding.
+//! - **the fuzz targets**: [`process::event::parse`], [`process::key`],
+//!   [`store::write::sequencer_cmp`], [`process::metadata`]'s RFC 2047 decoding.
+//!
+//! Everything else (the lease, the pool, the settle verdicts, the metrics, the connection
+//! manager, reconcile's parts, the secrets) is the crate's own.
 
 #![warn(unreachable_pub)]
 

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 /// A value that must never reach a log, an error message or a metric label.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub(crate) String);
+pub(crate) struct Secret(pub(crate) String);
 
 impl Secret {
     pub(crate) fn expose(&self) -> &str {

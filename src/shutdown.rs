@@ -7,8 +7,8 @@ use tokio_util::sync::CancellationToken;
 /// within the grace period) and `now` (a second signal: hand back at once, wait for nothing).
 #[derive(Debug, Clone, Default)]
 pub struct Signals {
-    pub stop: CancellationToken,
-    pub now: CancellationToken,
+    pub(crate) stop: CancellationToken,
+    pub(crate) now: CancellationToken,
 }
 
 impl From<CancellationToken> for Signals {

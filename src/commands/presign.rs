@@ -35,7 +35,7 @@ pub(crate) const MAX_KEY_BYTES: usize = 1024;
 #[derive(Debug, Serialize)]
 pub struct Presigned {
     pub url: String,
-    pub method: String,
+    pub(crate) method: String,
     pub headers: BTreeMap<String, String>,
 }
 
@@ -110,7 +110,7 @@ pub(crate) fn is_invisible(c: char) -> bool {
 /// The uploader's name and email, as they will be stored in `submitter_name` and
 /// `submitter_email`: no control characters or overrides, and no invisible characters in the
 /// email.
-pub fn uploader(name: &str, email: &str) -> Result<(), PresignError> {
+pub(crate) fn uploader(name: &str, email: &str) -> Result<(), PresignError> {
     no_controls("--uploader-name", name)?;
     no_controls("--uploader-email", email)?;
     match email.chars().find(|&c| is_invisible(c)) {
@@ -136,7 +136,7 @@ fn segment(flag: &str, value: &str) -> Result<(), PresignError> {
 }
 
 /// `<datapack>/<path…>/<file>`, refusing what the worker could not split back and what S3 refuses.
-pub fn object_key(datapack: &str, path: &str, file: &str) -> Result<String, PresignError> {
+pub(crate) fn object_key(datapack: &str, path: &str, file: &str) -> Result<String, PresignError> {
     segment("--datapack", datapack)?;
     segment("--file", file)?;
     no_controls("--path", path)?;
@@ -164,7 +164,7 @@ pub fn object_key(datapack: &str, path: &str, file: &str) -> Result<String, Pres
 }
 
 /// `--sha256` (64 hex digits, either case) → the base64 value of `x-amz-checksum-sha256`.
-pub fn checksum_sha256(hex: &str) -> Result<String, PresignError> {
+pub(crate) fn checksum_sha256(hex: &str) -> Result<String, PresignError> {
     let hex = hex.trim();
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return invalid("--sha256 must be exactly 64 hexadecimal digits (a SHA-256 digest)");

@@ -50,9 +50,9 @@ use crate::shutdown::Signals;
 pub(crate) const POLL_SLACK: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
-pub struct WorkerSettings {
-    pub concurrency: usize,
-    pub pollers: usize,
+pub(crate) struct WorkerSettings {
+    pub(crate) concurrency: usize,
+    pub(crate) pollers: usize,
     pub(crate) retry_base: Duration,
     pub(crate) retry_max: Duration,
     /// Longest time a message's visibility is extended while it is worked on.
@@ -60,7 +60,7 @@ pub struct WorkerSettings {
     pub(crate) shutdown_grace: Duration,
     /// Attempts a message gets before a failure dead-letters it with its reason (capped by the
     /// queue's own `maxReceiveCount`, so SQS never moves it first without a reason).
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
     /// While receives come back full (a backlog), how long a poller holding fewer free slots
     /// than a full receive waits for more before it receives (see [`gather`]).
     pub(crate) receive_batch_wait: Duration,

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 
 use crate::aws;
 use crate::disposition::{Dependency, Failure};
-pub use crate::intake::sqs::Received;
+pub(crate) use crate::intake::sqs::Received;
 use crate::intake::sqs::{BATCH, Call, DeadLetter, Sqs, VisibilityChange, VisibilityError};
 
 /// The message attributes a dead letter carries (the `dlq` commands read them back).
@@ -32,10 +32,10 @@ const MAX_VISIBILITY_SECS: u64 = 43_200;
 #[derive(Debug, Clone)]
 pub struct Queue {
     client: aws_sdk_sqs::Client,
-    pub url: String,
+    pub(crate) url: String,
     pub(crate) dead_letter_url: String,
-    pub wait: Duration,
-    pub visibility_timeout: Duration,
+    pub(crate) wait: Duration,
+    pub(crate) visibility_timeout: Duration,
     max_receive_count: RedriveLimit,
     /// Whether the queue's attributes have been read once (see [`Queue::adopt`]).
     learned: Arc<std::sync::atomic::AtomicBool>,
@@ -63,9 +63,9 @@ impl RedriveLimit {
 
 /// The main queue's own settings, as the worker needs them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct QueueAttributes {
+pub(crate) struct QueueAttributes {
     /// The redrive policy's `maxReceiveCount`; `None` without a redrive policy.
-    pub max_receive_count: Option<u32>,
+    pub(crate) max_receive_count: Option<u32>,
 }
 
 /// `maxReceiveCount` from a redrive policy (SQS writes it as a number; some tools as a string).
@@ -95,10 +95,10 @@ pub(crate) fn max_receive_count_too_low(
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Depth {
-    pub visible: u64,
-    pub in_flight: u64,
-    pub delayed: u64,
+pub(crate) struct Depth {
+    pub(crate) visible: u64,
+    pub(crate) in_flight: u64,
+    pub(crate) delayed: u64,
 }
 
 fn millis(
@@ -282,7 +282,7 @@ impl Queue {
         Ok(())
     }
 
-    pub async fn depth(&self, url: &str) -> Result<Depth, Failure> {
+    pub(crate) async fn depth(&self, url: &str) -> Result<Depth, Failure> {
         let output = self
             .client
             .get_queue_attributes()
@@ -310,7 +310,7 @@ impl Queue {
     /// Reads the main queue's own settings (its redrive policy). Nothing is stored: see
     /// [`Queue::adopt`]. Asks for one attribute only, since an emulator recomputes every
     /// attribute for each one asked; so the SQS probe can use it as its call on the main queue.
-    pub async fn attributes(&self) -> Result<QueueAttributes, Failure> {
+    pub(crate) async fn attributes(&self) -> Result<QueueAttributes, Failure> {
         let output = self
             .client
             .get_queue_attributes()

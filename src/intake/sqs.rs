@@ -23,10 +23,10 @@ pub(crate) type Call<'a, T> = Pin<Box<dyn Future<Output = Result<T, Failure>> + 
 /// A received message with the attributes the worker uses.
 #[derive(Debug, Clone)]
 pub struct Received {
-    pub message_id: String,
+    pub(crate) message_id: String,
     pub receipt_handle: String,
     pub body: String,
-    pub receive_count: u32,
+    pub(crate) receive_count: u32,
     pub(crate) sent_at: Option<DateTime<Utc>>,
     pub(crate) first_received_at: Option<DateTime<Utc>>,
 }

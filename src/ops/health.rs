@@ -27,11 +27,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::disposition::{Dependency, Failure, RetryReason};
 
-pub type Probe =
+pub(crate) type Probe =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>> + Send + Sync>;
 
 /// Wraps an async closure as a [`Probe`].
-pub fn probe<F, Fut>(f: F) -> Probe
+pub(crate) fn probe<F, Fut>(f: F) -> Probe
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), Failure>> + Send + 'static,
@@ -41,11 +41,11 @@ where
 
 /// A probe that has not answered by then counts as failed: a dependency that needs longer for
 /// HeadBucket or `SELECT 1` cannot serve work either, and a message waits on the answer.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a fresh probe said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Up,
     Down,
 }
@@ -55,7 +55,7 @@ pub enum Verdict {
 /// the majority of them. One bad object can never trip it, however often it is retried.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BreakerSettings {
-    pub window: usize,
+    pub(crate) window: usize,
     pub(crate) horizon: Duration,
     pub(crate) min_failed_identities: usize,
 }
@@ -220,7 +220,7 @@ impl Health {
         self.states().values().all(|s| s.down_since.is_none())
     }
 
-    pub fn down(&self) -> Vec<Dependency> {
+    pub(crate) fn down(&self) -> Vec<Dependency> {
         let states = self.states();
         Dependency::ALL
             .into_iter()
@@ -229,7 +229,7 @@ impl Health {
     }
 
     /// Records that a part of the process can no longer make progress; `/healthz` reports it.
-    pub fn fail(&self, part: &str, cause: &str) {
+    pub(crate) fn fail(&self, part: &str, cause: &str) {
         let mut failure = self
             .inner
             .failure
@@ -239,7 +239,7 @@ impl Health {
     }
 
     /// Which part of the process can no longer make progress, if any.
-    pub fn failure(&self) -> Option<String> {
+    pub(crate) fn failure(&self) -> Option<String> {
         self.inner
             .failure
             .lock()
@@ -397,7 +397,7 @@ impl Health {
 
     /// Time each dependency has kept receiving paused, the open pause included: grows while it
     /// is down, never goes backwards.
-    pub fn paused(&self) -> Vec<(Dependency, Duration)> {
+    pub(crate) fn paused(&self) -> Vec<(Dependency, Duration)> {
         let states = self.states();
         Dependency::ALL
             .iter()
@@ -410,7 +410,7 @@ impl Health {
     }
 
     /// Waits until every dependency is up. Returns false if shutdown came first.
-    pub async fn wait_ready(&self, shutdown: &CancellationToken) -> bool {
+    pub(crate) async fn wait_ready(&self, shutdown: &CancellationToken) -> bool {
         let mut changed = self.inner.changed.subscribe();
         loop {
             if self.is_ready() {

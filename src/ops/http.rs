@@ -82,7 +82,7 @@ struct AppState {
 /// Binds now (so a taken port fails start-up) and serves on a thread of its own until `stop`
 /// fires. The returned task, on the caller's runtime, ends once the server has stopped, and
 /// panics with the cause if the server's thread dies.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     metrics: PrometheusHandle,
     health: Health,

@@ -79,7 +79,7 @@ const COUNT_BUCKETS: &[f64] = &[
 ];
 
 /// Installs the process-wide recorder (once) and returns the handle that renders `/metrics`.
-pub fn install() -> PrometheusHandle {
+pub(crate) fn install() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -374,7 +374,7 @@ pub(crate) fn reconcile_difference(kind: &'static str) {
     counter!(RECONCILE_DIFFERENCES, "kind" => kind).increment(1);
 }
 
-pub fn build_info(version: &'static str, git_commit: &'static str) {
+pub(crate) fn build_info(version: &'static str, git_commit: &'static str) {
     gauge!(BUILD_INFO, "version" => version, "git_commit" => git_commit).set(1.0);
 }
 
@@ -413,7 +413,7 @@ pub(crate) fn message_disposition(disposition: MessageDisposition) {
     }
 }
 
-pub fn dead_lettered(reason: DeadLetterReason) {
+pub(crate) fn dead_lettered(reason: DeadLetterReason) {
     counter!(DEAD_LETTERS, "reason" => reason.as_str()).increment(1);
 }
 
@@ -444,7 +444,7 @@ pub(crate) fn checksum_audit(object: &str, etag: &str, stored: &str, computed: &
 }
 
 /// One answered ReceiveMessage call that returned `messages` messages.
-pub fn received(messages: usize) {
+pub(crate) fn received(messages: usize) {
     counter!(RECEIVES).increment(1);
     if messages == 0 {
         counter!(EMPTY_RECEIVES).increment(1);
@@ -486,7 +486,7 @@ pub(crate) fn db_commit(writes: usize) {
     histogram!(DB_BATCH_SIZE).record(writes as f64);
 }
 
-pub fn concurrency(slots: usize) {
+pub(crate) fn concurrency(slots: usize) {
     gauge!(CONCURRENCY).set(slots as f64);
 }
 
@@ -508,18 +508,18 @@ pub(crate) fn object_processing(elapsed: Duration) {
     }
 }
 
-pub fn phase(name: &'static str, elapsed: Duration) {
+pub(crate) fn phase(name: &'static str, elapsed: Duration) {
     if let Some(hot) = hot::get() {
         hot.phase(name, elapsed.as_secs_f64());
     }
 }
 
-pub fn dependency(dependency: Dependency, up: bool) {
+pub(crate) fn dependency(dependency: Dependency, up: bool) {
     gauge!(DEPENDENCY_UP, "dependency" => dependency.as_str()).set(if up { 1.0 } else { 0.0 });
 }
 
 /// Whether receiving is paused (some dependency down or unproven).
-pub fn paused(paused: bool) {
+pub(crate) fn paused(paused: bool) {
     gauge!(PAUSED).set(if paused { 1.0 } else { 0.0 });
 }
 

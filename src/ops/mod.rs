@@ -5,6 +5,6 @@
 
 pub mod health;
 pub mod http;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod telemetry;
 pub mod watchdog;

@@ -7,11 +7,11 @@ use tracing_subscriber::EnvFilter;
 /// How to log: built by the command line from its flags and their environment variables.
 #[derive(Debug, Clone, Default)]
 pub struct LogSettings {
-    pub json: bool,
+    pub(crate) json: bool,
     /// `RUST_LOG`'s filter syntax; `None` for the default.
-    pub filter: Option<String>,
+    pub(crate) filter: Option<String>,
     /// `NO_COLOR` set: no colour even on a terminal.
-    pub no_color: bool,
+    pub(crate) no_color: bool,
 }
 
 pub fn init(settings: &LogSettings) {

@@ -39,7 +39,7 @@ impl Watchdog {
     }
 
     /// Which task ended and why, once [`Watchdog::fatal`] fired.
-    pub fn cause(&self) -> Option<String> {
+    pub(crate) fn cause(&self) -> Option<String> {
         self.cause
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -52,7 +52,7 @@ impl Watchdog {
     }
 
     /// Spawns `task` under supervision. The returned handle finishes when the task does.
-    pub fn spawn<F>(&self, name: &'static str, task: F) -> JoinHandle<()>
+    pub(crate) fn spawn<F>(&self, name: &'static str, task: F) -> JoinHandle<()>
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -61,7 +61,7 @@ impl Watchdog {
     }
 
     /// Watches a task spawned elsewhere (for instance on another runtime's handle).
-    pub fn watch(&self, name: &'static str, inner: JoinHandle<()>) -> JoinHandle<()> {
+    pub(crate) fn watch(&self, name: &'static str, inner: JoinHandle<()>) -> JoinHandle<()> {
         let watchdog = self.clone();
         tokio::spawn(async move {
             let ended = inner.await;

@@ -121,7 +121,7 @@ impl Canary {
     /// Reads the first byte of the canary objects until one answers: any answer that shows S3
     /// authorised the read (the byte, 404, 412, 416) means reads work. With nothing to read yet,
     /// there is nothing to disprove.
-    pub async fn probe(&self, s3: &aws_sdk_s3::Client) -> Result<(), Failure> {
+    pub(crate) async fn probe(&self, s3: &aws_sdk_s3::Client) -> Result<(), Failure> {
         let candidates: Vec<ObjectRef> = {
             let state = self.state();
             state

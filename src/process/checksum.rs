@@ -18,7 +18,7 @@ use crate::process::body::hex;
 pub struct Checksums {
     /// Record single-part uploads that carry a SHA-256 from HeadObject alone. Off: every object
     /// is read and hashed, and no HeadObject is sent.
-    pub trusted: bool,
+    pub(crate) trusted: bool,
     /// The share (0.0–1.0) of trusted objects read and hashed anyway, to catch a store that does
     /// not verify what it stores.
     pub(crate) audit_ratio: f64,

@@ -50,16 +50,16 @@ pub enum EventKind {
 /// An object event with its key already decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectEvent {
-    pub kind: EventKind,
+    pub(crate) kind: EventKind,
     pub(crate) event_name: String,
     pub bucket: String,
     pub key: String,
     /// Without quotes.
     pub etag: Option<String>,
-    pub size: Option<u64>,
-    pub version_id: Option<String>,
+    pub(crate) size: Option<u64>,
+    pub(crate) version_id: Option<String>,
     pub sequencer: Option<String>,
-    pub event_time: DateTime<Utc>,
+    pub(crate) event_time: DateTime<Utc>,
 }
 
 /// Why an event's sequencer cannot order it (the `reason` of `sequencer_unusable_total`).
@@ -92,20 +92,20 @@ impl SequencerProblem {
 /// A parsed body, with the sequencers the parser had to drop (one per event that carried one).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Parsed {
-    pub message: Message,
+    pub(crate) message: Message,
     pub(crate) unusable_sequencers: Vec<SequencerProblem>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}: {detail}")]
 pub struct ParseError {
-    pub reason: DeadLetterReason,
-    pub detail: String,
+    pub(crate) reason: DeadLetterReason,
+    pub(crate) detail: String,
 }
 
 /// What a message may carry. Anything beyond is `malformed_message`: no real S3 notification
 /// comes near these, and every later step (headers, SQL, comparisons) can rely on them.
-pub mod limits {
+pub(crate) mod limits {
     /// SQS's own maximum message size.
     pub(crate) const BODY_BYTES: usize = 1 << 20;
     /// S3 sends one record per message; the format allows more.

@@ -24,7 +24,7 @@ use crate::aws;
 use crate::disposition::{Dependency, Failure, RetryReason};
 pub use crate::process::body::hex;
 use crate::process::body::{Stop, classify_get, digest_hex, feed, next_chunk};
-pub use crate::process::checksum::Checksums;
+pub(crate) use crate::process::checksum::Checksums;
 use crate::process::checksum::full_object_sha256;
 use crate::process::event::unquote_etag;
 use crate::process::metadata::Uploader;
@@ -49,12 +49,12 @@ pub struct Facts {
     pub etag: String,
     pub sha256: String,
     /// Hashed here, or S3's stored checksum (HeadObject alone).
-    pub sha256_source: Sha256Source,
+    pub(crate) sha256_source: Sha256Source,
     pub length: u64,
-    pub content_type: Option<String>,
+    pub(crate) content_type: Option<String>,
     pub(crate) last_modified: Option<DateTime<Utc>>,
-    pub version_id: Option<String>,
-    pub uploader: Uploader,
+    pub(crate) version_id: Option<String>,
+    pub(crate) uploader: Uploader,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -71,7 +71,7 @@ pub enum Fetched {
 /// Reads what the event announced. Trust off: [`fetch`], exactly as without zero-read (no
 /// HeadObject is sent). Trust on: HeadObject first; a trusted SHA-256 makes the row without a GET
 /// (unless the audit draws the object); anything else is fetched and hashed, the HEAD wasted.
-pub async fn read(
+pub(crate) async fn read(
     s3: &aws_sdk_s3::Client,
     target: Target<'_>,
     required_uploaded_by: Option<&str>,

@@ -96,8 +96,8 @@ fn decode_q(text: &str) -> Option<Vec<u8>> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uploader {
     pub(crate) uploaded_by: Option<String>,
-    pub name: Option<String>,
-    pub email: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) email: Option<String>,
 }
 
 impl Uploader {

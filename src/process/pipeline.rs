@@ -61,12 +61,12 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct Done {
     pub outcome: Outcome,
-    pub span: Span,
+    pub(crate) span: Span,
 }
 
 impl Done {
     /// Logs (`record done`) and counts the outcome inside the record's span.
-    pub fn report(self) {
+    pub(crate) fn report(self) {
         let Done { outcome, span } = self;
         span.in_scope(|| crate::ops::metrics::record_outcome(outcome));
     }

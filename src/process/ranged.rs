@@ -36,10 +36,10 @@ use crate::process::body::{Stop, classify_get, feed, next_chunk};
 #[derive(Debug, Clone)]
 pub struct Ranged {
     /// Objects at least this large may be read in parts; 0 turns ranged GETs off.
-    pub threshold: u64,
+    pub(crate) threshold: u64,
     pub(crate) part_size: u64,
     /// Part GETs in flight for one object, and part buffers for the whole process.
-    pub parallelism: usize,
+    pub(crate) parallelism: usize,
     /// `Some(rate)`: adaptive, parts only when one GET streams slower than `rate` bytes/s and the
     /// parts prove faster. `None`: parts from the first byte on.
     pub(crate) stream_floor: Option<u64>,

@@ -26,7 +26,7 @@ pub(crate) const RAMP_SPACING: Duration = Duration::from_millis(100);
 
 /// Where the password of a new connection comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Password {
+pub(crate) enum Password {
     /// In the URL (or none: trust, a client certificate).
     InUrl,
     /// `DATABASE_PASSWORD_FILE`: read for every new connection, so a rotated Kubernetes Secret
@@ -38,14 +38,14 @@ pub enum Password {
 
 /// What signs RDS IAM tokens: the AWS chain's credentials and region.
 #[derive(Clone)]
-pub struct AwsSigner {
-    pub credentials: SharedCredentialsProvider,
-    pub region: String,
+pub(crate) struct AwsSigner {
+    pub(crate) credentials: SharedCredentialsProvider,
+    pub(crate) region: String,
 }
 
 /// Why a connection's credentials could not be made. Names files, never their contents.
 #[derive(Debug, thiserror::Error)]
-pub enum CredentialError {
+pub(crate) enum CredentialError {
     #[error("DATABASE_PASSWORD_FILE {path}: {problem}")]
     File { path: String, problem: String },
     #[error("DATABASE_IAM_AUTH needs AWS credentials and a region (AWS_REGION) from the AWS chain")]
@@ -120,7 +120,7 @@ impl From<PgPool> for Database {
 impl Database {
     /// A lazy pool (the worker starts, and reports not ready, while the database is down). With
     /// [`Password::RdsIam`], `signer` must be given.
-    pub fn new(
+    pub(crate) fn new(
         options: PgConnectOptions,
         password: &Password,
         settings: &PoolSettings,
@@ -165,22 +165,18 @@ impl Database {
         })
     }
 
-    pub fn pool(&self) -> &PgPool {
+    pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
     }
 
     /// Connections handed out so far (see [`Database::acquire`]).
-    pub fn handed(&self) -> u64 {
+    pub(crate) fn handed(&self) -> u64 {
         self.opener.handed.load(Ordering::Relaxed)
-    }
-
-    pub fn acquire_timeout(&self) -> Duration {
-        self.opener.acquire_timeout
     }
 
     /// A connection from the pool. When none is idle and the pool may grow, the new connection
     /// waits its turn on the ramp and gets fresh credentials first.
-    pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    pub(crate) async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
         if self.pool.num_idle() == 0 && self.pool.size() < self.opener.max {
             self.opener.ramp().await;
             self.refresh().await?;
@@ -250,7 +246,7 @@ impl Database {
         }
     }
 
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.pool.close().await
     }
 }

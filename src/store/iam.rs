@@ -24,10 +24,10 @@ pub(crate) const RENEW_AFTER: Duration = Duration::from_secs(600);
 /// What a token is for: the endpoint and database user as the URL names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub region: String,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) user: String,
+    pub(crate) region: String,
 }
 
 /// The signing keys of one credential set.
@@ -129,7 +129,7 @@ fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
 
 /// Why no token could be made. Never carries a key or a token.
 #[derive(Debug, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     #[error("DATABASE_IAM_AUTH: no AWS credentials to sign the token with: {0}")]
     Credentials(String),
 }

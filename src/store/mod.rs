@@ -18,7 +18,7 @@ pub(crate) mod schema;
 pub mod write;
 pub mod writer;
 
-pub use connect::{Database, Password};
+pub(crate) use connect::{Database, Password};
 pub use write::{
     NewResource, Removal, Sha256Source, Survivor, Write, WriteOptions, WriteOutcome, apply,
 };
@@ -143,7 +143,7 @@ pub(crate) fn fault(code: &str) -> Fault {
 }
 
 /// Maps a database error to its disposition (see [`fault`]).
-pub fn classify(error: sqlx::Error) -> Failure {
+pub(crate) fn classify(error: sqlx::Error) -> Failure {
     use sqlx::Error as E;
     let reason = match &error {
         E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => {

@@ -43,16 +43,16 @@ pub enum Change {
 /// by `id`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Payload {
-    pub id: i64,
+    pub(crate) id: i64,
     pub change: Change,
     /// Whether the row is live once the transaction committed.
-    pub live: bool,
-    pub datapack: Option<String>,
+    pub(crate) live: bool,
+    pub(crate) datapack: Option<String>,
     pub key: Option<String>,
     pub etag: String,
     /// Present (possibly null) unless truncated.
     #[serde(default)]
-    pub version_id: Option<String>,
+    pub(crate) version_id: Option<String>,
     #[serde(default)]
     pub truncated: bool,
 }

@@ -74,7 +74,7 @@ impl Tiebreak {
     }
 
     /// The `result` label of `order_ties_total`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Current => "current",
             Self::NotCurrent => "not_current",
@@ -94,7 +94,7 @@ pub enum Sha256Source {
 }
 
 impl Sha256Source {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Computed => "computed",
             Self::S3Checksum => "s3_checksum",
@@ -153,7 +153,7 @@ impl Write {
         }
     }
 
-    pub fn tiebreak(&self) -> Option<Tiebreak> {
+    pub(crate) fn tiebreak(&self) -> Option<Tiebreak> {
         match self {
             Self::Resource(r) => r.tiebreak,
             Self::Removal(r) => r.tiebreak,

@@ -24,18 +24,18 @@ use crate::process::versions::Current;
 /// One key and the version S3 shows for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Listed {
-    pub key: String,
+    pub(crate) key: String,
     /// Without quotes.
-    pub etag: String,
+    pub(crate) etag: String,
     /// `None` for an unversioned bucket (or the `null` version).
-    pub version_id: Option<String>,
-    pub size: Option<u64>,
+    pub(crate) version_id: Option<String>,
+    pub(crate) size: Option<u64>,
 }
 
 /// Complete keys in S3's order, covering `(previous page's upto, upto]`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Page {
-    pub entries: Vec<Listed>,
+    pub(crate) entries: Vec<Listed>,
     /// The last key the page covers; `None`: everything to the end of the scope.
     pub(crate) upto: Option<String>,
 }
@@ -97,9 +97,9 @@ fn key_of(raw: Option<&str>, encoding: Option<&EncodingType>) -> Option<String> 
 /// Where a listing starts: the scope's prefix, after the checkpoint's key.
 #[derive(Debug, Clone)]
 pub(crate) struct Start {
-    pub bucket: String,
-    pub prefix: String,
-    pub after: Option<String>,
+    pub(crate) bucket: String,
+    pub(crate) prefix: String,
+    pub(crate) after: Option<String>,
     pub(crate) page_keys: i32,
 }
 

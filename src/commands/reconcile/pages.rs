@@ -25,11 +25,11 @@ use super::stopped::Stopped;
 
 /// A walk through one source's pages.
 pub(crate) struct Pages<'a> {
-    pub pool: &'a PgPool,
-    pub scope: &'a Scope,
-    pub args: &'a ReconcileArgs,
-    pub work: Arc<Work>,
-    pub shutdown: &'a CancellationToken,
+    pub(crate) pool: &'a PgPool,
+    pub(crate) scope: &'a Scope,
+    pub(crate) args: &'a ReconcileArgs,
+    pub(crate) work: Arc<Work>,
+    pub(crate) shutdown: &'a CancellationToken,
 }
 
 impl Pages<'_> {

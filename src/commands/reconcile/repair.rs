@@ -61,11 +61,11 @@ pub(crate) async fn pause(
 
 /// What each repair needs.
 pub(crate) struct Work {
-    pub pipeline: Pipeline,
-    pub s3: aws_sdk_s3::Client,
-    pub bucket: String,
-    pub dry_run: bool,
-    pub shutdown: CancellationToken,
+    pub(crate) pipeline: Pipeline,
+    pub(crate) s3: aws_sdk_s3::Client,
+    pub(crate) bucket: String,
+    pub(crate) dry_run: bool,
+    pub(crate) shutdown: CancellationToken,
     /// When the listing was taken, for a source older than the run (an inventory report): the
     /// latest time a repair of what it lists may carry. `None`: the listing is read as the run
     /// goes.
@@ -74,10 +74,10 @@ pub(crate) struct Work {
 
 /// What one repair came to.
 pub(crate) struct Repaired {
-    pub key: String,
+    pub(crate) key: String,
     /// The difference it turned out to be; `None`: S3 agrees with the rows after all.
-    pub kind: Option<Kind>,
-    pub made: Made,
+    pub(crate) kind: Option<Kind>,
+    pub(crate) made: Made,
 }
 
 /// What to do for a key, once S3 has said what it shows now.

@@ -90,24 +90,24 @@ pub(crate) fn printable(key: &str) -> String {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub(crate) struct Counts {
-    pub keys_listed: u64,
-    pub pages: u64,
+    pub(crate) keys_listed: u64,
+    pub(crate) pages: u64,
     /// Differences found, by kind: `missing`, `changed`, `gone` ([`Kind`]).
-    pub differences: BTreeMap<String, u64>,
+    pub(crate) differences: BTreeMap<String, u64>,
     /// The first keys of each kind (up to the report's limit), escaped ([`printable`]), and of
     /// the keys skipped because the database cannot hold them (`unstorable_key`).
-    pub first_keys: BTreeMap<String, Vec<String>>,
+    pub(crate) first_keys: BTreeMap<String, Vec<String>>,
     /// Keys the listing showed differently from the rows, where S3, asked before any change,
     /// agreed with the rows after all (the listing or the inventory was older than them): no
     /// difference.
-    pub confirmed_present: u64,
+    pub(crate) confirmed_present: u64,
     /// What the repairs came to: `recorded`, `removed`, `duplicate`, `stale`, `superseded`,
     /// `object_gone`, `skipped:<reason>` (`skipped:unstorable_key`: a key PostgreSQL cannot
     /// hold, never compared), `refused:<reason>` (the queue would dead-letter it) and
     /// `failed:<reason>` (it kept failing; the next run tries again).
-    pub outcomes: BTreeMap<String, u64>,
+    pub(crate) outcomes: BTreeMap<String, u64>,
     /// The first repairs refused or failed: key (escaped) and label.
-    pub failures: Vec<(String, String)>,
+    pub(crate) failures: Vec<(String, String)>,
 }
 
 impl Counts {
@@ -186,23 +186,23 @@ impl Counts {
 /// The final report.
 #[derive(Debug, Serialize)]
 pub(crate) struct Report {
-    pub bucket: String,
-    pub prefix: String,
-    pub source: String,
-    pub dry_run: bool,
+    pub(crate) bucket: String,
+    pub(crate) prefix: String,
+    pub(crate) source: String,
+    pub(crate) dry_run: bool,
     /// The key the run continued after, when it resumed an interrupted one (escaped).
-    pub resumed_after: Option<String>,
+    pub(crate) resumed_after: Option<String>,
     /// Whether the whole scope was compared (false: interrupted; run again to continue).
-    pub complete: bool,
+    pub(crate) complete: bool,
     /// Set when another reconcile held an overlapping scope: this run did nothing.
-    pub busy: Option<String>,
+    pub(crate) busy: Option<String>,
     /// How the run ended: `complete` (exit 0), `failed` (1), `refused` (2) or `busy` (3).
-    pub ended: &'static str,
+    pub(crate) ended: &'static str,
     /// Why it did not complete.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     pub(crate) elapsed_secs: f64,
     #[serde(flatten)]
-    pub counts: Counts,
+    pub(crate) counts: Counts,
 }
 
 impl Report {

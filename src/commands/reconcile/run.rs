@@ -20,11 +20,11 @@ use super::stopped::Stopped;
 
 /// What a run works with.
 pub(crate) struct Run<'a> {
-    pub pool: PgPool,
-    pub scope: Scope,
-    pub args: &'a ReconcileArgs,
-    pub s3: aws_sdk_s3::Client,
-    pub shutdown: CancellationToken,
+    pub(crate) pool: PgPool,
+    pub(crate) scope: Scope,
+    pub(crate) args: &'a ReconcileArgs,
+    pub(crate) s3: aws_sdk_s3::Client,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Run<'_> {

@@ -7,8 +7,8 @@ use crate::config::{self, ConfigError};
 /// The bucket and the key prefix a run compares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Scope {
-    pub bucket: String,
-    pub prefix: String,
+    pub(crate) bucket: String,
+    pub(crate) prefix: String,
 }
 
 impl Scope {

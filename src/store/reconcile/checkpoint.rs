@@ -28,9 +28,9 @@ pub(crate) enum CheckpointError {
 #[derive(Debug, Clone)]
 pub(crate) struct Lease {
     pool: PgPool,
-    pub bucket: String,
-    pub prefix: String,
-    pub owner: String,
+    pub(crate) bucket: String,
+    pub(crate) prefix: String,
+    pub(crate) owner: String,
 }
 
 /// What claiming a scope came to.

@@ -16,8 +16,8 @@ const CHUNK_ROWS: i64 = 1000;
 /// A live row's identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LiveRow {
-    pub etag: String,
-    pub event_time: DateTime<Utc>,
+    pub(crate) etag: String,
+    pub(crate) event_time: DateTime<Utc>,
 }
 
 /// The live rows of `bucket` in the key range `(after, upto]` within `prefix`, one key (with all

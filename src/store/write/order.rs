@@ -17,7 +17,7 @@ pub(crate) type Position<'a> = (Option<&'a str>, DateTime<Utc>, i32);
 /// The order of two events of one key, the same rule as the SQL function `datapack_event_newer`:
 /// sequencers when both have one and they differ, else event times, else tie ranks. A missing
 /// sequencer (or one the parser found unusable) orders by time alone.
-pub fn order(a: Position<'_>, b: Position<'_>) -> std::cmp::Ordering {
+pub(crate) fn order(a: Position<'_>, b: Position<'_>) -> std::cmp::Ordering {
     if let (Some(x), Some(y)) = (a.0, b.0) {
         let by_sequencer = sequencer_cmp(x, y);
         if by_sequencer.is_ne() {
