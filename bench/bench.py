@@ -422,7 +422,8 @@ class Bench:
 
     # -- the bare client
 
-    def ceiling(self, records: list[dict], ranged: tuple[int, int] | None = None) -> dict:
+    def ceiling(self, records: list[dict], ranged: tuple[int, int] | None = None,
+                hash: bool = False) -> dict:
         argv = [
             os.environ["BENCH_CEILING"],
             "--queue-url", self.queue_url,
@@ -431,6 +432,8 @@ class Bench:
         ]
         if ranged:
             argv += ["--ranged-part", str(ranged[0]), "--ranged-parallelism", str(ranged[1])]
+        if hash:
+            argv.append("--hash")
         proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.PIPE, text=True)
         try:
             time.sleep(0.5)  # let it connect and start polling
@@ -911,6 +914,12 @@ def targets(R: dict) -> list[tuple[str, str, bool]]:
             rss = max(r["peak_rss_mib"] for r in R[worker])
             rows.append((f"Large objects ({mode}): peak RSS ≤ 64 MiB at concurrency 16",
                          f"{rss:.0f} MiB (max of runs)", rss <= 64))
+    # The least CPU a worker that hashes what it stores can spend per GB: read the bytes, hash them.
+    floor = "ceiling: raw GET + SHA-256, large, single stream"
+    if have(floor, "worker: large, defaults (adaptive)"):
+        f, w = med(R[floor], "cpu_s_per_gb"), med(R["worker: large, defaults (adaptive)"], "cpu_s_per_gb")
+        rows.append(("Large objects (defaults): CPU-s/GB ≤ 1.2 × reading and hashing alone",
+                     f"{w:.3g} vs {f:.3g} CPU-s/GB (×{w / f:.2f})", w <= 1.2 * f))
     if "db_write" in R:
         d = med(R["db_write"], "per_s")
         dup = min(r["second_pass_duplicates"] == r["resources"] for r in R["db_write"])
@@ -1003,6 +1012,8 @@ def main() -> int:
         if wanted("large"):
             bench.repeat("baseline: seed Lambda, large", bench.baseline, large)
             bench.repeat("ceiling: raw GET, large, single stream", bench.ceiling, large)
+            bench.repeat("ceiling: raw GET + SHA-256, large, single stream", bench.ceiling, large,
+                         None, True)
             bench.repeat("ceiling: raw GET, large, ranged", bench.ceiling, large, (8 * MIB, 4))
             bench.repeat("worker: large, single GET", bench.worker, "large-single", large,
                          {"RANGED_GET_THRESHOLD_BYTES": "0"})

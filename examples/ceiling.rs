@@ -1,9 +1,11 @@
 //! The emulator's ceiling: the worker's S3 and SQS calls with nothing else.
 //!
 //! Pollers receive only for idle slots (as the worker does), each message's objects are fetched
-//! with GetObject and the body is read and discarded (no hashing, no database), and the message
+//! with GetObject and the body is read and discarded (no database), and the message
 //! is deleted through a batching deleter. Optionally the objects are read as parallel ranged GETs
-//! (`--ranged-part BYTES --ranged-parallelism N`), also discarded. Stops after `--expect`
+//! (`--ranged-part BYTES --ranged-parallelism N`), also discarded; or each single GET's bytes
+//! are run through SHA-256 as they arrive (`--hash`), the least CPU any worker that verifies
+//! what it stores can spend on a byte (the same hasher as the worker's). Stops after `--expect`
 //! messages and prints one JSON line: messages, bytes, the epoch time of the last delete.
 //!
 //!     cargo run --release --example ceiling -- --queue-url URL --expect 2000 --concurrency 16
@@ -17,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use datapack_worker::aws::{self, AwsSettings};
 use datapack_worker::intake::queue::Queue;
 use datapack_worker::process::event::{self, Item, Message};
+use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 struct Args {
@@ -25,6 +28,7 @@ struct Args {
     concurrency: usize,
     ranged_part: u64,
     ranged_parallelism: usize,
+    hash: bool,
 }
 
 fn args() -> Args {
@@ -34,9 +38,14 @@ fn args() -> Args {
         concurrency: 16,
         ranged_part: 8 << 20,
         ranged_parallelism: 0,
+        hash: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--hash" {
+            a.hash = true;
+            continue;
+        }
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--queue-url" => a.queue_url = value,
@@ -103,6 +112,7 @@ async fn main() {
     let pollers = args.concurrency.div_ceil(10).max(1);
     let ranged =
         (args.ranged_parallelism > 1).then_some((args.ranged_part, args.ranged_parallelism));
+    let hash = args.hash;
     for _ in 0..pollers {
         let (queue, slots, s3, deletes, totals) = (
             queue.clone(),
@@ -136,7 +146,7 @@ async fn main() {
                             for item in items {
                                 if let Item::Object(e) = item {
                                     let n = match ranged {
-                                        None => get(&s3, &e.bucket, &e.key, None).await,
+                                        None => get(&s3, &e.bucket, &e.key, None, hash).await,
                                         Some((part, par)) => {
                                             get_ranged(&s3, &e.bucket, &e.key, part, par).await
                                         }
@@ -163,8 +173,15 @@ async fn main() {
     deleter.abort();
 }
 
-/// One GetObject (optionally a range), body read and dropped; returns the bytes read.
-async fn get(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, range: Option<String>) -> u64 {
+/// One GetObject (optionally a range), body read (and hashed with `hash`) and dropped; returns
+/// the bytes read.
+async fn get(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    range: Option<String>,
+    hash: bool,
+) -> u64 {
     let output = s3
         .get_object()
         .bucket(bucket)
@@ -175,8 +192,15 @@ async fn get(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, range: Option<Str
         .expect("GetObject");
     let mut body = output.body;
     let mut n = 0u64;
+    let mut hasher = hash.then(Sha256::new);
     while let Some(chunk) = body.try_next().await.expect("body") {
         n += chunk.len() as u64;
+        if let Some(hasher) = &mut hasher {
+            hasher.update(&chunk);
+        }
+    }
+    if let Some(hasher) = hasher {
+        std::hint::black_box(hasher.finalize());
     }
     n
 }
@@ -220,7 +244,14 @@ async fn get_ranged(
         let (s3, bucket, key) = (s3.clone(), bucket.to_owned(), key.to_owned());
         tasks.spawn(async move {
             let _permit = permit;
-            get(&s3, &bucket, &key, Some(format!("bytes={start}-{end}"))).await
+            get(
+                &s3,
+                &bucket,
+                &key,
+                Some(format!("bytes={start}-{end}")),
+                false,
+            )
+            .await
         });
         start = end + 1;
     }
