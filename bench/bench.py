@@ -580,7 +580,15 @@ class Bench:
             hwm = max(proc_hwm_mib(p.pid) for p, _, _ in workers)
             feeder.join()
             self.check_drained()  # the last delete batches, before the counts are read
-            after = [self.worker_counts(addr) for _, _, addr in workers]
+            # A worker counts a message's outcome once its delete is confirmed, a moment after
+            # SQS has dropped it: poll for the last counts instead of reading them once.
+            deadline = time.time() + 15
+            while True:
+                after = [self.worker_counts(addr) for _, _, addr in workers]
+                settled = sum(a["recorded"] - b["recorded"] for a, b in zip(after, before))
+                if settled >= n or time.time() > deadline:
+                    break
+                time.sleep(0.2)
             stop_all(procs)
             settle()
             self.check_drained()
