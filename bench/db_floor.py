@@ -15,6 +15,13 @@ own transaction as the worker's are:
 
     python3 bench/db_floor.py [--seconds 20] [--runs 3] [--out bench/results/db-floor.md]
 
+With `--batches 1,4,16,64` it measures instead how the function's cost per call depends on the
+batch size, new rows only, each line on a fresh database: with the function as migrated (one
+generic plan per statement and connection) and with `plan_cache_mode` reset to PostgreSQL's
+default (a custom plan compared, and chosen, on every call). A replica at its default
+concurrency commits a handful of rows a batch, so the small sizes are the fleet's case
+(`bench/results/db-floor-batch.md`).
+
 Each run gets a fresh database (the migrations applied with psql, 50 datapacks made first), and
 runs the scenarios in the order of the table, so the later ones write into a larger table.
 """
@@ -121,7 +128,7 @@ def pgbench(url: str, script: str, sync: str, args) -> dict:
     failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
     if failed and int(failed[1]):
         raise RuntimeError(f"pgbench: {failed[1]} failed transactions\n{out.stdout}")
-    return {"rows_per_s": tps * args.batch, "batch_ms": latency}
+    return {"rows_per_s": tps * args.batch, "calls_per_s": tps, "batch_ms": latency}
 
 
 def main() -> int:
@@ -130,10 +137,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clients", type=int, default=4, help="connections (DB_WRITERS)")
     parser.add_argument("--batch", type=int, default=64, help="rows a batch")
+    parser.add_argument("--batches", help="sweep these batch sizes (e.g. 1,4,16,64) instead")
     parser.add_argument("--admin-url", default="postgres://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--out", default=str(HERE / "results" / "db-floor.md"))
+    parser.add_argument("--out")
     args = parser.parse_args()
     subprocess.run([str(ROOT / "scripts" / "ensure-postgres.sh")], check=True)
+    if args.batches:
+        return sweep(args)
+    args.out = args.out or str(HERE / "results" / "db-floor.md")
 
     # Keyed by what each scenario is: the result file's names are the report's rows.
     results: dict[str, list[dict]] = {what: [] for *_, what in SCENARIOS}
@@ -171,6 +182,55 @@ def main() -> int:
         ratio = C.med(results[what], "rows_per_s") / floor
         lines.append(f"| {what} | {C.cell(results[what], 'rows_per_s', '.0f')} | "
                      f"{C.cell(results[what], 'batch_ms', '.2f')} | {ratio:.2f} |")
+    text = "\n".join(lines) + "\n"
+    out.write_text(text)
+    print(text)
+    return 0
+
+
+# The two ways the batch function's statements can be planned (see the migration
+# write_batch_generic_plans): as migrated, and with PostgreSQL's default put back.
+PLANS = [("plans chosen per call (plan_cache_mode=auto, before)",
+          "ALTER FUNCTION datapack_write_batch RESET plan_cache_mode"),
+         ("one generic plan per connection (as migrated)", None)]
+
+
+def sweep(args) -> int:
+    sizes = [int(b) for b in args.batches.split(",")]
+    results: dict[str, list[dict]] = {}
+    for run in range(args.runs):
+        for batch in sizes:
+            args.batch = batch
+            for plans, alter in PLANS:
+                url = C.fresh_database(args.admin_url, "datapack_bench_floor")
+                prepare(url)
+                if alter:
+                    psql(url, "-c", alter)
+                measured = pgbench(url, NEW + CALL.format(notify="true"), "on", args)
+                what = f"{batch} row{'s' if batch > 1 else ''} a call: {plans}"
+                results.setdefault(what, []).append(measured)
+                C.log(f"run {run + 1}: {what}: {measured['calls_per_s']:.0f} calls/s")
+                C.admin_sql(args.admin_url, "DROP DATABASE datapack_bench_floor WITH (FORCE)")
+    meta = C.git_meta()
+    out = Path(args.out or HERE / "results" / "db-floor-batch.md")
+    out.with_suffix(".json").write_text(json.dumps({"_meta": meta, **results}, indent=1))
+    lines = [
+        "# The batch function's cost per call by batch size (bench/db_floor.py --batches)", "",
+        f"{meta['utc']} UTC, git {meta['commit']}{' (dirty)' if meta['dirty'] else ''}, "
+        f"{meta['cpus']} CPUs, PostgreSQL {psql(args.admin_url, '-c', 'SHOW server_version').strip()}; "
+        f"pgbench, {args.clients} connections, new rows, changes announced, each line on a fresh "
+        f"database, {args.seconds} s per line, {args.runs} run(s): median (min–max).", "",
+        "| Batch | Planning | Calls/s | Rows/s | Call ms (mean) | Generic vs per call |",
+        "|---|---|---|---|---|---|"]
+    for batch in sizes:
+        label = f"{batch} row{'s' if batch > 1 else ''} a call: "
+        before = C.med(results[label + PLANS[0][0]], "calls_per_s")
+        for plans, _ in PLANS:
+            runs = results[label + plans]
+            ratio = C.med(runs, "calls_per_s") / before
+            lines.append(f"| {batch} | {plans} | {C.cell(runs, 'calls_per_s', '.0f')} | "
+                         f"{C.cell(runs, 'rows_per_s', '.0f')} | {C.cell(runs, 'batch_ms', '.2f')} | "
+                         f"×{ratio:.2f} |")
     text = "\n".join(lines) + "\n"
     out.write_text(text)
     print(text)

@@ -90,6 +90,7 @@ COLUMNS = (
     ("per_s_no_notify", "Resources/s, NOTIFY_CHANGES=false", ".0f"),
     ("duplicate_per_s_no_notify", "Second pass /s, NOTIFY_CHANGES=false", ".0f"),
     ("rows_per_s", "Rows/s (PostgreSQL alone)", ".0f"),
+    ("calls_per_s", "Calls/s (PostgreSQL alone)", ".0f"),
     ("batch_ms", "Batch ms (mean)", ".2f"),
 )
 
