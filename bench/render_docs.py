@@ -188,13 +188,11 @@ CAPACITY_INPUTS = (
      "worker: large, defaults (adaptive)", "cpu_s_per_gb", ".3g", "CPU-s/GB"),
     ("Worker peak RSS, 256 MiB objects, defaults", "latest.json",
      "worker: large, defaults (adaptive)", "peak_rss_mib", ".0f", "MiB"),
-    # The write path has its own run (bench/run.sh --only db --out bench/results/db-write.md):
-    # it was measured again after the driver's TCP_NODELAY fix, which the full run predates.
-    ("Database write path, new rows, changes announced", "db-write.json", "db_write", "per_s",
+    ("Database write path, new rows, changes announced", "latest.json", "db_write", "per_s",
      ".0f", "resources/s"),
-    ("Database write path, redelivery (all duplicates)", "db-write.json", "db_write",
+    ("Database write path, redelivery (all duplicates)", "latest.json", "db_write",
      "duplicate_per_s", ".0f", "resources/s"),
-    ("Database write path, new rows, NOTIFY_CHANGES=false", "db-write.json", "db_write",
+    ("Database write path, new rows, NOTIFY_CHANGES=false", "latest.json", "db_write",
      "per_s_no_notify", ".0f", "resources/s"),
     ("SQS requests per object at full load (worker's own)", "latest.json", "latency: full load",
      "sqs_per_object", ".3f", ""),
