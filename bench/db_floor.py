@@ -131,6 +131,14 @@ def pgbench(url: str, script: str, sync: str, args) -> dict:
     return {"rows_per_s": tps * args.batch, "calls_per_s": tps, "batch_ms": latency}
 
 
+def provenance(meta: dict, args, shape: str) -> str:
+    """A report's second line: when, which commit, the machine, the database and the load."""
+    version = psql(args.admin_url, "-c", "SHOW server_version").strip()
+    return (f"{meta['utc']} UTC, git {meta['commit']}{' (dirty)' if meta['dirty'] else ''}, "
+            f"{meta['cpus']} CPUs, PostgreSQL {version}; pgbench, {args.clients} connections, "
+            f"{shape}, {args.seconds} s per line, {args.runs} run(s): median (min–max).")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=20)
@@ -173,10 +181,7 @@ def main() -> int:
     floor = C.med(results[SCENARIOS[0][3]], "rows_per_s")
     lines = [
         "# PostgreSQL's share of the write path (bench/db_floor.py)", "",
-        f"{meta['utc']} UTC, git {meta['commit']}{' (dirty)' if meta['dirty'] else ''}, "
-        f"{meta['cpus']} CPUs, PostgreSQL {psql(args.admin_url, '-c', 'SHOW server_version').strip()}; "
-        f"pgbench, {args.clients} connections, {args.batch} rows a batch (one transaction each), "
-        f"{args.seconds} s per line, {args.runs} run(s): median (min–max).", "",
+        provenance(meta, args, f"{args.batch} rows a batch (one transaction each)"), "",
         "| Scenario | Rows/s | Batch ms (mean) | vs floor |", "|---|---|---|---|"]
     for *_, what in SCENARIOS:
         ratio = C.med(results[what], "rows_per_s") / floor
@@ -195,6 +200,11 @@ PLANS = [("plans chosen per call (plan_cache_mode=auto, before)",
          ("one generic plan per connection (as migrated)", None)]
 
 
+def calls_of(batch: int) -> str:
+    """The start of a sweep line's name: its batch size."""
+    return f"{batch} row{'s' if batch > 1 else ''} a call: "
+
+
 def sweep(args) -> int:
     sizes = [int(b) for b in args.batches.split(",")]
     results: dict[str, list[dict]] = {}
@@ -207,7 +217,7 @@ def sweep(args) -> int:
                 if alter:
                     psql(url, "-c", alter)
                 measured = pgbench(url, NEW + CALL.format(notify="true"), "on", args)
-                what = f"{batch} row{'s' if batch > 1 else ''} a call: {plans}"
+                what = calls_of(batch) + plans
                 results.setdefault(what, []).append(measured)
                 C.log(f"run {run + 1}: {what}: {measured['calls_per_s']:.0f} calls/s")
                 C.admin_sql(args.admin_url, "DROP DATABASE datapack_bench_floor WITH (FORCE)")
@@ -216,17 +226,13 @@ def sweep(args) -> int:
     out.with_suffix(".json").write_text(json.dumps({"_meta": meta, **results}, indent=1))
     lines = [
         "# The batch function's cost per call by batch size (bench/db_floor.py --batches)", "",
-        f"{meta['utc']} UTC, git {meta['commit']}{' (dirty)' if meta['dirty'] else ''}, "
-        f"{meta['cpus']} CPUs, PostgreSQL {psql(args.admin_url, '-c', 'SHOW server_version').strip()}; "
-        f"pgbench, {args.clients} connections, new rows, changes announced, each line on a fresh "
-        f"database, {args.seconds} s per line, {args.runs} run(s): median (min–max).", "",
+        provenance(meta, args, "new rows, changes announced, each line on a fresh database"), "",
         "| Batch | Planning | Calls/s | Rows/s | Call ms (mean) | Generic vs per call |",
         "|---|---|---|---|---|---|"]
     for batch in sizes:
-        label = f"{batch} row{'s' if batch > 1 else ''} a call: "
-        before = C.med(results[label + PLANS[0][0]], "calls_per_s")
+        before = C.med(results[calls_of(batch) + PLANS[0][0]], "calls_per_s")
         for plans, _ in PLANS:
-            runs = results[label + plans]
+            runs = results[calls_of(batch) + plans]
             ratio = C.med(runs, "calls_per_s") / before
             lines.append(f"| {batch} | {plans} | {C.cell(runs, 'calls_per_s', '.0f')} | "
                          f"{C.cell(runs, 'rows_per_s', '.0f')} | {C.cell(runs, 'batch_ms', '.2f')} | "
