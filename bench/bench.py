@@ -1017,6 +1017,9 @@ def main() -> int:
             bench.repeat("baseline: seed Lambda, small", bench.baseline, small)
             bench.repeat("ceiling: bare S3/SQS client, small", bench.ceiling, small)
             bench.repeat("worker: small", bench.worker, "small", small, {})
+            # What a pod limited to one CPU runs (the runtime sizes itself to the CPU limit).
+            bench.repeat("worker: small, one runtime thread", bench.worker, "small-1thread", small,
+                         {"RUNTIME_THREADS": "1"})
         if wanted("large"):
             bench.repeat("baseline: seed Lambda, large", bench.baseline, large)
             bench.repeat("ceiling: raw GET, large, single stream", bench.ceiling, large)

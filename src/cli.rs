@@ -21,11 +21,26 @@ pub struct Cli {
     /// Any non-empty value turns colour off even on a terminal (no-color.org).
     #[arg(long, env = "NO_COLOR", global = true, hide = true)]
     pub(crate) no_color: Option<String>,
+    /// Threads that run the work (tokio's workers); default: the CPUs the process may use (a
+    /// container's CPU limit counts). One costs the least CPU per small object; more hash more
+    /// large objects at once (docs/performance.md, "Runtime threads").
+    #[arg(long, env = "RUNTIME_THREADS", global = true)]
+    pub(crate) runtime_threads: Option<u64>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 impl Cli {
+    /// The runtime the command runs on, with `RUNTIME_THREADS` workers when set.
+    pub fn runtime(&self) -> Result<tokio::runtime::Runtime, anyhow::Error> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(threads) = self.runtime_threads {
+            config::check_range("RUNTIME_THREADS", threads)?;
+            builder.worker_threads(usize::try_from(threads)?);
+        }
+        Ok(builder.enable_all().build()?)
+    }
+
     /// How to log, from the flags and their environment variables.
     pub fn log_settings(&self) -> crate::ops::telemetry::LogSettings {
         crate::ops::telemetry::LogSettings {

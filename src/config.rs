@@ -40,6 +40,7 @@ fn invalid(name: &'static str, problem: impl Into<String>) -> ConfigError {
 #[rustfmt::skip]
 pub(crate) const RANGES: &[(&str, u64, u64)] = &[
     ("WORKER_CONCURRENCY", 1, 4096),
+    ("RUNTIME_THREADS", 1, 256),
     ("WORKER_POLLERS", 1, 1024),
     ("SQS_WAIT_TIME_SECS", 0, 20), // SQS's own maximum
     ("SQS_VISIBILITY_TIMEOUT_SECS", 2, 43_200), // SQS's maximum: 12 hours

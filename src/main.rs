@@ -8,11 +8,15 @@ use datapack_worker::commands::{self, dlq, presign, reconcile};
 use datapack_worker::ops::telemetry;
 use datapack_worker::{app, config, shutdown};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(&cli.log_settings());
-    match execute(cli.command).await {
+    let outcome = cli.runtime().and_then(|runtime| {
+        runtime.block_on(async {
+            telemetry::init(&cli.log_settings());
+            execute(cli.command).await
+        })
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
