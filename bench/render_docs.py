@@ -180,6 +180,8 @@ def readme(files: dict[str, dict]) -> str:
 # scale-out group has its own file (bench/run.sh --only scaleout --out bench/results/scaleout.md).
 CAPACITY_INPUTS = (
     ("Worker CPU per 1 KiB object", "latest.json", "worker: small", "cpu_ms_per_object", ".3g", "ms"),
+    ("Worker CPU per 1 KiB object, one runtime thread (the chart's 1-CPU pod)", "latest.json",
+     "worker: small, one runtime thread", "cpu_ms_per_object", ".3g", "ms"),
     ("Worker objects/s, 1 KiB, one process on the emulator", "latest.json", "worker: small",
      "objects_per_s", ".1f", "/s"),
     ("Lambda reproduction CPU per 1 KiB object", "latest.json", "baseline: seed Lambda, small",

@@ -125,6 +125,35 @@ fn reconcile_reads_the_seed_bucket_and_checks_its_ranges() {
     }
 }
 
+/// `RUNTIME_THREADS` is checked before any command starts, and a value in range lets it start.
+#[test]
+fn runtime_threads_out_of_range_are_refused_before_any_command() {
+    let bin = env!("CARGO_BIN_EXE_datapack-worker");
+    for args in [&["run"][..], &["migrate"], &["dlq", "list"]] {
+        for value in ["0", "257", "two"] {
+            let (code, err) = bare(bin, args, &[("RUNTIME_THREADS", value)]);
+            assert_eq!(code, Some(2), "{args:?} RUNTIME_THREADS={value}: {err}");
+            assert!(err.contains("RUNTIME_THREADS") || err.contains("runtime-threads"), "{err}");
+        }
+    }
+    // One thread: the runtime starts and `run` goes on to refuse what is missing.
+    let (code, err) = bare(
+        bin,
+        &["run"],
+        &[
+            ("RUNTIME_THREADS", "1"),
+            ("SQS_QUEUE_URL", "http://127.0.0.1:1/1/q"),
+            ("SQS_DEAD_LETTER_QUEUE_URL", "http://127.0.0.1:1/1/dlq"),
+            ("S3_BUCKET", "uploads"),
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("DATABASE_URL") && !err.contains("RUNTIME_THREADS"),
+        "{err}"
+    );
+}
+
 #[test]
 fn refuses_bad_configuration_without_printing_secrets() {
     let bin = env!("CARGO_BIN_EXE_datapack-worker");
