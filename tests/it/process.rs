@@ -133,7 +133,10 @@ fn runtime_threads_out_of_range_are_refused_before_any_command() {
         for value in ["0", "257", "two"] {
             let (code, err) = bare(bin, args, &[("RUNTIME_THREADS", value)]);
             assert_eq!(code, Some(2), "{args:?} RUNTIME_THREADS={value}: {err}");
-            assert!(err.contains("RUNTIME_THREADS") || err.contains("runtime-threads"), "{err}");
+            assert!(
+                err.contains("RUNTIME_THREADS") || err.contains("runtime-threads"),
+                "{err}"
+            );
         }
     }
     // One thread: the runtime starts and `run` goes on to refuse what is missing.
