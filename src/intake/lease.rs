@@ -68,9 +68,32 @@ pub(crate) struct Lease {
     message: Received,
     slot: Option<Slot>,
     settled: bool,
+    /// Until when SQS keeps the message invisible, as far as this lease knows: its receipt plus
+    /// the visibility timeout, moved on by each heartbeat SQS accepted.
+    visible_until: Instant,
     /// In-flight: from receipt until the lease is settled (SQS has answered its delete, retry or
     /// release); outlives the slot by the wait for that answer.
     _in_flight: Raised,
+}
+
+/// How long a message about to be dead-lettered is held at least: the send and the delete,
+/// retried by the SDK on a slow queue, fit in it many times over.
+const DEAD_LETTER_HOLD: Duration = Duration::from_secs(30);
+
+/// How often the heartbeat extends a message's visibility: every half timeout, at most once a
+/// second.
+fn heartbeat_period(timeout: Duration) -> Duration {
+    (timeout / 2).max(Duration::from_secs(1))
+}
+
+/// What one heartbeat did.
+enum Beat {
+    /// SQS keeps the message invisible until then.
+    Extended(Instant),
+    /// The extension failed (logged); the message may come back when its visibility ends.
+    Failed,
+    /// This attempt ends here.
+    Ended(Held),
 }
 
 /// How holding a message while its work runs ended.
@@ -89,23 +112,26 @@ impl Lease {
         permit: OwnedSemaphorePermit,
     ) -> Self {
         Self {
-            context,
             message,
             slot: Some(Slot {
                 _permit: permit,
                 _busy: Raised::new(metrics::WORKERS_BUSY),
             }),
             settled: false,
+            visible_until: Instant::now() + context.visibility_timeout,
             _in_flight: Raised::new(metrics::IN_FLIGHT),
+            context,
         }
     }
 
     /// Runs `work` (the message's processing) to a verdict while keeping the message invisible,
     /// then settles it.
-    pub(crate) async fn work(self, work: impl Future<Output = Verdict> + Send + 'static) {
+    pub(crate) async fn work(mut self, work: impl Future<Output = Verdict> + Send + 'static) {
         let started = Instant::now();
         self.observe_queue_wait();
-        let (ended, outcomes) = match self.hold(work).await {
+        let (held, visible_until) = self.hold(work).await;
+        self.visible_until = visible_until;
+        let (ended, outcomes) = match held {
             Held::Done(Verdict::Ack(outcomes)) => (Ended::Done, outcomes),
             Held::Done(Verdict::DeadLetter { outcomes, failure }) => {
                 (Ended::Failed(failure), outcomes)
@@ -138,14 +164,16 @@ impl Lease {
     /// Runs the work in a task of its own (so a panic on this message's data is a fact about
     /// this message, never the end of a worker) and extends the message's visibility every half
     /// timeout until the work ends, the processing cap is reached, or the grace period is over.
-    async fn hold(&self, work: impl Future<Output = Verdict> + Send + 'static) -> Held {
+    /// Returns how it ended and until when the message is invisible.
+    async fn hold(&self, work: impl Future<Output = Verdict> + Send + 'static) -> (Held, Instant) {
         let work = tokio::spawn(tracing::Instrument::in_current_span(work));
         let abort = work.abort_handle();
         tokio::pin!(work);
         let started = Instant::now();
         let timeout = self.context.visibility_timeout;
-        let period = (timeout / 2).max(Duration::from_secs(1));
+        let period = heartbeat_period(timeout);
         let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+        let mut visible_until = self.visible_until;
         let held = loop {
             tokio::select! {
                 joined = &mut work => break Held::Done(joined.unwrap_or_else(|e| {
@@ -159,19 +187,21 @@ impl Lease {
                     ))
                 })),
                 _ = heartbeat.tick() => {
-                    if let Some(held) = self.beat(started, timeout).await {
-                        break held;
+                    match self.beat(started, timeout).await {
+                        Beat::Extended(until) => visible_until = until,
+                        Beat::Failed => {}
+                        Beat::Ended(held) => break held,
                     }
                 }
                 _ = self.context.hard_stop.cancelled() => break Held::Stopped,
             }
         };
         abort.abort();
-        held
+        (held, visible_until)
     }
 
     /// One heartbeat: extend the visibility, unless the processing cap says this attempt ends.
-    async fn beat(&self, started: Instant, timeout: Duration) -> Option<Held> {
+    async fn beat(&self, started: Instant, timeout: Duration) -> Beat {
         if started.elapsed() + timeout > self.context.max_extension {
             // Extending further would break the promise of MAX_PROCESSING_SECS; the attempt ends
             // here and counts, like any other failure of this message.
@@ -179,7 +209,7 @@ impl Lease {
                 max_processing_secs = self.context.max_extension.as_secs(),
                 "processing cap reached: abandoning this attempt"
             );
-            return Some(Held::Done(Verdict::Retry(Failure::transient(
+            return Beat::Ended(Held::Done(Verdict::Retry(Failure::transient(
                 RetryReason::ProcessingTimeout,
                 format!(
                     "still working after {:?} (MAX_PROCESSING_SECS)",
@@ -187,24 +217,32 @@ impl Lease {
                 ),
             ))));
         }
-        match self.queue_visibility(timeout).await {
-            Ok(answer) => match answer.await {
-                Ok(()) => metrics::visibility_extended(),
-                Err(VisibilityError::Lost) => {
-                    tracing::warn!(
-                        "receipt handle no longer valid: another receiver owns the message; stopping"
-                    );
-                    return Some(Held::Lost);
-                }
-                Err(VisibilityError::Failed(f)) => {
-                    tracing::warn!(error = %crate::disposition::chain(&f), "visibility extension failed")
-                }
-            },
-            Err(f) => {
-                tracing::warn!(error = %crate::disposition::chain(&f), "visibility extension failed")
+        match self.extend(timeout).await {
+            Ok(until) => Beat::Extended(until),
+            Err(VisibilityError::Lost) => {
+                tracing::warn!(
+                    "receipt handle no longer valid: another receiver owns the message; stopping"
+                );
+                Beat::Ended(Held::Lost)
+            }
+            Err(VisibilityError::Failed(f)) => {
+                tracing::warn!(error = %crate::disposition::chain(&f), "visibility extension failed");
+                Beat::Failed
             }
         }
-        None
+    }
+
+    /// Sets the message's visibility to `timeout` from now; on success, the new end of it.
+    async fn extend(&self, timeout: Duration) -> Result<Instant, VisibilityError> {
+        // Taken before asking: SQS counts the timeout from its answer, a little later.
+        let asked = Instant::now();
+        let answer = self
+            .queue_visibility(timeout)
+            .await
+            .map_err(VisibilityError::Failed)?;
+        answer.await?;
+        metrics::visibility_extended();
+        Ok(asked + timeout)
     }
 
     /// Decides what becomes of the message (asking the dependency's probe first when the
@@ -268,6 +306,7 @@ impl Lease {
     /// Sends the dead letter, then deletes the message; `Some` (what to decide again on) when
     /// the send failed.
     async fn dead_letter(&mut self, outcomes: Vec<Done>, failure: Failure) -> Option<Ended> {
+        self.cover_dead_letter().await;
         let reason = failure.dead_letter_reason();
         let detail = settle::dead_letter_detail(&failure);
         let sent = self
@@ -286,6 +325,25 @@ impl Lease {
         metrics::dead_lettered(reason);
         self.ack(outcomes, MessageDisposition::DeadLetter).await;
         None
+    }
+
+    /// Makes sure the message stays invisible while its dead letter is sent and it is deleted.
+    /// If it came back in between, SQS would hand it out again: past the queue's redrive limit
+    /// it moves a second copy to the dead-letter queue itself, without the worker's reason. Only
+    /// a lease with no more than a heartbeat period left asks (the processing cap ends attempts
+    /// there, and a late heartbeat leaves less): one more call per such dead letter, none for the
+    /// rest.
+    async fn cover_dead_letter(&mut self) {
+        let timeout = self.context.visibility_timeout;
+        if self.visible_until.saturating_duration_since(Instant::now()) > heartbeat_period(timeout)
+        {
+            return;
+        }
+        match self.extend(timeout.max(DEAD_LETTER_HOLD)).await {
+            Ok(until) => self.visible_until = until,
+            // Sent anyway: a dead letter too many beats a failure recorded nowhere.
+            Err(e) => tracing::warn!(error = %e, "could not hold the message for its dead letter"),
+        }
     }
 
     /// Deletes the message; on success its disposition and record outcomes are counted.

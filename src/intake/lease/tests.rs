@@ -257,3 +257,42 @@ async fn a_lease_dropped_unsettled_hands_its_message_back() {
     }
     assert_eq!(rig.visibility("m"), Some(Duration::ZERO));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_letter_after_the_processing_cap_holds_the_message_until_it_is_deleted() {
+    let mut rig = rig(&[]);
+    Arc::get_mut(&mut rig.context).unwrap().max_extension = 100 * S;
+    rig.work("m", 5, after(3600 * S, || Verdict::Ack(Vec::new())))
+        .await;
+    // The heartbeat at 30 s (60 s), then at 60 s the cap: half a timeout left, so the message
+    // is held for the dead letter before it is sent, then deleted.
+    let calls: Vec<String> = rig
+        .sqs
+        .calls()
+        .iter()
+        .map(|call| match call {
+            Seen::VisibilityBatch(changes) => format!("visibility {:?}", changes[0].timeout),
+            Seen::DeadLetter(..) => "dead letter".to_owned(),
+            Seen::DeleteBatch(_) => "delete".to_owned(),
+            Seen::Receive(_) => "receive".to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        ["visibility 60s", "visibility 60s", "dead letter", "delete"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_letter_with_time_left_is_sent_without_asking_for_more() {
+    let rig = rig(&[]);
+    let permanent = Failure::permanent(DeadLetterReason::InvalidKey, "no datapack");
+    let verdict = Verdict::DeadLetter {
+        outcomes: Vec::new(),
+        failure: permanent,
+    };
+    rig.work("m", 1, async { verdict }).await;
+    assert!(rig.sqs.visibility_batches().is_empty());
+    assert_eq!(rig.sqs.state().dead_letters.len(), 1);
+    assert!(rig.deleted("m"));
+}
