@@ -306,7 +306,11 @@ impl Lease {
     /// Sends the dead letter, then deletes the message; `Some` (what to decide again on) when
     /// the send failed.
     async fn dead_letter(&mut self, outcomes: Vec<Done>, failure: Failure) -> Option<Ended> {
-        self.cover_dead_letter().await;
+        if !self.cover_dead_letter().await {
+            self.settled = true;
+            metrics::message_disposition(MessageDisposition::Lost);
+            return None;
+        }
         let reason = failure.dead_letter_reason();
         let detail = settle::dead_letter_detail(&failure);
         let sent = self
@@ -333,17 +337,26 @@ impl Lease {
     /// a lease with no more than a heartbeat period left asks (the processing cap ends attempts
     /// there, and a late heartbeat leaves less): one more call per such dead letter, none for the
     /// rest.
-    async fn cover_dead_letter(&mut self) {
+    /// `false` when the message is no longer this lease's: another receiver has it and will
+    /// settle it, so no dead letter is sent from here.
+    async fn cover_dead_letter(&mut self) -> bool {
         let timeout = self.context.visibility_timeout;
         if self.visible_until.saturating_duration_since(Instant::now()) > heartbeat_period(timeout)
         {
-            return;
+            return true;
         }
         match self.extend(timeout.max(DEAD_LETTER_HOLD)).await {
             Ok(until) => self.visible_until = until,
+            Err(VisibilityError::Lost) => {
+                tracing::warn!(
+                    "receipt handle no longer valid: another receiver owns the message; no dead letter from here"
+                );
+                return false;
+            }
             // Sent anyway: a dead letter too many beats a failure recorded nowhere.
             Err(e) => tracing::warn!(error = %e, "could not hold the message for its dead letter"),
         }
+        true
     }
 
     /// Deletes the message; on success its disposition and record outcomes are counted.

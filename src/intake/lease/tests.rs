@@ -296,3 +296,32 @@ async fn a_dead_letter_with_time_left_is_sent_without_asking_for_more() {
     assert_eq!(rig.sqs.state().dead_letters.len(), 1);
     assert!(rig.deleted("m"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_message_another_receiver_took_is_not_dead_lettered_from_here() {
+    let rig = rig(&[]);
+    // The heartbeat at 30 s fails, so the visibility is not moved on; by the verdict at 45 s
+    // the message has gone to another receiver.
+    rig.sqs.state().refuse_entries.insert("receipt-m".into());
+    let lease = rig.lease("m", 5).await;
+    let permanent = Failure::permanent(DeadLetterReason::InvalidKey, "no datapack");
+    let verdict = Verdict::DeadLetter {
+        outcomes: Vec::new(),
+        failure: permanent,
+    };
+    let working = tokio::spawn(lease.work(after(45 * S, || verdict)));
+    tokio::time::sleep(31 * S).await;
+    {
+        let mut state = rig.sqs.state();
+        state.refuse_entries.clear();
+        state.lost.insert("receipt-m".into());
+    }
+    working.await.unwrap();
+    assert_eq!(
+        rig.sqs.visibility_batches(),
+        [1, 1],
+        "the heartbeat, then the hold"
+    );
+    assert!(rig.sqs.state().dead_letters.is_empty());
+    assert!(!rig.deleted("m"));
+}
