@@ -337,6 +337,7 @@ impl Lease {
     /// a lease with no more than a heartbeat period left asks (the processing cap ends attempts
     /// there, and a late heartbeat leaves less): one more call per such dead letter, none for the
     /// rest.
+    ///
     /// `false` when the message is no longer this lease's: another receiver has it and will
     /// settle it, so no dead letter is sent from here.
     async fn cover_dead_letter(&mut self) -> bool {

@@ -100,6 +100,14 @@ async fn after(delay: Duration, verdict: impl FnOnce() -> Verdict + Send + 'stat
     verdict()
 }
 
+/// A permanent failure: the message is dead-lettered on any attempt.
+fn invalid_key() -> Verdict {
+    Verdict::DeadLetter {
+        outcomes: Vec::new(),
+        failure: Failure::permanent(DeadLetterReason::InvalidKey, "no datapack"),
+    }
+}
+
 fn failed(reason: RetryReason) -> Verdict {
     Verdict::Retry(Failure::transient(reason, "it failed"))
 }
@@ -193,11 +201,7 @@ async fn the_queue_redrive_limit_brings_the_last_attempt_forward() {
 async fn a_dead_letter_that_cannot_be_sent_is_sent_once_and_the_message_kept() {
     let rig = rig(&[Dependency::Sqs]);
     rig.sqs.state().refuse_dead_letters = true;
-    let permanent = Failure::permanent(DeadLetterReason::InvalidKey, "no datapack");
-    let verdict = Verdict::DeadLetter {
-        outcomes: Vec::new(),
-        failure: permanent,
-    };
+    let verdict = invalid_key();
     rig.work("m", 5, async { verdict }).await;
     let sends = rig
         .sqs
@@ -286,11 +290,7 @@ async fn a_dead_letter_after_the_processing_cap_holds_the_message_until_it_is_de
 #[tokio::test(start_paused = true)]
 async fn a_dead_letter_with_time_left_is_sent_without_asking_for_more() {
     let rig = rig(&[]);
-    let permanent = Failure::permanent(DeadLetterReason::InvalidKey, "no datapack");
-    let verdict = Verdict::DeadLetter {
-        outcomes: Vec::new(),
-        failure: permanent,
-    };
+    let verdict = invalid_key();
     rig.work("m", 1, async { verdict }).await;
     assert!(rig.sqs.visibility_batches().is_empty());
     assert_eq!(rig.sqs.state().dead_letters.len(), 1);
@@ -304,11 +304,7 @@ async fn a_message_another_receiver_took_is_not_dead_lettered_from_here() {
     // the message has gone to another receiver.
     rig.sqs.state().refuse_entries.insert("receipt-m".into());
     let lease = rig.lease("m", 5).await;
-    let permanent = Failure::permanent(DeadLetterReason::InvalidKey, "no datapack");
-    let verdict = Verdict::DeadLetter {
-        outcomes: Vec::new(),
-        failure: permanent,
-    };
+    let verdict = invalid_key();
     let working = tokio::spawn(lease.work(after(45 * S, || verdict)));
     tokio::time::sleep(31 * S).await;
     {
