@@ -20,7 +20,13 @@ batch size, new rows only, each line on a fresh database: with the function as m
 generic plan per statement and connection) and with `plan_cache_mode` reset to PostgreSQL's
 default (a custom plan compared, and chosen, on every call). A replica at its default
 concurrency commits a handful of rows a batch, so the small sizes are the fleet's case
-(`bench/results/db-floor-batch.md`).
+(`bench/results/db-floor-batch.md`). With `--before MIGRATION` as well, each size is measured
+with the function as migrated and with the body an earlier migration gave it put back
+(`CREATE OR REPLACE` from that file), which is how a change to the function is weighed:
+
+    python3 bench/db_floor.py --batches 1,4,16,64 \
+        --before migrations/20261207000004_write_batch_fresh_keys.sql \
+        --out bench/results/db-floor-settle.md
 
 Each run gets a fresh database (the migrations applied with psql, 50 datapacks made first), and
 runs the scenarios in the order of the table, so the later ones write into a larger table.
@@ -146,6 +152,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4, help="connections (DB_WRITERS)")
     parser.add_argument("--batch", type=int, default=64, help="rows a batch")
     parser.add_argument("--batches", help="sweep these batch sizes (e.g. 1,4,16,64) instead")
+    parser.add_argument("--before", help="with --batches: against the function body of this "
+                        "earlier migration instead of against plan_cache_mode=auto")
     parser.add_argument("--admin-url", default="postgres://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -207,14 +215,21 @@ def calls_of(batch: int) -> str:
 
 def sweep(args) -> int:
     sizes = [int(b) for b in args.batches.split(",")]
+    variants: list[tuple[str, str | Path | None]] = list(PLANS)
+    if args.before:
+        before = Path(args.before)
+        variants = [(f"function body of {before.name} (before)", before),
+                    ("function as migrated", None)]
     results: dict[str, list[dict]] = {}
     for run in range(args.runs):
         for batch in sizes:
             args.batch = batch
-            for plans, alter in PLANS:
+            for plans, alter in variants:
                 url = C.fresh_database(args.admin_url, "datapack_bench_floor")
                 prepare(url)
-                if alter:
+                if isinstance(alter, Path):
+                    psql(url, "-f", str(alter))
+                elif alter:
                     psql(url, "-c", alter)
                 measured = pgbench(url, NEW + CALL.format(notify="true"), "on", args)
                 what = calls_of(batch) + plans
@@ -223,15 +238,18 @@ def sweep(args) -> int:
                 C.admin_sql(args.admin_url, "DROP DATABASE datapack_bench_floor WITH (FORCE)")
     meta = C.git_meta()
     out = Path(args.out or HERE / "results" / "db-floor-batch.md")
+    title = ("The batch function against its previous body, by batch size" if args.before
+             else "The batch function's cost per call by batch size")
     out.with_suffix(".json").write_text(json.dumps({"_meta": meta, **results}, indent=1))
     lines = [
-        "# The batch function's cost per call by batch size (bench/db_floor.py --batches)", "",
+        f"# {title} (bench/db_floor.py --batches)", "",
         provenance(meta, args, "new rows, changes announced, each line on a fresh database"), "",
-        "| Batch | Planning | Calls/s | Rows/s | Call ms (mean) | Generic vs per call |",
+        f"| Batch | {'Function' if args.before else 'Planning'} | Calls/s | Rows/s | Call ms (mean) "
+        f"| {'vs before' if args.before else 'Generic vs per call'} |",
         "|---|---|---|---|---|---|"]
     for batch in sizes:
-        before = C.med(results[calls_of(batch) + PLANS[0][0]], "calls_per_s")
-        for plans, _ in PLANS:
+        before = C.med(results[calls_of(batch) + variants[0][0]], "calls_per_s")
+        for plans, _ in variants:
             runs = results[calls_of(batch) + plans]
             ratio = C.med(runs, "calls_per_s") / before
             lines.append(f"| {batch} | {plans} | {C.cell(runs, 'calls_per_s', '.0f')} | "
