@@ -474,6 +474,8 @@ class Bench:
                 f"per_s{suffix}": first["per_s"],
                 f"duplicate_per_s{suffix}": second["per_s"],
                 f"second_pass_duplicates{suffix}": second["duplicate"],
+                # The second pass goes over the rows several times (the example's `--again`).
+                f"second_pass_writes{suffix}": second["resources"],
             })
         return result
 
@@ -732,7 +734,7 @@ def report(bench: Bench, started: float) -> str:
     if "db_write" in R:
         runs = R["db_write"]
         out.append("")
-        out.append(f"| Database write path (examples/db_write.rs, {bench.args.db_tasks} concurrent submitters) | Resources | Resources/s | Second pass (all Duplicate) /s |")
+        out.append(f"| Database write path (examples/db_write.rs, {bench.args.db_tasks} concurrent submitters) | Resources | Resources/s | Second pass (all Duplicate, {runs[0]['second_pass_writes'] // runs[0]['resources']} rounds) /s |")
         out.append("|---|---|---|---|")
         out.append(
             f"| Writer::write → store::apply, fresh database, changes announced (default) | {runs[0]['resources']} "
@@ -930,7 +932,7 @@ def targets(R: dict) -> list[tuple[str, str, bool]]:
                      f"{w:.3g} vs {f:.3g} CPU-s/GB (×{w / f:.2f})", w <= 1.2 * f))
     if "db_write" in R:
         d = med(R["db_write"], "per_s")
-        dup = min(r["second_pass_duplicates"] == r["resources"] for r in R["db_write"])
+        dup = min(r["second_pass_duplicates"] == r["second_pass_writes"] for r in R["db_write"])
         rows.append(("Database write path ≥ 20,000 resources/s, changes announced (second pass all Duplicate)",
                      f"{d:.0f} resources/s; idempotent: {'yes' if dup else 'NO'}", d >= 20_000 and dup))
         again = med(R["db_write"], "duplicate_per_s")
