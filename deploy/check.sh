@@ -85,12 +85,13 @@ done
 run_check "the chart refuses keda.minReplicas > keda.maxReplicas" \
   "$py" deploy/tools/helm_chart.py refuse "$chart" --set-json keda.enabled=true \
   --set-json keda.minReplicas=5 --set-json keda.maxReplicas=3 --expect "keda.minReplicas (5) is greater than keda.maxReplicas (3)"
-run_check "the chart refuses 20 replicas at the default 5 connections over the default budget (80)" \
-  "$py" deploy/tools/helm_chart.py refuse "$chart" --set-json keda.enabled=true --set-json keda.maxReplicas=20 \
-  --expect "the worst case is 126 = (20 replicas + 5 surge) x 5 (database.maxConnections) + 0 (reconcile) + 1 (migration), above database.connectionBudget 80"
+run_check "the chart refuses 30 replicas at the default 3 connections over the default budget (80)" \
+  "$py" deploy/tools/helm_chart.py refuse "$chart" --set-json keda.enabled=true --set-json keda.maxReplicas=30 \
+  --expect "the worst case is 115 = (30 replicas + 8 surge) x 3 (database.maxConnections) + 0 (reconcile) + 1 (migration), above database.connectionBudget 80"
 run_check "the chart counts the reconcile CronJob and a fixed surge in the budget" \
-  "$py" deploy/tools/helm_chart.py refuse "$chart" --set-json keda.enabled=true --set-json reconcile.enabled=true \
-  --set-json rollingUpdate.maxSurge=6 --expect "the worst case is 85 = (10 replicas + 6 surge) x 5 (database.maxConnections) + 4 (reconcile) + 1 (migration)"
+  "$py" deploy/tools/helm_chart.py refuse "$chart" --set-json keda.enabled=true --set-json keda.maxReplicas=20 \
+  --set-json reconcile.enabled=true --set-json rollingUpdate.maxSurge=6 \
+  --expect "the worst case is 83 = (20 replicas + 6 surge) x 3 (database.maxConnections) + 4 (reconcile) + 1 (migration)"
 run_check "the chart refuses the grants step with IAM authentication (psql cannot sign in)" \
   "$py" deploy/tools/helm_chart.py refuse "$chart" --set-json database.iamAuth=true --expect "migration.grants"
 # default: the values as shipped; keda: the same with KEDA on (its defaults); everything: ci/.

@@ -12,7 +12,7 @@
 //!         --resources 50000 --tasks 64
 //!
 //! The database must be fresh (this migrates it). Writer settings are the worker's defaults
-//! (DB_WRITERS=4, DB_MAX_BATCH=256, DATABASE_MAX_CONNECTIONS=5) unless given as flags;
+//! (DB_WRITERS=2, DB_MAX_BATCH=256, DATABASE_MAX_CONNECTIONS=3) unless given as flags;
 //! `--no-notify` measures with announcements off (`NOTIFY_CHANGES=false`).
 
 use std::str::FromStr;
@@ -68,9 +68,9 @@ fn resource(i: usize, at: DateTime<Utc>) -> Write {
 async fn main() {
     let resources = flag("--resources", 50_000);
     let tasks = flag("--tasks", 64);
-    let writers = flag("--writers", 4);
+    let writers = flag("--writers", 2);
     let max_batch = flag("--max-batch", 256);
-    let connections = flag("--connections", 5) as u32;
+    let connections = flag("--connections", 3) as u32;
     let again = flag("--again", 5).max(1);
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
     let pool = store::pool(

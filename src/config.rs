@@ -224,7 +224,7 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_IAM_AUTH", default_value_t = false)]
     pub(crate) database_iam_auth: bool,
     /// Connections per replica at most: the writers' plus the probe's (DB_WRITERS + 1).
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 5)]
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 3)]
     pub(crate) database_max_connections: u32,
     /// How long a write waits for a free connection before the attempt fails.
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
@@ -517,8 +517,10 @@ pub struct RunArgs {
     /// Apply pending migrations before starting.
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = false)]
     pub(crate) migrate_on_start: bool,
-    /// Group commit: concurrent write transactions.
-    #[arg(long, env = "DB_WRITERS", default_value_t = 4)]
+    /// Group commit: concurrent write transactions. Two by default: fewer writers commit larger
+    /// batches, which cost the database less per row (docs/performance.md), and hold fewer of its
+    /// connections per replica; a fleet's replicas already write in parallel.
+    #[arg(long, env = "DB_WRITERS", default_value_t = 2)]
     pub(crate) db_writers: usize,
     /// Group commit: messages per transaction at most.
     #[arg(long, env = "DB_MAX_BATCH", default_value_t = 256)]
