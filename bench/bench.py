@@ -57,6 +57,8 @@ CONCURRENCY = 16
 # The scale-out group: worker processes per run, and the database each run gets afresh.
 SCALEOUT_WORKERS = (1, 2, 3)
 SCALEOUT_DB = "datapack_bench_scaleout"
+# Group-commit writers compared by `--only writers` (the worker's default, DB_WRITERS, is 2).
+DB_WRITER_COUNTS = (1, 2, 4)
 
 
 # The measured binary's own build_info labels (version, git_commit), read from the first worker
@@ -479,6 +481,27 @@ class Bench:
             })
         return result
 
+    def db_writers(self) -> dict:
+        """The write path at each of DB_WRITER_COUNTS writers (the pool one more, as the worker
+        sizes it), each on a fresh database, one after another within a run, so a change in the
+        machine's speed between runs falls on every count alike."""
+        result = {}
+        for n in DB_WRITER_COUNTS:
+            url = fresh_database(self.admin, "datapack_bench_db_write")
+            out = subprocess.run(
+                [os.environ["BENCH_DB_WRITE"], "--resources", str(self.args.db_resources),
+                 "--tasks", str(self.args.db_tasks), "--writers", str(n),
+                 "--connections", str(n + 1)],
+                env=dict(self.env, DATABASE_URL=url), stdout=subprocess.PIPE, text=True,
+                check=True,
+            ).stdout
+            first, second = json.loads(out.strip().splitlines()[-1])["passes"]
+            if second["duplicate"] != second["resources"]:
+                raise RuntimeError(f"{n} writers: the second pass was not all Duplicate")
+            result[f"per_s_w{n}"] = first["per_s"]
+            result[f"duplicate_per_s_w{n}"] = second["per_s"]
+        return result
+
     # -- zero-read ingestion: S3's stored SHA-256 instead of a GET
 
     def check_stored_sha256(self, name: str) -> None:
@@ -723,7 +746,7 @@ def report(bench: Bench, started: float) -> str:
     out.append("| Scenario | Objects | Wall s | Objects/s | MB/s | CPU ms/object | CPU s/GB | Peak RSS MiB |")
     out.append("|---|---|---|---|---|---|---|---|")
     for name, runs in R.items():
-        if name == "db_write":
+        if name in ("db_write", "db_writers"):
             continue
         out.append(
             f"| {name} | {runs[0]['objects']} × {fmt_size(runs[0]['bytes'] // runs[0]['objects'])} "
@@ -745,6 +768,20 @@ def report(bench: Bench, started: float) -> str:
                 f"| the same, `NOTIFY_CHANGES=false` | {runs[0]['resources']} "
                 f"| {cell(runs, 'per_s_no_notify', '.0f')} | {cell(runs, 'duplicate_per_s_no_notify', '.0f')} |"
             )
+    if "db_writers" in R:
+        runs = R["db_writers"]
+        default = med(runs, "per_s_w2")
+        out.append("")
+        out.append(f"| Group-commit writers (examples/db_write.rs, {bench.args.db_tasks} concurrent "
+                   "submitters; each run measures every count in turn) | New rows/s "
+                   "| Redeliveries/s | New rows vs 2 writers |")
+        out.append("|---|---|---|---|")
+        for n in DB_WRITER_COUNTS:
+            out.append(
+                f"| {n} writer{'s' if n > 1 else ''}, {n + 1} connections"
+                f"{' (the default)' if n == 2 else ''} | {cell(runs, f'per_s_w{n}', '.0f')} "
+                f"| {cell(runs, f'duplicate_per_s_w{n}', '.0f')} "
+                f"| ×{med(runs, f'per_s_w{n}') / default:.2f} |")
     latency = paced.latency_table(R)
     if latency:
         out.append("")
@@ -1037,6 +1074,8 @@ def main() -> int:
             paced.latency_group(bench, small)
         if wanted("db"):
             bench.repeat("db_write", bench.db_write)
+        if "writers" in only:  # on request only: it is the write path three more times
+            bench.repeat("db_writers", bench.db_writers)
         if wanted("scaleout"):
             bench.scaleout_group(small)
         if wanted("zeroread"):

@@ -6,6 +6,8 @@
 #   bench/run.sh --only small,large,db,proxy   a subset of the scenario groups
 #   bench/run.sh --only reconcile --out bench/results/reconcile.md   100,000 keys reconciled (alone)
 #   bench/run.sh --only latency   event → row latency at full, light and 80 % load (bench/results/latency.md)
+#   bench/run.sh --only writers --out bench/results/db-writers.md   the write path at 1, 2 and 4
+#       group-commit writers, interleaved (not part of the full run)
 #   bench/run.sh --only soak [--soak-minutes 30]   50 % load held, drift of RSS, fds, connections,
 #                           latency (bench/results/soak.md)
 #   bench/run.sh --perf     also `perf record` each worker run (data kept in the state directory)
