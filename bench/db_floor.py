@@ -2,9 +2,9 @@
 """PostgreSQL's own share of the write path, with no worker in the way.
 
 `examples/db_write.rs` measures the worker's writer end to end (client, driver, database on the
-same CPUs). This measures the database alone, with pgbench at the worker's defaults (4 writer
-connections, `DB_WRITERS`; 64 rows a batch, what 256 submitters give 4 writers), each batch its
-own transaction as the worker's are:
+same CPUs). This measures the database alone, with pgbench at 4 connections and 64 rows a batch
+(what 256 submitters gave the worker's 4 writers before `DB_WRITERS` became 2; kept so that runs
+stay comparable), each batch its own transaction as the worker's are:
 
 - the **floor**: a bare multi-row `INSERT … SELECT` of the same rows into the same table (its
   indexes, foreign key and checks), with none of the write path's rules. No write path on this
@@ -149,7 +149,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--clients", type=int, default=4, help="connections (DB_WRITERS)")
+    parser.add_argument("--clients", type=int, default=4, help="connections (writers)")
     parser.add_argument("--batch", type=int, default=64, help="rows a batch")
     parser.add_argument("--batches", help="sweep these batch sizes (e.g. 1,4,16,64) instead")
     parser.add_argument("--before", help="with --batches: against the function body of this "
