@@ -462,15 +462,7 @@ class Bench:
         default) and without (`NOTIFY_CHANGES=false`, `--no-notify`)."""
         result = {}
         for suffix, extra in (("", []), ("_no_notify", ["--no-notify"])):
-            url = fresh_database(self.admin, "datapack_bench_db_write")
-            env = dict(self.env, DATABASE_URL=url)
-            out = subprocess.run(
-                [os.environ["BENCH_DB_WRITE"], "--resources", str(self.args.db_resources),
-                 "--tasks", str(self.args.db_tasks), *extra],
-                env=env, stdout=subprocess.PIPE, text=True, check=True,
-            ).stdout
-            value = json.loads(out.strip().splitlines()[-1])
-            first, second = value["passes"]
+            first, second = self.run_db_write(*extra)
             result.update({
                 "resources": first["resources"],
                 f"per_s{suffix}": first["per_s"],
@@ -481,21 +473,24 @@ class Bench:
             })
         return result
 
+    def run_db_write(self, *extra: str) -> tuple[dict, dict]:
+        """examples/db_write.rs once on a fresh database: its first and second pass."""
+        url = fresh_database(self.admin, "datapack_bench_db_write")
+        out = subprocess.run(
+            [os.environ["BENCH_DB_WRITE"], "--resources", str(self.args.db_resources),
+             "--tasks", str(self.args.db_tasks), *extra],
+            env=dict(self.env, DATABASE_URL=url), stdout=subprocess.PIPE, text=True, check=True,
+        ).stdout
+        first, second = json.loads(out.strip().splitlines()[-1])["passes"]
+        return first, second
+
     def db_writers(self) -> dict:
         """The write path at each of DB_WRITER_COUNTS writers (the pool one more, as the worker
         sizes it), each on a fresh database, one after another within a run, so a change in the
         machine's speed between runs falls on every count alike."""
         result = {}
         for n in DB_WRITER_COUNTS:
-            url = fresh_database(self.admin, "datapack_bench_db_write")
-            out = subprocess.run(
-                [os.environ["BENCH_DB_WRITE"], "--resources", str(self.args.db_resources),
-                 "--tasks", str(self.args.db_tasks), "--writers", str(n),
-                 "--connections", str(n + 1)],
-                env=dict(self.env, DATABASE_URL=url), stdout=subprocess.PIPE, text=True,
-                check=True,
-            ).stdout
-            first, second = json.loads(out.strip().splitlines()[-1])["passes"]
+            first, second = self.run_db_write("--writers", str(n), "--connections", str(n + 1))
             if second["duplicate"] != second["resources"]:
                 raise RuntimeError(f"{n} writers: the second pass was not all Duplicate")
             result[f"per_s_w{n}"] = first["per_s"]
