@@ -297,9 +297,14 @@ impl Pollers {
             let (pipeline, body) = (self.pipeline.clone(), message.body.clone());
             async move { pipeline.process(&body).await }
         };
-        Lease::new(self.leases.clone(), message, permit)
-            .work(work)
-            .instrument(span)
+        // Boxed: the task's future is large, and a task's future is moved by value when it is
+        // spawned, stored and completed (callgrind counted about 95,000 instructions of memcpy
+        // per message); a box is moved as a pointer.
+        Box::pin(
+            Lease::new(self.leases.clone(), message, permit)
+                .work(work)
+                .instrument(span),
+        )
     }
 }
 
