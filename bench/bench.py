@@ -59,6 +59,9 @@ SCALEOUT_WORKERS = (1, 2, 3)
 SCALEOUT_DB = "datapack_bench_scaleout"
 # Group-commit writers compared by `--only writers` (the worker's default, DB_WRITERS, is 2).
 DB_WRITER_COUNTS = (1, 2, 4)
+# The migration that gives the batch function its current body (`--db-before` re-applies it to
+# the "after" side, so both sides are prepared alike).
+LATEST_MIGRATION = sorted((HERE.parent / "migrations").glob("*.sql"))[-1]
 
 
 # The measured binary's own build_info labels (version, git_commit), read from the first worker
@@ -473,9 +476,21 @@ class Bench:
             })
         return result
 
-    def run_db_write(self, *extra: str) -> tuple[dict, dict]:
-        """examples/db_write.rs once on a fresh database: its first and second pass."""
+    def run_db_write(self, *extra: str, body: Path | None = None) -> tuple[dict, dict]:
+        """examples/db_write.rs once on a fresh database: its first and second pass. With `body`
+        (a migration file), the batch function is given that migration's body first: the example
+        migrates a fresh database with one row, the tables are emptied, the body applied, and the
+        example, finding nothing to migrate, runs on it."""
         url = fresh_database(self.admin, "datapack_bench_db_write")
+        if body is not None:
+            subprocess.run([os.environ["BENCH_DB_WRITE"], "--resources", "1", "--again", "1"],
+                           env=dict(self.env, DATABASE_URL=url), stdout=subprocess.DEVNULL,
+                           check=True)
+            for script in ("-c", "TRUNCATE datapack_resource, datapack_object_removal, datapack "
+                           "RESTART IDENTITY CASCADE"), ("-f", str(body)):
+                # stderr: the migrations' SET LOCAL warns outside a transaction block.
+                subprocess.run(["psql", "-Xq", "-v", "ON_ERROR_STOP=1", url, *script],
+                               check=True, stderr=subprocess.DEVNULL)
         out = subprocess.run(
             [os.environ["BENCH_DB_WRITE"], "--resources", str(self.args.db_resources),
              "--tasks", str(self.args.db_tasks), *extra],
@@ -495,6 +510,19 @@ class Bench:
                 raise RuntimeError(f"{n} writers: the second pass was not all Duplicate")
             result[f"per_s_w{n}"] = first["per_s"]
             result[f"duplicate_per_s_w{n}"] = second["per_s"]
+        return result
+
+    def db_before(self) -> dict:
+        """The write path with the batch function as migrated and with an earlier migration's
+        body (`--db-before`), each on a fresh database prepared the same way, in alternating
+        order run by run, so a change in the machine's speed falls on both alike."""
+        variants = [("before", Path(self.args.db_before)), ("after", LATEST_MIGRATION)]
+        self.db_before_runs = getattr(self, "db_before_runs", 0) + 1
+        result = {}
+        for name, body in variants if self.db_before_runs % 2 else variants[::-1]:
+            first, second = self.run_db_write(body=body)
+            result[f"per_s_{name}"] = first["per_s"]
+            result[f"duplicate_per_s_{name}"] = second["per_s"]
         return result
 
     # -- zero-read ingestion: S3's stored SHA-256 instead of a GET
@@ -741,7 +769,7 @@ def report(bench: Bench, started: float) -> str:
     out.append("| Scenario | Objects | Wall s | Objects/s | MB/s | CPU ms/object | CPU s/GB | Peak RSS MiB |")
     out.append("|---|---|---|---|---|---|---|---|")
     for name, runs in R.items():
-        if name in ("db_write", "db_writers"):
+        if name in ("db_write", "db_writers", "db_before"):
             continue
         out.append(
             f"| {name} | {runs[0]['objects']} × {fmt_size(runs[0]['bytes'] // runs[0]['objects'])} "
@@ -777,6 +805,19 @@ def report(bench: Bench, started: float) -> str:
                 f"{' (the default)' if n == 2 else ''} | {cell(runs, f'per_s_w{n}', '.0f')} "
                 f"| {cell(runs, f'duplicate_per_s_w{n}', '.0f')} "
                 f"| ×{med(runs, f'per_s_w{n}') / default:.2f} |")
+    if "db_before" in R:
+        runs = R["db_before"]
+        before = med(runs, "per_s_before")
+        out.append("")
+        out.append(f"| The batch function against an earlier body (examples/db_write.rs, "
+                   f"{bench.args.db_tasks} concurrent submitters; each run measures both, in "
+                   "alternating order) | New rows/s | Redeliveries/s | New rows vs before |")
+        out.append("|---|---|---|---|")
+        for name, what in (("before", f"body of {Path(bench.args.db_before).name} (before)"),
+                           ("after", "as migrated")):
+            out.append(f"| {what} | {cell(runs, f'per_s_{name}', '.0f')} "
+                       f"| {cell(runs, f'duplicate_per_s_{name}', '.0f')} "
+                       f"| ×{med(runs, f'per_s_{name}') / before:.2f} |")
     latency = paced.latency_table(R)
     if latency:
         out.append("")
@@ -1005,6 +1046,9 @@ def main() -> int:
                         help="latency: seconds of paced load per line (default 60, --quick 15)")
     parser.add_argument("--soak-minutes", type=float, default=30,
                         help="soak: how long to hold 50 %% of capacity")
+    parser.add_argument("--db-before", metavar="MIGRATION",
+                        help="with --only db-before: the write path end to end with the batch "
+                        "function as migrated against the body this earlier migration gave it")
     parser.add_argument("--perf", action="store_true",
                         help="perf record each worker run (perf-SCENARIO.data in the state directory, kept)")
     args = parser.parse_args()
@@ -1071,6 +1115,10 @@ def main() -> int:
             bench.repeat("db_write", bench.db_write)
         if "writers" in only:  # on request only: it is the write path three more times
             bench.repeat("db_writers", bench.db_writers)
+        if only and "db-before" in only:
+            if not args.db_before:
+                parser.error("--only db-before needs --db-before MIGRATION")
+            bench.repeat("db_before", bench.db_before)
         if wanted("scaleout"):
             bench.scaleout_group(small)
         if wanted("zeroread"):

@@ -8,6 +8,9 @@
 #   bench/run.sh --only latency   event → row latency at full, light and 80 % load (bench/results/latency.md)
 #   bench/run.sh --only writers --out bench/results/db-writers.md   the write path at 1, 2 and 4
 #       group-commit writers, interleaved (not part of the full run)
+#   bench/run.sh --only db-before --db-before migrations/EARLIER.sql --out bench/results/X.md
+#       the write path with the batch function as migrated against an earlier migration's body,
+#       interleaved (not part of the full run)
 #   bench/run.sh --only soak [--soak-minutes 30]   50 % load held, drift of RSS, fds, connections,
 #                           latency (bench/results/soak.md)
 #   bench/run.sh --perf     also `perf record` each worker run (data kept in the state directory)
