@@ -1049,15 +1049,19 @@ def main() -> int:
     parser.add_argument("--db-before", metavar="MIGRATION",
                         help="with --only db-before: the write path end to end with the batch "
                         "function as migrated against the body this earlier migration gave it")
+    parser.add_argument("--runs", type=int, default=0,
+                        help="runs per line (default 3, --quick 1)")
     parser.add_argument("--perf", action="store_true",
                         help="perf record each worker run (perf-SCENARIO.data in the state directory, kept)")
     args = parser.parse_args()
+    runs = args.runs
     if args.quick:
         args.runs, args.small_count, args.large_count, args.large_size = 1, 200, 2, 64 * MIB
         args.db_resources, args.proxy_size = 5_000, 64 * MIB
     else:
         args.runs, args.small_count, args.large_count, args.large_size = 3, 2000, 4, 256 * MIB
         args.db_resources, args.proxy_size = 50_000, 256 * MIB
+    args.runs = runs or args.runs
     args.small_size = 1024
     args.latency_secs = args.latency_secs or (15 if args.quick else 60)
     args.timeout = 900
