@@ -89,6 +89,14 @@ COLUMNS = (
     ("duplicate_per_s", "Second pass /s", ".0f"),
     ("per_s_no_notify", "Resources/s, NOTIFY_CHANGES=false", ".0f"),
     ("duplicate_per_s_no_notify", "Second pass /s, NOTIFY_CHANGES=false", ".0f"),
+    # --only writers: each writer count; --only db-before: an earlier body and the current one.
+    *((f"per_s_w{n}", f"New rows/s, {n} writer{'s' if n > 1 else ''}", ".0f") for n in (1, 2, 4)),
+    *((f"duplicate_per_s_w{n}", f"Second pass /s, {n} writer{'s' if n > 1 else ''}", ".0f")
+      for n in (1, 2, 4)),
+    ("per_s_before", "New rows/s, earlier body", ".0f"),
+    ("per_s_after", "New rows/s, as migrated", ".0f"),
+    ("duplicate_per_s_before", "Second pass /s, earlier body", ".0f"),
+    ("duplicate_per_s_after", "Second pass /s, as migrated", ".0f"),
     ("rows_per_s", "Rows/s (PostgreSQL alone)", ".0f"),
     ("calls_per_s", "Calls/s (PostgreSQL alone)", ".0f"),
     ("batch_ms", "Batch ms (mean)", ".2f"),
