@@ -235,6 +235,8 @@ class Bench:
         self.admin = os.environ["BENCH_PG_ADMIN"]
         self.results: dict[str, list[dict]] = {}
         self.notes: list[str] = []
+        # Runs of `db_before` so far: which body goes first alternates with it.
+        self.db_before_runs = 0
 
     # -- set-up
 
@@ -517,7 +519,7 @@ class Bench:
         body (`--db-before`), each on a fresh database prepared the same way, in alternating
         order run by run, so a change in the machine's speed falls on both alike."""
         variants = [("before", Path(self.args.db_before)), ("after", LATEST_MIGRATION)]
-        self.db_before_runs = getattr(self, "db_before_runs", 0) + 1
+        self.db_before_runs += 1
         result = {}
         for name, body in variants if self.db_before_runs % 2 else variants[::-1]:
             first, second = self.run_db_write(body=body)

@@ -1,6 +1,7 @@
 //! The write of a batch as one statement (`datapack_write_batch`), against a real PostgreSQL:
-//! its ordering rule is the Rust rule, a redelivery writes nothing, announcements can be turned
-//! off, and the largest rows still fit PostgreSQL's payload limit.
+//! its ordering rule is the Rust rule, a redelivery writes nothing, a batch of new uploads (the
+//! function's short path) is answered and announced as the general path would, announcements
+//! can be turned off, and the largest rows still fit PostgreSQL's payload limit.
 
 use chrono::{DateTime, Utc};
 use datapack_worker::store::notify::{CHANNEL, Change, PAYLOAD_MAX_BYTES, Payload};
@@ -206,6 +207,105 @@ async fn announcements_can_be_turned_off() {
         "the quiet batch was announced"
     );
     assert_eq!(heard.change, Change::Created);
+}
+
+/// A batch of new uploads (distinct fresh keys, no tiebreak) is written by the function's short
+/// path, any other batch by its general path: the same write is answered and announced alike by
+/// both, byte for byte, and each batch announces its rows in row order.
+#[tokio::test(flavor = "multi_thread")]
+async fn new_uploads_take_the_short_path_and_announce_as_the_general_one() {
+    let db = TestDb::new().await;
+    sqlx::query("INSERT INTO datapack (identifier) VALUES ('dp')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut listener = PgListener::connect(&db.url).await.unwrap();
+    listener.listen(CHANNEL).await.unwrap();
+    let strict = WriteOptions {
+        create_datapacks: false,
+        ..ANNOUNCED
+    };
+    let versioned = |key: &str| {
+        let mut write = resource(key, "same-etag", Some("0A"), 10);
+        if let Write::Resource(r) = &mut write {
+            r.version_id = Some("v1".into());
+        }
+        write
+    };
+    let mut unknown = resource("elsewhere/x", "e9", None, 10);
+    if let Write::Resource(r) = &mut unknown {
+        r.datapack = "elsewhere".into();
+    }
+    let mut heard = Vec::new();
+
+    // Only fresh keys: the short path.
+    let short = [
+        resource("dp/a", "e1", Some("0A"), 10),
+        unknown,
+        versioned("dp/x1"),
+    ];
+    let outcomes = store::apply(&db.pool, &short, strict).await.unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::Recorded,
+            WriteOutcome::UnknownDatapack,
+            WriteOutcome::Recorded
+        ]
+    );
+    for _ in 0..2 {
+        heard.push(listener.recv().await.unwrap().payload().to_owned());
+    }
+    // A key with a row already: the general path, for the batch's fresh key too.
+    let general = [resource("dp/a", "e2", Some("0B"), 11), versioned("dp/x2")];
+    let outcomes = store::apply(&db.pool, &general, strict).await.unwrap();
+    assert_eq!(outcomes, [WriteOutcome::Recorded, WriteOutcome::Recorded]);
+    for _ in 0..3 {
+        heard.push(listener.recv().await.unwrap().payload().to_owned());
+    }
+
+    let payloads: Vec<serde_json::Value> = heard
+        .iter()
+        .map(|text| serde_json::from_str(text).unwrap())
+        .collect();
+    let field = |p: &serde_json::Value, name: &str| p[name].as_str().unwrap().to_owned();
+    let id = |p: &serde_json::Value| p["id"].as_i64().unwrap();
+    for batch in [&payloads[..2], &payloads[2..]] {
+        assert!(batch.windows(2).all(|w| id(&w[0]) < id(&w[1])), "{batch:?}");
+    }
+    let mut changes: Vec<_> = payloads
+        .iter()
+        .map(|p| {
+            (
+                field(p, "key"),
+                field(p, "change"),
+                p["live"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    changes[2..].sort();
+    let expected = [
+        ("dp/a", "created", true),
+        ("dp/x1", "created", true),
+        ("dp/a", "created", true),
+        ("dp/a", "deleted", false),
+        ("dp/x2", "created", true),
+    ]
+    .map(|(k, c, l)| (k.to_owned(), c.to_owned(), l));
+    assert_eq!(changes, expected);
+    // The same write, one through each path: the same text but for its id and key.
+    let as_template = |text: &str, p: &serde_json::Value| {
+        text.replacen(&format!("\"id\":{}", id(p)), "\"id\":ID", 1)
+            .replacen(&field(p, "key"), "KEY", 1)
+    };
+    let x2 = payloads
+        .iter()
+        .position(|p| field(p, "key") == "dp/x2")
+        .unwrap();
+    assert_eq!(
+        as_template(&heard[1], &payloads[1]),
+        as_template(&heard[x2], &payloads[x2])
+    );
 }
 
 /// The worst case the limits allow (a 1,024-byte key of control characters, six bytes each once
