@@ -64,6 +64,11 @@ fn resource(i: usize, at: DateTime<Utc>) -> Write {
     })
 }
 
+/// The worker's allocator (src/main.rs): this measures the worker's write path, and on two cores
+/// its CPU is taken from the database it drives.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let resources = flag("--resources", 50_000);
