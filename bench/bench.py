@@ -277,17 +277,18 @@ class Bench:
         env.update(extra_env)
         return env
 
-    def start_worker(self, log_name: str, env: dict) -> tuple[subprocess.Popen, Path, int]:
-        """Starts the release binary, logging to the state directory; returns the process, its
-        log and where this start's lines begin in it."""
+    def start_worker(self, log_name: str, env: dict, binary=None) -> tuple[subprocess.Popen, Path, int]:
+        """Starts the release binary (or `binary`), logging to the state directory; returns the
+        process, its log and where this start's lines begin in it."""
         log_path = self.state / f"worker-{log_name}.log"
         with open(log_path, "ab") as logf:
             offset = logf.tell()
-            proc = subprocess.Popen([os.environ["BENCH_WORKER"], "run"], env=env, stdout=logf, stderr=logf)
+            proc = subprocess.Popen([binary or os.environ["BENCH_WORKER"], "run"], env=env,
+                                    stdout=logf, stderr=logf)
         return proc, log_path, offset
 
     def worker(self, scenario: str, records: list[dict], extra_env: dict, endpoint=None,
-               probe=None) -> dict:
+               probe=None, binary=None) -> dict:
         """One timed worker run; `probe(addr)`, if given, is called before the worker stops and
         what it returns is added to the result."""
         env = self.worker_env(extra_env, endpoint)
@@ -296,7 +297,7 @@ class Bench:
             if self.tables_exist()
             else "SELECT 1"
         )
-        proc, log_path, offset = self.start_worker(scenario, env)
+        proc, log_path, offset = self.start_worker(scenario, env, binary)
         try:
             addr = self.wait_ready(log_path, offset, proc)
             self.psql.scalar(
@@ -526,6 +527,21 @@ class Bench:
             result[f"per_s_{name}"] = first["per_s"]
             result[f"duplicate_per_s_{name}"] = second["per_s"]
         return result
+
+    def worker_before(self, records: list[dict]) -> None:
+        """The small objects through an earlier build of the worker (`--worker-before BINARY`)
+        and through this one, in alternating order run by run, so a change in the machine's
+        speed falls on both alike (a change of allocator or runtime shows here, not in a
+        comparison of two full runs taken hours apart)."""
+        lines = [("worker: small, earlier build", self.args.worker_before),
+                 ("worker: small", None)]
+        for i in range(self.args.runs):
+            for name, binary in lines if i % 2 == 0 else lines[::-1]:
+                log(f"{name}: run {i + 1}/{self.args.runs}")
+                result = self.worker("small-before" if binary else "small", records, {},
+                                     binary=binary)
+                self.results.setdefault(name, []).append(result)
+                log(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float)))
 
     # -- zero-read ingestion: S3's stored SHA-256 instead of a GET
 
@@ -1051,6 +1067,9 @@ def main() -> int:
     parser.add_argument("--db-before", metavar="MIGRATION",
                         help="with --only db-before: the write path end to end with the batch "
                         "function as migrated against the body this earlier migration gave it")
+    parser.add_argument("--worker-before", metavar="BINARY",
+                        help="with --only worker-before: small objects through an earlier build "
+                        "of datapack-worker and through this one, alternating")
     parser.add_argument("--runs", type=int, default=0,
                         help="runs per line (default 3, --quick 1)")
     parser.add_argument("--perf", action="store_true",
@@ -1125,6 +1144,10 @@ def main() -> int:
             if not args.db_before:
                 parser.error("--only db-before needs --db-before MIGRATION")
             bench.repeat("db_before", bench.db_before)
+        if only and "worker-before" in only:
+            if not args.worker_before:
+                parser.error("--only worker-before needs --worker-before BINARY")
+            bench.worker_before(small)
         if wanted("scaleout"):
             bench.scaleout_group(small)
         if wanted("zeroread"):

@@ -11,6 +11,9 @@
 #   bench/run.sh --only db-before --db-before migrations/EARLIER.sql --out bench/results/X.md
 #       the write path with the batch function as migrated against an earlier migration's body,
 #       interleaved (not part of the full run)
+#   bench/run.sh --only worker-before --worker-before OLD/datapack-worker --out bench/results/X.md
+#       small objects through an earlier build of the worker and through this one, interleaved
+#       (not part of the full run)
 #   bench/run.sh --only soak [--soak-minutes 30]   50 % load held, drift of RSS, fds, connections,
 #                           latency (bench/results/soak.md)
 #   bench/run.sh --perf     also `perf record` each worker run (data kept in the state directory)
