@@ -299,7 +299,7 @@ class Bench:
         )
         proc, log_path, offset = self.start_worker(scenario, env, binary)
         try:
-            addr = self.wait_ready(log_path, offset, proc)
+            addr = self.wait_ready(log_path, offset, proc, measured=binary is None)
             self.psql.scalar(
                 f"INSERT INTO datapack (identifier) VALUES ('{DATAPACK}') ON CONFLICT DO NOTHING"
             )
@@ -350,7 +350,10 @@ class Bench:
     def tables_exist(self) -> bool:
         return self.psql.scalar("SELECT to_regclass('datapack_resource') IS NOT NULL") == "t"
 
-    def wait_ready(self, log_path: Path, offset: int, proc: subprocess.Popen) -> str:
+    def wait_ready(self, log_path: Path, offset: int, proc: subprocess.Popen,
+                   measured: bool = True) -> str:
+        """Waits for /readyz; the result's build is read from the first measured worker (not
+        from the earlier build of `--only worker-before`)."""
         deadline = time.monotonic() + 60
         addr = None
         while time.monotonic() < deadline:
@@ -361,7 +364,8 @@ class Bench:
                 if addr:
                     with urllib.request.urlopen(f"http://{addr}/readyz", timeout=1) as r:
                         if r.status == 200:
-                            read_build_info(addr)
+                            if measured:
+                                read_build_info(addr)
                             return addr
             except OSError:
                 pass
