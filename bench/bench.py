@@ -82,6 +82,11 @@ def read_build_info(addr: str) -> None:
             WORKER_BUILD.update(re.findall(r'([a-z_]+)="([^"]*)"', line))
 
 
+def log_run(name: str, result: dict) -> None:
+    """One run's figures, as a line of progress."""
+    log(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float)))
+
+
 def result_meta() -> dict:
     """git_meta, plus the measured binary's build_info once a worker has been ready."""
     meta = git_meta()
@@ -545,7 +550,7 @@ class Bench:
                 result = self.worker("small-before" if binary else "small", records, {},
                                      binary=binary)
                 self.results.setdefault(name, []).append(result)
-                log(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float)))
+                log_run(name, result)
 
     # -- zero-read ingestion: S3's stored SHA-256 instead of a GET
 
@@ -766,7 +771,7 @@ class Bench:
         for i in range(self.args.runs):
             log(f"{name}: run {i + 1}/{self.args.runs}")
             runs.append(fn(*args, **kwargs))
-            log(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in runs[-1].items() if isinstance(v, float)))
+            log_run(name, runs[-1])
         self.results[name] = runs
 
 

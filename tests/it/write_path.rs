@@ -215,10 +215,7 @@ async fn announcements_can_be_turned_off() {
 #[tokio::test(flavor = "multi_thread")]
 async fn new_uploads_take_the_short_path_and_announce_as_the_general_one() {
     let db = TestDb::new().await;
-    sqlx::query("INSERT INTO datapack (identifier) VALUES ('dp')")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    db.add_datapack("dp").await;
     let mut listener = PgListener::connect(&db.url).await.unwrap();
     listener.listen(CHANNEL).await.unwrap();
     let strict = WriteOptions {
